@@ -1,0 +1,35 @@
+"""Fault injection for failure tests: only routed when FAULT_INJECTION is on (never in production)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Response, request
+
+from app import respond
+from app.errors import InvalidParams
+
+
+def handle_debug_sleep():
+    """GET /debug/sleep?seconds=S: answer after S seconds (at most 30), to test draining."""
+
+    def handler() -> Response:
+        try:
+            seconds = float(request.args.get("seconds", "1"))
+        except ValueError:
+            raise InvalidParams.one("seconds", "must be a number") from None
+        if not 0 <= seconds <= 30:
+            raise InvalidParams.one("seconds", "must be between 0 and 30")
+        time.sleep(seconds)
+        return respond.ok({"slept": seconds})
+
+    return handler
+
+
+def handle_debug_fail():
+    """GET /debug/fail: raise an unexpected exception, to test internal_failure."""
+
+    def handler() -> Response:
+        raise RuntimeError("injected failure: secret-looking detail that must stay in the log")
+
+    return handler

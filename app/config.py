@@ -1,0 +1,320 @@
+"""Typed, validated configuration read from environment variables and flags.
+
+Every setting is declared once in SETTINGS: its environment variable, type,
+default and help text. The same table builds the argparse parser (so
+`--help` lists every setting) and the frozen Config, and validation reports
+every problem at once instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import IO, Any
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+COMMANDS = ("serve", "migrate")
+
+
+class ConfigError(Exception):
+    """Raised with every configuration problem found, one message per problem."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def attr(self) -> str:
+        return self.env.lower()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.lower().replace("_", "-")
+
+
+def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer, got {text!r}") from None
+        if low is not None and value < low:
+            raise ValueError(f"must be at least {low}, got {value}")
+        if high is not None and value > high:
+            raise ValueError(f"must be at most {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(low: float = 0.0, high: float | None = None) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        if value != value or value < low:  # NaN or too small
+            raise ValueError(f"must be a number of at least {low:g}, got {text!r}")
+        if high is not None and value > high:
+            raise ValueError(f"must be at most {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().upper() if upper else text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"must be true or false, got {text!r}")
+
+
+def _str(text: str) -> str:
+    return text.strip()
+
+
+def _optional_str(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _secrets(text: str) -> tuple[str, ...]:
+    secrets = _csv(text)
+    for secret in secrets:
+        if len(secret) < 16:
+            raise ValueError("every secret must be at least 16 characters long")
+    return secrets
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for part in _csv(text):
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"{part!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("APP_ENV", _choice("development", "production"), "development",
+            "development or production; production requires DATABASE_URL and USER_SECRETS"),
+    Setting("DATABASE_URL", _optional_str, None,
+            "PostgreSQL DSN; unset starts an embedded PostgreSQL under DATA_DIR", secret=True),
+    Setting("DATA_DIR", _str, ".data",
+            "directory for the embedded PostgreSQL and the generated development secret"),
+    Setting("HOST", _str, "127.0.0.1", "address to listen on"),
+    Setting("PORT", _int(0, 65535), 8080, "port to listen on (0 picks a free one)"),
+    Setting("WEB_CONCURRENCY", _int(1, 64), 2, "gunicorn worker processes"),
+    Setting("THREADS", _int(1, 256), 8, "threads per worker (gthread)"),
+    Setting("REUSE_PORT", _bool, True,
+            "SO_REUSEPORT on the listening socket, so the kernel spreads connections"),
+    Setting("DB_POOL_MIN", _int(0, 1000), 2, "connections each worker opens before serving"),
+    Setting("DB_POOL_MAX", _int(1, 1000), 8, "most connections per worker (match THREADS)"),
+    Setting("DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,
+            "seconds a request waits for a connection before 503"),
+    Setting("DB_POOL_MAX_WAITING", _int(0, 100000), 64,
+            "requests that may queue for a connection per worker before fast 503s (0: no bound)"),
+    Setting("DB_POOL_MAX_IDLE", _float(1), 300.0, "seconds an idle connection is kept"),
+    Setting("DB_POOL_MAX_LIFETIME", _float(1), 1800.0, "seconds before a connection is recycled"),
+    Setting("DB_POOL_CHECK_INTERVAL", _float(0.1), 5.0,
+            "seconds between background pool health checks"),
+    Setting("DB_CONNECT_TIMEOUT", _int(1, 300), 5, "seconds to establish a database connection"),
+    Setting("DB_STATEMENT_TIMEOUT", _int(0), 5000,
+            "milliseconds any SQL statement may run (0: no limit)"),
+    Setting("USER_SECRETS", _secrets, (),
+            "comma separated token secrets (16+ chars); the first signs, all verify",
+            secret=True),
+    Setting("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO", "log level"),
+    Setting("LOG_FORMAT", _choice("json", "text"), "json", "json for machines, text for people"),
+    Setting("MAX_BODY_BYTES", _int(1), 65536, "largest request body accepted"),
+    Setting("GRACEFUL_TIMEOUT", _float(0), 20.0,
+            "seconds in-flight requests get to finish after SIGTERM"),
+    Setting("MAX_CONVERSATIONS_PER_USER", _int(0), 1000, "conversations a user may own"),
+    Setting("MAX_MOODS_PER_USER", _int(0), 100, "moods a user may define"),
+    Setting("MAX_LINES_PER_CONVERSATION", _int(0), 1000, "lines a conversation may hold"),
+    Setting("RATE_LIMIT_USER_PER_MINUTE", _int(0), 600,
+            "requests per minute per authenticated user (0 disables)"),
+    Setting("RATE_LIMIT_USER_BURST", _int(0), 60, "burst allowed above the user rate"),
+    Setting("RATE_LIMIT_IP_PER_MINUTE", _int(0), 120,
+            "requests per minute per client address before authentication (0 disables)"),
+    Setting("RATE_LIMIT_IP_BURST", _int(0), 30, "burst allowed above the address rate"),
+    Setting("TRUSTED_PROXIES", _networks, (),
+            "comma separated CIDRs of proxies whose X-Forwarded-For is believed"),
+    Setting("CORS_ORIGINS", _csv, (), "comma separated origins allowed by CORS (empty: off)"),
+    Setting("RENDER_CACHE_SIZE", _int(0), 4096, "rendered cowsay outputs kept per worker"),
+    Setting("COWPATH", _optional_str, None, "colon separated directories searched for .cow files"),
+    Setting("HEALTH_CACHE_SECONDS", _float(0), 2.0, "seconds health results are reused"),
+    Setting("HEALTH_CHECK_TIMEOUT", _float(0.05, 60), 1.0, "seconds one health check may take"),
+    Setting("HEALTH_DETAILS", _bool, False,
+            "show hostnames and versions in /health/detailed"),
+    Setting("MEMORY_LIMIT_BYTES", _int(0), 0,
+            "worker memory budget for the health check (0: not checked)"),
+    Setting("FAULT_INJECTION", _bool, False,
+            "serve /debug/sleep and /debug/fail for failure tests (refused in production)"),
+    Setting("PROMETHEUS_MULTIPROC_DIR", _optional_str, None,
+            "directory for metrics shared by workers (unset: a fresh temporary one)"),
+)
+
+SETTINGS_BY_ATTR = {s.attr: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated settings; attribute names are the lower-cased variables."""
+
+    command: str
+    app_env: str
+    database_url: str | None
+    data_dir: str
+    host: str
+    port: int
+    web_concurrency: int
+    threads: int
+    reuse_port: bool
+    db_pool_min: int
+    db_pool_max: int
+    db_pool_timeout: float
+    db_pool_max_waiting: int
+    db_pool_max_idle: float
+    db_pool_max_lifetime: float
+    db_pool_check_interval: float
+    db_connect_timeout: int
+    db_statement_timeout: int
+    user_secrets: tuple[str, ...]
+    log_level: str
+    log_format: str
+    max_body_bytes: int
+    graceful_timeout: float
+    max_conversations_per_user: int
+    max_moods_per_user: int
+    max_lines_per_conversation: int
+    rate_limit_user_per_minute: int
+    rate_limit_user_burst: int
+    rate_limit_ip_per_minute: int
+    rate_limit_ip_burst: int
+    trusted_proxies: tuple = ()
+    cors_origins: tuple[str, ...] = ()
+    render_cache_size: int = 4096
+    cowpath: str | None = None
+    health_cache_seconds: float = 2.0
+    health_check_timeout: float = 1.0
+    health_details: bool = False
+    memory_limit_bytes: int = 0
+    fault_injection: bool = False
+    prometheus_multiproc_dir: str | None = None
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.app_env == "production"
+
+    def replace(self, **changes: Any) -> Config:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Config(**values)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], argv: Sequence[str],
+                 stdout: IO[str] | None = None) -> Config:
+        """Build from flags (which win) and environment; raise ConfigError listing every problem."""
+        args = build_parser(stdout).parse_args(list(argv))
+        problems: list[str] = []
+        values: dict[str, Any] = {"command": args.command or "serve"}
+        for setting in SETTINGS:
+            raw = getattr(args, setting.attr)
+            source = setting.flag
+            if raw is None:
+                raw = env.get(setting.env)
+                source = setting.env
+            if raw is None:
+                values[setting.attr] = setting.default
+                continue
+            try:
+                values[setting.attr] = setting.parse(raw)
+            except ValueError as exc:
+                problems.append(f"{source}: {exc}")
+                values[setting.attr] = setting.default
+        problems.extend(_cross_checks(values))
+        if problems:
+            raise ConfigError(problems)
+        return cls(**values)
+
+
+def _cross_checks(values: dict[str, Any]) -> list[str]:
+    problems = []
+    if values["db_pool_min"] > values["db_pool_max"]:
+        problems.append(
+            f"DB_POOL_MIN: must not exceed DB_POOL_MAX "
+            f"({values['db_pool_min']} > {values['db_pool_max']})"
+        )
+    if values["app_env"] == "production":
+        if not values["database_url"]:
+            problems.append("DATABASE_URL: is required when APP_ENV=production")
+        if not values["user_secrets"]:
+            problems.append("USER_SECRETS: is required when APP_ENV=production")
+        if values["fault_injection"]:
+            problems.append("FAULT_INJECTION: must not be enabled when APP_ENV=production")
+    return problems
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that writes help and errors to the given stream."""
+
+    def __init__(self, *args: Any, stream: IO[str] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.stream = stream
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        if message:
+            (self.stream or file or sys.stderr).write(message)
+
+
+def build_parser(stream: IO[str] | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        stream=stream,
+        prog="run.py",
+        description="SayPI, the cowsay conversation API. Every setting can be given as a flag "
+        "or as its environment variable; flags win.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", nargs="?", choices=COMMANDS, default="serve",
+                        help="serve (default): migrate, then serve HTTP; "
+                             "migrate: apply migrations and exit")
+    group = parser.add_argument_group("settings (flag / environment variable)")
+    for setting in SETTINGS:
+        default = "(unset)" if setting.default in (None, ()) else setting.default
+        if setting.secret and setting.default:
+            default = "(hidden)"
+        group.add_argument(
+            setting.flag, dest=setting.attr, metavar="VALUE", default=None,
+            help=f"[env {setting.env}, default {default}] {setting.help}".replace("%", "%%"),
+        )
+    return parser

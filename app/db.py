@@ -1,0 +1,240 @@
+"""PostgreSQL access: the per-worker connection pool and the migrations.
+
+`Database` owns one psycopg_pool.ConnectionPool. Reads run on autocommit
+connections (one statement, one round trip); writes use `transaction()`,
+which also makes the connection ambient for the current thread so that every
+repository called inside it (for example an idempotent request's write and
+its stored response) shares one transaction. Repositories are the only code
+that uses it; handlers never see a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
+
+MIGRATION_LOCK_ID = 0x5A_59_50_49  # "SAYPI": one advisory lock for migrations
+IDLE_CHECK_AFTER_SECONDS = 2.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not serve this request (down, pool exhausted, timeout)."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    min_size: int
+    max_size: int
+    timeout: float
+    max_waiting: int
+    max_idle: float
+    max_lifetime: float
+    connect_timeout: int
+    statement_timeout_ms: int
+    check_interval: float
+
+
+class Database:
+    """A connection pool plus the thread's ambient transaction, if any."""
+
+    def __init__(self, dsn: str, settings: PoolSettings, logger: logging.Logger,
+                 name: str = "saypi"):
+        self.settings = settings
+        self.logger = logger
+        self._local = threading.local()
+        self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._wake_checker = threading.Event()
+        self._stopping = threading.Event()
+        self._checker: threading.Thread | None = None
+        options = f"-c application_name={name}-worker-{os.getpid()}"
+        if settings.statement_timeout_ms:
+            options += f" -c statement_timeout={settings.statement_timeout_ms}"
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            timeout=settings.timeout,
+            max_waiting=settings.max_waiting,
+            max_idle=settings.max_idle,
+            max_lifetime=settings.max_lifetime,
+            reconnect_timeout=0,  # never give up reconnecting; readiness reports it
+            kwargs={"autocommit": True, "connect_timeout": settings.connect_timeout,
+                    "options": options},
+            check=self._check_connection,
+            reset=self._mark_returned,
+            open=False,
+            name=name,
+        )
+
+    # --- lifecycle -------------------------------------------------------
+    def open(self, wait_seconds: float) -> bool:
+        """Open the pool and pre-warm it to min_size; False if that did not finish in time."""
+        self.pool.open(wait=False)
+        warmed = True
+        try:
+            self.pool.wait(timeout=wait_seconds)
+        except PoolTimeout:
+            warmed = False
+            self.logger.warning("database pool not warm after %.1fs; serving anyway "
+                                "(readiness reports the database)", wait_seconds)
+        self._checker = threading.Thread(target=self._check_loop, name="pool-checker",
+                                         daemon=True)
+        self._checker.start()
+        return warmed
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._wake_checker.set()
+        self.pool.close(timeout=5)
+
+    # --- connection checks -------------------------------------------------
+    def _mark_returned(self, conn: psycopg.Connection) -> None:
+        self._returned_at[conn] = time.monotonic()
+
+    def _check_connection(self, conn: psycopg.Connection) -> None:
+        """Checked out of the pool: verify with a round trip only if it sat idle.
+
+        Busy connections are proven by the request that just used them, so a
+        per-checkout ping would double the round trips of every read. After a
+        connection error the background checker purges the rest.
+        """
+        if conn.broken or conn.closed:
+            raise psycopg.OperationalError("connection is broken")
+        idle_since = self._returned_at.get(conn)
+        if idle_since is None or time.monotonic() - idle_since > IDLE_CHECK_AFTER_SECONDS:
+            ConnectionPool.check_connection(conn)
+
+    def connection_failed(self) -> None:
+        """Ask the checker thread to purge dead connections now."""
+        self._wake_checker.set()
+
+    def _check_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake_checker.wait(self.settings.check_interval)
+            self._wake_checker.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self.pool.check()
+            except Exception:  # the loop must survive anything the pool raises
+                self.logger.exception("pool check failed")
+
+    # --- use -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """The ambient transaction's connection, or an autocommit one from the pool."""
+        ambient = getattr(self._local, "conn", None)
+        if ambient is not None:
+            yield ambient
+            return
+        with self._translate_errors(), self.pool.connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg.Connection]:
+        """A transaction that every repository call on this thread joins until it ends."""
+        ambient = getattr(self._local, "conn", None)
+        if ambient is not None:
+            with ambient.transaction():
+                yield ambient
+            return
+        with self._translate_errors(), self.pool.connection() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    yield conn
+            finally:
+                self._local.conn = None
+
+    @contextlib.contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (PoolTimeout, TooManyRequests) as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            if not isinstance(exc, psycopg.errors.QueryCanceled):
+                self.connection_failed()
+            raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    def stats(self) -> dict[str, int]:
+        return self.pool.get_stats()
+
+
+def pool_settings(config) -> PoolSettings:
+    return PoolSettings(
+        min_size=config.db_pool_min,
+        max_size=config.db_pool_max,
+        timeout=config.db_pool_timeout,
+        max_waiting=config.db_pool_max_waiting,
+        max_idle=config.db_pool_max_idle,
+        max_lifetime=config.db_pool_max_lifetime,
+        connect_timeout=config.db_connect_timeout,
+        statement_timeout_ms=config.db_statement_timeout,
+        check_interval=config.db_pool_check_interval,
+    )
+
+
+# --- migrations -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """Every app/migrations/NNNN_name.sql, in version order."""
+    migrations = []
+    for entry in resources.files("app.migrations").iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        number, _, rest = entry.name.partition("_")
+        migrations.append(Migration(int(number), rest.removesuffix(".sql"),
+                                    entry.read_text(encoding="utf-8")))
+    return sorted(migrations, key=lambda m: m.version)
+
+
+def expected_schema_version() -> int:
+    return max(m.version for m in load_migrations())
+
+
+def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10) -> list[int]:
+    """Apply pending migrations once each, in a transaction each, under an advisory lock.
+
+    Several instances starting together on one database serialise on the lock;
+    the later ones find nothing left to do.
+    """
+    applied_now = []
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_ID,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for migration in load_migrations():
+                if migration.version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                 (migration.version, migration.name))
+                logger.info("applied migration %04d_%s", migration.version, migration.name,
+                            extra={"migration": migration.version})
+                applied_now.append(migration.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_ID,))
+    return applied_now

@@ -1,0 +1,101 @@
+"""Strict marshmallow fields for request parameters.
+
+JSON values must already have the documented type (no coercion: "true" is not
+a boolean, 5 is not a string). Form bodies are all strings, so `decode`
+converts form values for these fields before validation; both then meet the
+same strict rules, and every message reads as the end of "Parameter `x` ...".
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import ValidationError, fields
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_EXCEPT_NEWLINE_TAB = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+MESSAGES = {
+    "required": "is required",
+    "null": "must not be null",
+}
+
+
+class Text(fields.String):
+    """A string of bounded length without control characters (newline/tab optional)."""
+
+    def __init__(self, *, min_length: int = 0, max_length: int | None = None,
+                 allow_newlines: bool = False, printable_ascii: bool = False,
+                 forbid: str = "", **kwargs: Any):
+        kwargs.setdefault("error_messages", {})
+        kwargs["error_messages"] = {**MESSAGES, **kwargs["error_messages"]}
+        super().__init__(**kwargs)
+        self.min_length = min_length
+        self.max_length = max_length
+        self.allow_newlines = allow_newlines
+        self.printable_ascii = printable_ascii
+        self.forbid = forbid
+
+    def describe(self) -> str:
+        if self.printable_ascii:
+            kind = "printable ASCII characters"
+        else:
+            kind = "characters"
+        if self.max_length is None:
+            return f"must be a string of at least {self.min_length} {kind}"
+        if self.min_length == self.max_length:
+            return f"must be a string of exactly {self.max_length} {kind}"
+        return f"must be a string of {self.min_length} to {self.max_length} {kind}"
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> str:
+        if not isinstance(value, str):
+            raise ValidationError(self.describe())
+        control = _CONTROL_EXCEPT_NEWLINE_TAB if self.allow_newlines else _CONTROL
+        if control.search(value):
+            raise ValidationError("must not contain control characters")
+        if self.printable_ascii and not _PRINTABLE_ASCII.fullmatch(value):
+            raise ValidationError(self.describe())
+        if self.forbid and any(ch in value for ch in self.forbid):
+            raise ValidationError(f"must not contain {', '.join(repr(c) for c in self.forbid)}")
+        if len(value) < self.min_length or (self.max_length is not None
+                                            and len(value) > self.max_length):
+            raise ValidationError(self.describe())
+        return value
+
+
+class Email(Text):
+    """One @ with a non-empty local part and a domain containing a dot; no spaces."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(min_length=3, max_length=254, **kwargs)
+
+    def describe(self) -> str:
+        return "must be an email address of at most 254 characters"
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> str:
+        value = super()._deserialize(value, attr, data, **kwargs)
+        local, at, domain = value.partition("@")
+        if (not at or not local or "@" in domain or " " in value or "." not in domain
+                or domain.startswith(".") or domain.endswith(".")):
+            raise ValidationError(self.describe())
+        return value
+
+
+class Bool(fields.Field):
+    """A JSON boolean (form bodies: true/false, converted by decode)."""
+
+    form_values = {"true": True, "false": False, "1": True, "0": False}
+
+    def __init__(self, **kwargs: Any):
+        kwargs["error_messages"] = {**MESSAGES, **kwargs.get("error_messages", {})}
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> bool:
+        if not isinstance(value, bool):
+            raise ValidationError("must be a boolean (true or false)")
+        return value
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value

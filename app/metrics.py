@@ -1,0 +1,160 @@
+"""Prometheus metrics, correct across gunicorn workers (prometheus_client multiprocess mode).
+
+prometheus_client chooses its multiprocess storage from the
+PROMETHEUS_MULTIPROC_DIR environment variable when it is first imported;
+`run()` sets that variable before anything imports this module. Each worker
+writes its own files there; a scrape merges them all.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as prom_multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Buckets for request latency: fine below 100 ms, where this service lives.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0)
+
+
+def reset_directory(path: str) -> None:
+    """Empty the multiprocess directory; the master does this once at start."""
+    directory = Path(path)
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def mark_process_dead(pid: int, path: str) -> None:
+    """Drop a dead worker's live gauges so they vanish from scrapes."""
+    prom_multiprocess.mark_process_dead(pid, path)
+
+
+class Metrics:
+    """Every metric SayPI exports, plus the scrape of all workers' values."""
+
+    def __init__(self, directory: str | None, version: str):
+        self.directory = directory
+        registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "http_requests_total", "HTTP requests served.", ["method", "route", "status"],
+            registry=registry)
+        self.duration = Histogram(
+            "http_request_duration_seconds", "Time to serve an HTTP request.",
+            ["method", "route"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.rate_limited = Counter(
+            "rate_limited_total", "Requests refused by a rate limit.", ["policy"],
+            registry=registry)
+        self.rate_limit_store_errors = Counter(
+            "rate_limit_store_errors_total",
+            "Rate-limit decisions that failed in the store (the request was allowed).",
+            registry=registry)
+        self.idempotent_replays = Counter(
+            "idempotent_replays_total", "Responses replayed for a repeated idempotency key.",
+            registry=registry)
+        self.render_cache_hits = Counter(
+            "cowsay_render_cache_hits_total", "Renders answered from the cache.",
+            registry=registry)
+        self.render_cache_misses = Counter(
+            "cowsay_render_cache_misses_total", "Renders computed.", registry=registry)
+        self.pool_size = Gauge(
+            "db_pool_size", "Connections open in the pools.", multiprocess_mode="livesum",
+            registry=registry)
+        self.pool_available = Gauge(
+            "db_pool_available", "Idle connections in the pools.", multiprocess_mode="livesum",
+            registry=registry)
+        self.pool_waiting = Gauge(
+            "db_pool_waiting", "Requests waiting for a connection.",
+            multiprocess_mode="livesum", registry=registry)
+        self.pool_max = Gauge(
+            "db_pool_max", "Most connections the pools may open.", multiprocess_mode="livesum",
+            registry=registry)
+        self.pool_timeouts = Counter(
+            "db_pool_timeouts_total", "Requests that gave up waiting for a connection.",
+            registry=registry)
+        self.pool_connection_errors = Counter(
+            "db_pool_connection_errors_total", "Failed attempts to open a connection.",
+            registry=registry)
+        self.pool_connections_lost = Counter(
+            "db_pool_connections_lost_total", "Connections found broken and discarded.",
+            registry=registry)
+        self.app_info = Gauge(
+            "app_info", "Build information; the value is always 1.", ["version"],
+            multiprocess_mode="max", registry=registry)
+        self.app_info.labels(version=version).set(1)
+        self._last_pool: dict[str, int] = {}
+        self._last_render = (0, 0)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.duration.labels(method, route).observe(seconds)
+
+    def sample_pool(self, stats: dict[str, int]) -> None:
+        """Copy pool stats into gauges, and counter deltas since the last sample."""
+        self.pool_size.set(stats.get("pool_size", 0))
+        self.pool_available.set(stats.get("pool_available", 0))
+        self.pool_waiting.set(stats.get("requests_waiting", 0))
+        self.pool_max.set(stats.get("pool_max", 0))
+        for key, counter in (("requests_errors", self.pool_timeouts),
+                             ("connections_errors", self.pool_connection_errors),
+                             ("connections_lost", self.pool_connections_lost)):
+            value = stats.get(key, 0)
+            delta = value - self._last_pool.get(key, 0)
+            if delta > 0:
+                counter.inc(delta)
+            self._last_pool[key] = value
+
+    def sample_render_cache(self, hits: int, misses: int) -> None:
+        last_hits, last_misses = self._last_render
+        if hits > last_hits:
+            self.render_cache_hits.inc(hits - last_hits)
+        if misses > last_misses:
+            self.render_cache_misses.inc(misses - last_misses)
+        self._last_render = (hits, misses)
+
+    def scrape(self) -> bytes:
+        registry = CollectorRegistry()
+        if self.directory:
+            prom_multiprocess.MultiProcessCollector(registry, path=self.directory)
+        return generate_latest(registry)
+
+
+class Sampler:
+    """Calls each sampling function every `interval` seconds on a daemon thread."""
+
+    def __init__(self, interval: float, samplers: list[Callable[[], None]], logger):
+        import threading
+
+        self._stop = threading.Event()
+        self._interval = interval
+        self._samplers = samplers
+        self._logger = logger
+        self._thread = threading.Thread(target=self._loop, name="metrics-sampler", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run_once(self) -> None:
+        for sample in self._samplers:
+            try:
+                sample()
+            except Exception:  # a failed sample must not stop the others
+                self._logger.exception("metrics sampling failed")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.run_once()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def worker_pid() -> int:
+    return os.getpid()

@@ -1,0 +1,115 @@
+"""What happens around every request: request ids, errors as JSON, headers, access log, metrics.
+
+Kept to what each request needs: it runs thousands of times a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from app import respond
+from app.db import DatabaseUnavailable
+from app.errors import (
+    ApiError,
+    InternalFailure,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> None:
+    """Attach the per-request hooks and the error handlers to `app`."""
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    max_body = config.max_body_bytes
+    access_log = logger.getChild("access")
+
+    @app.before_request
+    def start_request():
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID")
+        g.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) \
+            else uuid.uuid4().hex
+        length = request.content_length
+        if length is not None and length > max_body:
+            raise PayloadTooLarge(max_body)
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        headers = response.headers
+        headers["X-Request-ID"] = g.get("request_id", "")
+        for name, value in SECURITY_HEADERS.items():
+            headers.setdefault(name, value)
+        headers.setdefault("Content-Security-Policy", JSON_CSP)
+        if g.get("user_id") is not None:
+            headers["Cache-Control"] = "no-store"
+        if response.status_code == 413:
+            headers["Connection"] = "close"
+        rule = request.url_rule
+        route = rule.rule if rule is not None else "unmatched"
+        started = g.get("started")
+        seconds = time.perf_counter() - started if started is not None else 0.0
+        metrics.observe_request(request.method, route, response.status_code, seconds)
+        extra = {
+            "method": request.method, "route": route, "status": response.status_code,
+            "duration_ms": round(seconds * 1000, 2), "remote_addr": g.get("client_addr")
+            or request.remote_addr, "bytes": response.content_length or 0,
+        }
+        if g.get("user_id") is not None:
+            extra["user_id"] = g.user_public_id
+        access_log.info("request", extra=extra)
+        return response
+
+    @app.errorhandler(ApiError)
+    def api_error(error: ApiError) -> Response:
+        return respond.error_response(error)
+
+    @app.errorhandler(DatabaseUnavailable)
+    def database_unavailable(error: DatabaseUnavailable) -> Response:
+        logger.warning("database unavailable: %s", error)
+        return respond.error_response(ServiceUnavailable(retry_after=1))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return respond.error_response(_translate_http(error, max_body))
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        logger.error("unhandled exception", exc_info=error)
+        return respond.error_response(InternalFailure())
+
+
+def _translate_http(error: HTTPException, max_body: int) -> ApiError:
+    """Werkzeug's routing and protocol errors as the contract's errors."""
+    code = error.code
+    if code == 404:
+        return NotFound()
+    if code == 405:
+        allowed = [m for m in (getattr(error, "valid_methods", None) or []) if m != "OPTIONS"]
+        return MethodNotAllowed(allowed)
+    if code == 413:
+        return PayloadTooLarge(max_body)
+    if code == 415:
+        return UnsupportedMediaType()
+    if code == 400:
+        return InvalidRequest("the request is malformed")
+    if code == 503:
+        return ServiceUnavailable()
+    return InternalFailure()

@@ -1,0 +1,173 @@
+"""The one place that reads request bodies and writes responses.
+
+`decode` turns a JSON or form body into validated parameters (or raises the
+contract's 400/413/415 errors); `ok`, `created`, `no_content` and `text`
+write responses, adding an ETag to successful GETs and answering a matching
+If-None-Match with 304.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Request, Response, request
+from marshmallow import EXCLUDE, Schema, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from app.errors import (
+    InvalidParams,
+    InvalidRequest,
+    ParamProblem,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from app.fields import Bool
+
+JSON_TYPE = "application/json; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def read_body(req: Request, max_bytes: int) -> dict[str, Any]:
+    """The request's parameters as a dict: JSON object or form fields; empty body -> {}."""
+    try:
+        raw = req.get_data(cache=True)
+    except RequestEntityTooLarge:
+        raise PayloadTooLarge(max_bytes) from None
+    if not raw:
+        return {}
+    mimetype = req.mimetype
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidRequest("the body is not valid JSON") from None
+        if not isinstance(value, dict):
+            raise InvalidRequest("the JSON body must be an object") from None
+        return value
+    if mimetype == FORM_TYPE:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidRequest("the form body is not valid UTF-8") from None
+        from urllib.parse import parse_qsl
+
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
+                              errors="strict", max_num_fields=1000)
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("the form body could not be parsed") from None
+        return {"__form__": True, **dict(pairs)}
+    raise UnsupportedMediaType()
+
+
+def validate(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate parameters against a schema; every problem at once as InvalidParams."""
+    params = dict(params)
+    from_form = params.pop("__form__", False)
+    cleaned: dict[str, Any] = {}
+    for name, value in params.items():
+        field = schema.fields.get(name)
+        if field is None:
+            continue  # unknown parameters are ignored
+        if value is None and not field.allow_none:
+            continue  # JSON null means "not given" unless the field clears with it
+        if from_form and isinstance(field, Bool) and isinstance(value, str):
+            value = Bool.form_values.get(value.strip().lower(), value)
+        cleaned[name] = value
+    try:
+        return schema.load(cleaned, unknown=EXCLUDE)
+    except ValidationError as exc:
+        raise InvalidParams(_problems(exc.messages)) from None
+
+
+def _problems(messages: Any) -> list[ParamProblem]:
+    problems = []
+    if isinstance(messages, dict):
+        for name, value in messages.items():
+            if name == "_schema":
+                for item in _flatten(value):
+                    params, _, message = item.partition(":")
+                    problems.append(ParamProblem(tuple(params.split(",")), message))
+                continue
+            for message in _flatten(value):
+                problems.append(ParamProblem((name,), message))
+    return problems
+
+
+def _flatten(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [m for v in value.values() for m in _flatten(v)]
+    return [m for v in value for m in _flatten(v)]
+
+
+def decode(schema: Schema, max_bytes: int) -> dict[str, Any]:
+    """Read and validate the current request's body."""
+    return validate(schema, read_body(request, max_bytes))
+
+
+# --- responses ----------------------------------------------------------------------
+def _etag(body: bytes, kind: str) -> str:
+    return '"' + hashlib.blake2b(kind.encode() + body, digest_size=12).hexdigest() + '"'
+
+
+def _with_etag(body: bytes, content_type: str, status: int, kind: str) -> Response:
+    if request.method in ("GET", "HEAD") and status == 200:
+        etag = _etag(body, kind)
+        if etag in _if_none_match():
+            response = Response(status=304)
+            response.headers["ETag"] = etag
+            return response
+        response = Response(body, status=status, content_type=content_type)
+        response.headers["ETag"] = etag
+        return response
+    return Response(body, status=status, content_type=content_type)
+
+
+def _if_none_match() -> set[str]:
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return set()
+    return {part.strip().removeprefix("W/") for part in header.split(",")}
+
+
+def ok(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = _with_etag(encode_json(value), JSON_TYPE, status, "j")
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def created(value: Any, location: str) -> Response:
+    return ok(value, status=201, headers={"Location": location})
+
+
+def no_content() -> Response:
+    return Response(status=204)
+
+
+def text(body: str) -> Response:
+    return _with_etag(body.encode("utf-8"), TEXT_TYPE, 200, "t")
+
+
+def wants_text() -> bool:
+    """True when the client prefers text/plain over JSON."""
+    best = request.accept_mimetypes.best_match(["application/json", "text/plain"])
+    return best == "text/plain" and request.accept_mimetypes["text/plain"] > \
+        request.accept_mimetypes["application/json"]
+
+
+def error_response(error) -> Response:
+    response = Response(encode_json(error.body()), status=error.status, content_type=JSON_TYPE)
+    for name, value in error.headers.items():
+        response.headers[name] = value
+    return response

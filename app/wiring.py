@@ -1,0 +1,62 @@
+"""Builds one worker's dependencies and app, after fork, and takes them down again.
+
+Everything that holds a connection or a thread is created here, inside the
+gunicorn worker, never in the master: a pool opened before fork would share
+sockets between processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask
+
+from app import health as health_mod
+from app.db import Database, expected_schema_version, pool_settings
+from app.metrics import Metrics, Sampler
+from app.server import new_server
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class WorkerResources:
+    """What a worker must close when it exits."""
+
+    db: Database
+    health: health_mod.HealthManager
+    sampler: Sampler
+    lifecycle: health_mod.Lifecycle
+
+    def close(self) -> None:
+        self.lifecycle.begin_shutdown()
+        self.sampler.stop()
+        self.health.close()
+        self.db.close()
+
+
+def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, WorkerResources]:
+    db = Database(dsn, pool_settings(config), logger.getChild("db"))
+    db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
+    lifecycle = health_mod.Lifecycle()
+    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
+
+    checkers = {
+        "database": health_mod.database_checker(db, config.health_check_timeout,
+                                                config.health_details),
+        "migrations": health_mod.migrations_checker(db, expected_schema_version()),
+        "memory": health_mod.memory_checker(config.memory_limit_bytes),
+        "lifecycle": health_mod.lifecycle_checker(lifecycle),
+    }
+    health = health_mod.HealthManager(checkers, config.health_check_timeout,
+                                      config.health_cache_seconds, logger.getChild("health"))
+
+    def sample_metrics() -> None:
+        metrics.sample_pool(db.stats())
+
+    sampler = Sampler(1.0, [sample_metrics], logger)
+    app = new_server(config, logger, lifecycle, health, metrics, sample_metrics)
+    health.report()  # a first status before this worker takes traffic
+    sampler.start()
+    return app, WorkerResources(db, health, sampler, lifecycle)

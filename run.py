@@ -1,0 +1,114 @@
+"""SayPI's entry point: run(argv, env, stdout) -> exit status.
+
+Only operating-system fundamentals come in (arguments, environment, output
+stream); everything else is built from them here and passed down, so tests
+run exactly what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
+    from app.config import Config, ConfigError
+
+    try:
+        config = Config.from_env(env, list(argv[1:]), stdout=stdout)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            stdout.write(f"config error: {problem}\n")
+        stdout.flush()
+        return 2
+    except SystemExit as exc:  # --help, or flags argparse could not read
+        return int(exc.code or 0)
+
+    from app.logs import new_logger
+
+    logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
+    data_dir = Path(config.data_dir).resolve()
+
+    embedded = None
+    dsn = config.database_url
+    if dsn is None:
+        from app.embedded_pg import EmbeddedUnavailable, start_embedded
+
+        try:
+            embedded = start_embedded(data_dir, logger)
+        except EmbeddedUnavailable as exc:
+            stdout.write(f"error: {exc}\n")
+            return 1
+        dsn = embedded.dsn
+        stdout.write(f"Using embedded PostgreSQL: {dsn}\n")
+        stdout.flush()
+    try:
+        return _run_command(config, logger, dsn, data_dir, stdout)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> int:
+    import psycopg
+
+    from app.db import migrate
+
+    try:
+        applied = migrate(dsn, logger, connect_timeout=config.db_connect_timeout)
+    except psycopg.Error as exc:
+        logger.error("migrations failed: %s", exc)
+        return 1
+    if config.command == "migrate":
+        stdout.write(f"migrations applied: {len(applied)}\n")
+        return 0
+
+    if not config.user_secrets:
+        from app.secrets_store import development_secret
+
+        secret, created = development_secret(data_dir)
+        if created:
+            logger.warning("USER_SECRETS is unset: generated a development secret in %s "
+                           "(set USER_SECRETS in production)", data_dir / "user_secret")
+        config = config.replace(user_secrets=(secret,))
+
+    if config.port == 0:
+        config = config.replace(port=_free_port(config.host))
+    metrics_dir = config.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="saypi-metrics-")
+    config = config.replace(prometheus_multiproc_dir=metrics_dir)
+    # prometheus_client reads its multiprocess directory from the environment
+    # when first imported: the one place SayPI writes the process environment.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from app import metrics as metrics_mod
+    from app.serve import GunicornApp, gunicorn_options
+    from app.wiring import build_worker_app
+
+    metrics_mod.reset_directory(metrics_dir)
+    worker_logger = logger
+
+    def build():
+        return build_worker_app(config, worker_logger, dsn)
+
+    try:
+        GunicornApp(gunicorn_options(config, stdout), build).run()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def _free_port(host: str) -> int:
+    """A port the kernel says is free now (each worker binds it with SO_REUSEPORT)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv, os.environ, sys.stdout))

@@ -1,0 +1,225 @@
+"""The service foundation end to end: run(), config, gunicorn, pool, migrations, errors, logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from app.config import SETTINGS
+from tests.conftest import SECRET, free_port, run_inline
+from tests.pgcontrol import RestartablePostgres
+
+
+# --- configuration -------------------------------------------------------------------
+def test_help_lists_every_setting_with_its_variable():
+    code, out = run_inline(["--help"], {})
+    assert code == 0
+    for setting in SETTINGS:
+        assert setting.env in out, setting.env
+        assert setting.flag in out
+
+
+def test_invalid_config_exits_2_and_names_every_problem():
+    env = {"PORT": "eighty", "LOG_LEVEL": "loud", "DB_POOL_MIN": "9", "DB_POOL_MAX": "3",
+           "THREADS": "-1", "LOG_FORMAT": "xml"}
+    code, out = run_inline(["serve"], env)
+    assert code == 2
+    lines = [line for line in out.splitlines() if line.startswith("config error:")]
+    for name in ("PORT", "LOG_LEVEL", "DB_POOL_MIN", "THREADS", "LOG_FORMAT"):
+        assert any(name in line for line in lines), (name, out)
+    assert len(lines) == 5
+
+
+def test_flags_override_environment():
+    code, out = run_inline(["--port", "nope"], {"PORT": "8080"})
+    assert code == 2
+    assert "--port" in out
+
+
+def test_production_requires_database_url_and_secrets():
+    code, out = run_inline(["serve"], {"APP_ENV": "production"})
+    assert code == 2
+    assert "DATABASE_URL" in out and "USER_SECRETS" in out
+
+
+# --- errors in the contract's format -----------------------------------------------------
+def test_unknown_path_is_json_404(shared_server):
+    response = httpx.get(shared_server.url + "/no/such/path")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert response.json()["code"] == "not_found"
+
+
+def test_wrong_method_is_json_405_with_allow(shared_server):
+    response = httpx.delete(shared_server.url + "/health/live")
+    assert response.status_code == 405
+    body = response.json()
+    assert body["code"] == "method_not_allowed"
+    assert "GET" in body["data"]["allowed"]
+    assert "GET" in response.headers["allow"]
+
+
+def test_handler_exception_is_internal_failure_logged_under_request_id(shared_server):
+    response = httpx.get(shared_server.url + "/debug/fail",
+                         headers={"X-Request-ID": "trace-me-500"})
+    assert response.status_code == 500
+    body = response.json()
+    assert body == {"code": "internal_failure", "message": body["message"]}
+    assert "Traceback" not in response.text and "injected" not in response.text
+    time.sleep(0.2)
+    logged = [json.loads(line) for line in shared_server.log_lines() if line.startswith("{")]
+    errors = [r for r in logged if r.get("request_id") == "trace-me-500" and r["level"] == "ERROR"]
+    assert errors and "Traceback" in errors[0]["exc_info"]
+
+
+def test_request_id_is_echoed_when_valid_and_generated_otherwise(shared_server):
+    good = httpx.get(shared_server.url + "/health/live", headers={"X-Request-ID": "abc.DEF-1_2"})
+    assert good.headers["x-request-id"] == "abc.DEF-1_2"
+    bad = httpx.get(shared_server.url + "/health/live", headers={"X-Request-ID": "bad id!"})
+    assert bad.headers["x-request-id"] not in ("", "bad id!")
+    assert len(bad.headers["x-request-id"]) == 32
+
+
+def test_security_headers_on_every_response(shared_server):
+    for path in ("/health/live", "/missing"):
+        headers = httpx.get(shared_server.url + path).headers
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'none'" in headers["content-security-policy"]
+
+
+# --- logs ----------------------------------------------------------------------------
+def test_logs_are_json_carry_request_ids_and_never_a_token(shared_server):
+    token = "usr_0123456789abcdef.c2VjcmV0LXRva2VuLXZhbHVlLXh5eg"
+    httpx.get(shared_server.url + "/health/live",
+              headers={"Authorization": f"Bearer {token}", "X-Request-ID": "log-check-1"})
+    httpx.get(shared_server.url + "/nowhere?token=" + token,
+              headers={"Authorization": "Bearer plain-secret-value"})
+    time.sleep(0.2)
+    text = shared_server.logs()
+    assert token not in text and "plain-secret-value" not in text
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    assert records
+    access = [r for r in records if r.get("request_id") == "log-check-1"]
+    assert access and access[0]["route"] == "/health/live" and access[0]["status"] == 200
+    for key in ("method", "duration_ms", "remote_addr", "bytes"):
+        assert key in access[0]
+
+
+def test_redaction_filter_scrubs_extras_and_messages():
+    import io
+    import logging
+
+    from app.logs import new_logger
+
+    out = io.StringIO()
+    logger = new_logger(out, "INFO", "json", secrets=["super-secret-signing-key"],
+                        name="redaction-test")
+    logger.info("header was Bearer abc.def and key super-secret-signing-key",
+                extra={"authorization": "Bearer xyz", "headers": {"Cookie": "c=1"},
+                       "dsn": "postgresql://u:pw@h/db", "note": "postgresql://u:pw@h/db"})
+    logger.removeHandler(logger.handlers[0])
+    line = json.loads(out.getvalue())
+    text = json.dumps(line)
+    for leaked in ("abc.def", "super-secret-signing-key", "xyz", "c=1", ":pw@"):
+        assert leaked not in text, leaked
+    assert logging.getLogger("redaction-test").propagate is False
+
+
+# --- pool and lifecycle -----------------------------------------------------------------
+def test_pool_connections_belong_to_workers_not_the_master(shared_server, postgres):
+    httpx.get(shared_server.url + "/health/detailed")
+    dbname = psycopg.conninfo.conninfo_to_dict(shared_server.env["DATABASE_URL"])["dbname"]
+    with psycopg.connect(postgres.admin_dsn, autocommit=True) as conn:
+        names = [row[0] for row in conn.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = %s", (dbname,))]
+    pids = {int(name.rsplit("-", 1)[1]) for name in names if name.startswith("saypi-worker-")}
+    assert pids, names
+    assert shared_server.process.pid not in pids
+    assert len(pids) == int(shared_server.env["WEB_CONCURRENCY"])
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_0(start_server):
+    server = start_server(GRACEFUL_TIMEOUT="8")
+    result = {}
+
+    def slow_request():
+        result["response"] = httpx.get(server.url + "/debug/sleep?seconds=3", timeout=20)
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    code = server.process.wait(timeout=8 + 2)
+    elapsed = time.monotonic() - started
+    thread.join(5)
+    assert result["response"].status_code == 200
+    assert result["response"].json() == {"slept": 3.0}
+    assert code == 0
+    assert elapsed < 8 + 2
+
+
+def test_two_instances_on_one_fresh_database_migrate_once(start_server, postgres):
+    url = postgres.new_database(migrated=False)
+    first = start_server(url, wait=False)
+    second = start_server(url, wait=False)
+    first.wait_ready()
+    second.wait_ready()
+    with psycopg.connect(url) as conn:
+        versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    from app.db import load_migrations
+
+    assert sorted(versions) == [m.version for m in load_migrations()]
+    applied_lines = [line for s in (first, second) for line in s.log_lines()
+                     if "applied migration" in line]
+    assert len(applied_lines) == len(versions)
+
+
+@pytest.mark.slow
+def test_readiness_follows_the_database_without_restarting(start_server, tmp_path):
+    pg = RestartablePostgres(tmp_path / "own-pg")
+    try:
+        server = start_server(pg.dsn, DB_POOL_TIMEOUT="1", DB_CONNECT_TIMEOUT="2")
+        assert httpx.get(server.url + "/health/ready").status_code == 200
+        pg.stop()
+        assert _eventually(lambda: httpx.get(server.url + "/health/ready",
+                                             timeout=10).status_code == 503)
+        assert httpx.get(server.url + "/health/live").status_code == 200
+        pg.start()
+        assert _eventually(lambda: httpx.get(server.url + "/health/ready",
+                                             timeout=10).status_code == 200, seconds=20)
+    finally:
+        pg.close()
+
+
+def test_embedded_database_when_database_url_is_unset(tmp_path):
+    """The `make run` path: no DATABASE_URL, so run() starts and later stops its own PostgreSQL."""
+    from tests.conftest import Server
+
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DATA_DIR": str(tmp_path / "d"),
+           "PORT": str(free_port()), "USER_SECRETS": SECRET}
+    for attempt in range(2):  # the second start finds the data kept from the first
+        server = Server(env, tmp_path / f"embedded-{attempt}.log").wait_ready()
+        assert "Using embedded PostgreSQL" in server.logs()
+        assert server.stop() == 0
+    assert (tmp_path / "d" / "postgres" / "PG_VERSION").exists()
+
+
+def _eventually(predicate, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False

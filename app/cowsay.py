@@ -19,6 +19,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import wcwidth
 
@@ -78,34 +79,47 @@ class Cow:
 _RUNTIME_VARS = frozenset({"eyes", "tongue", "thoughts", "progname"})
 # cowsay globals (and Perl's) with a fixed value when the cow file runs; names not
 # listed anywhere are undefined globals, which interpolate as "".
-_CONSTANT_VARS = {"version": "3.03", "pathsep": ":"}
+_CONSTANT_VARS = MappingProxyType({"version": "3.03", "pathsep": ":"})
 # Globals whose value depends on the cowsay process (environment, arguments, paths).
 _PROCESS_VARS = frozenset({"cowpath", "ENV", "INC", "ARGV", "ARGVOUT", "0"})
 _PROCESS_ARRAYS = frozenset({"ARGV", "INC", "message", "balloon_lines", "-", "+"})
 # Punctuation variables whose value is fixed while cowsay loads a cow file.
-_SPECIAL_SCALARS = {
-    ".": "",
-    ";": "\x1c",
-    ",": "",
-    "/": "\n",
-    "\\": "",
-    '"': " ",
-    ":": " \n-",
-    "=": "60",
-    "-": "0",
-    "%": "0",
-    "|": "0",
-    "?": "0",
-    "^": "STDOUT_TOP",
-    "~": "STDOUT",
-    "@": "",
-}
+_SPECIAL_SCALARS = MappingProxyType(
+    {
+        ".": "",
+        ";": "\x1c",
+        ",": "",
+        "/": "\n",
+        "\\": "",
+        '"': " ",
+        ":": " \n-",
+        "=": "60",
+        "-": "0",
+        "%": "0",
+        "|": "0",
+        "?": "0",
+        "^": "STDOUT_TOP",
+        "~": "STDOUT",
+        "@": "",
+    }
+)
 _PERL_SPACE = " \t\n\r\f\v"
 _NAME_RE = re.compile(r"(?:::)?[A-Za-z_]\w*(?:::\w+|'[A-Za-z_]\w*)*(?:::)?", re.ASCII)
 _DIGITS_RE = re.compile(r"\d+", re.ASCII)
+_BRACED_NAME_RE = re.compile(r"\{\s*(\^?\w+)\s*\}", re.ASCII)
+_WORD_RE = re.compile(r"\w+", re.ASCII)
+_CODE_VAR_RE = re.compile(
+    r"\$(?:\{\s*([A-Za-z_]\w*)\s*\}|((?:::)?[A-Za-z_]\w*(?:::\w+)*))", re.ASCII
+)
+_HEREDOC_RE = re.compile(
+    r"""<<(~?)(?:([A-Za-z_]\w*)|[ \t]*"([^"\n]*)"|[ \t]*'([^'\n]*)'|[ \t]+([A-Za-z_]\w*))"""
+)
+_POD_END_RE = re.compile(r"^=cut\b.*(?:\n|\Z)", re.M)
 _HEX_RE = re.compile(r"[0-9A-Fa-f]{0,2}")
 _OCT_RE = re.compile(r"[0-7]{1,3}")
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "b": "\b", "a": "\a", "e": "\x1b"}
+_SIMPLE_ESCAPES = MappingProxyType(
+    {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "b": "\b", "a": "\a", "e": "\x1b"}
+)
 
 
 @dataclass(frozen=True)
@@ -142,14 +156,16 @@ def _scan_scalar(s: str, i: int) -> tuple[str | _Var, int]:
         raise CowParseError("final $ should be \\$ or $name")
     c = s[k]
     if c == "{":
-        m = re.compile(r"\{\s*(\^?\w+)\s*\}", re.ASCII).match(s, k)
+        m = _BRACED_NAME_RE.match(s, k)
         if not m or m.group(1)[0] == "^" or m.group(1)[0].isdigit():
             raise CowParseError("${ ... } expressions are not supported")
         return _Var(_normalize_name(m.group(1))), m.end()  # ${name}[ is not a subscript
     m = _NAME_RE.match(s, k)
-    if m and not (c == ":" and not s.startswith("::", k)):
+    if m:
         _check_no_subscript(s, m.end(), "$" + m.group())
         return _Var(_normalize_name(m.group())), m.end()
+    if s.startswith("::", k):
+        raise CowParseError("unsupported variable $::")
     if c.isdigit():
         m = _DIGITS_RE.match(s, k)
         assert m is not None
@@ -177,7 +193,7 @@ def _scan_array(s: str, i: int) -> tuple[str, int] | None:
         name, end = ":", i + 2
     elif c == "'":
         m = _NAME_RE.match(s, i + 2)
-        if not m or not s[i + 2].isalpha() and s[i + 2] != "_":
+        if not m or m.group().startswith(":"):
             raise CowParseError("array expression @' is not supported")
         name, end = _normalize_name("::" + m.group()), m.end()
     elif c.isdigit():
@@ -196,6 +212,12 @@ def _scan_array(s: str, i: int) -> tuple[str, int] | None:
     return "", end  # any other array is empty when the cow file is loaded
 
 
+def _char(code: int) -> str:
+    if not 0 <= code <= 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        raise CowParseError(f"escape for invalid character U+{code:X}")
+    return chr(code)
+
+
 def _scan_escape(s: str, i: int) -> tuple[str, int]:
     """Decode the backslash escape at ``s[i]`` as Perl's double-quoted strings do."""
     n = len(s)
@@ -208,22 +230,22 @@ def _scan_escape(s: str, i: int) -> tuple[str, int]:
     if c in "01234567":
         m = _OCT_RE.match(s, i + 1)
         assert m is not None
-        return chr(int(m.group(), 8)), m.end()
+        return _char(int(m.group(), 8)), m.end()
     if c == "x":
         if j < n and s[j] == "{":
             close = s.find("}", j)
             digits = s[j + 1 : close].replace("_", "") if close > 0 else "?"
             if not re.fullmatch(r"[0-9A-Fa-f]*", digits):
                 raise CowParseError("unsupported \\x{...} escape")
-            return chr(int(digits or "0", 16)), close + 1
+            return _char(int(digits or "0", 16)), close + 1
         m = _HEX_RE.match(s, j)
         assert m is not None
-        return chr(int(m.group() or "0", 16)), m.end()
+        return _char(int(m.group() or "0", 16)), m.end()
     if c == "o":
         close = s.find("}", j)
         if not s.startswith("{", j) or close < 0 or not re.fullmatch(r"[0-7]+", s[j + 1 : close]):
             raise CowParseError("unsupported \\o escape")
-        return chr(int(s[j + 1 : close], 8)), close + 1
+        return _char(int(s[j + 1 : close], 8)), close + 1
     if c == "c":
         if j >= n or s[j] == "{" or not s[j].isascii():
             raise CowParseError("unsupported \\c escape")
@@ -235,7 +257,7 @@ def _scan_escape(s: str, i: int) -> tuple[str, int]:
         spec = s[j + 1 : close]
         try:
             if spec.startswith("U+"):
-                return chr(int(spec[2:], 16)), close + 1
+                return _char(int(spec[2:], 16)), close + 1
             return unicodedata.lookup(spec), close + 1
         except (KeyError, ValueError) as exc:
             raise CowParseError(f"unknown character \\N{{{spec}}}") from exc
@@ -283,7 +305,7 @@ def _single_quoted(s: str) -> str:
     return re.sub(r"\\([\\'])", r"\1", s)
 
 
-_BRACKETS = {"(": ")", "[": "]", "{": "}", "<": ">"}
+_BRACKETS = MappingProxyType({"(": ")", "[": "]", "{": "}", "<": ">"})
 
 
 class _Lexer:
@@ -293,7 +315,9 @@ class _Lexer:
         self.src = source
         self.pos = 0
         self.tokens: list[tuple[str, object]] = []
-        self.pending: list[tuple[int, str, bool, bool]] = []  # (token, terminator, interp, indented)
+        # here-documents whose body starts on the next line: (token index, terminator,
+        # interpolating, indented)
+        self.pending: list[tuple[int, str, bool, bool]] = []
 
     def error(self, message: str) -> CowParseError:
         line = self.src.count("\n", 0, self.pos) + 1
@@ -333,7 +357,7 @@ class _Lexer:
                 self.tokens.append(("num", m.group()))
                 self.pos = m.end()
             elif c.isalpha() or c == "_":
-                m = re.compile(r"\w+", re.ASCII).match(src, self.pos)
+                m = _WORD_RE.match(src, self.pos)
                 assert m is not None
                 word = m.group()
                 if word in ("__END__", "__DATA__"):
@@ -341,7 +365,7 @@ class _Lexer:
                 self.pos = m.end()
                 if word in ("q", "qq") and self._quote_like(word):
                     continue
-                if word == "x" and src.startswith("=", self.pos) and not src.startswith("==", self.pos):
+                if word == "x" and re.match(r"=(?![=~>])", src[self.pos : self.pos + 2]):
                     self.pos += 1
                     self.tokens.append(("op", "x="))
                 else:
@@ -353,20 +377,20 @@ class _Lexer:
                 self.tokens.append(("op", c))
                 self.pos += 1
             else:
-                raise self.error(f"unsupported Perl syntax near {src[self.pos:self.pos + 10]!r}")
+                raise self.error(f"unsupported Perl syntax near {src[self.pos : self.pos + 10]!r}")
         if self.pending:
             raise self.error("here-document without body")
         return self.tokens
 
     def _skip_pod(self) -> None:
-        m = re.compile(r"^=cut\b.*(?:\n|\Z)", re.M).search(self.src, self.pos)
+        m = _POD_END_RE.search(self.src, self.pos)
         self.pos = len(self.src) if m is None else m.end()
 
     def _variable(self) -> None:
         src = self.src
-        m = re.compile(r"\$(?:\{\s*(\w+)\s*\}|((?:::)?[A-Za-z_]\w*(?:::\w+)*))", re.ASCII).match(src, self.pos)
+        m = _CODE_VAR_RE.match(src, self.pos)
         if not m:
-            raise self.error(f"unsupported variable near {src[self.pos:self.pos + 10]!r}")
+            raise self.error(f"unsupported variable near {src[self.pos : self.pos + 10]!r}")
         self.pos = m.end()
         if src.startswith(("[", "{", "->"), self.pos):
             raise self.error("element access is not supported")
@@ -412,9 +436,7 @@ class _Lexer:
         return True
 
     def _heredoc_start(self) -> None:
-        m = re.compile(r"<<(~?)(?:([A-Za-z_]\w*)|\s*\"([^\"\n]*)\"|\s*'([^'\n]*)'|[ \t]+([A-Za-z_]\w*))").match(
-            self.src, self.pos
-        )
+        m = _HEREDOC_RE.match(self.src, self.pos)
         if not m:
             raise self.error("unsupported << expression")
         self.pos = m.end()
@@ -453,18 +475,21 @@ class _Lexer:
 # Expressions are tuples: ("lit", str) ("var", name) ("interp", parts) ("concat", a, b)
 # ("repeat", a, b) ("call", function, args).  Statements: ("assign", name, op, expr)
 # with op "=", ".=" or "x=", and ("eval", expr).
-_FUNCTIONS = {
-    "chop": 1,
-    "chomp": 1,
-    "uc": 1,
-    "lc": 1,
-    "ucfirst": 1,
-    "lcfirst": 1,
-    "length": 1,
-    "reverse": -1,
-    "substr": -1,
-}
+_FUNCTIONS = MappingProxyType(
+    {
+        "chop": 1,
+        "chomp": 1,
+        "uc": 1,
+        "lc": 1,
+        "ucfirst": 1,
+        "lcfirst": 1,
+        "length": 1,
+        "reverse": -1,
+        "substr": -1,
+    }
+)
 _MUTATING = frozenset({"chop", "chomp"})
+_MAX_REPEAT = 1000
 _IGNORED_STATEMENTS = frozenset({"use", "no", "binmode"})
 
 
@@ -521,8 +546,8 @@ class _Parser:
         expr = self.expression()
         if expr[0] == "call" and expr[1] in _MUTATING:
             return ("eval", expr)
-        if expr[0] in ("lit", "interp"):
-            return None  # e.g. the customary "1;"
+        if expr[0] in ("lit", "interp", "var"):
+            return None  # e.g. the customary "1;" or a bare "my $x;"
         raise CowParseError("unsupported statement")
 
     def expression(self) -> tuple:
@@ -585,6 +610,11 @@ def _perl_int(value: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def _repeat_count(value: str) -> int:
+    # No real cow repeats anything this often; the cap keeps a hostile file cheap.
+    return min(max(0, _perl_int(value)), _MAX_REPEAT)
+
+
 def _eval(expr: tuple, env: dict[str, str]) -> str:
     tag = expr[0]
     if tag == "lit":
@@ -596,7 +626,7 @@ def _eval(expr: tuple, env: dict[str, str]) -> str:
     if tag == "concat":
         return _eval(expr[1], env) + _eval(expr[2], env)
     if tag == "repeat":
-        return _eval(expr[1], env) * max(0, _perl_int(_eval(expr[2], env)))
+        return _eval(expr[1], env) * _repeat_count(_eval(expr[2], env))
     name, args = expr[1], expr[2]
     if name in _MUTATING:
         var = args[0][1]
@@ -645,7 +675,7 @@ def _run(program: tuple[tuple, ...], env: dict[str, str]) -> None:
         if op == ".=":
             value = env.get(name, "") + value
         elif op == "x=":
-            value = env.get(name, "") * max(0, _perl_int(value))
+            value = env.get(name, "") * _repeat_count(value)
         env[name] = value
 
 
@@ -704,16 +734,20 @@ def _assigned_names(statements: Iterable[tuple]) -> set[str]:
     return names
 
 
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _template_of(expr: tuple) -> str | None:
     """Turn an expression into a format_map template, if it is plain interpolation."""
     tag = expr[0]
     if tag == "lit":
-        return expr[1].replace("{", "{{").replace("}", "}}")
+        return _escape_braces(expr[1])
     if tag == "var":
         return "{" + expr[1] + "}"
     if tag == "interp":
         return "".join(
-            p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else "{" + p.name + "}" for p in expr[1]
+            _escape_braces(p) if isinstance(p, str) else "{" + p.name + "}" for p in expr[1]
         )
     if tag == "concat":
         left, right = _template_of(expr[1]), _template_of(expr[2])
@@ -731,19 +765,24 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
         source = source[1:]
     try:
         statements = _Parser(_Lexer(source).run()).statements()
-    except RecursionError as exc:  # pathological nesting
-        raise CowParseError("expression nested too deeply") from exc
+    except CowParseError:
+        raise
+    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. absurd nesting
+        raise CowParseError(f"cannot parse: {exc}") from exc
     assigned = _assigned_names(statements)
     if "the_cow" not in assigned:
         raise CowParseError("no $the_cow assignment found")
     runtime = frozenset(_RUNTIME_VARS | assigned)
     resolved = [
-        (s[0], s[1], s[2], _resolve(s[3], runtime)) if s[0] == "assign" else (s[0], _resolve(s[1], runtime))
+        (s[0], s[1], s[2], _resolve(s[3], runtime))
+        if s[0] == "assign"
+        else (s[0], _resolve(s[1], runtime))
         for s in statements
     ]
     # Variables first set by the cow file start out with cowsay's value for them.
     initial = tuple(
-        ("assign", var, "=", ("lit", _fixed_value(var))) for var in sorted(assigned - _RUNTIME_VARS - {"the_cow"})
+        ("assign", var, "=", ("lit", _fixed_value(var)))
+        for var in sorted(assigned - _RUNTIME_VARS - {"the_cow"})
     )
     last = resolved[-1]
     template = None
@@ -752,15 +791,19 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
     if template is not None:
         program = initial + tuple(resolved[:-1])
     else:
-        program = initial + (("assign", "the_cow", "=", ("lit", "")),) + tuple(resolved)
+        program = initial + tuple(resolved)
         template = "{the_cow}"
-    if not any(s[0] == "eval" or s[1] != "the_cow" for s in program):
-        program = ()  # nothing to compute before substitution
-    return Cow(name=name, template=template, path=path, program=program)
+    cow = Cow(name=name, template=template, path=path, program=program)
+    try:  # a trial run, so that problems surface at load time rather than per request
+        _cow_art(cow, "oo", "  ", "\\", "cowsay")
+    except (ValueError, KeyError, IndexError, OverflowError, MemoryError, RecursionError) as exc:
+        raise CowParseError(f"cannot render: {exc!r}") from exc
+    return cow
 
 
 def _cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str) -> str:
     env = {"eyes": eyes, "tongue": tongue, "thoughts": thoughts, "progname": progname}
+    env["the_cow"] = ""
     if cow.program:
         _run(cow.program, env)
     return cow.template.format_map(env)
@@ -902,7 +945,8 @@ def _wrap_paragraph(text: str, limit: int) -> str:
     out: list[str] = []
     remainder = ""
     pos = 0
-    while not all(is_ws[pos:]):
+    last_word = max((i for i in range(n) if not is_ws[i]), default=-1)
+    while pos <= last_word:  # Text::Wrap stops when only whitespace is left
         # Longest run of at most `limit` columns followed by whitespace or the end.
         fit, used = 0, 0
         while pos + fit < n and used + widths[pos + fit] <= limit:
@@ -949,7 +993,7 @@ def _balloon(lines: list[str], think: bool) -> str:
         first, middle, last = "/\\", "||", "\\/"
     out = [" ", "_" * (width + 2), "\n"]
     final = len(lines) - 1
-    for index, (line, w) in enumerate(zip(lines, widths)):
+    for index, (line, w) in enumerate(zip(lines, widths, strict=True)):
         border = first if index == 0 else last if index == final else middle
         out += (border[0], " ", line, " " * (width - w), " ", border[1], "\n")
     out += (" ", "-" * (width + 2), "\n")

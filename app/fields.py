@@ -9,6 +9,7 @@ same strict rules, and every message reads as the end of "Parameter `x` ...".
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from typing import Any
 
 from marshmallow import ValidationError, fields
@@ -99,3 +100,24 @@ class Bool(fields.Field):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return value
+
+
+class PublicId(fields.Field):
+    """Dumps an internal id number as its public prefixed form (usr_..., cv_..., ln_...)."""
+
+    def __init__(self, prefix: str, **kwargs: Any):
+        super().__init__(dump_only=True, **kwargs)
+        self.prefix = prefix
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return f"{self.prefix}_{value:016x}"
+
+
+class Timestamp(fields.Field):
+    """Dumps a timezone-aware datetime as RFC 3339 in UTC with a Z."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(dump_only=True, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -4,22 +4,34 @@ Statuses, best to worst: healthy, degraded (serving, but impaired), unhealthy
 (this component fails), critical (the service cannot serve). The overall
 status is the worst component's. `/health/quick` reads the last result
 without running anything, so a load balancer never waits on a check.
+
+A checker that does not finish within the timeout is reported unhealthy and
+left to finish on its own thread; until it does, later rounds report it as
+still hung instead of starting another copy, so a stuck dependency costs one
+thread per checker, never a growing pile of them, and never a hung endpoint.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from psycopg_pool import PoolTimeout, TooManyRequests
+
 HEALTHY, DEGRADED, UNHEALTHY, CRITICAL = "healthy", "degraded", "unhealthy", "critical"
 SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2, CRITICAL: 3}
+
+# Detail keys shown only with HEALTH_DETAILS=true (they help an attacker map the
+# system), and keys never shown at all (they could carry credentials).
+REVEALING_DETAILS = re.compile(r"host|address|addr|version|server|port", re.IGNORECASE)
+NEVER_SHOWN = re.compile(r"dsn|url|conninfo|password|passwd|secret|token", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -60,54 +72,113 @@ def worst(statuses) -> str:
     return max(statuses, key=SEVERITY.__getitem__, default=HEALTHY)
 
 
+def public_details(details: dict[str, Any], show_revealing: bool) -> dict[str, Any]:
+    """Details safe to publish: never credentials; hosts and versions only when allowed."""
+    shown = {}
+    for key, value in details.items():
+        if NEVER_SHOWN.search(key):
+            continue
+        if not show_revealing and REVEALING_DETAILS.search(key):
+            continue
+        if isinstance(value, dict):
+            value = public_details(value, show_revealing)
+        shown[key] = value
+    return shown
+
+
 class HealthManager:
-    """Runs every registered checker in parallel and keeps the last report."""
+    """Runs every registered checker in parallel and keeps the last report.
+
+    `report()` answers from the cache while it is younger than `cache_seconds`,
+    else runs the checks (concurrent callers share one run). `last()` never
+    runs anything; `refresh_soon()` asks for a run on a background thread.
+    """
 
     def __init__(self, checkers: dict[str, Checker], timeout: float, cache_seconds: float,
                  logger: logging.Logger, clock: Callable[[], float] = time.monotonic):
-        self.checkers = checkers
+        self.checkers = dict(checkers)
         self.timeout = timeout
         self.cache_seconds = cache_seconds
         self.logger = logger
         self.clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=max(2, 2 * len(checkers)),
+        # At most one run of each checker at a time (see the module docstring).
+        self._executor = ThreadPoolExecutor(max_workers=len(self.checkers) + 1,
                                             thread_name_prefix="health")
+        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-refresh")
+        self._refresh_pending = threading.Event()
         self._lock = threading.Lock()
+        self._running: dict[str, tuple[float, Future]] = {}
         self._last: HealthReport | None = None
         self._last_at = float("-inf")
+        self._closed = False
 
     def last(self) -> HealthReport | None:
         """The most recent report, never running a check."""
         return self._last
 
+    def fresh(self) -> bool:
+        return self._last is not None and self.clock() - self._last_at < self.cache_seconds
+
     def report(self) -> HealthReport:
         """A report at most cache_seconds old; runs the checks when it is older."""
-        if self._last is not None and self.clock() - self._last_at < self.cache_seconds:
-            return self._last
+        if self.fresh():
+            return self._last  # type: ignore[return-value]
         with self._lock:
-            if self._last is not None and self.clock() - self._last_at < self.cache_seconds:
-                return self._last
+            if self.fresh():
+                return self._last  # type: ignore[return-value]
             report = self._run_all()
             self._last, self._last_at = report, self.clock()
             return report
 
+    def refresh_soon(self) -> None:
+        """When the last report is stale, refresh it in the background (never blocks)."""
+        if self.fresh() or self._closed or self._refresh_pending.is_set():
+            return
+        self._refresh_pending.set()
+        try:
+            self._refresher.submit(self._background_refresh)
+        except RuntimeError:  # shut down meanwhile
+            self._refresh_pending.clear()
+
+    def _background_refresh(self) -> None:
+        try:
+            self.report()
+        except Exception:
+            self.logger.exception("background health refresh failed")
+        finally:
+            self._refresh_pending.clear()
+
     def _run_all(self) -> HealthReport:
-        started = {name: (self.clock(), self._executor.submit(self._timed, check))
-                   for name, check in self.checkers.items()}
-        deadline = self.clock() + self.timeout
-        results = {}
+        results: dict[str, CheckResult] = {}
+        started: dict[str, tuple[float, Future]] = {}
+        for name, check in self.checkers.items():
+            previous = self._running.get(name)
+            if previous is not None and not previous[1].done():
+                hung_for = self.clock() - previous[0]
+                results[name] = CheckResult(
+                    UNHEALTHY, f"the previous check has not finished after {hung_for:.1f}s",
+                    duration_ms=0.0)
+                continue
+            entry = (self.clock(), self._executor.submit(self._timed, check))
+            self._running[name] = entry
+            started[name] = entry
+        wait([future for _, future in started.values()], timeout=self.timeout)
         for name, (start, future) in started.items():
-            try:
-                results[name] = future.result(timeout=max(0.0, deadline - self.clock()))
-            except FutureTimeout:
+            if not future.done():
                 results[name] = CheckResult(
                     UNHEALTHY, f"check did not finish within {self.timeout:g}s",
                     duration_ms=(self.clock() - start) * 1000)
-            except Exception as exc:
+                continue
+            exc = future.exception()
+            if exc is not None:
                 self.logger.warning("health check %s failed: %s", name, type(exc).__name__)
-                results[name] = CheckResult(UNHEALTHY, f"check failed: {type(exc).__name__}")
-        status = worst(r.status for r in results.values())
-        return HealthReport(status, datetime.now(UTC), results)
+                results[name] = CheckResult(UNHEALTHY, f"check failed: {type(exc).__name__}",
+                                            duration_ms=(self.clock() - start) * 1000)
+            else:
+                results[name] = future.result()
+        ordered = {name: results[name] for name in self.checkers}
+        status = worst(r.status for r in ordered.values())
+        return HealthReport(status, datetime.now(UTC), ordered)
 
     def _timed(self, check: Checker) -> CheckResult:
         start = self.clock()
@@ -116,31 +187,54 @@ class HealthManager:
                            (self.clock() - start) * 1000)
 
     def close(self) -> None:
+        self._closed = True
+        self._refresher.shutdown(wait=False, cancel_futures=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 # --- checkers ----------------------------------------------------------------------
+def pool_details(stats: dict[str, int]) -> dict[str, int]:
+    """The pool's numbers as /health/detailed shows them (psycopg_pool's stats renamed)."""
+    size = stats.get("pool_size", 0)
+    available = stats.get("pool_available", 0)
+    return {
+        "size": size, "available": available, "in_use": size - available,
+        "waiting": stats.get("requests_waiting", 0), "min": stats.get("pool_min", 0),
+        "max": stats.get("pool_max", 0),
+        # psycopg_pool counts both timeouts and "too many waiting" refusals here.
+        "acquire_timeouts": stats.get("requests_errors", 0),
+        "connection_errors": stats.get("connections_errors", 0),
+        "connections_lost": stats.get("connections_lost", 0),
+    }
+
+
 def database_checker(db, timeout: float, show_details: bool) -> Checker:
-    """SELECT 1 through the pool within the timeout, plus the pool's stats."""
+    """SELECT 1 through the pool within the timeout, plus the pool's stats.
+
+    critical when the database cannot be reached; degraded while requests wait
+    for a connection, or when every connection is busy so the check itself
+    could not get one (the database still answers the requests holding them).
+    """
 
     def check() -> CheckResult:
-        stats = db.stats()
-        details: dict[str, Any] = {
-            "size": stats.get("pool_size", 0), "available": stats.get("pool_available", 0),
-            "in_use": stats.get("pool_size", 0) - stats.get("pool_available", 0),
-            "waiting": stats.get("requests_waiting", 0), "min": stats.get("pool_min", 0),
-            "max": stats.get("pool_max", 0), "acquire_timeouts": stats.get("requests_errors", 0),
-            "connection_errors": stats.get("connections_errors", 0),
-        }
+        details: dict[str, Any] = pool_details(db.stats())
         try:
             with db.pool.connection(timeout=timeout) as conn:
-                row = conn.execute("SELECT current_setting('server_version')").fetchone()
-        except Exception as exc:
+                conn.execute("SELECT 1").fetchone()
+                if show_details:
+                    details["server_version"] = conn.info.server_version
+                    details["host"] = conn.info.host
+        except (PoolTimeout, TooManyRequests) as exc:
+            details = pool_details(db.stats())
+            if details["size"] and details["in_use"] >= details["size"]:
+                return CheckResult(DEGRADED, "every connection is busy; requests are waiting",
+                                   details)
             return CheckResult(CRITICAL, f"database unreachable ({type(exc).__name__})",
                                details)
-        if show_details:
-            details["server_version"] = row[0]
-            details["host"] = db.pool.conninfo and _host_of(db)
+        except Exception as exc:
+            db.connection_failed()  # purge the pool's other dead connections now
+            return CheckResult(CRITICAL, f"database unreachable ({type(exc).__name__})",
+                               pool_details(db.stats()))
         if details["waiting"]:
             return CheckResult(DEGRADED, "requests are waiting for a connection", details)
         return CheckResult(HEALTHY, "database answers", details)
@@ -148,37 +242,48 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
     return check
 
 
-def _host_of(db) -> str:
-    try:
-        with db.pool.connection(timeout=0.5) as conn:
-            return conn.info.host
-    except Exception:
-        return "unknown"
+def migrations_checker(db, expected_version: int, timeout: float = 1.0) -> Checker:
+    """The database's schema version against the newest migration this build ships."""
 
-
-def migrations_checker(db, expected_version: int) -> Checker:
     def check() -> CheckResult:
-        with db.pool.connection(timeout=1.0) as conn:
-            row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
-                               ).fetchone()
+        try:
+            with db.pool.connection(timeout=timeout) as conn:
+                row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
+                                   ).fetchone()
+        except Exception as exc:
+            return CheckResult(UNHEALTHY, f"schema version unreadable ({type(exc).__name__})",
+                               {"expected": expected_version})
         current = row[0]
         details = {"current": current, "expected": expected_version}
         if current < expected_version:
-            return CheckResult(UNHEALTHY, "database schema is behind this build", details)
+            return CheckResult(UNHEALTHY, "database schema is behind this build; "
+                                          "run the migrations", details)
+        if current > expected_version:
+            return CheckResult(HEALTHY, "schema is ahead of this build (a newer release "
+                                        "migrated it)", details)
         return CheckResult(HEALTHY, "schema is current", details)
 
     return check
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        pages = int(statm.read().split()[1])
+def rss_bytes() -> int:
+    """This process's resident set size."""
     import resource
 
-    return pages * resource.getpagesize()
+    try:
+        with open("/proc/self/statm") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * resource.getpagesize()
+    except OSError:  # not Linux: the peak is the best portable figure
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
-def memory_checker(limit_bytes: int, rss: Callable[[], int] = _rss_bytes) -> Checker:
+def memory_checker(limit_bytes: int, rss: Callable[[], int] = rss_bytes) -> Checker:
+    """Process RSS against MEMORY_LIMIT_BYTES: degraded above 80 %, critical above 95 %."""
+
     def check() -> CheckResult:
         used = rss()
         details: dict[str, Any] = {"rss_bytes": used}
@@ -187,10 +292,23 @@ def memory_checker(limit_bytes: int, rss: Callable[[], int] = _rss_bytes) -> Che
         ratio = used / limit_bytes
         details.update(limit_bytes=limit_bytes, used_ratio=round(ratio, 3))
         if ratio > 0.95:
-            return CheckResult(CRITICAL, "memory nearly exhausted", details)
+            return CheckResult(CRITICAL, "memory nearly exhausted (above 95% of the limit)",
+                               details)
         if ratio > 0.80:
             return CheckResult(DEGRADED, "memory above 80% of the limit", details)
         return CheckResult(HEALTHY, "memory within limit", details)
+
+    return check
+
+
+def rate_limit_store_checker(limiter, show_details: bool = False) -> Checker:
+    """The rate limiter's own view of its store: `limiter.health()` -> (status, message, details)."""
+
+    def check() -> CheckResult:
+        status, message, details = limiter.health()
+        if status not in SEVERITY:
+            return CheckResult(UNHEALTHY, f"unknown status from the rate limiter: {status!r}")
+        return CheckResult(status, message, public_details(dict(details), show_details))
 
     return check
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,21 @@ def mark_process_dead(pid: int, path: str) -> None:
     prom_multiprocess.mark_process_dead(pid, path)
 
 
+# Methods get their own label value; anything else is "other", so a client
+# sending made-up methods cannot grow the number of series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+RATE_LIMIT_POLICIES = ("user", "ip")
+HEALTH_SEVERITY = {"healthy": 0, "degraded": 1, "unhealthy": 2, "critical": 3}
+
+
 class Metrics:
-    """Every metric SayPI exports, plus the scrape of all workers' values."""
+    """Every metric SayPI exports, plus the scrape of all workers' values.
+
+    Counters without labels, and the labelled ones whose label values are
+    known in advance, start at 0 so that dashboards and alerts find them
+    before the first event (a multiprocess scrape shows only series that
+    exist in some worker's file).
+    """
 
     def __init__(self, directory: str | None, version: str):
         self.directory = directory
@@ -52,6 +66,8 @@ class Metrics:
         self.rate_limited = Counter(
             "rate_limited_total", "Requests refused by a rate limit.", ["policy"],
             registry=registry)
+        for policy in RATE_LIMIT_POLICIES:
+            self.rate_limited.labels(policy)
         self.rate_limit_store_errors = Counter(
             "rate_limit_store_errors_total",
             "Rate-limit decisions that failed in the store (the request was allowed).",
@@ -77,7 +93,8 @@ class Metrics:
             "db_pool_max", "Most connections the pools may open.", multiprocess_mode="livesum",
             registry=registry)
         self.pool_timeouts = Counter(
-            "db_pool_timeouts_total", "Requests that gave up waiting for a connection.",
+            "db_pool_timeouts_total",
+            "Requests refused a connection (waited too long, or too many already waiting).",
             registry=registry)
         self.pool_connection_errors = Counter(
             "db_pool_connection_errors_total", "Failed attempts to open a connection.",
@@ -85,19 +102,42 @@ class Metrics:
         self.pool_connections_lost = Counter(
             "db_pool_connections_lost_total", "Connections found broken and discarded.",
             registry=registry)
+        self.health_status = Gauge(
+            "health_status",
+            "Last health check per component (0 healthy, 1 degraded, 2 unhealthy, "
+            "3 critical); check=\"overall\" is the worst. The worst worker wins.",
+            ["check"], multiprocess_mode="livemax", registry=registry)
         self.app_info = Gauge(
             "app_info", "Build information; the value is always 1.", ["version"],
-            multiprocess_mode="max", registry=registry)
+            multiprocess_mode="livemax", registry=registry)
         self.app_info.labels(version=version).set(1)
+        self._request_series: dict[tuple[str, str, int], tuple] = {}
+        self._sample_lock = threading.Lock()
         self._last_pool: dict[str, int] = {}
         self._last_render = (0, 0)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.duration.labels(method, route).observe(seconds)
+        """Count one served request; runs on every request, so the series are memoised."""
+        key = (method, route, status)
+        series = self._request_series.get(key)
+        if series is None:
+            label = method if method in KNOWN_METHODS else "other"
+            series = (self.requests.labels(label, route, str(status)),
+                      self.duration.labels(label, route))
+            self._request_series[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def sample_pool(self, stats: dict[str, int]) -> None:
-        """Copy pool stats into gauges, and counter deltas since the last sample."""
+        """Copy pool stats into gauges, and counter deltas since the last sample.
+
+        Called by the sampler thread and by each scrape, so the deltas are taken
+        under a lock (two samplers must not both add the same increase).
+        """
+        with self._sample_lock:
+            self._sample_pool(stats)
+
+    def _sample_pool(self, stats: dict[str, int]) -> None:
         self.pool_size.set(stats.get("pool_size", 0))
         self.pool_available.set(stats.get("pool_available", 0))
         self.pool_waiting.set(stats.get("requests_waiting", 0))
@@ -112,12 +152,21 @@ class Metrics:
             self._last_pool[key] = value
 
     def sample_render_cache(self, hits: int, misses: int) -> None:
-        last_hits, last_misses = self._last_render
-        if hits > last_hits:
-            self.render_cache_hits.inc(hits - last_hits)
-        if misses > last_misses:
-            self.render_cache_misses.inc(misses - last_misses)
-        self._last_render = (hits, misses)
+        with self._sample_lock:
+            last_hits, last_misses = self._last_render
+            if hits > last_hits:
+                self.render_cache_hits.inc(hits - last_hits)
+            if misses > last_misses:
+                self.render_cache_misses.inc(misses - last_misses)
+            self._last_render = (hits, misses)
+
+    def sample_health(self, report) -> None:
+        """Export the last health report (a HealthReport or None) as health_status gauges."""
+        if report is None:
+            return
+        for name, result in report.checks.items():
+            self.health_status.labels(name).set(HEALTH_SEVERITY[result.status])
+        self.health_status.labels("overall").set(HEALTH_SEVERITY[report.status])
 
     def scrape(self) -> bytes:
         registry = CollectorRegistry()
@@ -130,8 +179,6 @@ class Sampler:
     """Calls each sampling function every `interval` seconds on a daemon thread."""
 
     def __init__(self, interval: float, samplers: list[Callable[[], None]], logger):
-        import threading
-
         self._stop = threading.Event()
         self._interval = interval
         self._samplers = samplers

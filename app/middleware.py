@@ -44,6 +44,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
     @app.before_request
     def start_request():
         g.started = time.perf_counter()
+        g.client_addr = request.remote_addr
         incoming = request.headers.get("X-Request-ID")
         g.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) \
             else uuid.uuid4().hex
@@ -60,6 +61,9 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         headers.setdefault("Content-Security-Policy", JSON_CSP)
         if g.get("user_id") is not None:
             headers["Cache-Control"] = "no-store"
+        decision = g.get("rate_limit")
+        if decision is not None:
+            headers.update(decision.headers())
         if response.status_code == 413:
             headers["Connection"] = "close"
         rule = request.url_rule
@@ -69,8 +73,8 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         metrics.observe_request(request.method, route, response.status_code, seconds)
         extra = {
             "method": request.method, "route": route, "status": response.status_code,
-            "duration_ms": round(seconds * 1000, 2), "remote_addr": g.get("client_addr")
-            or request.remote_addr, "bytes": response.content_length or 0,
+            "duration_ms": round(seconds * 1000, 2), "remote_addr": g.get("client_addr"),
+            "bytes": response.content_length or 0,
         }
         if g.get("user_id") is not None:
             extra["user_id"] = g.user_public_id

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 from flask import Request, Response, request
 from marshmallow import EXCLUDE, Schema, ValidationError
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.errors import (
     InvalidParams,
     InvalidRequest,
     ParamProblem,
-    PayloadTooLarge,
     UnsupportedMediaType,
 )
 from app.fields import Bool
@@ -35,12 +34,13 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def read_body(req: Request, max_bytes: int) -> dict[str, Any]:
-    """The request's parameters as a dict: JSON object or form fields; empty body -> {}."""
-    try:
-        raw = req.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raise PayloadTooLarge(max_bytes) from None
+def read_body(req: Request) -> dict[str, Any]:
+    """The request's parameters as a dict: JSON object or form fields; empty body -> {}.
+
+    A body over MAX_CONTENT_LENGTH raises werkzeug's 413 while streaming, which
+    the middleware answers as payload_too_large.
+    """
+    raw = req.get_data(cache=True)
     if not raw:
         return {}
     mimetype = req.mimetype
@@ -57,8 +57,6 @@ def read_body(req: Request, max_bytes: int) -> dict[str, Any]:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise InvalidRequest("the form body is not valid UTF-8") from None
-        from urllib.parse import parse_qsl
-
         try:
             pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=False,
                               errors="strict", max_num_fields=1000)
@@ -68,8 +66,16 @@ def read_body(req: Request, max_bytes: int) -> dict[str, Any]:
     raise UnsupportedMediaType()
 
 
-def validate(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate parameters against a schema; every problem at once as InvalidParams."""
+Check = Callable[[dict[str, Any]], list[ParamProblem]]
+
+
+def validate(schema: Schema, params: Mapping[str, Any], check: Check | None = None
+             ) -> dict[str, Any]:
+    """Validate parameters against a schema; every problem at once as InvalidParams.
+
+    `check` sees the parameters that passed the schema and returns further
+    problems (an unknown animal, a missing mood), reported with the others.
+    """
     params = dict(params)
     from_form = params.pop("__form__", False)
     cleaned: dict[str, Any] = {}
@@ -83,9 +89,14 @@ def validate(schema: Schema, params: Mapping[str, Any]) -> dict[str, Any]:
             value = Bool.form_values.get(value.strip().lower(), value)
         cleaned[name] = value
     try:
-        return schema.load(cleaned, unknown=EXCLUDE)
+        loaded, problems = schema.load(cleaned, unknown=EXCLUDE), []
     except ValidationError as exc:
-        raise InvalidParams(_problems(exc.messages)) from None
+        loaded, problems = exc.valid_data or {}, _problems(exc.messages)
+    if check is not None:
+        problems += check(loaded)
+    if problems:
+        raise InvalidParams(problems)
+    return loaded
 
 
 def _problems(messages: Any) -> list[ParamProblem]:
@@ -110,9 +121,9 @@ def _flatten(value: Any) -> list[str]:
     return [m for v in value for m in _flatten(v)]
 
 
-def decode(schema: Schema, max_bytes: int) -> dict[str, Any]:
+def decode(schema: Schema, check: Check | None = None) -> dict[str, Any]:
     """Read and validate the current request's body."""
-    return validate(schema, read_body(request, max_bytes))
+    return validate(schema, read_body(request), check)
 
 
 # --- responses ----------------------------------------------------------------------

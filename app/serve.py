@@ -1,19 +1,33 @@
 """Serving with gunicorn: gthread workers, app and pool built in each worker after fork.
 
-`GunicornApp` embeds gunicorn for `run.py serve`. The hook functions here are
-shared with deploy/gunicorn.conf.py, for operators who run `gunicorn` directly.
+Two ways in, one set of hooks:
+- `run.py serve` embeds gunicorn through `GunicornApp`;
+- `gunicorn -c deploy/gunicorn.conf.py` loads `cli_config` and `cli_settings`
+  from here, and gunicorn imports the app as `app.serve:worker_app()` in each
+  worker.
+
+Either way the master only wipes the metrics directory, forks, and marks dead
+workers' metrics; every pool, thread and Flask app is built inside a worker.
+
+Nothing here imports prometheus_client when this module is imported:
+prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, at its own import, and
+deploy/gunicorn.conf.py sets that variable only after `cli_config` ran.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Callable
-from typing import Any
+import socket
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-from app import metrics as metrics_mod
+WORKER_APP = "app.serve:worker_app()"
 
 
 def gunicorn_options(config, stdout) -> dict[str, Any]:
@@ -35,6 +49,7 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
         "timeout": 30,
         "keepalive": 5,
         "reuse_port": config.reuse_port,
+        "preload_app": False,  # the app holds a pool: build it after fork, in each worker
         "accesslog": None,  # SayPI writes its own JSON access line per request
         "errorlog": "-",  # gunicorn writes "-" to stderr
         "loglevel": config.log_level.lower(),
@@ -44,6 +59,7 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
         "limit_request_field_size": 8190,
         "proc_name": "saypi",
         "logger_class": logger_class_for(config.log_format),
+        "on_starting": on_starting_for(config.prometheus_multiproc_dir),
         "when_ready": when_ready,
         "post_worker_init": post_worker_init,
         "worker_exit": worker_exit,
@@ -51,9 +67,21 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
     }
 
 
+# --- hooks (gunicorn calls them; the master ones must not build anything) ----------------
+def on_starting_for(multiproc_dir: str | None) -> Callable:
+    def on_starting(server) -> None:
+        """Master, once at start: wipe the metrics of any earlier run."""
+        if multiproc_dir:
+            from app import metrics as metrics_mod
+
+            metrics_mod.reset_directory(multiproc_dir)
+
+    return on_starting
+
+
 def post_worker_init(worker) -> None:
     """Readiness turns 503 the moment this worker receives SIGTERM."""
-    resources = getattr(worker.app, "worker_resources", None)
+    resources = _resources_of(worker)
     if resources is None:
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -68,14 +96,17 @@ def post_worker_init(worker) -> None:
 
 def worker_exit(server, worker) -> None:
     """Close the worker's pool and threads as it exits."""
-    resources = getattr(worker.app, "worker_resources", None)
+    resources = _resources_of(worker)
     if resources is not None:
         resources.close()
 
 
 def child_exit_for(multiproc_dir: str | None) -> Callable:
     def child_exit(server, worker) -> None:
+        """Master, when a worker died: drop its live gauges from the merged metrics."""
         if multiproc_dir:
+            from app import metrics as metrics_mod
+
             metrics_mod.mark_process_dead(worker.pid, multiproc_dir)
 
     return child_exit
@@ -94,6 +125,15 @@ def logger_class_for(log_format: str) -> type:
     return SayPILogger
 
 
+def _resources_of(worker):
+    """The WorkerResources this worker process built, whichever way gunicorn was started."""
+    resources = getattr(worker.app, "worker_resources", None)
+    if resources is None and _factory is not None:
+        resources = _factory.resources
+    return resources
+
+
+# --- run.py serve --------------------------------------------------------------------------
 class GunicornApp(BaseApplication):
     """gunicorn, embedded: `build` runs in each worker and returns (wsgi app, resources)."""
 
@@ -110,3 +150,100 @@ class GunicornApp(BaseApplication):
     def load(self):
         app, self.worker_resources = self.build()
         return app
+
+
+# --- gunicorn -c deploy/gunicorn.conf.py -------------------------------------------------------
+class WorkerFactory:
+    """Builds the app in a worker, never in the master, and keeps what that worker must close."""
+
+    def __init__(self, build: Callable[[], tuple[Any, Any]]):
+        self._build = build
+        self._master_pid = os.getpid()
+        self.resources = None
+
+    def load(self):
+        if os.getpid() == self._master_pid:
+            raise RuntimeError("SayPI builds its app in each worker after fork (it holds a "
+                               "connection pool); do not set preload_app")
+        app, self.resources = self._build()
+        return app
+
+
+# gunicorn finds the WSGI app through an import string, so the factory that
+# deploy/gunicorn.conf.py made in the master is handed over through this one
+# module-level slot; forked workers inherit it.
+_factory: WorkerFactory | None = None
+
+
+def worker_app():
+    """The WSGI app for `wsgi_app = "app.serve:worker_app()"`: built here, in the worker."""
+    if _factory is None:
+        raise RuntimeError("no SayPI worker factory: start gunicorn with "
+                           "-c deploy/gunicorn.conf.py")
+    return _factory.load()
+
+
+def cli_config(env: Mapping[str, str], stdout: IO[str]):
+    """The Config for `gunicorn -c deploy/gunicorn.conf.py`, ready to serve.
+
+    Reads the same variables as run.py; exits with status 2 and one line per
+    problem when they are invalid. Unlike run.py it neither starts an embedded
+    PostgreSQL nor migrates (run `python run.py migrate` once per release), so
+    DATABASE_URL is required.
+    """
+    from app.config import Config, ConfigError
+
+    try:
+        config = Config.from_env(env, [], stdout=stdout)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        problems = [] if config.database_url else [
+            "DATABASE_URL: is required under gunicorn (the embedded PostgreSQL is "
+            "started only by run.py)"]
+    if problems:
+        for problem in problems:
+            stdout.write(f"config error: {problem}\n")
+        stdout.flush()
+        raise SystemExit(2)
+
+    changes: dict[str, Any] = {}
+    if not config.user_secrets:
+        from app.secrets_store import development_secret
+
+        data_dir = Path(config.data_dir).resolve()
+        secret, created = development_secret(data_dir)
+        stdout.write(f"warning: USER_SECRETS is unset: using the development secret in "
+                     f"{data_dir / 'user_secret'} (set USER_SECRETS in production)\n")
+        changes["user_secrets"] = (secret,)
+    if config.port == 0:
+        changes["port"] = _free_port(config.host)
+    if not config.prometheus_multiproc_dir:
+        changes["prometheus_multiproc_dir"] = tempfile.mkdtemp(prefix="saypi-metrics-")
+    return config.replace(**changes) if changes else config
+
+
+def cli_settings(config, stdout: IO[str]) -> dict[str, Any]:
+    """gunicorn settings for deploy/gunicorn.conf.py, and the worker factory they load.
+
+    Call only after PROMETHEUS_MULTIPROC_DIR is in the environment.
+    """
+    global _factory
+    from app.logs import new_logger
+
+    logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
+
+    def build():
+        from app.wiring import build_worker_app
+
+        return build_worker_app(config, logger, config.database_url)
+
+    _factory = WorkerFactory(build)
+    return {**gunicorn_options(config, stdout), "wsgi_app": WORKER_APP}
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]

@@ -10,11 +10,12 @@ from app.middleware import install_middleware
 from routes import add_routes
 
 
-def new_server(config, logger: logging.Logger, lifecycle, health, metrics,
-               sample_metrics) -> Flask:
+def new_server(config, logger: logging.Logger, lifecycle, health, metrics, sample_metrics,
+               auth, idempotent, presence, renderer, users, moods, conversations,
+               lines, db) -> Flask:
     """The SayPI WSGI app; every dependency comes in as an argument."""
     app = Flask("saypi")
-    app.json.sort_keys = False
-    add_routes(app, config, logger, lifecycle, health, metrics, sample_metrics)
+    add_routes(app, config, logger, lifecycle, health, metrics, sample_metrics,
+               auth, idempotent, presence, renderer, users, moods, conversations, lines, db)
     install_middleware(app, config, logger, metrics)
     return app

@@ -13,9 +13,19 @@ from dataclasses import dataclass
 from flask import Flask
 
 from app import health as health_mod
+from app.auth import Authenticator
+from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.db import Database, expected_schema_version, pool_settings
+from app.idempotency import Idempotency
 from app.metrics import Metrics, Sampler
+from app.presence import UserPresence
+from app.repo.conversations import ConversationRepository
+from app.repo.idempotency import IdempotencyRepository
+from app.repo.lines import LineRepository
+from app.repo.moods import MoodRepository
+from app.repo.users import UserRepository
 from app.server import new_server
+from app.tokens import TokenSigner
 
 VERSION = "0.1.0"
 
@@ -45,18 +55,31 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
-        "migrations": health_mod.migrations_checker(db, expected_schema_version()),
+        "migrations": health_mod.migrations_checker(db, expected_schema_version(),
+                                                    config.health_check_timeout),
         "memory": health_mod.memory_checker(config.memory_limit_bytes),
         "lifecycle": health_mod.lifecycle_checker(lifecycle),
     }
     health = health_mod.HealthManager(checkers, config.health_check_timeout,
                                       config.health_cache_seconds, logger.getChild("health"))
 
+    library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
+    renderer = Renderer(library, max_entries=config.render_cache_size)
+    users = UserRepository(db)
+    auth = Authenticator(TokenSigner(config.user_secrets))
+    idempotent = Idempotency(db, IdempotencyRepository(db), metrics, config.fault_injection)
+
     def sample_metrics() -> None:
         metrics.sample_pool(db.stats())
+        metrics.sample_render_cache(*renderer.cache_stats())
 
-    sampler = Sampler(1.0, [sample_metrics], logger)
-    app = new_server(config, logger, lifecycle, health, metrics, sample_metrics)
-    health.report()  # a first status before this worker takes traffic
+    def sample_health() -> None:
+        metrics.sample_health(health.last())
+
+    sampler = Sampler(1.0, [sample_metrics, sample_health], logger)
+    app = new_server(config, logger, lifecycle, health, metrics, sample_metrics,
+                     auth, idempotent, UserPresence(users), renderer, users,
+                     MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
+    metrics.sample_health(health.report())  # a first status before this worker takes traffic
     sampler.start()
     return app, WorkerResources(db, health, sampler, lifecycle)

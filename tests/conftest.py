@@ -97,7 +97,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self.env = env
-        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), *(argv or ["serve"])],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,

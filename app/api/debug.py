@@ -33,3 +33,25 @@ def handle_debug_fail():
         raise RuntimeError("injected failure: secret-looking detail that must stay in the log")
 
     return handler
+
+
+def handle_debug_db_sleep(db):
+    """GET /debug/db-sleep?seconds=S: hold a pooled connection for S seconds (at most 30).
+
+    Runs `SELECT pg_sleep(S)` through the Database, the way a slow query
+    would, to test pool exhaustion and database restarts; seconds=0 is one
+    cheap round trip.
+    """
+
+    def handler() -> Response:
+        try:
+            seconds = float(request.args.get("seconds", "1"))
+        except ValueError:
+            raise InvalidParams.one("seconds", "must be a number") from None
+        if not 0 <= seconds <= 30:
+            raise InvalidParams.one("seconds", "must be between 0 and 30")
+        with db.connection() as conn:
+            conn.execute("SELECT pg_sleep(%s)", (seconds,))
+        return respond.ok({"slept": seconds})
+
+    return handler

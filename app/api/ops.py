@@ -1,50 +1,68 @@
-"""Operations endpoints: health for load balancers and Kubernetes, and metrics."""
+"""Operations endpoints: health for load balancers and Kubernetes, and metrics.
+
+None of them is authenticated or rate limited. Health responses are never
+cached (`Cache-Control: no-store`, no ETag): a probe must see the current state.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Response
 
 from app import respond
-from app.health import DEGRADED, UNHEALTHY, CheckResult, HealthReport, worst
+from app.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 
 
 def _status_code(status: str) -> int:
-    return 200 if status in ("healthy", DEGRADED) else 503
+    return 200 if status in (HEALTHY, DEGRADED) else 503
+
+
+def _health_response(body: dict[str, Any]) -> Response:
+    return Response(respond.encode_json(body), status=_status_code(body["status"]),
+                    content_type=respond.JSON_TYPE, headers={"Cache-Control": "no-store"})
 
 
 def handle_live():
     """GET /health/live: the process serves; checks nothing external."""
 
     def handler() -> Response:
-        return respond.ok({"status": "healthy"})
+        return _health_response({"status": HEALTHY})
 
     return handler
 
 
 def handle_ready(health, lifecycle):
-    """GET /health/ready: database answers, migrations current, not shutting down."""
+    """GET /health/ready: database answers, migrations current, not shutting down.
+
+    200 for healthy or degraded, 503 otherwise, and 503 from the moment this
+    worker begins shutting down (without running a check).
+    """
 
     def handler() -> Response:
         if lifecycle.shutting_down:
-            return respond.ok({"status": UNHEALTHY, "message": "shutting down"}, status=503)
-        report = health.report()
-        return respond.ok(report.summary(), status=_status_code(report.status))
+            return _health_response({"status": UNHEALTHY, "message": "shutting down"})
+        return _health_response(health.report().summary())
 
     return handler
 
 
 def handle_quick(health, lifecycle):
-    """GET /health/quick: the last known overall status, never running a check."""
+    """GET /health/quick: the last known overall status, never running a check.
+
+    When that status is older than HEALTH_CACHE_SECONDS a refresh is queued on
+    a background thread, so the next call sees current results; this call
+    does not wait for it.
+    """
 
     def handler() -> Response:
         report: HealthReport | None = health.last()
-        if report is None:
-            body = {"status": UNHEALTHY, "checked_at": None}
-        else:
-            body = report.summary()
+        health.refresh_soon()
+        body = report.summary() if report is not None else {"status": UNHEALTHY,
+                                                             "checked_at": None}
         if lifecycle.shutting_down:
             body["status"] = UNHEALTHY
-        return respond.ok(body, status=_status_code(body["status"]))
+        return _health_response(body)
 
     return handler
 
@@ -53,12 +71,11 @@ def handle_detailed(health, lifecycle):
     """GET /health/detailed: every component with its status, timing and details."""
 
     def handler() -> Response:
-        report = health.report()
-        body = report.to_json()
+        body = health.report().to_json()
         if lifecycle.shutting_down:
             body["checks"]["lifecycle"] = CheckResult(UNHEALTHY, "shutting down").to_json()
             body["status"] = worst([body["status"], UNHEALTHY])
-        return respond.ok(body, status=_status_code(body["status"]))
+        return _health_response(body)
 
     return handler
 
@@ -68,7 +85,8 @@ def handle_metrics(metrics, sample):
 
     def handler() -> Response:
         sample()
-        return Response(metrics.scrape(), content_type=metrics_content_type())
+        return Response(metrics.scrape(), content_type=metrics_content_type(),
+                        headers={"Cache-Control": "no-store"})
 
     return handler
 

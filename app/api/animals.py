@@ -1,0 +1,18 @@
+"""Animals: the .cow files found on COWPATH, the system's cowsay and the bundled ones."""
+
+from __future__ import annotations
+
+from flask import Response
+
+from app import respond
+
+
+def handle_list_animals(library, presence):
+    """GET /animals: every animal's name, sorted."""
+    body = {"animals": library.names()}
+
+    def handler() -> Response:
+        presence.ensure()
+        return respond.ok(body)
+
+    return handler

@@ -1,0 +1,122 @@
+"""Conversations: a heading and the lines animals say in it."""
+
+from __future__ import annotations
+
+from flask import Response, request
+from marshmallow import Schema, fields
+
+from app import ids, pagination, respond
+from app.api.common import missing, parse_id
+from app.api.lines import LineOut, render_line
+from app.auth import current_user
+from app.errors import ActionNotAllowed, AuthInvalid
+from app.fields import PublicId, Text, Timestamp
+from app.repo.conversations import LimitReached, UserGone
+
+
+class CreateConversation(Schema):
+    heading = Text(min_length=1, max_length=100, required=True)
+
+
+class UpdateConversation(Schema):
+    heading = Text(min_length=1, max_length=100, required=True)
+
+
+class ConversationListItemOut(Schema):
+    id = PublicId(ids.CONVERSATION)
+    heading = Text()
+    created_at = Timestamp()
+
+
+class ConversationOut(ConversationListItemOut):
+    lines = fields.List(fields.Nested(LineOut))
+
+
+ITEM_OUT = ConversationListItemOut()
+
+
+def conversation_json(convo, renderer) -> dict:
+    body = ITEM_OUT.dump(convo)
+    body["lines"] = [render_line(line, renderer) for line in convo.lines]
+    return body
+
+
+def conversation_text(convo, renderer) -> str:
+    outputs = "".join(render_line(line, renderer)["output"] for line in convo.lines)
+    return f"{convo.heading}\n\n{outputs}"
+
+
+def handle_list_conversations(conversations, users):
+    """GET /conversations: your conversations, oldest first, without lines."""
+
+    def handler() -> Response:
+        page = pagination.parse_page(request.args)
+        result = conversations.list(current_user(), page)
+        if not result.scope_exists:
+            raise AuthInvalid()
+        if page.cursor is not None and not result.cursor_found:
+            raise pagination.cursor_not_found(page)
+        return respond.ok({"type": "conversation", "has_more": result.has_more,
+                           "data": [ITEM_OUT.dump(c) for c in result.rows]})
+
+    return handler
+
+
+def handle_create_conversation(conversations, max_conversations: int):
+    """POST /conversations: start a conversation with a heading."""
+    schema = CreateConversation()
+
+    def handler() -> Response:
+        params = respond.decode(schema)
+        try:
+            convo = conversations.create(current_user(), params["heading"], max_conversations)
+        except LimitReached:
+            raise ActionNotAllowed(
+                f"create more than {max_conversations} conversations") from None
+        except UserGone:
+            raise AuthInvalid() from None
+        body = ITEM_OUT.dump(convo)
+        body["lines"] = []
+        return respond.created(body, location=f"/conversations/{body['id']}")
+
+    return handler
+
+
+def handle_get_conversation(conversations, users, renderer):
+    """GET /conversations/{id}: with all its lines; Accept: text/plain gives the rendered text."""
+
+    def handler(conversation_id: str) -> Response:
+        convo = conversations.get(current_user(), parse_id(ids.CONVERSATION, conversation_id))
+        if convo is None:
+            raise missing(users, current_user())
+        if respond.wants_text():
+            return respond.text(conversation_text(convo, renderer))
+        return respond.ok(conversation_json(convo, renderer))
+
+    return handler
+
+
+def handle_update_conversation(conversations, users, renderer):
+    """PATCH /conversations/{id}: change the heading."""
+    schema = UpdateConversation()
+
+    def handler(conversation_id: str) -> Response:
+        rid = parse_id(ids.CONVERSATION, conversation_id)
+        params = respond.decode(schema)
+        convo = conversations.update_heading(current_user(), rid, params["heading"])
+        if convo is None:
+            raise missing(users, current_user())
+        return respond.ok(conversation_json(convo, renderer))
+
+    return handler
+
+
+def handle_delete_conversation(conversations, users):
+    """DELETE /conversations/{id}: delete it and its lines."""
+
+    def handler(conversation_id: str) -> Response:
+        if not conversations.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id)):
+            raise missing(users, current_user())
+        return respond.no_content()
+
+    return handler

@@ -1,0 +1,135 @@
+"""Lines: what an animal says or thinks in a conversation, rendered as cowsay art."""
+
+from __future__ import annotations
+
+from flask import Response, request
+from marshmallow import Schema
+
+from app import ids, pagination, respond
+from app.api.common import missing, parse_id
+from app.auth import current_user
+from app.errors import ActionNotAllowed, AuthInvalid, InvalidParams, NotFound, ParamProblem
+from app.fields import Bool, PublicId, Text, Timestamp
+from app.models import BUILTIN_MOOD_NAMES
+from app.repo.conversations import LimitReached, UserGone
+from app.repo.lines import ConversationMissing, MoodMissing
+
+DEFAULT_ANIMAL = "default"
+
+
+class CreateLine(Schema):
+    animal = Text(min_length=1, max_length=100)
+    think = Bool()
+    mood = Text(min_length=1, max_length=30, printable_ascii=True)
+    text = Text(min_length=0, max_length=1000, allow_newlines=True)
+
+
+class LineOut(Schema):
+    id = PublicId(ids.LINE)
+    animal = Text()
+    think = Bool()
+    mood = Text()
+    text = Text()
+    output = Text()
+    created_at = Timestamp()
+
+
+LINE_OUT = LineOut()
+MOOD_MISSING = "must name a built-in mood or one of yours"
+ANIMAL_MISSING = "must name an animal listed by GET /animals"
+
+
+def render_line(line, renderer) -> dict:
+    """The line's JSON, with its output rendered from the mood as it is now."""
+    mood = line.mood
+    animal = line.animal if renderer.library.get(line.animal) is not None else DEFAULT_ANIMAL
+    output = renderer.render(animal, mood.eyes, mood.tongue, line.think, line.text)
+    return LINE_OUT.dump({"id": line.id, "animal": line.animal, "think": line.think,
+                          "mood": mood.name, "text": line.text, "output": output,
+                          "created_at": line.created_at})
+
+
+def handle_create_line(lines, renderer, max_lines: int):
+    """POST /conversations/{id}/lines: an animal says (or thinks) a text."""
+    schema = CreateLine()
+
+    def handler(conversation_id: str) -> Response:
+        rid = parse_id(ids.CONVERSATION, conversation_id)
+        user = current_user()
+
+        def check(valid: dict) -> list[ParamProblem]:
+            problems = []
+            animal = valid.get("animal", DEFAULT_ANIMAL)
+            if "animal" in valid and renderer.library.get(animal) is None:
+                problems.append(ParamProblem(("animal",), ANIMAL_MISSING))
+            mood = valid.get("mood")
+            if mood is not None and mood.lower() not in BUILTIN_MOOD_NAMES \
+                    and not lines.mood_exists(user, mood):
+                problems.append(ParamProblem(("mood",), MOOD_MISSING))
+            return problems
+
+        params = respond.decode(schema, check=check)
+        try:
+            line = lines.create(user, rid, params.get("animal", DEFAULT_ANIMAL),
+                                params.get("think", False), params.get("mood", "default"),
+                                params.get("text", ""), max_lines)
+        except ConversationMissing:
+            raise NotFound() from None
+        except UserGone:
+            raise AuthInvalid() from None
+        except MoodMissing:
+            raise InvalidParams.one("mood", MOOD_MISSING) from None
+        except LimitReached:
+            raise ActionNotAllowed(
+                f"add more than {max_lines} lines to a conversation") from None
+        body = render_line(line, renderer)
+        return respond.created(body, location=f"/conversations/{conversation_id}/lines/"
+                                              f"{body['id']}")
+
+    return handler
+
+
+def handle_list_lines(lines, users, renderer):
+    """GET /conversations/{id}/lines: the conversation's lines, oldest first."""
+
+    def handler(conversation_id: str) -> Response:
+        rid = parse_id(ids.CONVERSATION, conversation_id)
+        page = pagination.parse_page(request.args)
+        result = lines.list(current_user(), rid, page)
+        if not result.scope_exists:
+            raise missing(users, current_user())
+        if page.cursor is not None and not result.cursor_found:
+            raise pagination.cursor_not_found(page)
+        return respond.ok({"type": "line", "has_more": result.has_more,
+                           "data": [render_line(line, renderer) for line in result.rows]})
+
+    return handler
+
+
+def handle_get_line(lines, users, renderer):
+    """GET /conversations/{id}/lines/{line}: one line; Accept: text/plain gives its output."""
+
+    def handler(conversation_id: str, line_id: str) -> Response:
+        line = lines.get(current_user(), parse_id(ids.CONVERSATION, conversation_id),
+                         parse_id(ids.LINE, line_id))
+        if line is None:
+            raise missing(users, current_user())
+        body = render_line(line, renderer)
+        if respond.wants_text():
+            return respond.text(body["output"])
+        return respond.ok(body)
+
+    return handler
+
+
+def handle_delete_line(lines, users):
+    """DELETE /conversations/{id}/lines/{line}: remove one line."""
+
+    def handler(conversation_id: str, line_id: str) -> Response:
+        deleted = lines.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id),
+                               parse_id(ids.LINE, line_id))
+        if not deleted:
+            raise missing(users, current_user())
+        return respond.no_content()
+
+    return handler

@@ -1,0 +1,105 @@
+"""Users: sign up (the only unauthenticated write), read, change, delete."""
+
+from __future__ import annotations
+
+from flask import Response
+from marshmallow import Schema
+
+from app import ids, respond
+from app.api.common import parse_id
+from app.auth import current_user
+from app.errors import ActionNotAllowed, AuthInvalid, NotFound
+from app.fields import Email, PublicId, Text, Timestamp
+from app.repo.users import EmailTaken
+
+
+class CreateUser(Schema):
+    name = Text(min_length=1, max_length=100)
+    email = Email()
+
+
+class UpdateUser(Schema):
+    name = Text(min_length=1, max_length=100, allow_none=True)  # null clears
+    email = Email(allow_none=True)
+
+
+class UserOut(Schema):
+    id = PublicId(ids.USER)
+    name = Text()
+    email = Text()
+    created_at = Timestamp()
+
+
+class CreatedUserOut(UserOut):
+    token = Text(metadata={"description": "Bearer token; shown only in this response."})
+
+
+USER_OUT, CREATED_USER_OUT = UserOut(), CreatedUserOut()
+
+
+def _email_taken(email: str | None) -> ActionNotAllowed:
+    return ActionNotAllowed(f"use email {email}, which is already registered")
+
+
+def handle_create_user(users, tokens):
+    """POST /users: create a user and return their token (shown only this once)."""
+    schema = CreateUser()
+
+    def handler() -> Response:
+        params = respond.decode(schema)
+        try:
+            user = users.create(params.get("name"), params.get("email"))
+        except EmailTaken as exc:
+            raise _email_taken(params.get("email")) from exc
+        body = CREATED_USER_OUT.dump({**user.__dict__, "token": tokens.sign(user.id)})
+        return respond.created(body, location=f"/users/{body['id']}")
+
+    return handler
+
+
+def _own_id(public_id: str) -> int:
+    user_id = parse_id(ids.USER, public_id)
+    if user_id != current_user():
+        raise NotFound()
+    return user_id
+
+
+def handle_get_user(users):
+    """GET /users/{id}: your own user object."""
+
+    def handler(user_id: str) -> Response:
+        user = users.get(_own_id(user_id))
+        if user is None:
+            raise AuthInvalid()
+        return respond.ok(USER_OUT.dump(user))
+
+    return handler
+
+
+def handle_update_user(users):
+    """PATCH /users/{id}: change name and/or email; null clears; nothing given changes nothing."""
+    schema = UpdateUser()
+
+    def handler(user_id: str) -> Response:
+        own = _own_id(user_id)
+        params = respond.decode(schema)
+        try:
+            user = users.update(own, params)
+        except EmailTaken as exc:
+            raise _email_taken(params.get("email")) from exc
+        if user is None:
+            raise AuthInvalid()
+        return respond.ok(USER_OUT.dump(user))
+
+    return handler
+
+
+def handle_delete_user(users):
+    """DELETE /users/{id}: delete the user and everything they own; the token stops working."""
+
+    def handler(user_id: str) -> Response:
+        if not users.delete(_own_id(user_id)):
+            raise AuthInvalid()
+        return respond.no_content()
+
+    return handler

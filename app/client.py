@@ -1,0 +1,308 @@
+"""A small typed Python client for the SayPI API.
+
+Built on httpx (a maintained HTTP client with connection pooling, timeouts
+and a typed API; chosen over requests for its typing and explicit timeout
+defaults). One method per endpoint; `iter_*` methods walk every page;
+errors are raised as typed exceptions carrying the contract's code and data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+import httpx
+
+
+class User(TypedDict, total=False):
+    id: str
+    name: str | None
+    email: str | None
+    created_at: str
+    token: str  # only when created
+
+
+class Mood(TypedDict):
+    name: str
+    eyes: str
+    tongue: str
+    user_defined: bool
+
+
+class Line(TypedDict):
+    id: str
+    animal: str
+    think: bool
+    mood: str
+    text: str
+    output: str
+    created_at: str
+
+
+class Conversation(TypedDict, total=False):
+    id: str
+    heading: str
+    created_at: str
+    lines: list[Line]
+
+
+@dataclass(frozen=True)
+class Page:
+    type: str
+    has_more: bool
+    data: list[dict[str, Any]]
+
+
+# --- errors ---------------------------------------------------------------------------
+class SayPIError(Exception):
+    """An error response from SayPI: its status, code, message, data and headers."""
+
+    code = "unknown"
+
+    def __init__(self, status: int, code: str, message: str, data: Any,
+                 headers: httpx.Headers):
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.data = data
+        self.headers = headers
+
+
+class InvalidRequestError(SayPIError):
+    code = "invalid_request"
+
+
+class InvalidParamsError(SayPIError):
+    code = "invalid_params"
+
+    @property
+    def params(self) -> set[str]:
+        return {p for problem in self.data or [] for p in problem["params"]}
+
+
+class AuthRequiredError(SayPIError):
+    code = "auth_required"
+
+
+class AuthInvalidError(SayPIError):
+    code = "auth_invalid"
+
+
+class NotFoundError(SayPIError):
+    code = "not_found"
+
+
+class MethodNotAllowedError(SayPIError):
+    code = "method_not_allowed"
+
+
+class ActionNotAllowedError(SayPIError):
+    code = "action_not_allowed"
+
+
+class IdempotencyKeyInUseError(SayPIError):
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReusedError(SayPIError):
+    code = "idempotency_key_reused"
+
+
+class PayloadTooLargeError(SayPIError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(SayPIError):
+    code = "unsupported_media_type"
+
+
+class RateLimitedError(SayPIError):
+    code = "rate_limited"
+
+
+class InternalFailureError(SayPIError):
+    code = "internal_failure"
+
+
+class ServiceUnavailableError(SayPIError):
+    code = "service_unavailable"
+
+
+ERRORS: dict[str, type[SayPIError]] = {
+    cls.code: cls for cls in (
+        InvalidRequestError, InvalidParamsError, AuthRequiredError, AuthInvalidError,
+        NotFoundError, MethodNotAllowedError, ActionNotAllowedError,
+        IdempotencyKeyInUseError, IdempotencyKeyReusedError, PayloadTooLargeError,
+        UnsupportedMediaTypeError, RateLimitedError, InternalFailureError,
+        ServiceUnavailableError)
+}
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        code, message, data = body["code"], body["message"], body.get("data")
+    except (ValueError, KeyError, TypeError):
+        code, message, data = "unknown", response.text[:200], None
+    raise ERRORS.get(code, SayPIError)(response.status_code, code, message, data,
+                                        response.headers)
+
+
+# --- client ---------------------------------------------------------------------------
+class Client:
+    """One caller of the API; `token` authenticates every request but create_user."""
+
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0,
+                 http: httpx.Client | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        self.last_response: httpx.Response | None = None
+
+    def with_token(self, token: str) -> Client:
+        """A client for another user, sharing this one's connections."""
+        return Client(self.base_url, token, http=self.http)
+
+    def close(self) -> None:
+        self.http.close()
+
+    # --- transport ---
+    def request(self, method: str, path: str, *, json: Any = None,
+                params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+                content: bytes | str | None = None) -> httpx.Response:
+        """Send a request and return the raw response (no error raised)."""
+        all_headers = {}
+        if self.token:
+            all_headers["Authorization"] = f"Bearer {self.token}"
+        all_headers.update(headers or {})
+        response = self.http.request(method, path, json=json, params=params,
+                                     headers=all_headers, content=content)
+        self.last_response = response
+        return response
+
+    def _call(self, method: str, path: str, *, json: Any = None,
+              params: dict[str, Any] | None = None, headers: dict[str, str] | None = None,
+              idempotency_key: str | None = None) -> Any:
+        headers = dict(headers or {})
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        response = self.request(method, path, json=json, params=params, headers=headers)
+        _raise_for(response)
+        if response.status_code == 204:
+            return None
+        if response.headers.get("content-type", "").startswith("text/plain"):
+            return response.text
+        return response.json()
+
+    def _page(self, path: str, limit: int | None, starting_after: str | None,
+              ending_before: str | None) -> Page:
+        params = {k: v for k, v in (("limit", limit), ("starting_after", starting_after),
+                                    ("ending_before", ending_before)) if v is not None}
+        body = self._call("GET", path, params=params)
+        return Page(body["type"], body["has_more"], body["data"])
+
+    def _iterate(self, path: str, key: str, limit: int) -> Iterator[dict[str, Any]]:
+        after = None
+        while True:
+            page = self._page(path, limit, after, None)
+            yield from page.data
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1][key]
+
+    # --- users ---
+    def create_user(self, name: str | None = None, email: str | None = None,
+                    idempotency_key: str | None = None) -> User:
+        body = {k: v for k, v in (("name", name), ("email", email)) if v is not None}
+        return self._call("POST", "/users", json=body, idempotency_key=idempotency_key)
+
+    def get_user(self, user_id: str) -> User:
+        return self._call("GET", f"/users/{user_id}")
+
+    def update_user(self, user_id: str, **changes: str | None) -> User:
+        return self._call("PATCH", f"/users/{user_id}", json=changes)
+
+    def delete_user(self, user_id: str) -> None:
+        self._call("DELETE", f"/users/{user_id}")
+
+    # --- animals ---
+    def list_animals(self) -> list[str]:
+        return self._call("GET", "/animals")["animals"]
+
+    # --- moods ---
+    def list_moods(self, limit: int | None = None, starting_after: str | None = None,
+                   ending_before: str | None = None) -> Page:
+        return self._page("/moods", limit, starting_after, ending_before)
+
+    def iter_moods(self, page_size: int = 100) -> Iterator[Mood]:
+        return self._iterate("/moods", "name", page_size)
+
+    def get_mood(self, name: str) -> Mood:
+        return self._call("GET", f"/moods/{quote(name, safe='')}")
+
+    def put_mood(self, name: str, eyes: str | None = None, tongue: str | None = None) -> Mood:
+        body = {k: v for k, v in (("eyes", eyes), ("tongue", tongue)) if v is not None}
+        return self._call("PUT", f"/moods/{quote(name, safe='')}", json=body)
+
+    def delete_mood(self, name: str) -> None:
+        self._call("DELETE", f"/moods/{quote(name, safe='')}")
+
+    # --- conversations ---
+    def list_conversations(self, limit: int | None = None, starting_after: str | None = None,
+                           ending_before: str | None = None) -> Page:
+        return self._page("/conversations", limit, starting_after, ending_before)
+
+    def iter_conversations(self, page_size: int = 100) -> Iterator[Conversation]:
+        return self._iterate("/conversations", "id", page_size)
+
+    def create_conversation(self, heading: str,
+                            idempotency_key: str | None = None) -> Conversation:
+        return self._call("POST", "/conversations", json={"heading": heading},
+                          idempotency_key=idempotency_key)
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        return self._call("GET", f"/conversations/{conversation_id}")
+
+    def get_conversation_text(self, conversation_id: str) -> str:
+        return self._call("GET", f"/conversations/{conversation_id}",
+                          headers={"Accept": "text/plain"})
+
+    def update_conversation(self, conversation_id: str, heading: str) -> Conversation:
+        return self._call("PATCH", f"/conversations/{conversation_id}",
+                          json={"heading": heading})
+
+    def delete_conversation(self, conversation_id: str) -> None:
+        self._call("DELETE", f"/conversations/{conversation_id}")
+
+    # --- lines ---
+    def list_lines(self, conversation_id: str, limit: int | None = None,
+                   starting_after: str | None = None,
+                   ending_before: str | None = None) -> Page:
+        return self._page(f"/conversations/{conversation_id}/lines", limit, starting_after,
+                          ending_before)
+
+    def iter_lines(self, conversation_id: str, page_size: int = 100) -> Iterator[Line]:
+        return self._iterate(f"/conversations/{conversation_id}/lines", "id", page_size)
+
+    def create_line(self, conversation_id: str, text: str | None = None,
+                    animal: str | None = None, think: bool | None = None,
+                    mood: str | None = None, idempotency_key: str | None = None) -> Line:
+        body = {k: v for k, v in (("text", text), ("animal", animal), ("think", think),
+                                  ("mood", mood)) if v is not None}
+        return self._call("POST", f"/conversations/{conversation_id}/lines", json=body,
+                          idempotency_key=idempotency_key)
+
+    def get_line(self, conversation_id: str, line_id: str) -> Line:
+        return self._call("GET", f"/conversations/{conversation_id}/lines/{line_id}")
+
+    def get_line_text(self, conversation_id: str, line_id: str) -> str:
+        return self._call("GET", f"/conversations/{conversation_id}/lines/{line_id}",
+                          headers={"Accept": "text/plain"})
+
+    def delete_line(self, conversation_id: str, line_id: str) -> None:
+        self._call("DELETE", f"/conversations/{conversation_id}/lines/{line_id}")

@@ -1,0 +1,104 @@
+"""Idempotency keys for POST: replay the first response, never execute twice.
+
+Within 24 h the same key from the same caller with the same method, path and
+parameters replays the first response byte for byte. The key's lock, the
+business write and the stored response share one transaction, so a crash or
+a retry never creates a duplicate. A concurrent duplicate finds the lock
+taken and gets 409 at once; no thread waits. Responses with 5xx, 429 or 409
+idempotency_key_in_use are not recorded, so their retries execute.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections.abc import Callable
+
+from flask import Response, request
+from marshmallow import Schema
+
+from app import respond
+from app.errors import (
+    ApiError,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidParams,
+)
+from app.repo.idempotency import StoredResponse
+
+TTL_SECONDS = 24 * 3600
+HEADER = "Idempotency-Key"
+_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+_REPLAYED_HEADERS = ("Content-Type", "Location")
+
+
+class InjectedFailure(Exception):
+    """Raised after the write when a test asks for it (fault injection only)."""
+
+
+def canonical_params(schema: Schema) -> bytes:
+    """The request's parameters after parsing, so JSON and form bodies with equal values match."""
+    try:
+        params = respond.validate(schema, respond.read_body(request))
+    except ApiError:
+        params = respond.read_body(request)  # invalid: compare what was sent
+        params.pop("__form__", None)
+    return json.dumps(params, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+class Idempotency:
+    def __init__(self, db, repo, metrics, fault_injection: bool = False):
+        self.db = db
+        self.repo = repo
+        self.metrics = metrics
+        self.fault_injection = fault_injection
+
+    def __call__(self, schema: Schema, scope: Callable[[], str]) -> Callable:
+        """Wrap a POST handler whose parameters follow `schema`; `scope` names the caller."""
+
+        def wrap(handler: Callable) -> Callable:
+            @functools.wraps(handler)
+            def wrapped(*args, **kwargs):
+                key = request.headers.get(HEADER)
+                if key is None:
+                    return handler(*args, **kwargs)
+                if not _KEY.fullmatch(key):
+                    raise InvalidParams.one(HEADER, "must be 1 to 255 printable ASCII characters")
+                return self._run(scope(), key, schema, handler, args, kwargs)
+
+            return wrapped
+
+        return wrap
+
+    def _run(self, scope: str, key: str, schema: Schema, handler, args, kwargs) -> Response:
+        digest = hashlib.sha256(canonical_params(schema)).digest()
+        method, path = request.method, request.path
+        with self.db.transaction():
+            if not self.repo.try_lock(scope, key):
+                raise IdempotencyKeyInUse()
+            stored = self.repo.find(scope, key, TTL_SECONDS)
+            if stored is not None:
+                if (stored.method, stored.path, stored.params_hash) != (method, path, digest):
+                    raise IdempotencyKeyReused()
+                self.metrics.idempotent_replays.inc()
+                response = Response(stored.body, status=stored.status)
+                for name, value in stored.headers.items():
+                    response.headers[name] = value
+                response.headers["Idempotent-Replayed"] = "true"
+                return response
+            try:
+                response = handler(*args, **kwargs)
+            except ApiError as error:
+                if error.status >= 500 or error.status == 429:
+                    raise
+                response = respond.error_response(error)
+            if self.fault_injection and request.headers.get("X-Fault-After-Write") == "true":
+                raise InjectedFailure("failure injected after the write")
+            body = response.get_data()
+            headers = {name: response.headers[name] for name in _REPLAYED_HEADERS
+                       if name in response.headers}
+            self.repo.store(scope, key, StoredResponse(method, path, digest,
+                                                       response.status_code, headers, body))
+            return response

@@ -1,0 +1,98 @@
+"""ConversationRepository: the only SQL about conversations (and reading their lines)."""
+
+from __future__ import annotations
+
+from app import ids
+from app.models import Conversation, Line, Mood
+from app.pagination import Page
+from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
+
+
+class UserGone(Exception):
+    """The authenticated user no longer exists (deleted since the token was issued)."""
+
+
+class LimitReached(Exception):
+    """A per-user or per-conversation cap would be exceeded."""
+
+
+# One statement: the conversation and its lines with their moods, oldest first.
+_GET_WITH_LINES = """
+SELECT c.rid, c.heading, c.created_at,
+       l.rid, l.animal, l.think, l.text, l.created_at,
+       m.name, m.eyes, m.tongue, m.user_id IS NOT NULL
+FROM conversations c
+LEFT JOIN lines l ON l.conversation_id = c.id
+LEFT JOIN moods m ON m.id = l.mood_id
+WHERE c.rid = %s AND c.user_id = %s
+ORDER BY l.id
+"""
+
+_LIST_ITEMS = ("SELECT id, rid, heading, created_at FROM conversations "
+               "WHERE user_id = %(user_id)s {bound}")
+_LIST_CURSOR = "SELECT id FROM conversations WHERE rid = %(cursor)s AND user_id = %(user_id)s"
+
+
+def line_from_row(row: tuple) -> Line:
+    rid, animal, think, text, created_at, mood_name, eyes, tongue, user_defined = row
+    return Line(rid, animal, think, Mood(mood_name, eyes, tongue, user_defined), text,
+                created_at)
+
+
+class ConversationRepository:
+    def __init__(self, db):
+        self.db = db
+
+    def create(self, user_id: int, heading: str, cap: int) -> Conversation:
+        """Insert unless the user already owns `cap` conversations (race-free counter)."""
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1 "
+                "  WHERE id = %(user_id)s AND conversation_count < %(cap)s RETURNING id) "
+                "INSERT INTO conversations (rid, user_id, heading) "
+                "SELECT %(rid)s, owner.id, %(heading)s FROM owner "
+                "RETURNING rid, heading, created_at",
+                {"user_id": user_id, "cap": cap, "rid": ids.new_number(), "heading": heading},
+            ).fetchone()
+            if row is None:
+                if conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone():
+                    raise LimitReached(cap)
+                raise UserGone()
+        return Conversation(row[0], row[1], row[2], ())
+
+    def get(self, user_id: int, rid: int) -> Conversation | None:
+        with self.db.connection() as conn:
+            rows = conn.execute(_GET_WITH_LINES, (rid, user_id)).fetchall()
+        if not rows:
+            return None
+        first = rows[0]
+        lines = tuple(line_from_row(row[3:]) for row in rows if row[3] is not None)
+        return Conversation(first[0], first[1], first[2], lines)
+
+    def list(self, user_id: int, page: Page) -> KeysetResult:
+        cursor = None
+        if page.cursor is not None:
+            cursor = _LIST_CURSOR
+        sql = keyset_sql(_LIST_ITEMS, cursor, page)
+        rid = ids.decode(ids.CONVERSATION, page.cursor) if page.cursor is not None else None
+        with self.db.connection() as conn:
+            result = run_keyset(conn, sql, {"user_id": user_id, "cursor": rid or 0}, page)
+        return KeysetResult(result.scope_exists, result.cursor_found,
+                            [Conversation(r[1], r[2], r[3]) for r in result.rows],
+                            result.has_more)
+
+    def update_heading(self, user_id: int, rid: int, heading: str) -> Conversation | None:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "UPDATE conversations SET heading = %s WHERE rid = %s AND user_id = %s "
+                "RETURNING rid", (heading, rid, user_id)).fetchone()
+        return self.get(user_id, row[0]) if row else None
+
+    def delete(self, user_id: int, rid: int) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "WITH gone AS (DELETE FROM conversations WHERE rid = %s AND user_id = %s "
+                "  RETURNING user_id) "
+                "UPDATE users SET conversation_count = conversation_count - 1 "
+                "WHERE id IN (SELECT user_id FROM gone) RETURNING id", (rid, user_id)).fetchone()
+        return row is not None

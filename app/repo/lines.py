@@ -1,0 +1,111 @@
+"""LineRepository: the only SQL that writes or lists a conversation's lines."""
+
+from __future__ import annotations
+
+from app import ids
+from app.models import Line
+from app.pagination import Page
+from app.repo.conversations import LimitReached, UserGone, line_from_row
+from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
+
+
+class ConversationMissing(Exception):
+    """The conversation does not exist or belongs to someone else."""
+
+
+class MoodMissing(Exception):
+    """The mood is neither built in nor the user's."""
+
+
+_LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
+                 "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")
+_OWNED_CONVERSATION = "SELECT id FROM conversations WHERE rid = %(conversation)s " \
+                      "AND user_id = %(user_id)s"
+_LIST_ITEMS = (f"SELECT l.id, {_LINE_COLUMNS} FROM lines l JOIN moods m ON m.id = l.mood_id "
+               f"WHERE l.conversation_id = ({_OWNED_CONVERSATION}) {{bound}}")
+_LIST_CURSOR = ("SELECT id FROM lines WHERE rid = %(cursor)s "
+                f"AND conversation_id = ({_OWNED_CONVERSATION})")
+_MOOD_OF_USER = ("SELECT id, name, eyes, tongue, user_id IS NOT NULL AS user_defined "
+                 "FROM moods WHERE (user_id IS NULL OR user_id = %(user_id)s) "
+                 "AND lower(name) = lower(%(mood)s)")
+
+# One statement: resolve the mood, bump the conversation's line counter under
+# its cap, insert the line, and return it with its mood.
+_CREATE = f"""
+WITH mood AS ({_MOOD_OF_USER}),
+     convo AS (UPDATE conversations SET line_count = line_count + 1
+               WHERE rid = %(conversation)s AND user_id = %(user_id)s
+                 AND line_count < %(cap)s AND EXISTS (SELECT 1 FROM mood)
+               RETURNING id),
+     line AS (INSERT INTO lines (rid, conversation_id, mood_id, animal, think, text)
+              SELECT %(rid)s, convo.id, mood.id, %(animal)s, %(think)s, %(text)s
+              FROM convo, mood
+              RETURNING rid, animal, think, text, created_at)
+SELECT line.rid, line.animal, line.think, line.text, line.created_at,
+       mood.name, mood.eyes, mood.tongue, mood.user_defined
+FROM line, mood
+"""
+
+
+class LineRepository:
+    def __init__(self, db):
+        self.db = db
+
+    def create(self, user_id: int, conversation: int, animal: str, think: bool, mood: str,
+               text: str, cap: int) -> Line:
+        params = {"user_id": user_id, "conversation": conversation, "animal": animal,
+                  "think": think, "mood": mood, "text": text, "cap": cap,
+                  "rid": ids.new_number()}
+        with self.db.transaction() as conn:
+            row = conn.execute(_CREATE, params).fetchone()
+            if row is None:
+                self._explain_refusal(conn, params)
+        return line_from_row(row)
+
+    def _explain_refusal(self, conn, params: dict) -> None:
+        found = conn.execute(
+            "SELECT (SELECT 1 FROM users WHERE id = %(user_id)s), "
+            f"({_OWNED_CONVERSATION}), EXISTS ({_MOOD_OF_USER})", params).fetchone()
+        user, conversation, mood = found
+        if user is None:
+            raise UserGone()
+        if conversation is None:
+            raise ConversationMissing()
+        if not mood:
+            raise MoodMissing()
+        raise LimitReached(params["cap"])
+
+    def mood_exists(self, user_id: int, mood: str) -> bool:
+        with self.db.connection() as conn:
+            return conn.execute(f"SELECT EXISTS ({_MOOD_OF_USER})",
+                                {"user_id": user_id, "mood": mood}).fetchone()[0]
+
+    def get(self, user_id: int, conversation: int, rid: int) -> Line | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                f"SELECT {_LINE_COLUMNS} FROM lines l JOIN moods m ON m.id = l.mood_id "
+                f"WHERE l.rid = %(rid)s AND l.conversation_id = ({_OWNED_CONVERSATION})",
+                {"rid": rid, "conversation": conversation, "user_id": user_id}).fetchone()
+        return line_from_row(row) if row else None
+
+    def list(self, user_id: int, conversation: int, page: Page) -> KeysetResult:
+        """A page of lines; scope_exists says whether the user's conversation exists."""
+        cursor = _LIST_CURSOR if page.cursor is not None else None
+        rid = ids.decode(ids.LINE, page.cursor) if page.cursor is not None else None
+        sql = keyset_sql(_LIST_ITEMS, cursor, page, key="l.id",
+                         scope_exists=f"EXISTS ({_OWNED_CONVERSATION})")
+        with self.db.connection() as conn:
+            result = run_keyset(conn, sql, {"user_id": user_id, "conversation": conversation,
+                                            "cursor": rid or 0}, page)
+        lines = [line_from_row(r[1:]) for r in result.rows]
+        return KeysetResult(result.scope_exists, result.cursor_found, lines, result.has_more)
+
+    def delete(self, user_id: int, conversation: int, rid: int) -> bool:
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "WITH gone AS (DELETE FROM lines WHERE rid = %(rid)s "
+                f"  AND conversation_id = ({_OWNED_CONVERSATION}) RETURNING conversation_id) "
+                "UPDATE conversations SET line_count = line_count - 1 "
+                "WHERE id IN (SELECT conversation_id FROM gone) RETURNING id",
+                {"rid": rid, "conversation": conversation, "user_id": user_id}).fetchone()
+        return row is not None

@@ -1,0 +1,92 @@
+"""MoodRepository: the only SQL about moods. Built-ins are rows with no owner (ids 1-8)."""
+
+from __future__ import annotations
+
+from psycopg import errors as pg_errors
+
+from app.models import Mood
+from app.pagination import Page
+from app.repo.conversations import LimitReached, UserGone
+from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
+
+
+class MoodInUse(Exception):
+    """Lines still use this mood; `count` says how many."""
+
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
+
+
+_VISIBLE = "(user_id IS NULL OR user_id = %(user_id)s)"
+_LIST_ITEMS = (f"SELECT id, name, eyes, tongue, user_id IS NOT NULL FROM moods "
+               f"WHERE {_VISIBLE} {{bound}}")
+_LIST_CURSOR = f"SELECT id FROM moods WHERE {_VISIBLE} AND lower(name) = lower(%(cursor)s)"
+_COLUMNS = "name, eyes, tongue, user_id IS NOT NULL"
+
+
+class MoodRepository:
+    def __init__(self, db):
+        self.db = db
+
+    def list(self, user_id: int, page: Page) -> KeysetResult:
+        cursor = _LIST_CURSOR if page.cursor is not None else None
+        sql = keyset_sql(_LIST_ITEMS, cursor, page)
+        with self.db.connection() as conn:
+            result = run_keyset(conn, sql, {"user_id": user_id, "cursor": page.cursor}, page)
+        return KeysetResult(result.scope_exists, result.cursor_found,
+                            [Mood(*r[1:]) for r in result.rows], result.has_more)
+
+    def get(self, user_id: int, name: str) -> Mood | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM moods WHERE lower(name) = lower(%(name)s) "
+                f"AND (user_id = %(user_id)s OR (user_id IS NULL AND {USER_EXISTS}))",
+                {"user_id": user_id, "name": name}).fetchone()
+        return Mood(*row) if row else None
+
+    def upsert(self, user_id: int, name: str, eyes: str | None, tongue: str | None,
+               cap: int) -> tuple[Mood, bool]:
+        """Create (True) or update (False) the user's mood; the user row serialises creates."""
+        with self.db.transaction() as conn:
+            owner = conn.execute("SELECT mood_count FROM users WHERE id = %s FOR UPDATE",
+                                 (user_id,)).fetchone()
+            if owner is None:
+                raise UserGone()
+            row = conn.execute(
+                f"UPDATE moods SET eyes = coalesce(%(eyes)s, eyes), "
+                f"tongue = coalesce(%(tongue)s, tongue) "
+                f"WHERE user_id = %(user_id)s AND lower(name) = lower(%(name)s) "
+                f"RETURNING {_COLUMNS}",
+                {"user_id": user_id, "name": name, "eyes": eyes, "tongue": tongue}).fetchone()
+            if row is not None:
+                return Mood(*row), False
+            if owner[0] >= cap:
+                raise LimitReached(cap)
+            row = conn.execute(
+                f"INSERT INTO moods (user_id, name, eyes, tongue) VALUES (%s, %s, %s, %s) "
+                f"RETURNING {_COLUMNS}",
+                (user_id, name, eyes or "oo", tongue or "  ")).fetchone()
+            conn.execute("UPDATE users SET mood_count = mood_count + 1 WHERE id = %s",
+                         (user_id,))
+        return Mood(*row), True
+
+    def delete(self, user_id: int, name: str) -> bool:
+        """Delete the user's mood; MoodInUse when lines still use it."""
+        try:
+            with self.db.transaction() as conn:
+                row = conn.execute(
+                    "WITH gone AS (DELETE FROM moods WHERE user_id = %(user_id)s "
+                    "  AND lower(name) = lower(%(name)s) RETURNING user_id) "
+                    "UPDATE users SET mood_count = mood_count - 1 "
+                    "WHERE id IN (SELECT user_id FROM gone) RETURNING id",
+                    {"user_id": user_id, "name": name}).fetchone()
+        except pg_errors.ForeignKeyViolation:
+            raise MoodInUse(self._lines_using(user_id, name)) from None
+        return row is not None
+
+    def _lines_using(self, user_id: int, name: str) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(
+                "SELECT count(*) FROM lines WHERE mood_id = (SELECT id FROM moods "
+                "WHERE user_id = %s AND lower(name) = lower(%s))", (user_id, name)).fetchone()[0]

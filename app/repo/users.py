@@ -1,0 +1,65 @@
+"""UserRepository: the only SQL about users."""
+
+from __future__ import annotations
+
+from psycopg import errors as pg_errors
+
+from app import ids
+from app.models import User
+
+_COLUMNS = "id, name, email, created_at"
+
+
+class EmailTaken(Exception):
+    """Another user registered this email (case-insensitively)."""
+
+
+class UserRepository:
+    def __init__(self, db):
+        self.db = db
+
+    def create(self, name: str | None, email: str | None) -> User:
+        with self.db.transaction() as conn:
+            try:
+                row = conn.execute(
+                    f"INSERT INTO users (id, name, email) VALUES (%s, %s, %s) "
+                    f"RETURNING {_COLUMNS}", (ids.new_number(), name, email)).fetchone()
+            except pg_errors.UniqueViolation as exc:
+                raise EmailTaken(email) from exc
+        return User(*row)
+
+    def get(self, user_id: int) -> User | None:
+        with self.db.connection() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s",
+                               (user_id,)).fetchone()
+        return User(*row) if row else None
+
+    def exists(self, user_id: int) -> bool:
+        with self.db.connection() as conn:
+            return conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone() \
+                is not None
+
+    def update(self, user_id: int, changes: dict[str, str | None]) -> User | None:
+        """Set the given columns (name, email); an empty change reads the user."""
+        if not changes:
+            return self.get(user_id)
+        assignments = ", ".join(f"{column} = %({column})s" for column in changes)
+        with self.db.transaction() as conn:
+            try:
+                row = conn.execute(
+                    f"UPDATE users SET {assignments} WHERE id = %(id)s RETURNING {_COLUMNS}",
+                    {**changes, "id": user_id}).fetchone()
+            except pg_errors.UniqueViolation as exc:
+                raise EmailTaken(changes.get("email")) from exc
+        return User(*row) if row else None
+
+    def delete(self, user_id: int) -> bool:
+        """Delete the user and, by cascade, everything they own."""
+        with self.db.transaction() as conn:
+            cursor = conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            deleted = cursor.rowcount == 1
+            if deleted:
+                conn.execute("SELECT pg_notify('saypi_user_deleted', %s)", (str(user_id),))
+        return deleted
+
+

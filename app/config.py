@@ -177,6 +177,8 @@ SETTINGS: tuple[Setting, ...] = (
             "show hostnames and versions in /health/detailed"),
     Setting("MEMORY_LIMIT_BYTES", _int(0), 0,
             "worker memory budget for the health check (0: not checked)"),
+    Setting("PURGE_INTERVAL_SECONDS", _float(0.1), 300.0,
+            "seconds between purges of expired idempotency keys and rate-limit state"),
     Setting("FAULT_INJECTION", _bool, False,
             "serve /debug/sleep and /debug/fail for failure tests (refused in production)"),
     Setting("PROMETHEUS_MULTIPROC_DIR", _optional_str, None,
@@ -228,6 +230,7 @@ class Config:
     health_check_timeout: float = 1.0
     health_details: bool = False
     memory_limit_bytes: int = 0
+    purge_interval_seconds: float = 300.0
     fault_injection: bool = False
     prometheus_multiproc_dir: str | None = None
     extra: dict = field(default_factory=dict, compare=False, repr=False)

@@ -16,8 +16,10 @@ from app import health as health_mod
 from app.auth import Authenticator
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.db import Database, expected_schema_version, pool_settings
+from app.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.idempotency import Idempotency
 from app.metrics import Metrics, Sampler
+from app.periodic import Periodic
 from app.presence import UserPresence
 from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
@@ -38,10 +40,12 @@ class WorkerResources:
     health: health_mod.HealthManager
     sampler: Sampler
     lifecycle: health_mod.Lifecycle
+    janitor: Periodic
 
     def close(self) -> None:
         self.lifecycle.begin_shutdown()
         self.sampler.stop()
+        self.janitor.stop()
         self.health.close()
         self.db.close()
 
@@ -67,7 +71,11 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     renderer = Renderer(library, max_entries=config.render_cache_size)
     users = UserRepository(db)
     auth = Authenticator(TokenSigner(config.user_secrets))
-    idempotent = Idempotency(db, IdempotencyRepository(db), metrics, config.fault_injection)
+    idempotency_keys = IdempotencyRepository(db)
+    idempotent = Idempotency(db, idempotency_keys, metrics, config.fault_injection)
+    janitor = Periodic("janitor", config.purge_interval_seconds,
+                       [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS)],
+                       logger.getChild("janitor"))
 
     def sample_metrics() -> None:
         metrics.sample_pool(db.stats())
@@ -82,4 +90,5 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
                      MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
     metrics.sample_health(health.report())  # a first status before this worker takes traffic
     sampler.start()
-    return app, WorkerResources(db, health, sampler, lifecycle)
+    janitor.start()
+    return app, WorkerResources(db, health, sampler, lifecycle, janitor)

@@ -14,6 +14,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from app import respond
+from app.client_addr import client_address
 from app.db import DatabaseUnavailable
 from app.errors import (
     ApiError,
@@ -39,12 +40,16 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
     """Attach the per-request hooks and the error handlers to `app`."""
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     max_body = config.max_body_bytes
+    trusted = config.trusted_proxies
+
+    def forwarded_for() -> str | None:
+        return request.headers.get("X-Forwarded-For") if trusted else None
     access_log = logger.getChild("access")
 
     @app.before_request
     def start_request():
         g.started = time.perf_counter()
-        g.client_addr = request.remote_addr
+        g.client_addr = client_address(request.remote_addr or "", forwarded_for(), trusted)
         incoming = request.headers.get("X-Request-ID")
         g.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) \
             else uuid.uuid4().hex

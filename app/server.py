@@ -6,6 +6,7 @@ import logging
 
 from flask import Flask
 
+from app.cors import install_cors
 from app.middleware import install_middleware
 from routes import add_routes
 
@@ -18,4 +19,5 @@ def new_server(config, logger: logging.Logger, lifecycle, health, metrics, sampl
     add_routes(app, config, logger, lifecycle, health, metrics, sample_metrics,
                auth, idempotent, presence, renderer, users, moods, conversations, lines, db)
     install_middleware(app, config, logger, metrics)
+    install_cors(app, config.cors_origins)  # after, so preflights get a request id and a log line
     return app

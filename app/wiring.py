@@ -21,10 +21,12 @@ from app.idempotency import Idempotency
 from app.metrics import Metrics, Sampler
 from app.periodic import Periodic
 from app.presence import UserPresence
+from app.ratelimit import RateLimiter, policies_from_config
 from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
+from app.repo.ratelimits import RateLimitRepository
 from app.repo.users import UserRepository
 from app.server import new_server
 from app.tokens import TokenSigner
@@ -56,6 +58,9 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     lifecycle = health_mod.Lifecycle()
     metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
 
+    rate_limit_state = RateLimitRepository(db)
+    limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
+                          logger.getChild("ratelimit"))
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
@@ -64,17 +69,21 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
         "memory": health_mod.memory_checker(config.memory_limit_bytes),
         "lifecycle": health_mod.lifecycle_checker(lifecycle),
     }
+    if limiter.enabled:
+        checkers["rate_limit_store"] = health_mod.rate_limit_store_checker(
+            limiter, config.health_details)
     health = health_mod.HealthManager(checkers, config.health_check_timeout,
                                       config.health_cache_seconds, logger.getChild("health"))
 
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
     renderer = Renderer(library, max_entries=config.render_cache_size)
     users = UserRepository(db)
-    auth = Authenticator(TokenSigner(config.user_secrets))
+    auth = Authenticator(TokenSigner(config.user_secrets), limiter)
     idempotency_keys = IdempotencyRepository(db)
     idempotent = Idempotency(db, idempotency_keys, metrics, config.fault_injection)
     janitor = Periodic("janitor", config.purge_interval_seconds,
-                       [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS)],
+                       [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
+                        rate_limit_state.purge_expired],
                        logger.getChild("janitor"))
 
     def sample_metrics() -> None:

@@ -1,0 +1,329 @@
+"""Rate limiting: GCRA arithmetic, policies, decisions, response headers, the limiter.
+
+GCRA (the generic cell rate algorithm) keeps one number per key: the
+theoretical arrival time (TAT), when the key's state will be fully
+replenished. With the emission interval T and the tolerance tau, a request
+arriving at `now` is
+
+    admitted  when  max(TAT, now) - now <= tau,  and then TAT := max(TAT, now) + T
+    refused   otherwise, and TAT is left unchanged (a refusal costs nothing).
+
+A missing key, or a TAT in the past, is the fresh state.
+
+Semantics of a `Policy(name, per_minute, burst)`:
+
+- `per_minute` 0 disables the policy. Otherwise T = 60 / per_minute seconds
+  (kept as whole microseconds, the resolution of PostgreSQL's timestamptz, so
+  the Python and the SQL arithmetic are exact and agree to the microsecond).
+- `burst` B is how many requests are admitted back to back from the fresh
+  state (0 is treated as 1). tau = (B - 1) * T: request k (1-based) of a burst
+  sees max(TAT, now) - now = (k - 1) * T, so requests 1..B pass and B+1 does
+  not; after that one request is admitted every T seconds, and an idle key
+  earns back one request per T up to B.
+
+A `Decision` reports, in the IETF RateLimit header fields draft's terms:
+
+- `limit` (q): the quota, B.
+- `window` (w): seconds to refill the whole burst from empty, ceil(B * T).
+- `remaining` (r): requests admissible right now after this one,
+  floor((tau + T - (TAT - now)) / T), never negative.
+- `reset` (t): when admitted, whole seconds (rounded up) until the state is
+  fully replenished, ceil(TAT - now); when refused, whole seconds (rounded
+  up, at least 1) until the next request would be admitted,
+  ceil(TAT - tau - now). A refused request's `Retry-After` equals t.
+
+The state lives in a store with one method,
+`decide(key, interval_us, tolerance_us) -> (allowed, tat_after_us)`, where
+tat_after_us is the key's TAT after the decision minus the store's "now", in
+microseconds. `app.repo.ratelimits.RateLimitRepository` is the production
+store (PostgreSQL, shared by every worker and instance); `MemoryStore` here is
+the same arithmetic in-process with an injected clock, for tests.
+
+`RateLimiter` is the facade the request path calls: `check(policy, key)` per
+request, failing open when the store fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+MICROS = 1_000_000
+POLICY_NAMES = ("user", "ip")
+HEALTHY, DEGRADED = "healthy", "degraded"
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# --- policies ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Policy:
+    """A rate (per minute) and a burst for one kind of key; per_minute 0 disables it."""
+
+    name: str
+    per_minute: int
+    burst: int
+    interval_us: int = field(init=False, repr=False)   # T
+    tolerance_us: int = field(init=False, repr=False)  # tau = (B - 1) * T
+    quota: int = field(init=False, repr=False)         # B (q)
+    window: int = field(init=False, repr=False)        # ceil(B * T) seconds (w)
+
+    def __post_init__(self) -> None:
+        if self.name not in POLICY_NAMES:
+            raise ValueError(f"policy name must be one of {POLICY_NAMES}, not {self.name!r}")
+        if self.per_minute < 0 or self.burst < 0:
+            raise ValueError("per_minute and burst must not be negative")
+        quota = max(1, self.burst)
+        interval = max(1, (60 * MICROS + self.per_minute // 2) // self.per_minute) \
+            if self.per_minute else 0
+        object.__setattr__(self, "interval_us", interval)
+        object.__setattr__(self, "tolerance_us", (quota - 1) * interval)
+        object.__setattr__(self, "quota", quota)
+        object.__setattr__(self, "window", max(1, _ceil_div(quota * interval, MICROS)))
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0
+
+
+def policies_from_config(config) -> tuple[Policy, Policy]:
+    """(user policy, ip policy) from the RATE_LIMIT_* settings."""
+    return (Policy("user", config.rate_limit_user_per_minute, config.rate_limit_user_burst),
+            Policy("ip", config.rate_limit_ip_per_minute, config.rate_limit_ip_burst))
+
+
+# --- the arithmetic --------------------------------------------------------------------
+def gcra(tat_us: int | None, now_us: int, interval_us: int,
+         tolerance_us: int) -> tuple[bool, int | None]:
+    """One GCRA step: (admitted, TAT after the decision), all in microseconds.
+
+    `tat_us` None is a key without state. A refusal returns the TAT unchanged.
+    The SQL store implements exactly this; keep the two in step.
+    """
+    base = now_us if tat_us is None or tat_us < now_us else tat_us
+    if base - now_us > tolerance_us:
+        return False, tat_us
+    return True, base + interval_us
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one check, with what the response headers report."""
+
+    allowed: bool
+    policy: str
+    limit: int       # q: the burst
+    window: int      # w: seconds to refill the whole burst
+    remaining: int   # r: requests admissible right now after this one
+    reset: int       # t: seconds to full replenishment (admitted) or to the next admission
+    fail_open: bool = False  # the store failed; admitted without consulting it
+
+    @property
+    def retry_after(self) -> int | None:
+        """Whole seconds a refused client should wait (equals `reset`); None when admitted."""
+        return None if self.allowed else self.reset
+
+    def headers(self) -> dict[str, str]:
+        """RateLimit-Policy and RateLimit (RFC 8941 items), plus Retry-After when refused."""
+        name = self.policy
+        headers = {
+            "RateLimit-Policy": f'"{name}";q={self.limit};w={self.window}',
+            "RateLimit": f'"{name}";r={self.remaining};t={self.reset}',
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(self.reset)
+        return headers
+
+
+def decision_from_store(policy: Policy, allowed: bool, tat_after_us: int) -> Decision:
+    """Turn a store's answer (admitted?, TAT - now after the decision) into a Decision."""
+    interval = policy.interval_us
+    if allowed:
+        remaining = (policy.tolerance_us + interval - tat_after_us) // interval
+        return Decision(True, policy.name, policy.quota, policy.window,
+                        remaining if remaining > 0 else 0,
+                        max(1, _ceil_div(tat_after_us, MICROS)))
+    wait = tat_after_us - policy.tolerance_us
+    return Decision(False, policy.name, policy.quota, policy.window, 0,
+                    max(1, _ceil_div(wait, MICROS)))
+
+
+def fresh_decision(policy: Policy) -> Decision:
+    """What an admitted first request of a fresh key reports; used when failing open."""
+    return Decision(True, policy.name, policy.quota, policy.window, policy.quota - 1,
+                    max(1, _ceil_div(policy.interval_us, MICROS)), fail_open=True)
+
+
+# --- stores ------------------------------------------------------------------------------
+class Store(Protocol):
+    def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
+        """Admit or refuse one request for `key`: (admitted, TAT after - now, microseconds)."""
+
+
+class MemoryStore:
+    """GCRA state in this process, on an injected clock (seconds). For tests and tools only:
+    it is not shared between workers or instances, which the contract requires."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._tats: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            allowed, tat = gcra(self._tats.get(key), now, interval_us, tolerance_us)
+            if tat is None:  # refused without state: impossible, tau >= 0
+                return False, tolerance_us + interval_us
+            self._tats[key] = tat
+        return allowed, tat - now
+
+    def purge_expired(self) -> int:
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            expired = [key for key, tat in self._tats.items() if tat < now]
+            for key in expired:
+                del self._tats[key]
+        return len(expired)
+
+
+# --- the facade --------------------------------------------------------------------------
+class RateLimiter:
+    """Per-request checks against the store, failing open when the store fails.
+
+    `check(policy_name, key)` is called once per limited request ("user" with
+    the user's id after authentication, "ip" with the client address before
+    it). It returns None when that policy is disabled, else a Decision; the
+    caller sends `decision.headers()` and answers 429 when not
+    `decision.allowed`. It must run outside any database transaction (the
+    store's row lock would otherwise be held until that transaction ends).
+
+    When the store raises anything, the request is admitted (a Decision with
+    fail_open=True and a fresh key's numbers), the error is counted in
+    metrics.rate_limit_store_errors and logged as a warning at most once per
+    `log_every` seconds (with the number of failures not logged), and
+    `health()` reports degraded for `degraded_for` seconds.
+    """
+
+    def __init__(self, user_policy: Policy, ip_policy: Policy, store: Store, metrics,
+                 logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
+                 log_every: float = 10.0, degraded_for: float = 60.0):
+        self._policies = {p.name: (p if p.enabled else None) for p in (user_policy, ip_policy)}
+        self.store = store
+        self._metrics = metrics
+        self._logger = logger
+        self._clock = clock
+        self._log_every = log_every
+        self._degraded_for = degraded_for
+        self._lock = threading.Lock()
+        self._errors_total = 0
+        self._unlogged = 0
+        self._last_error_at: float | None = None
+        self._last_logged_at: float | None = None
+        self._last_error = ""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any policy limits anything."""
+        return any(p is not None for p in self._policies.values())
+
+    def policy(self, name: str) -> Policy | None:
+        """The enabled policy of that name, or None when it is disabled."""
+        return self._policies[name]
+
+    def check(self, policy_name: str, key: str) -> Decision | None:
+        """Count one request of `key` under the named policy ("user" or "ip")."""
+        policy = self._policies[policy_name]
+        if policy is None:
+            return None
+        try:
+            allowed, tat_after = self.store.decide(f"{policy_name}:{key}", policy.interval_us,
+                                                   policy.tolerance_us)
+        except Exception as exc:  # fail open: any store failure admits the request
+            self._store_failed(exc)
+            return fresh_decision(policy)
+        if not allowed:
+            self._metrics.rate_limited.labels(policy_name).inc()
+        return decision_from_store(policy, allowed, tat_after)
+
+    def _store_failed(self, exc: Exception) -> None:
+        self._metrics.rate_limit_store_errors.inc()
+        now = self._clock()
+        with self._lock:
+            self._errors_total += 1
+            self._last_error_at = now
+            self._last_error = type(exc).__name__
+            if self._last_logged_at is not None and now - self._last_logged_at < self._log_every:
+                self._unlogged += 1
+                return
+            self._last_logged_at = now
+            suppressed, self._unlogged = self._unlogged, 0
+        self._logger.warning(
+            "rate-limit store failed, request allowed (fail open): %s: %s "
+            "(%d earlier failures not logged)", type(exc).__name__, exc, suppressed,
+            extra={"rate_limit_store_error": type(exc).__name__})
+
+    def health(self) -> tuple[str, str, dict[str, Any]]:
+        """(status, message, details) for the health checker's "rate_limit_store" component."""
+        with self._lock:
+            errors, last_at, last_error = self._errors_total, self._last_error_at, \
+                self._last_error
+        details: dict[str, Any] = {
+            "policies": {name: ({"per_minute": p.per_minute, "burst": p.quota}
+                                if p is not None else "disabled")
+                         for name, p in self._policies.items()},
+            "store_errors": errors,
+        }
+        if not self.enabled:
+            return HEALTHY, "rate limiting is disabled", details
+        if last_at is not None:
+            ago = self._clock() - last_at
+            details["last_error"] = last_error
+            details["last_error_seconds_ago"] = round(ago, 1)
+            if ago < self._degraded_for:
+                return (DEGRADED, "the rate-limit store is failing; requests are allowed "
+                        "(fail open)", details)
+        return HEALTHY, f"no store errors in the last {self._degraded_for:g}s", details
+
+
+# --- purging --------------------------------------------------------------------------------
+class Purger:
+    """Calls `store.purge_expired()` every `interval` seconds (jittered) on a daemon thread.
+
+    Every worker may run one: the store's purge skips rows another purger holds.
+    """
+
+    def __init__(self, store, interval: float, logger: logging.Logger):
+        self._store = store
+        self._interval = interval
+        self._logger = logger
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="ratelimit-purger",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run_once(self) -> int:
+        try:
+            deleted = self._store.purge_expired()
+        except Exception as exc:  # the loop must survive a database outage
+            self._logger.warning("rate-limit purge failed: %s", type(exc).__name__)
+            return 0
+        if deleted:
+            self._logger.debug("purged %d expired rate-limit rows", deleted)
+        return deleted
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval * random.uniform(0.8, 1.2)):
+            self.run_once()

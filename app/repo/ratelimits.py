@@ -1,0 +1,96 @@
+"""The rate-limit store: GCRA state in PostgreSQL, shared by every worker and instance.
+
+One row per key in the UNLOGGED table rate_limits(key, tat). A decision is one
+statement on the database's clock, so every process sees one time and one
+state. The arithmetic is `app.ratelimit.gcra`'s, in whole microseconds
+(timestamptz's resolution), with intervals built as `n * interval
+'1 microsecond'` so no day or month part (and no time-zone rule) ever enters.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+_MICROSECOND = timedelta(microseconds=1)
+
+# clock: the database's time, read once (MATERIALIZED: clock_timestamp() is volatile).
+# decided: the upsert. A new key is admitted with TAT = now + T. An existing key
+#   is admitted when TAT <= now + tau (written as excluded.tat + (tau - T), since
+#   excluded.tat = now + T), and then TAT := max(TAT, now) + T
+#   = greatest(TAT + T, excluded.tat). ON CONFLICT locks the newest version of
+#   the row before the WHERE, so concurrent requests of one key serialise and
+#   each decides on its predecessor's TAT. A refusal updates nothing and
+#   returns no row, but keeps the row locked until the statement ends.
+# The second branch runs only on a refusal (the one-time NOT EXISTS filter) and
+#   reads the TAT it was refused on: FOR UPDATE follows the row to its newest
+#   version, which this statement already holds locked. It finds nothing only if
+#   the row was created after this statement's snapshot; the caller then
+#   assumes a fresh key's TAT.
+_DECIDE = """
+WITH clock AS MATERIALIZED (
+    SELECT clock_timestamp() AS now
+), decided AS (
+    INSERT INTO rate_limits AS r (key, tat)
+    SELECT %(key)s, clock.now + %(interval_us)s::bigint * interval '1 microsecond'
+      FROM clock
+    ON CONFLICT (key) DO UPDATE
+       SET tat = greatest(r.tat + %(interval_us)s::bigint * interval '1 microsecond',
+                          excluded.tat)
+     WHERE r.tat <= excluded.tat + %(slack_us)s::bigint * interval '1 microsecond'
+    RETURNING r.tat
+)
+SELECT true, decided.tat - clock.now FROM decided, clock
+UNION ALL
+SELECT false, held.tat - clock.now
+  FROM (SELECT tat FROM rate_limits
+         WHERE key = %(key)s AND NOT EXISTS (SELECT FROM decided)
+           FOR UPDATE) AS held,
+       clock
+"""
+
+# Rows whose TAT has passed are the fresh state; deleting them changes no decision.
+# Bounded batches on the tat index; SKIP LOCKED leaves rows a request (or another
+# worker's purge) holds.
+_PURGE = """
+DELETE FROM rate_limits
+ WHERE key IN (SELECT key FROM rate_limits
+                WHERE tat < statement_timestamp()
+                ORDER BY tat
+                LIMIT %(batch)s
+                  FOR UPDATE SKIP LOCKED)
+"""
+
+
+class RateLimitRepository:
+    """GCRA decisions and the periodic purge; the only code that touches rate_limits."""
+
+    def __init__(self, db, purge_batch: int = 1000, purge_max_batches: int = 100):
+        self.db = db
+        self.purge_batch = purge_batch
+        self.purge_max_batches = purge_max_batches
+
+    def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
+        """Admit or refuse one request of `key`: (admitted, TAT after the decision - now).
+
+        Microseconds in and out; one round trip. Raises DatabaseUnavailable or
+        psycopg errors when the database fails (the limiter fails open). Call it
+        outside a transaction: inside one, the row lock lasts until it ends.
+        """
+        params = {"key": key, "interval_us": interval_us,
+                  "slack_us": tolerance_us - interval_us}
+        with self.db.connection() as conn:
+            row = conn.execute(_DECIDE, params).fetchone()
+        if row is None:  # refused on a row newer than the snapshot: assume it is fresh
+            return False, tolerance_us + interval_us
+        return row[0], row[1] // _MICROSECOND
+
+    def purge_expired(self) -> int:
+        """Delete rows whose TAT has passed, in bounded batches; the number deleted."""
+        total = 0
+        for _ in range(self.purge_max_batches):
+            with self.db.connection() as conn:
+                deleted = conn.execute(_PURGE, {"batch": self.purge_batch}).rowcount
+            total += deleted
+            if deleted < self.purge_batch:
+                break
+        return total

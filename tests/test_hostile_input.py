@@ -1,0 +1,133 @@
+"""Hostile input through real HTTP: no 5xx, every error in the contract's shape, still ready after.
+
+Hypothesis generates hostile values (very long strings, NUL and control
+bytes, invalid UTF-8, huge integers, arrays where strings belong, deeply
+nested JSON, SQL and path-traversal fragments, look-alike mood names) for
+every endpoint. SAYPI_HOSTILE_EXAMPLES sets examples per endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.client import Client
+
+EXAMPLES = int(os.environ.get("SAYPI_HOSTILE_EXAMPLES", "150"))
+CASES = {"count": 0}
+
+FRAGMENTS = ["' OR 1=1 --", "'; DROP TABLE users; --", "../../etc/passwd", "%00", "\x00",
+             "\u202e", "ｄｅｆａｕｌｔ", "dеfault", "DEFAULT", "borg\u200b", "\ud7ff", "😀" * 50,
+             "a" * 10_000, "\r\n\r\nHTTP/1.1 200 OK", "${jndi:ldap://x}", "<script>",
+             "usr_ffffffffffffffff", "cv_0000000000000000", "-1", "1e309", "NaN"]
+
+hostile_text = st.one_of(
+    st.sampled_from(FRAGMENTS),
+    st.text(max_size=300),
+    st.text(alphabet=st.characters(max_codepoint=0x9F), max_size=50),
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+)
+hostile_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), hostile_text,
+              st.integers(min_value=-(2**80), max_value=2**80),
+              st.floats(allow_nan=False, allow_infinity=False)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=10,
+)
+PARAMS = ["name", "email", "heading", "animal", "think", "mood", "text", "eyes", "tongue"]
+bodies = st.one_of(
+    st.dictionaries(st.sampled_from(PARAMS), hostile_value, max_size=6).map(
+        lambda d: ("application/json", json.dumps(d).encode())),
+    st.binary(max_size=200).map(lambda b: ("application/json", b)),
+    st.binary(max_size=200).map(lambda b: ("application/x-www-form-urlencoded", b)),
+    st.integers(min_value=1, max_value=3000).map(
+        lambda depth: ("application/json", b"[" * depth + b"]" * depth)),
+    st.integers(min_value=1, max_value=3000).map(
+        lambda depth: ("application/json", b'{"a":' * depth + b"1" + b"}" * depth)),
+    st.tuples(st.sampled_from(["text/plain", "application/xml", "multipart/form-data",
+                               "application/json; charset=latin-1"]),
+              st.binary(min_size=1, max_size=50)),
+)
+path_part = st.one_of(hostile_text.filter(lambda s: s and "\x00" not in s),
+                      st.sampled_from(["cv_0000000000000001", "ln_0000000000000001",
+                                       "..", "%2e%2e", "%FF%FE", "default"]))
+query = st.dictionaries(st.sampled_from(["limit", "starting_after", "ending_before"]),
+                        hostile_text, max_size=3)
+
+ENDPOINTS = [
+    ("POST", "/users"), ("GET", "/users/{a}"), ("PATCH", "/users/{a}"),
+    ("DELETE", "/users/{a}"), ("GET", "/animals"), ("GET", "/moods"),
+    ("GET", "/moods/{a}"), ("PUT", "/moods/{a}"), ("DELETE", "/moods/{a}"),
+    ("GET", "/conversations"), ("POST", "/conversations"), ("GET", "/conversations/{a}"),
+    ("PATCH", "/conversations/{a}"), ("DELETE", "/conversations/{a}"),
+    ("GET", "/conversations/{a}/lines"), ("POST", "/conversations/{a}/lines"),
+    ("GET", "/conversations/{a}/lines/{b}"), ("DELETE", "/conversations/{a}/lines/{b}"),
+]
+
+
+def assert_contract_error(response: httpx.Response) -> None:
+    assert response.status_code < 500, (response.status_code, response.text[:500])
+    if response.status_code >= 400:
+        body = response.json()
+        assert set(body) <= {"code", "message", "data"}
+        assert isinstance(body["code"], str) and isinstance(body["message"], str)
+        assert "Traceback" not in response.text and "psycopg" not in response.text
+
+
+@pytest.fixture(scope="module")
+def target(shared_server):
+    client = Client(shared_server.url)
+    user = client.create_user()
+    authed = client.with_token(user["token"])
+    convo = authed.create_conversation("fuzz target")
+    line = authed.create_line(convo["id"], "hello")
+    http = httpx.Client(base_url=shared_server.url, timeout=30,
+                        headers={"Authorization": f"Bearer {user['token']}"})
+    yield {"http": http, "user": user["id"], "convo": convo["id"], "line": line["id"]}
+    http.close()
+    print(f"\nhostile input cases sent: {CASES['count']}")
+
+
+@pytest.mark.parametrize("method,template", ENDPOINTS)
+def test_hostile_requests_never_fail_the_server(target, method, template):
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(a=path_part, b=path_part, body=bodies, params=query, keep_ids=st.booleans(),
+           idem=st.one_of(st.none(), hostile_text))
+    def run(a, b, body, params, keep_ids, idem):
+        if keep_ids:
+            a, b = (target["user"] if template.startswith("/users") else target["convo"]), \
+                target["line"]
+        path = template.format(a=a.replace("/", "%2F").replace("?", "%3F").replace("#", "%23"),
+                               b=b.replace("/", "%2F").replace("?", "%3F").replace("#", "%23"))
+        content_type, content = body
+        headers = {"Content-Type": content_type}
+        if idem is not None and all(" " <= ch <= "~" or ch == "\t" for ch in idem):
+            headers["Idempotency-Key"] = idem  # what an HTTP client can send at all
+        try:
+            response = target["http"].request(method, path, params=params, content=content,
+                                              headers=headers)
+        except (httpx.InvalidURL, httpx.LocalProtocolError):  # the client refuses to send it
+            return
+        CASES["count"] += 1
+        assert_contract_error(response)
+
+    run()
+
+
+def test_oversized_headers_and_lines_are_refused_cleanly(shared_server):
+    response = httpx.get(shared_server.url + "/health/live",
+                         headers={"X-Big": "x" * 20_000})
+    assert response.status_code in (400, 431)
+    response = httpx.get(shared_server.url + "/" + "a" * 10_000)
+    assert response.status_code in (400, 404, 414)
+
+
+def test_still_ready_after_the_barrage(shared_server, target):
+    assert httpx.get(shared_server.url + "/health/ready").status_code == 200

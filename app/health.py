@@ -216,10 +216,14 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
     could not get one (the database still answers the requests holding them).
     """
 
+    # Half the time to get a connection, so a busy pool is reported as such
+    # before the manager's own timeout calls the check hung.
+    acquire_timeout = timeout / 2
+
     def check() -> CheckResult:
         details: dict[str, Any] = pool_details(db.stats())
         try:
-            with db.pool.connection(timeout=timeout) as conn:
+            with db.pool.connection(timeout=acquire_timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
                 if show_details:
                     details["server_version"] = conn.info.server_version
@@ -243,25 +247,39 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
 
 
 def migrations_checker(db, expected_version: int, timeout: float = 1.0) -> Checker:
-    """The database's schema version against the newest migration this build ships."""
+    """The database's schema version against the newest migration this build ships.
+
+    When every connection is busy the check reuses the version it read last
+    (saying so): a saturated pool must not take a worker out of service for a
+    fact that has not changed. The database check reports the saturation.
+    """
+    last_read: list[int] = []
+
+    def verdict(current: int, message_suffix: str = "") -> CheckResult:
+        details = {"current": current, "expected": expected_version}
+        if current < expected_version:
+            return CheckResult(UNHEALTHY, "database schema is behind this build; run the "
+                                          "migrations" + message_suffix, details)
+        if current > expected_version:
+            return CheckResult(HEALTHY, "schema is ahead of this build (a newer release "
+                                        "migrated it)" + message_suffix, details)
+        return CheckResult(HEALTHY, "schema is current" + message_suffix, details)
 
     def check() -> CheckResult:
         try:
-            with db.pool.connection(timeout=timeout) as conn:
+            with db.pool.connection(timeout=timeout / 2) as conn:
                 row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
                                    ).fetchone()
+        except (PoolTimeout, TooManyRequests):
+            if last_read:
+                return verdict(last_read[0], " (as last read: every connection is busy)")
+            return CheckResult(UNHEALTHY, "schema version not read yet: every connection "
+                                          "is busy", {"expected": expected_version})
         except Exception as exc:
             return CheckResult(UNHEALTHY, f"schema version unreadable ({type(exc).__name__})",
                                {"expected": expected_version})
-        current = row[0]
-        details = {"current": current, "expected": expected_version}
-        if current < expected_version:
-            return CheckResult(UNHEALTHY, "database schema is behind this build; "
-                                          "run the migrations", details)
-        if current > expected_version:
-            return CheckResult(HEALTHY, "schema is ahead of this build (a newer release "
-                                        "migrated it)", details)
-        return CheckResult(HEALTHY, "schema is current", details)
+        last_read[:] = [row[0]]
+        return verdict(row[0])
 
     return check
 

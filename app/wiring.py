@@ -43,9 +43,11 @@ class WorkerResources:
     sampler: Sampler
     lifecycle: health_mod.Lifecycle
     janitor: Periodic
+    presence: UserPresence
 
     def close(self) -> None:
         self.lifecycle.begin_shutdown()
+        self.presence.stop()
         self.sampler.stop()
         self.janitor.stop()
         self.health.close()
@@ -78,6 +80,7 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
     renderer = Renderer(library, max_entries=config.render_cache_size)
     users = UserRepository(db)
+    presence = UserPresence(users, logger.getChild("presence"))
     auth = Authenticator(TokenSigner(config.user_secrets), limiter)
     idempotency_keys = IdempotencyRepository(db)
     idempotent = Idempotency(db, idempotency_keys, metrics, config.fault_injection)
@@ -95,9 +98,10 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
 
     sampler = Sampler(1.0, [sample_metrics, sample_health], logger)
     app = new_server(config, logger, lifecycle, health, metrics, sample_metrics,
-                     auth, idempotent, UserPresence(users), renderer, users,
+                     auth, idempotent, presence, renderer, users,
                      MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
     metrics.sample_health(health.report())  # a first status before this worker takes traffic
     sampler.start()
     janitor.start()
-    return app, WorkerResources(db, health, sampler, lifecycle, janitor)
+    presence.start()
+    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence)

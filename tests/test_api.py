@@ -426,7 +426,8 @@ def test_lines_list_get_and_delete(alice):
 
 def test_wide_characters_keep_the_balloon_aligned(alice):
     convo = alice.create_conversation("Wide")
-    line = alice.create_line(convo["id"], "你好，世界！这是一段很长的中文文本，用来测试气球的对齐情况。🐄🐄🐄 emoji")  # noqa: RUF001
+    text = "你好，世界！这是一段很长的中文文本，" "用来测试气球的对齐情况。🐄🐄🐄 emoji"  # noqa: RUF001
+    line = alice.create_line(convo["id"], text)
     balloon = [row for row in line["output"].splitlines() if row[:1] in "/|\\<"]
     assert len(balloon) > 1
     assert len({wcswidth(row) for row in balloon}) == 1, balloon
@@ -534,3 +535,16 @@ def test_concurrent_creates_at_the_cap_cannot_all_succeed(capped_server):
         thread.join()
     assert sorted(results) == [201] * 3 + [409] * 9
     assert len(list(client.iter_conversations())) == 3
+
+
+def test_deleted_user_is_refused_even_where_it_was_confirmed_before(shared_server, anon):
+    """GET /animals reads no table: workers remember confirmed users until a deletion notice."""
+    client, user = new_user(anon)
+    for _ in range(20):  # new connections each time, so both workers confirm the user
+        assert httpx.get(shared_server.url + "/animals",
+                         headers={"Authorization": f"Bearer {user['token']}"}).status_code == 200
+    client.delete_user(user["id"])
+    for _ in range(20):
+        response = httpx.get(shared_server.url + "/animals",
+                             headers={"Authorization": f"Bearer {user['token']}"})
+        assert response.status_code == 401 and response.json()["code"] == "auth_invalid"

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 from psycopg import errors as pg_errors
 
 from app import ids
 from app.models import User
 
 _COLUMNS = "id, name, email, created_at"
+DELETED_CHANNEL = "saypi_user_deleted"
 
 
 class EmailTaken(Exception):
@@ -53,13 +57,25 @@ class UserRepository:
                 raise EmailTaken(changes.get("email")) from exc
         return User(*row) if row else None
 
+    def watch_deletions(self, on_listening: Callable[[], None],
+                        on_deleted: Callable[[int], None], stop: threading.Event) -> None:
+        """LISTEN for deleted users on a dedicated connection until `stop` or an error."""
+        with self.db.dedicated_connection() as conn:
+            conn.execute(f"LISTEN {DELETED_CHANNEL}")
+            on_listening()
+            while not stop.is_set():
+                for notify in conn.notifies(timeout=1.0):
+                    on_deleted(int(notify.payload))
+                    if stop.is_set():
+                        return
+
     def delete(self, user_id: int) -> bool:
         """Delete the user and, by cascade, everything they own."""
         with self.db.transaction() as conn:
             cursor = conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
             deleted = cursor.rowcount == 1
             if deleted:
-                conn.execute("SELECT pg_notify('saypi_user_deleted', %s)", (str(user_id),))
+                conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
         return deleted
 
 

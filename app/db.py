@@ -113,14 +113,21 @@ class Database:
         connection error the background checker purges the rest.
         """
         if conn.broken or conn.closed:
+            self.connection_failed()
             raise psycopg.OperationalError("connection is broken")
         idle_since = self._returned_at.get(conn)
         if idle_since is None or time.monotonic() - idle_since > IDLE_CHECK_AFTER_SECONDS:
-            ConnectionPool.check_connection(conn)
+            try:
+                ConnectionPool.check_connection(conn)
+            except psycopg.Error:
+                # One dead idle connection means the others likely are too
+                # (the server restarted): purge them all now, not one per request.
+                self.connection_failed()
+                raise
 
     def connection_failed(self) -> None:
         """Ask the checker thread to purge dead connections now."""
-        pass
+        self._wake_checker.set()
 
     def _check_loop(self) -> None:
         """Every check_interval, and at once when woken by a connection error: pool.check().

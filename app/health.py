@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg_pool import PoolTimeout, TooManyRequests
 
 HEALTHY, DEGRADED, UNHEALTHY, CRITICAL = "healthy", "degraded", "unhealthy", "critical"
@@ -142,9 +143,11 @@ class HealthManager:
 
     def _background_refresh(self) -> None:
         try:
-            self.report()
+            if not self._closed:
+                self.report()
         except Exception:
-            self.logger.exception("background health refresh failed")
+            if not self._closed:  # closing shuts the executor down under a refresh
+                self.logger.exception("background health refresh failed")
         finally:
             self._refresh_pending.clear()
 
@@ -270,6 +273,8 @@ def migrations_checker(db, expected_version: int, timeout: float = 1.0) -> Check
             with db.pool.connection(timeout=timeout / 2) as conn:
                 row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
                                    ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            return verdict(0)  # never migrated
         except (PoolTimeout, TooManyRequests):
             if last_read:
                 return verdict(last_read[0], " (as last read: every connection is busy)")
@@ -320,7 +325,7 @@ def memory_checker(limit_bytes: int, rss: Callable[[], int] = rss_bytes) -> Chec
 
 
 def rate_limit_store_checker(limiter, show_details: bool = False) -> Checker:
-    """The rate limiter's own view of its store: `limiter.health()` -> (status, message, details)."""
+    """The rate limiter's view of its store: `limiter.health()` -> (status, message, details)."""
 
     def check() -> CheckResult:
         status, message, details = limiter.health()

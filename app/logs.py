@@ -25,6 +25,9 @@ _TOKEN_PATTERNS = (
     re.compile(r"usr_[0-9a-f]{16}\.[A-Za-z0-9_-]{10,}"),
     re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@"),
 )
+# Cheap test run first on every string: only text that could hold a token or
+# a DSN password pays for the substitutions.
+_MAY_HOLD_SECRET = re.compile(r"(?i)bearer|usr_|://")
 REDACTED = "[REDACTED]"
 
 
@@ -36,14 +39,18 @@ class RedactionFilter(logging.Filter):
         self.secrets = tuple(s for s in secrets if s)
 
     def _scrub(self, text: str) -> str:
-        for pattern in _TOKEN_PATTERNS:
-            text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED, text)
+        if _MAY_HOLD_SECRET.search(text) is not None:
+            for pattern in _TOKEN_PATTERNS:
+                text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED,
+                                   text)
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
 
     def _scrub_value(self, value):
+        if value is None or isinstance(value, int | float):
+            return value
         if isinstance(value, str):
             return self._scrub(value)
         if isinstance(value, dict):

@@ -118,12 +118,13 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one served request; runs on every request, so the series are memoised."""
+        if method not in KNOWN_METHODS:
+            method = "other"
         key = (method, route, status)
         series = self._request_series.get(key)
         if series is None:
-            label = method if method in KNOWN_METHODS else "other"
-            series = (self.requests.labels(label, route, str(status)),
-                      self.duration.labels(label, route))
+            series = (self.requests.labels(method, route, str(status)),
+                      self.duration.labels(method, route))
             self._request_series[key] = series
         series[0].inc()
         series[1].observe(seconds)

@@ -212,7 +212,7 @@ def cli_config(env: Mapping[str, str], stdout: IO[str]):
         from app.secrets_store import development_secret
 
         data_dir = Path(config.data_dir).resolve()
-        secret, created = development_secret(data_dir)
+        secret, _created = development_secret(data_dir)
         stdout.write(f"warning: USER_SECRETS is unset: using the development secret in "
                      f"{data_dir / 'user_secret'} (set USER_SECRETS in production)\n")
         changes["user_secrets"] = (secret,)

@@ -6,6 +6,7 @@ cached (`Cache-Control: no-store`, no ETag): a probe must see the current state.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Response
@@ -16,6 +17,10 @@ from app.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, 
 
 def _status_code(status: str) -> int:
     return 200 if status in (HEALTHY, DEGRADED) else 503
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _health_response(body: dict[str, Any]) -> Response:
@@ -41,7 +46,8 @@ def handle_ready(health, lifecycle):
 
     def handler() -> Response:
         if lifecycle.shutting_down:
-            return _health_response({"status": UNHEALTHY, "message": "shutting down"})
+            return _health_response({"status": UNHEALTHY, "checked_at": _now(),
+                                     "message": "shutting down"})
         return _health_response(health.report().summary())
 
     return handler

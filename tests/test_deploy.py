@@ -1,0 +1,382 @@
+"""deploy/ kept honest: the files parse, and every path, port, setting and metric name
+they use exists in routes.py, in the configuration, or in a real /metrics scrape.
+`gunicorn -c deploy/gunicorn.conf.py` is started for real.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.config import SETTINGS, Config
+from tests.conftest import ROOT, server_env
+
+DEPLOY = ROOT / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+# Series Prometheus records itself for every target; SayPI cannot export them.
+PROMETHEUS_GENERATED = {"up"}
+
+
+# --- loading -------------------------------------------------------------------------------
+def manifests() -> list[dict]:
+    """Every Kubernetes object in deploy/kubernetes (kustomization.yaml is not one)."""
+    docs = []
+    for path in sorted(KUBERNETES.glob("*.yaml")):
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text())
+                    if doc and doc["kind"] != "Kustomization")
+    return docs
+
+
+def one(kind: str, component: str | None = None) -> dict:
+    found = [d for d in manifests() if d["kind"] == kind and (
+        component is None
+        or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)]
+    assert len(found) == 1, (kind, component, len(found))
+    return found[0]
+
+
+def deployment() -> dict:
+    return one("Deployment")
+
+
+def api_container() -> dict:
+    (container,) = deployment()["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def config_env() -> dict[str, str]:
+    """The environment a pod gets: the ConfigMap plus the example Secret."""
+    env = dict(one("ConfigMap")["data"])
+    env.update(one("Secret")["stringData"])
+    return env
+
+
+def route_paths() -> set[str]:
+    """Every GET path registered in routes.py."""
+    return set(re.findall(r'route\(app, "GET", "([^"]+)"', (ROOT / "routes.py").read_text()))
+
+
+def dockerfile() -> str:
+    return (DEPLOY / "Dockerfile").read_text()
+
+
+def quantity_bytes(text: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(float(text[:-len(suffix)]) * factor)
+    return int(text)
+
+
+# --- everything parses -----------------------------------------------------------------------
+def test_every_deploy_file_parses():
+    kinds = {d["kind"] for d in manifests()}
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job",
+            "ConfigMap", "Secret"} <= kinds
+    for doc in manifests():
+        assert doc["apiVersion"] and doc["metadata"]["name"], doc
+    for path in (DEPLOY / "prometheus").glob("*.yml"):
+        assert yaml.safe_load(path.read_text()), path
+    for path in (DEPLOY / "grafana").glob("*.json"):
+        assert json.loads(path.read_text())["panels"], path
+    ast.parse((DEPLOY / "gunicorn.conf.py").read_text())
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    for resource in kustomization["resources"]:
+        assert (KUBERNETES / resource).exists(), resource
+
+
+# --- Kubernetes ---------------------------------------------------------------------------
+def test_probes_use_real_routes_on_the_configured_port(shared_server):
+    container = api_container()
+    port = int(config_env()["PORT"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == port
+    probes = {name: container[name] for name in ("startupProbe", "livenessProbe",
+                                                 "readinessProbe")}
+    for name, probe in probes.items():
+        get = probe["httpGet"]
+        assert get["path"] in route_paths(), (name, get["path"])
+        assert get["port"] in ports or get["port"] == port, (name, get["port"])
+        response = httpx.get(shared_server.url + get["path"])
+        assert response.status_code == 200, (name, get["path"])
+    # Liveness must not depend on the database (a restart would not fix it);
+    # readiness is the one that follows it, and waits longer than a check may take.
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert probes["startupProbe"]["httpGet"]["path"] == "/health/live"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    assert probes["readinessProbe"]["timeoutSeconds"] > float(
+        config_env()["HEALTH_CHECK_TIMEOUT"])
+
+    annotations = deployment()["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == port
+    assert annotations["prometheus.io/path"] in route_paths()
+    service_port = one("Service")["spec"]["ports"][0]
+    assert service_port["targetPort"] in ports
+
+
+def test_configmap_and_secret_hold_only_real_settings_that_validate():
+    env = config_env()
+    known = {s.env for s in SETTINGS}
+    assert set(env) <= known, set(env) - known
+    config = Config.from_env(env, ["serve"])  # raises ConfigError listing any problem
+    assert config.production
+    assert config.host == "0.0.0.0"  # reachable from the kubelet and the Service
+    assert not config.fault_injection
+    for key, placeholder in one("Secret")["stringData"].items():
+        assert "CHANGE_ME" in placeholder, key  # an example, never a real secret
+
+
+def test_shutdown_budget_covers_prestop_and_graceful_timeout():
+    pod = deployment()["spec"]["template"]["spec"]
+    command = api_container()["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    pre_stop = float(command[1])
+    graceful = float(config_env()["GRACEFUL_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + graceful + 5
+
+
+def test_metrics_directory_is_an_emptydir_and_resources_are_bounded():
+    pod = deployment()["spec"]["template"]["spec"]
+    container = api_container()
+    env = config_env()
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume_name = mounts[env["PROMETHEUS_MULTIPROC_DIR"]]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[volume_name]
+
+    resources = container["resources"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources[kind]), kind
+    memory_limit = quantity_bytes(resources["limits"]["memory"])
+    assert quantity_bytes(resources["requests"]["memory"]) <= memory_limit
+    # The health check's per-worker budget fits the container's limit.
+    assert int(env["MEMORY_LIMIT_BYTES"]) * int(env["WEB_CONCURRENCY"]) <= memory_limit
+
+
+def test_selectors_targets_and_images_agree():
+    deploy = deployment()
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert one("Service")["spec"]["selector"].items() <= pod_labels.items()
+    assert one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() \
+        <= pod_labels.items()
+    target = one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"])
+
+    job = one("Job")
+    (migrate,) = job["spec"]["template"]["spec"]["containers"]
+    assert migrate["command"][-2:] == ["run.py", "migrate"]
+    assert migrate["image"] == api_container()["image"]
+    assert migrate["envFrom"] == api_container()["envFrom"]
+    names = {(d["kind"], d["metadata"]["name"]) for d in manifests()}
+    for source in api_container()["envFrom"]:
+        if "configMapRef" in source:
+            assert ("ConfigMap", source["configMapRef"]["name"]) in names
+        else:
+            assert ("Secret", source["secretRef"]["name"]) in names
+    assert api_container()["command"] == ["gunicorn", "-c", "deploy/gunicorn.conf.py"]
+
+
+# --- the container image ----------------------------------------------------------------------
+def test_dockerfile_runs_unprivileged_with_a_healthcheck_and_no_migrations():
+    text = dockerfile()
+    user = re.findall(r"^USER\s+(\S+)", text, re.MULTILINE)[-1]
+    uid = user.split(":")[0]
+    assert uid not in ("root", "0")
+    pod_security = deployment()["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True
+    assert str(pod_security["runAsUser"]) == uid
+
+    healthcheck = re.search(r"^HEALTHCHECK .*?CMD (.+)$", text, re.MULTILINE | re.DOTALL)
+    assert healthcheck
+    paths = set(re.findall(r"(/health/\w+)", healthcheck.group(1)))
+    assert paths and paths <= route_paths()
+
+    exposed = re.findall(r"^EXPOSE\s+(\d+)", text, re.MULTILINE)
+    assert exposed == [config_env()["PORT"]]
+    assert re.search(r"PORT=(\d+)", text).group(1) == config_env()["PORT"]
+    cmd = re.findall(r"^CMD (.+)$", text, re.MULTILINE)[-1]
+    assert json.loads(cmd) == ["gunicorn", "-c", "deploy/gunicorn.conf.py"]
+    assert "migrate" not in cmd  # migrations are their own step
+    assert "COPY deploy/gunicorn.conf.py" in text
+
+
+# --- Prometheus and Grafana --------------------------------------------------------------------
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and",
+                "or", "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (not functions, labels or keywords)."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # range selectors
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ",
+                  expr)  # grouping label lists
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        if expr[match.end():].lstrip().startswith("("):
+            continue  # a function or aggregation
+        if match.group(0).lower() not in PROMQL_WORDS:
+            names.add(match.group(0))
+    return names
+
+
+def test_promql_metric_name_extraction():
+    expr = ('histogram_quantile(0.99, sum by (le, route) (rate(http_request_duration_seconds'
+            '_bucket{route!="/metrics", x=~"a(b)"}[5m]))) / on (pod) group_left '
+            'max without (check) (health_status) > 0 and up{job="saypi"} == 0')
+    assert promql_metric_names(expr) == {"http_request_duration_seconds_bucket",
+                                         "health_status", "up"}
+
+
+def alert_rules() -> list[dict]:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    return [rule for group in config["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict:
+    return json.loads((DEPLOY / "grafana" / "saypi-dashboard.json").read_text())
+
+
+def dashboard_exprs() -> list[str]:
+    exprs = [t["expr"] for p in dashboard()["panels"] for t in p.get("targets", [])]
+    for variable in dashboard()["templating"]["list"]:
+        query = variable.get("query")
+        if isinstance(query, dict):
+            metric = re.match(r"label_values\(\s*([A-Za-z_:][\w:]*)\s*,", query["query"])
+            exprs.append(metric.group(1))
+    return exprs
+
+
+def test_alerts_and_dashboard_use_only_metrics_a_running_saypi_exports(shared_server):
+    text = httpx.get(shared_server.url + "/metrics").text
+    exported = {sample.name for family in text_string_to_metric_families(text)
+                for sample in family.samples}
+    used = {}
+    for rule in alert_rules():
+        for name in promql_metric_names(rule["expr"]):
+            used.setdefault(name, []).append(rule["alert"])
+    for expr in dashboard_exprs():
+        for name in promql_metric_names(expr):
+            used.setdefault(name, []).append("dashboard")
+    assert used
+    missing = {name: where for name, where in used.items()
+               if name not in exported and name not in PROMETHEUS_GENERATED}
+    assert not missing, missing
+
+
+def test_alerts_and_panels_cover_what_operators_need():
+    rules = " ".join(rule["expr"] for rule in alert_rules())
+    assert 'status=~"5.."' in rules  # error rate
+    assert "histogram_quantile(0.99" in rules  # p99 latency
+    assert "db_pool_waiting" in rules  # pool waiting
+    assert 'health_status{check="overall"}' in rules  # readiness
+    for rule in alert_rules():
+        assert rule["annotations"]["summary"] and rule["labels"]["severity"]
+    exprs = " ".join(dashboard_exprs())
+    for needle in ("rate(http_requests_total", 'status=~"5.."', "histogram_quantile(0.5,",
+                   "histogram_quantile(0.99,", "db_pool_available", "rate_limited_total"):
+        assert needle in exprs, needle
+    scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    for job in scrape["scrape_configs"]:
+        assert job["metrics_path"] in route_paths()
+    for rule_file in scrape["rule_files"]:
+        assert (DEPLOY / "prometheus" / rule_file).exists()
+
+
+# --- gunicorn -c deploy/gunicorn.conf.py ----------------------------------------------------------
+def gunicorn(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen:
+    executable = Path(sys.executable).with_name("gunicorn")
+    return subprocess.Popen([str(executable), "-c", str(DEPLOY / "gunicorn.conf.py")],
+                            cwd=cwd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_gunicorn_conf_refuses_a_missing_database_url(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PORT": "0"}
+    process = gunicorn(env, tmp_path, tmp_path / "gunicorn.log")
+    assert process.wait(30) == 2
+    assert "DATABASE_URL" in (tmp_path / "gunicorn.log").read_text()
+
+
+def test_gunicorn_conf_serves_with_the_same_hooks(postgres, tmp_path):
+    from tests.conftest import run_inline
+    from tests.test_operations import _stale_metrics_file, scrape, value
+
+    database_url = postgres.new_database(migrated=False)
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    _stale_metrics_file(metrics_dir)
+    env = server_env(database_url, tmp_path, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+                     WEB_CONCURRENCY="2")
+    url = f"http://127.0.0.1:{env['PORT']}"
+    log = tmp_path / "gunicorn.log"
+    process = gunicorn(env, tmp_path, log)  # from another directory than the checkout
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(url + "/health/live").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        # gunicorn never migrates: serving, but not ready until the migration step ran.
+        detailed = httpx.get(url + "/health/detailed")
+        assert detailed.status_code == 503
+        migrations = detailed.json()["checks"]["migrations"]
+        assert migrations["status"] == "unhealthy" and "run the migrations" in \
+            migrations["message"]
+        assert httpx.get(url + "/health/ready").status_code == 503
+        code, _ = run_inline(["migrate"], env)
+        assert code == 0
+        while httpx.get(url + "/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+
+        # on_starting wiped the earlier run's metrics; workers count for real.
+        before = value(scrape(url), "http_requests_total", route="/health/live")
+        for _ in range(5):
+            assert httpx.get(url + "/health/live",
+                             headers={"Connection": "close"}).status_code == 200
+        samples = scrape(url)
+        assert value(samples, "http_requests_total", route="/stale-from-last-run") == 0
+        assert value(samples, "http_requests_total", route="/health/live") == before + 5
+        assert value(samples, "db_pool_max") > 0
+
+        # Pools live in the workers (post-fork), never in the master.
+        dbname = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]
+        with psycopg.connect(postgres.admin_dsn, autocommit=True) as conn:
+            names = [row[0] for row in conn.execute(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = %s", (dbname,))]
+        pids = {int(n.rsplit("-", 1)[1]) for n in names if n.startswith("saypi-worker-")}
+        assert len(pids) == 2 and process.pid not in pids
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        # worker_exit closed every pool.
+        with psycopg.connect(postgres.admin_dsn, autocommit=True) as conn:
+            left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                "AND application_name LIKE 'saypi-worker-%%'",
+                                (dbname,)).fetchone()[0]
+        assert left == 0
+        assert "Traceback" not in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)

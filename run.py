@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -67,47 +66,22 @@ def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> i
         stdout.write(f"migrations applied: {len(applied)}\n")
         return 0
 
-    if not config.user_secrets:
-        from app.secrets_store import development_secret
+    from app.serve import GunicornApp, gunicorn_options, serving_config
 
-        secret, created = development_secret(data_dir)
-        if created:
-            logger.warning("USER_SECRETS is unset: generated a development secret in %s "
-                           "(set USER_SECRETS in production)", data_dir / "user_secret")
-        config = config.replace(user_secrets=(secret,))
-
-    if config.port == 0:
-        config = config.replace(port=_free_port(config.host))
-    metrics_dir = config.prometheus_multiproc_dir or tempfile.mkdtemp(prefix="saypi-metrics-")
-    config = config.replace(prometheus_multiproc_dir=metrics_dir)
+    config = serving_config(config, logger.warning)
     # prometheus_client reads its multiprocess directory from the environment
     # when first imported: the one place SayPI writes the process environment.
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    from app import metrics as metrics_mod
-    from app.serve import GunicornApp, gunicorn_options
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.prometheus_multiproc_dir
     from app.wiring import build_worker_app
 
-    metrics_mod.reset_directory(metrics_dir)
-    worker_logger = logger
-
     def build():
-        return build_worker_app(config, worker_logger, dsn)
+        return build_worker_app(config, logger, dsn)
 
     try:
         GunicornApp(gunicorn_options(config, stdout), build).run()
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
-
-
-def _free_port(host: str) -> int:
-    """A port the kernel says is free now (each worker binds it with SO_REUSEPORT)."""
-    import socket
-
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
 
 
 if __name__ == "__main__":

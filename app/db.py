@@ -68,7 +68,6 @@ class Database:
             max_waiting=settings.max_waiting,
             max_idle=settings.max_idle,
             max_lifetime=settings.max_lifetime,
-            reconnect_timeout=0,  # never give up reconnecting; readiness reports it
             kwargs={"autocommit": True, "connect_timeout": settings.connect_timeout,
                     "options": options},
             check=self._check_connection,

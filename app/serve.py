@@ -207,14 +207,21 @@ def cli_config(env: Mapping[str, str], stdout: IO[str]):
         stdout.flush()
         raise SystemExit(2)
 
+    return serving_config(config, lambda message: stdout.write(f"warning: {message}\n"))
+
+
+def serving_config(config, warn: Callable[[str], None]):
+    """Fill in what serving needs and the operator left unset: a development token
+    secret (generated once under DATA_DIR), a free port for PORT=0, and a fresh
+    directory for the workers' metrics."""
     changes: dict[str, Any] = {}
     if not config.user_secrets:
         from app.secrets_store import development_secret
 
         data_dir = Path(config.data_dir).resolve()
         secret, _created = development_secret(data_dir)
-        stdout.write(f"warning: USER_SECRETS is unset: using the development secret in "
-                     f"{data_dir / 'user_secret'} (set USER_SECRETS in production)\n")
+        warn(f"USER_SECRETS is unset: using the development secret in "
+             f"{data_dir / 'user_secret'} (set USER_SECRETS in production)")
         changes["user_secrets"] = (secret,)
     if config.port == 0:
         changes["port"] = _free_port(config.host)

@@ -16,6 +16,7 @@ from marshmallow import ValidationError, fields
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_EXCEPT_NEWLINE_TAB = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON can escape one; UTF-8 cannot encode it
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 
 MESSAGES = {
@@ -56,6 +57,8 @@ class Text(fields.String):
         control = _CONTROL_EXCEPT_NEWLINE_TAB if self.allow_newlines else _CONTROL
         if control.search(value):
             raise ValidationError("must not contain control characters")
+        if _SURROGATE.search(value):
+            raise ValidationError("must not contain unpaired surrogates")
         if self.printable_ascii and not _PRINTABLE_ASCII.fullmatch(value):
             raise ValidationError(self.describe())
         if self.forbid and any(ch in value for ch in self.forbid):
@@ -113,6 +116,13 @@ class PublicId(fields.Field):
         return f"{self.prefix}_{value:016x}"
 
 
+def rfc3339(value) -> str:
+    """A timezone-aware datetime as RFC 3339 in UTC, ending in Z."""
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat() + "Z"
+
+
 class Timestamp(fields.Field):
     """Dumps a timezone-aware datetime as RFC 3339 in UTC with a Z."""
 
@@ -120,4 +130,4 @@ class Timestamp(fields.Field):
         super().__init__(dump_only=True, **kwargs)
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return rfc3339(value)

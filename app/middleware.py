@@ -5,6 +5,7 @@ Kept to what each request needs: it runs thousands of times a second.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -40,6 +41,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
     """Attach the per-request hooks and the error handlers to `app`."""
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     max_body = config.max_body_bytes
+    new_request_id = request_ids()
     trusted = config.trusted_proxies
 
     def forwarded_for() -> str | None:
@@ -52,7 +54,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         g.client_addr = client_address(request.remote_addr or "", forwarded_for(), trusted)
         incoming = request.headers.get("X-Request-ID")
         g.request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) \
-            else uuid.uuid4().hex
+            else new_request_id()
         length = request.content_length
         if length is not None and length > max_body:
             raise PayloadTooLarge(max_body)
@@ -77,6 +79,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         seconds = time.perf_counter() - started if started is not None else 0.0
         metrics.observe_request(request.method, route, response.status_code, seconds)
         extra = {
+            "request_id": g.get("request_id"),
             "method": request.method, "route": route, "status": response.status_code,
             "duration_ms": round(seconds * 1000, 2), "remote_addr": g.get("client_addr"),
             "bytes": response.content_length or 0,
@@ -103,6 +106,13 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
     def unexpected(error: Exception) -> Response:
         logger.error("unhandled exception", exc_info=error)
         return respond.error_response(InternalFailure())
+
+
+def request_ids():
+    """Unique ids without a system call per request: a random per-process prefix and a counter."""
+    prefix = uuid.uuid4().hex[:16]
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):016x}"
 
 
 def _translate_http(error: HTTPException, max_body: int) -> ApiError:

@@ -151,6 +151,22 @@ def _if_none_match() -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
 
 
+class Constant:
+    """A JSON body that never changes, encoded and tagged once; served with ETag/304."""
+
+    def __init__(self, value: Any):
+        self.body = encode_json(value)
+        self.etag = _etag(self.body, "j")
+
+    def response(self) -> Response:
+        if self.etag in _if_none_match():
+            response = Response(status=304)
+        else:
+            response = Response(self.body, status=200, content_type=JSON_TYPE)
+        response.headers["ETag"] = self.etag
+        return response
+
+
 def ok(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     response = _with_etag(encode_json(value), JSON_TYPE, status, "j")
     if headers:
@@ -172,9 +188,11 @@ def text(body: str) -> Response:
 
 def wants_text() -> bool:
     """True when the client prefers text/plain over JSON."""
-    best = request.accept_mimetypes.best_match(["application/json", "text/plain"])
-    return best == "text/plain" and request.accept_mimetypes["text/plain"] > \
-        request.accept_mimetypes["application/json"]
+    accept = request.headers.get("Accept")
+    if not accept or "text/plain" not in accept:
+        return False  # the common case, without parsing the header
+    return request.accept_mimetypes.best_match(["application/json", "text/plain"]) == \
+        "text/plain"
 
 
 def error_response(error) -> Response:

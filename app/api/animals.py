@@ -9,10 +9,10 @@ from app import respond
 
 def handle_list_animals(library, presence):
     """GET /animals: every animal's name, sorted."""
-    body = {"animals": library.names()}
+    body = respond.Constant({"animals": library.names()})
 
     def handler() -> Response:
         presence.ensure()
-        return respond.ok(body)
+        return body.response()
 
     return handler

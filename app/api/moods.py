@@ -34,6 +34,12 @@ class MoodOut(Schema):
 MOOD_OUT = MoodOut()
 
 
+def mood_json(mood) -> dict:
+    """What MOOD_OUT.dump gives, built directly (tests/test_serializers.py keeps them equal)."""
+    return {"name": mood.name, "eyes": mood.eyes, "tongue": mood.tongue,
+            "user_defined": mood.user_defined}
+
+
 def _name_problems(name: str) -> list[ParamProblem]:
     try:
         NAME.deserialize(name)
@@ -42,18 +48,27 @@ def _name_problems(name: str) -> list[ParamProblem]:
     return []
 
 
+def _unnameable(name: str) -> bool:
+    """No mood can have this name, so it is not looked up (PostgreSQL rejects a NUL in text)."""
+    return bool(_name_problems(name))
+
+
 def handle_list_moods(moods, users):
     """GET /moods: built-ins first in their fixed order, then yours in creation order."""
 
     def handler() -> Response:
         page = pagination.parse_page(request.args)
+        if page.cursor is not None and _unnameable(page.cursor):
+            if not users.exists(current_user()):
+                raise AuthInvalid()
+            raise pagination.cursor_not_found(page)
         result = moods.list(current_user(), page)
         if not result.scope_exists:
             raise missing(users, current_user())
         if page.cursor is not None and not result.cursor_found:
             raise pagination.cursor_not_found(page)
         return respond.ok({"type": "mood", "has_more": result.has_more,
-                           "data": [MOOD_OUT.dump(m) for m in result.rows]})
+                           "data": [mood_json(m) for m in result.rows]})
 
     return handler
 
@@ -62,10 +77,10 @@ def handle_get_mood(moods, users):
     """GET /moods/{name}: a built-in or one of yours."""
 
     def handler(name: str) -> Response:
-        mood = moods.get(current_user(), name)
+        mood = None if _unnameable(name) else moods.get(current_user(), name)
         if mood is None:
             raise missing(users, current_user())
-        return respond.ok(MOOD_OUT.dump(mood))
+        return respond.ok(mood_json(mood))
 
     return handler
 
@@ -85,7 +100,7 @@ def handle_put_mood(moods, max_moods: int):
             raise ActionNotAllowed(f"create more than {max_moods} moods") from None
         except UserGone:
             raise AuthInvalid() from None
-        body = MOOD_OUT.dump(mood)
+        body = mood_json(mood)
         if created:
             return respond.created(body, location=f"/moods/{quote(mood.name, safe='')}")
         return respond.ok(body)
@@ -100,7 +115,7 @@ def handle_delete_mood(moods, users):
         if name.lower() in BUILTIN_MOOD_NAMES:
             raise ActionNotAllowed(f"delete built-in mood {name.lower()}")
         try:
-            deleted = moods.delete(current_user(), name)
+            deleted = not _unnameable(name) and moods.delete(current_user(), name)
         except MoodInUse as exc:
             noun = "line" if exc.count == 1 else "lines"
             raise ActionNotAllowed(

@@ -25,8 +25,8 @@ class UpdateUser(Schema):
 
 class UserOut(Schema):
     id = PublicId(ids.USER)
-    name = Text()
-    email = Text()
+    name = Text(allow_none=True)  # null until given
+    email = Text(allow_none=True)
     created_at = Timestamp()
 
 

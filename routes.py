@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from flask import Flask, g
 
-from app.api import animals, conversations, debug, lines, moods, ops, users
+from app.api import animals, conversations, debug, docs, lines, moods, ops, users
 
 
 def route(app: Flask, method: str, path: str, handler: Callable) -> None:
@@ -38,7 +38,7 @@ def add_routes(app: Flask, config, logger, lifecycle, health, metrics, sample_me
         users.handle_create_user(user_repo, auth.tokens))))
     route(app, "GET", "/users/<user_id>", authed(users.handle_get_user(user_repo)))
     route(app, "PATCH", "/users/<user_id>", authed(users.handle_update_user(user_repo)))
-    route(app, "DELETE", "/users/<user_id>", authed(users.handle_delete_user(user_repo)))
+    route(app, "DELETE", "/users/<user_id>", authed(users.handle_delete_user(user_repo, presence)))
 
     route(app, "GET", "/animals", authed(animals.handle_list_animals(renderer.library,
                                                                      presence)))
@@ -77,6 +77,9 @@ def add_routes(app: Flask, config, logger, lifecycle, health, metrics, sample_me
     route(app, "GET", "/health/quick", ops.handle_quick(health, lifecycle))
     route(app, "GET", "/health/detailed", ops.handle_detailed(health, lifecycle))
     route(app, "GET", "/metrics", ops.handle_metrics(metrics, sample_metrics))
+    route(app, "GET", "/openapi.json", docs.handle_openapi(config))
+    route(app, "GET", "/docs", docs.handle_docs())
+    route(app, "GET", "/docs/<asset>", docs.handle_docs_asset())
 
     if config.fault_injection:
         route(app, "GET", "/debug/sleep", debug.handle_debug_sleep())

@@ -31,7 +31,7 @@ from app.repo.idempotency import StoredResponse
 TTL_SECONDS = 24 * 3600
 HEADER = "Idempotency-Key"
 _KEY = re.compile(r"[\x20-\x7e]{1,255}")
-_REPLAYED_HEADERS = ("Content-Type", "Location")
+_REPLAYED_HEADERS = ("Content-Type", "Location", "WWW-Authenticate")
 
 
 class InjectedFailure(Exception):

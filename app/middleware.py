@@ -57,6 +57,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
             else new_request_id()
         length = request.content_length
         if length is not None and length > max_body:
+            _discard_body(request.environ["wsgi.input"], length)
             raise PayloadTooLarge(max_body)
 
     @app.after_request
@@ -71,8 +72,6 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         decision = g.get("rate_limit")
         if decision is not None:
             headers.update(decision.headers())
-        if response.status_code == 413:
-            headers["Connection"] = "close"
         rule = request.url_rule
         route = rule.rule if rule is not None else "unmatched"
         started = g.get("started")
@@ -106,6 +105,28 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
     def unexpected(error: Exception) -> Response:
         logger.error("unhandled exception", exc_info=error)
         return respond.error_response(InternalFailure())
+
+
+DISCARD_LIMIT = 1024 * 1024
+DISCARD_CHUNK = 64 * 1024
+
+
+def _discard_body(stream, length: int) -> None:
+    """Read a refused body off the socket in small chunks, keeping none of it.
+
+    gunicorn drains at most 64 KiB of an unread body before it silently
+    drops a keep-alive connection, which surprises the client's next request
+    on it; discarding up to DISCARD_LIMIT here keeps the connection usable.
+    Larger bodies are left to gunicorn, which closes the connection.
+    """
+    if length > DISCARD_LIMIT:
+        return
+    remaining = length
+    while remaining > 0:
+        chunk = stream.read(min(DISCARD_CHUNK, remaining))
+        if not chunk:
+            return
+        remaining -= len(chunk)
 
 
 def request_ids():

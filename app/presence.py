@@ -6,8 +6,10 @@ worker keeps a bounded set of users it has confirmed to exist and listens
 for deletions (PostgreSQL LISTEN/NOTIFY, sent in the deleting transaction).
 A deletion drops the user from the set; while the listener is not connected
 the set is empty and every check asks the database, so a lost notification
-can never let a deleted user's token through. The set holds only between a
-deletion's commit and its notification's arrival (milliseconds).
+can never let a deleted user's token through. The only window is between a
+deletion's commit and its notice reaching the other workers' listeners; the
+deleting request narrows it by answering only once its own listener has
+seen the notice (all listeners get it from PostgreSQL at the same moment).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class UserPresence:
         self.max_entries = max_entries
         self._alive: OrderedDict[int, None] = OrderedDict()
         self._lock = threading.Lock()
+        self._noticed = threading.Condition(self._lock)
+        self._recent: OrderedDict[int, None] = OrderedDict()  # deletions seen lately
         self._listening = threading.Event()
         self._deletions = 0  # bumps on every deletion, so a racing confirmation is dropped
         self._stop = threading.Event()
@@ -68,6 +72,17 @@ class UserPresence:
         with self._lock:
             self._deletions += 1
             self._alive.pop(user_id, None)
+            self._recent[user_id] = None
+            if len(self._recent) > 1000:
+                self._recent.popitem(last=False)
+            self._noticed.notify_all()
+
+    def deleted(self, user_id: int, wait_seconds: float = 0.2) -> None:
+        """The user was just deleted here: forget them, and wait (bounded) for the notice."""
+        with self._lock:
+            self._alive.pop(user_id, None)
+            if self._listening.is_set():
+                self._noticed.wait_for(lambda: user_id in self._recent, timeout=wait_seconds)
 
     def _listen(self) -> None:
         while not self._stop.is_set():

@@ -1,4 +1,7 @@
-"""Fault injection for failure tests: only routed when FAULT_INJECTION is on (never in production)."""
+"""Fault injection for failure tests.
+
+Routed only when FAULT_INJECTION is on, which production refuses.
+"""
 
 from __future__ import annotations
 

@@ -94,12 +94,14 @@ def handle_update_user(users):
     return handler
 
 
-def handle_delete_user(users):
+def handle_delete_user(users, presence):
     """DELETE /users/{id}: delete the user and everything they own; the token stops working."""
 
     def handler(user_id: str) -> Response:
-        if not users.delete(_own_id(user_id)):
+        own = _own_id(user_id)
+        if not users.delete(own):
             raise AuthInvalid()
+        presence.deleted(own)
         return respond.no_content()
 
     return handler

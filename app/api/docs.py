@@ -1,0 +1,127 @@
+"""The API's own description: GET /openapi.json and a browsable reference at GET /docs.
+
+/docs is Swagger UI, served from the `swagger-ui-bundle` package by SayPI itself,
+never from a CDN. Its Content-Security-Policy lets the page load and fetch only
+from its own origin (plus `data:` images, which Swagger UI's stylesheet uses for
+icons); scripts come only from files, so the page has no inline script.
+Everything is read and serialised once, when the app is constructed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from flask import Response, request
+
+from app import openapi, respond
+from app.errors import NotFound
+
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+            "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
+            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+# Relative URLs, so the page also works when SayPI is served under a path prefix.
+DOCS_HTML = """\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>SayPI API reference</title>
+<link rel="icon" type="image/png" sizes="32x32" href="docs/favicon-32x32.png">
+<link rel="icon" type="image/png" sizes="16x16" href="docs/favicon-16x16.png">
+<link rel="stylesheet" href="docs/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="docs/swagger-ui-bundle.js"></script>
+<script src="docs/saypi-docs.js"></script>
+</body>
+</html>
+"""
+
+# validatorUrl null: Swagger UI would otherwise ask validator.swagger.io for a badge.
+DOCS_JS = """\
+window.addEventListener("load", function () {
+  window.ui = SwaggerUIBundle({
+    url: "openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    docExpansion: "list",
+    defaultModelsExpandDepth: 0,
+    displayRequestDuration: true,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout"
+  });
+});
+"""
+
+# The files of the swagger-ui-bundle package the page uses, with their types.
+BUNDLED_ASSETS = {
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "favicon-32x32.png": "image/png",
+    "favicon-16x16.png": "image/png",
+}
+
+
+class Static:
+    """A body served as is, with an ETag computed once; a matching If-None-Match gets 304."""
+
+    def __init__(self, body: bytes, content_type: str, cache_control: str):
+        self.body = body
+        self.content_type = content_type
+        self.cache_control = cache_control
+        self.etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        sent = request.headers.get("If-None-Match", "")
+        if self.etag in {part.strip().removeprefix("W/") for part in sent.split(",")}:
+            response = Response(status=304)
+        else:
+            response = Response(self.body, content_type=self.content_type)
+        response.headers["ETag"] = self.etag
+        response.headers["Cache-Control"] = self.cache_control
+        for name, value in (headers or {}).items():
+            response.headers[name] = value
+        return response
+
+
+def handle_openapi(config):
+    """GET /openapi.json: the OpenAPI 3.0 description of every endpoint but this and /docs."""
+    static = Static(openapi.spec_json(config), respond.JSON_TYPE, "no-cache")
+
+    def handler() -> Response:
+        return static.response()
+
+    return handler
+
+
+def handle_docs():
+    """GET /docs: a browsable API reference (Swagger UI), with no CDN."""
+    static = Static(DOCS_HTML.encode(), "text/html; charset=utf-8", "no-cache")
+
+    def handler() -> Response:
+        return static.response({"Content-Security-Policy": DOCS_CSP})
+
+    return handler
+
+
+def handle_docs_asset():
+    """GET /docs/{asset}: the page's script, and Swagger UI's files from swagger-ui-bundle."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    assets = {name: Static((swagger_ui_path / name).read_bytes(), content_type,
+                           "public, max-age=86400")
+              for name, content_type in BUNDLED_ASSETS.items()}
+    assets["saypi-docs.js"] = Static(DOCS_JS.encode(), "text/javascript; charset=utf-8",
+                                     "no-cache")
+
+    def handler(asset: str) -> Response:
+        static = assets.get(asset)
+        if static is None:
+            raise NotFound()
+        return static.response()
+
+    return handler

@@ -1,0 +1,83 @@
+"""The benchmark's own database: a fresh embedded PostgreSQL, or a new database on DATABASE_URL.
+
+The benchmark never seeds into an existing database: with DATABASE_URL set it
+creates `saypi_bench_<random>` on that server (the role needs CREATEDB) and
+drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from app.db import migrate
+
+
+@dataclass
+class BenchDatabase:
+    dsn: str  # the migrated database SayPI and the reference app use
+    where: str  # a description for the report (no credentials)
+    _cleanup: list = field(default_factory=list, repr=False)
+
+    def close(self) -> None:
+        while self._cleanup:
+            step = self._cleanup.pop()
+            try:
+                step()
+            except Exception as exc:  # cleanup must go on
+                print(f"bench: cleanup step failed: {exc}")
+
+    def server_version(self) -> str:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute("SHOW server_version").fetchone()[0]
+
+
+def open_database(env, logger: logging.Logger) -> BenchDatabase:
+    admin = env.get("DATABASE_URL")
+    if admin:
+        return _on_server(admin, logger)
+    return _embedded(logger)
+
+
+def _embedded(logger: logging.Logger) -> BenchDatabase:
+    from app.embedded_pg import EmbeddedUnavailable, start_embedded
+
+    directory = Path(tempfile.mkdtemp(prefix="saypi-bench-pg-"))
+    try:
+        embedded = start_embedded(directory, logger)
+    except EmbeddedUnavailable as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise SystemExit(f"bench: {exc}") from None
+    db = BenchDatabase(embedded.dsn, "embedded PostgreSQL (pgserver), fresh data directory")
+    db._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
+    db._cleanup.append(embedded.stop)
+    migrate(db.dsn, logger)
+    return db
+
+
+def _on_server(admin: str, logger: logging.Logger) -> BenchDatabase:
+    name = f"saypi_bench_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        raise SystemExit(
+            f"bench: could not create a database of its own on DATABASE_URL's server "
+            f"({type(exc).__name__}); the benchmark never seeds an existing database. "
+            f"Grant CREATEDB or unset DATABASE_URL to use an embedded PostgreSQL.") from None
+    dsn = psycopg.conninfo.make_conninfo(admin, dbname=name)
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    db = BenchDatabase(dsn, f"database {name} on DATABASE_URL's server (dropped afterwards)")
+    db._cleanup.append(drop)
+    migrate(dsn, logger)
+    return db

@@ -1,0 +1,407 @@
+"""The OpenAPI description: valid, complete, in step with the routes, and served with /docs.
+
+The drift tests build the real route table (routes.add_routes) in process and
+compare it with the documentation table of app/openapi.py: every registered
+rule and method must be documented, by the maker function that serves it,
+with the authentication and idempotency its wrappers give it, and nothing may
+be documented that is not registered.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import inspect
+import logging
+import re
+
+import httpx
+import pytest
+from flask import Flask
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate as validate_spec
+from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
+
+from app import openapi
+from app.api import conversations, lines, moods, users
+from app.auth import Authenticator
+from app.config import Config
+from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
+from app.errors import ALL_ERRORS
+from app.idempotency import Idempotency
+from app.tokens import TokenSigner
+from routes import add_routes, route
+
+CONFIG = Config.from_env({}, ["serve"]).replace(fault_injection=True)
+
+# Every endpoint API.md lists, but /openapi.json and /docs, which describe the others.
+CONTRACT = {
+    ("POST", "/users"), ("GET", "/users/{user_id}"), ("PATCH", "/users/{user_id}"),
+    ("DELETE", "/users/{user_id}"), ("GET", "/animals"),
+    ("GET", "/moods"), ("GET", "/moods/{name}"), ("PUT", "/moods/{name}"),
+    ("DELETE", "/moods/{name}"),
+    ("GET", "/conversations"), ("POST", "/conversations"),
+    ("GET", "/conversations/{conversation_id}"), ("PATCH", "/conversations/{conversation_id}"),
+    ("DELETE", "/conversations/{conversation_id}"),
+    ("GET", "/conversations/{conversation_id}/lines"),
+    ("POST", "/conversations/{conversation_id}/lines"),
+    ("GET", "/conversations/{conversation_id}/lines/{line_id}"),
+    ("DELETE", "/conversations/{conversation_id}/lines/{line_id}"),
+    ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/quick"),
+    ("GET", "/health/detailed"), ("GET", "/metrics"),
+}
+
+# The statuses API.md gives each endpoint (500 and 503 apply to every API endpoint).
+API_ERRORS = {"500", "503"}
+AUTHED = {"401", "429"} | API_ERRORS
+BODY = {"400", "413", "415"}
+IDEMPOTENT = {"400", "409", "422"}
+CONTRACT_STATUSES = {
+    ("POST", "/users"): {"201", "409", "429"} | BODY | IDEMPOTENT | API_ERRORS,
+    ("GET", "/users/{user_id}"): {"200", "304", "404"} | AUTHED,
+    ("PATCH", "/users/{user_id}"): {"200", "404", "409"} | BODY | AUTHED,
+    ("DELETE", "/users/{user_id}"): {"204", "404"} | AUTHED,
+    ("GET", "/animals"): {"200", "304"} | AUTHED,
+    ("GET", "/moods"): {"200", "304", "400"} | AUTHED,
+    ("GET", "/moods/{name}"): {"200", "304", "404"} | AUTHED,
+    ("PUT", "/moods/{name}"): {"200", "201", "409"} | BODY | AUTHED,
+    ("DELETE", "/moods/{name}"): {"204", "404", "409"} | AUTHED,
+    ("GET", "/conversations"): {"200", "304", "400"} | AUTHED,
+    ("POST", "/conversations"): {"201", "409"} | BODY | IDEMPOTENT | AUTHED,
+    ("GET", "/conversations/{conversation_id}"): {"200", "304", "404"} | AUTHED,
+    ("PATCH", "/conversations/{conversation_id}"): {"200", "404"} | BODY | AUTHED,
+    ("DELETE", "/conversations/{conversation_id}"): {"204", "404"} | AUTHED,
+    ("GET", "/conversations/{conversation_id}/lines"): {"200", "304", "400", "404"} | AUTHED,
+    ("POST", "/conversations/{conversation_id}/lines"):
+        {"201", "404", "409"} | BODY | IDEMPOTENT | AUTHED,
+    ("GET", "/conversations/{conversation_id}/lines/{line_id}"):
+        {"200", "304", "404"} | AUTHED,
+    ("DELETE", "/conversations/{conversation_id}/lines/{line_id}"): {"204", "404"} | AUTHED,
+    ("GET", "/health/live"): {"200", "500"},
+    ("GET", "/health/ready"): {"200", "503", "500"},
+    ("GET", "/health/quick"): {"200", "503", "500"},
+    ("GET", "/health/detailed"): {"200", "503", "500"},
+    ("GET", "/metrics"): {"200", "500"},
+}
+
+
+def routed_app() -> Flask:
+    """A Flask app with the real route table; the dependencies handlers use are not needed."""
+    app = Flask("saypi-routes")
+    needed = {
+        "app": app, "config": CONFIG, "logger": logging.getLogger("test"),
+        "auth": Authenticator(TokenSigner(("a-secret-for-route-tests",))),
+        "idempotent": Idempotency(None, None, None),
+        "renderer": Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))),
+    }
+    add_routes(**{name: needed.get(name) for name in inspect.signature(add_routes).parameters})
+    return app
+
+
+@pytest.fixture(scope="module")
+def app() -> Flask:
+    return routed_app()
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return openapi.build_spec(CONFIG)
+
+
+def operations(spec: dict):
+    for path, items in spec["paths"].items():
+        for method, operation in items.items():
+            yield method.upper(), path, operation
+
+
+def resolve(node, spec: dict):
+    """A copy of `node` with every local $ref replaced by its target."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = spec
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            return resolve(target, spec)
+        return {key: resolve(value, spec) for key, value in node.items()}
+    if isinstance(node, list):
+        return [resolve(item, spec) for item in node]
+    return node
+
+
+# --- the document ----------------------------------------------------------------------
+def test_spec_is_valid_openapi_3_0_3(spec):
+    validate_spec(spec)
+    assert spec["openapi"] == "3.0.3"
+    assert spec["info"]["title"] == "SayPI" and spec["info"]["description"]
+
+
+def test_a_broken_spec_is_rejected_by_the_validator(spec):
+    broken = copy.deepcopy(spec)
+    broken["paths"]["/users"]["post"]["responses"]["201"].pop("description")
+    with pytest.raises(OpenAPIValidationError):
+        validate_spec(broken)
+
+
+def test_every_contract_endpoint_is_described_and_nothing_else(spec):
+    described = {(method, path) for method, path, _ in operations(spec)}
+    assert described == CONTRACT
+    assert not any(path.startswith(("/docs", "/openapi", "/debug")) for path in spec["paths"])
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(CONTRACT_STATUSES))
+def test_every_status_of_the_contract_is_documented(spec, method, path):
+    documented = set(spec["paths"][path][method.lower()]["responses"])
+    assert documented == CONTRACT_STATUSES[(method, path)]
+
+
+# --- drift between routes and documentation ---------------------------------------------
+def test_every_registered_route_is_documented_with_its_methods(app):
+    assert openapi.route_drift(app) == []
+
+
+def test_the_spec_has_exactly_the_registered_operations(app, spec):
+    registered = {(method, openapi.openapi_path(rule))
+                  for method, rule in openapi.registered_operations(app.url_map)}
+    assert {(method, path) for method, path, _ in operations(spec)} == registered
+    fault_routes = {rule.rule for rule in app.url_map.iter_rules()
+                    if rule.rule.startswith("/debug/")}
+    assert fault_routes, "fault injection is on here, so its routes exist and are left out"
+
+
+def test_drift_is_reported(app):
+    extra = routed_app()
+    route(extra, "GET", "/conversations/<conversation_id>/export", lambda conversation_id: "")
+    assert openapi.route_drift(extra) == [
+        "GET /conversations/<conversation_id>/export is registered but not documented"]
+
+    table = dict(openapi.OPERATIONS)
+    patch = table.pop(("PATCH", "/conversations/<conversation_id>"))
+    table[("PUT", "/conversations/<conversation_id>")] = patch
+    assert openapi.route_drift(app, table) == [
+        "PATCH /conversations/<conversation_id> is registered but not documented",
+        "PUT /conversations/<conversation_id> is documented but not registered"]
+
+    table = dict(openapi.OPERATIONS)
+    key = ("GET", "/moods/<name>")
+    table[key] = dataclasses.replace(table[key], maker=moods.handle_list_moods)
+    assert openapi.route_drift(app, table) == [
+        "GET /moods/<name> is served by app.api.moods.handle_get_mood but documented from "
+        "app.api.moods.handle_list_moods"]
+
+
+def _layers(view) -> list[str]:
+    """The qualified names of a view and every functools.wraps wrapper around it."""
+    names = []
+    while view is not None:
+        names.append(view.__code__.co_qualname)
+        view = getattr(view, "__wrapped__", None)
+    return names
+
+
+def test_authentication_and_idempotency_match_the_routes_wrappers(app):
+    endpoints = openapi.registered_operations(app.url_map)
+    for key, op in openapi.OPERATIONS.items():
+        layers = _layers(app.view_functions[endpoints[key]])
+        authed = any(name.startswith("Authenticator.required") for name in layers)
+        public = any(name.startswith("Authenticator.public") for name in layers)
+        idempotent = any(name.startswith("Idempotency.") for name in layers)
+        assert (op.authenticated, op.limited, op.idempotent) == \
+            (authed, authed or public, idempotent), (key, layers)
+
+
+def test_docstrings_name_the_route_they_document():
+    for (method, rule), op in openapi.OPERATIONS.items():
+        found = openapi.docstring_route(op.maker)
+        assert found is not None, op.maker
+        assert (found[0], openapi.path_shape(found[1])) == (method, openapi.path_shape(rule))
+
+
+# --- operations ------------------------------------------------------------------------
+def test_operations_have_summaries_descriptions_and_unique_ids(spec):
+    ids = [operation["operationId"] for _, _, operation in operations(spec)]
+    assert len(ids) == len(set(ids)) == len(CONTRACT)
+    for _, _, operation in operations(spec):
+        assert operation["summary"] and operation["description"] and operation["tags"]
+        assert not operation["summary"].endswith(".")
+    conversation = spec["paths"]["/conversations/{conversation_id}"]
+    assert conversation["patch"]["summary"] == "Change the heading"  # from the docstring
+    assert "`heading` is required" in conversation["patch"]["description"]
+
+
+def test_security_and_headers_of_every_response(spec):
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        **spec["components"]["securitySchemes"]["bearerAuth"], "type": "http",
+        "scheme": "bearer"}
+    assert spec["security"] == [{"bearerAuth": []}]
+    for method, path, operation in operations(spec):
+        op = openapi.OPERATIONS[(method, re.sub(r"\{(\w+)\}", r"<\1>", path))]
+        assert ("security" in operation) == (not op.authenticated)
+        for status, response in operation["responses"].items():
+            headers = response["headers"]
+            assert "X-Request-ID" in headers, (method, path, status)
+            assert ("RateLimit" in headers) == ("RateLimit-Policy" in headers) == op.limited
+            if status == "429" or (status == "503" and op.limited):  # health 503s have none
+                assert "Retry-After" in headers
+            if status == "401":
+                assert "WWW-Authenticate" in headers
+            if status == "201":
+                assert "Location" in headers
+            if status in ("200", "304") and method == "GET" and op.etag:
+                assert "ETag" in headers
+            assert ("Idempotent-Replayed" in headers) == \
+                (op.idempotent and int(status) < 500 and status != "429")
+
+
+def test_parameters_of_lists_posts_and_gets(spec):
+    for method, path, operation in operations(spec):
+        refs = {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation["parameters"]}
+        op = openapi.OPERATIONS[(method, re.sub(r"\{(\w+)\}", r"<\1>", path))]
+        assert ({"limit", "starting_after", "ending_before"} <= refs) == op.paginated
+        assert ("Idempotency-Key" in refs) == (method == "POST"), (method, path)
+        assert ("If-None-Match" in refs) == op.etag
+        path_params = [p["name"] for p in operation["parameters"] if p.get("in") == "path"]
+        assert path_params == re.findall(r"\{(\w+)\}", path)
+        if method in ("POST", "PUT", "PATCH"):
+            content = operation["requestBody"]["content"]
+            assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+
+
+def test_error_components_are_the_error_classes(spec):
+    schemas = spec["components"]["schemas"]
+    assert set(schemas["Error"]["properties"]) == {"code", "message", "data"}
+    codes = {}
+    for error in ALL_ERRORS:
+        component = schemas[f"{error.__name__}Error"]
+        assert component["allOf"][0] == {"$ref": "#/components/schemas/Error"}
+        assert component["allOf"][1]["properties"]["code"]["enum"] == [error.code]
+        codes[f"#/components/schemas/{error.__name__}Error"] = error.status
+    for method, path, operation in operations(spec):
+        for status, response in operation["responses"].items():
+            schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+            for ref in [s["$ref"] for s in schema.get("oneOf", [schema]) if "$ref" in s]:
+                if ref in codes:
+                    assert codes[ref] == int(status), (method, path, status, ref)
+
+
+def test_schemas_come_from_the_handlers_marshmallow_schemas(spec):
+    schemas = spec["components"]["schemas"]
+    for schema in (users.CreateUser, users.UpdateUser, moods.PutMood, lines.CreateLine,
+                   conversations.CreateConversation, conversations.UpdateConversation):
+        component = schemas[schema.__name__]
+        assert set(component["properties"]) == set(schema().fields)
+        assert set(component.get("required", [])) == \
+            {name for name, f in schema().fields.items() if f.required}
+        assert "additionalProperties" not in component  # unknown parameters are ignored
+    for schema in (users.UserOut, users.CreatedUserOut, moods.MoodOut, lines.LineOut,
+                   conversations.ConversationListItemOut, conversations.ConversationOut):
+        component = schemas[schema.__name__]
+        assert set(component["properties"]) == set(component["required"]) == \
+            set(schema().fields)
+        assert component["additionalProperties"] is False
+    text = schemas["CreateLine"]["properties"]["text"]
+    assert (text["maxLength"], text["nullable"], text["default"]) == (1000, True, "")
+    assert schemas["UpdateUser"]["properties"]["email"]["nullable"] is True
+    assert "clears" in schemas["UpdateUser"]["properties"]["email"]["description"]
+    assert schemas["LineOut"]["properties"]["think"] == {"type": "boolean"}
+    assert schemas["UserOut"]["properties"]["name"]["nullable"] is True
+
+
+def test_patterns_agree_with_the_fields():
+    cases = [
+        (openapi.NO_CONTROL, ["", "héllo wörld 你好"], ["a\nb", "\x00", "\x85"]),
+        (openapi.NO_CONTROL_EXCEPT_NEWLINE_TAB, ["a\nb\tc"], ["\r", "\x7f"]),
+        (openapi.EMAIL, ["a@b.cd", "x.y+z@mail.example.com"],
+         ["plain", "@b.cd", "a@b", "a b@c.de", "a@@b.c", "a@.com", "a@b.c."]),
+        (openapi.MOOD_NAME, ["sleepy", "Mood 1", "~"], ["", "a/b", "é", "x" * 31]),
+        (openapi.IDEMPOTENCY_KEY, ["k", "x" * 255], ["", "é", "x" * 256]),
+    ]
+    for pattern, good, bad in cases:
+        for value in good:
+            assert re.search(pattern, value), (pattern, value)
+        for value in bad:
+            assert not re.search(pattern, value), (pattern, value)
+
+
+def _examples(spec: dict):
+    """(where, example value, schema) of every example in the document."""
+    for name, schema in spec["components"]["schemas"].items():
+        if "example" in schema:
+            yield f"schema {name}", schema["example"], schema
+    for method, path, operation in operations(spec):
+        bodies = [("request", operation.get("requestBody", {}).get("content", {}))]
+        bodies += [(status, r.get("content", {})) for status, r in operation["responses"].items()]
+        for where, content in bodies:
+            for media, item in content.items():
+                label = f"{method} {path} {where} {media}"
+                if "example" in item:
+                    yield label, item["example"], item["schema"]
+                for name, example in item.get("examples", {}).items():
+                    yield f"{label} {name}", example["value"], item["schema"]
+        for parameter in operation["parameters"]:
+            if "example" in parameter:
+                yield f"{method} {path} {parameter['name']}", parameter["example"], \
+                    parameter["schema"]
+
+
+def test_every_example_matches_its_schema(spec):
+    checked = 0
+    for where, example, schema in _examples(spec):
+        resolved = resolve(schema, spec)
+        resolved.pop("example", None)
+        errors = list(OAS30Validator(resolved).iter_errors(example))
+        assert not errors, (where, [e.message for e in errors])
+        checked += 1
+    assert checked > 100
+
+
+def test_a_wrong_example_would_be_caught(spec):
+    schema = resolve({"$ref": "#/components/schemas/LineOut"}, spec)
+    example = {**spec["components"]["schemas"]["LineOut"]["example"], "think": "yes"}
+    assert list(OAS30Validator(schema).iter_errors(example))
+
+
+# --- served ---------------------------------------------------------------------------
+def test_openapi_json_is_served_without_authentication(shared_server):
+    response = httpx.get(shared_server.url + "/openapi.json")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json; charset=utf-8"
+    assert "ratelimit" not in response.headers
+    served = response.json()
+    validate_spec(served)
+    built = openapi.build_spec(CONFIG)
+    assert served["paths"].keys() == built["paths"].keys()
+    assert served["components"]["schemas"] == built["components"]["schemas"]
+    again = httpx.get(shared_server.url + "/openapi.json",
+                      headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+
+
+def test_docs_page_is_self_contained_with_a_strict_csp(shared_server):
+    response = httpx.get(shared_server.url + "/docs")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self'" in csp
+    assert "http" not in csp and "*" not in csp and "unsafe" not in csp
+    html = response.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert urls and all(not re.match(r"[a-z]+:|//", url) for url in urls), urls
+    assert "<script>" not in html  # no inline script: the CSP would refuse it
+    for url in urls:
+        asset = httpx.get(f"{shared_server.url}/{url}")
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].split(";")[0] in (
+            "text/css", "text/javascript", "image/png"), url
+
+
+def test_docs_assets_come_from_swagger_ui_bundle(shared_server):
+    from swagger_ui_bundle import swagger_ui_path
+
+    response = httpx.get(shared_server.url + "/docs/swagger-ui-bundle.js")
+    assert response.content == (swagger_ui_path / "swagger-ui-bundle.js").read_bytes()
+    script = httpx.get(shared_server.url + "/docs/saypi-docs.js").text
+    assert "validatorUrl: null" in script and "http" not in script
+    for missing in ("nothing.js", "index.html", "..%2F..%2Fapp%2Fconfig.py"):
+        response = httpx.get(f"{shared_server.url}/docs/{missing}")
+        assert response.status_code == 404
+        assert response.json()["code"] == "not_found"

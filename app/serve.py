@@ -16,16 +16,21 @@ deploy/gunicorn.conf.py sets that variable only after `cli_config` ran.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
+from gunicorn.workers.gthread import ThreadWorker
+
+from app.errors import InternalFailure, InvalidRequest
 
 WORKER_APP = "app.serve:worker_app()"
 
@@ -43,7 +48,7 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
     return {
         "bind": [bind],
         "workers": config.web_concurrency,
-        "worker_class": "gthread",
+        "worker_class": ContractErrorsThreadWorker,
         "threads": config.threads,
         "graceful_timeout": max(1, round(config.graceful_timeout)),
         "timeout": 30,
@@ -110,6 +115,36 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
             metrics_mod.mark_process_dead(worker.pid, multiproc_dir)
 
     return child_exit
+
+
+class _ContractErrorSocket:
+    """Wraps a client socket so gunicorn's own HTML error page leaves as the contract's JSON."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
+        _, status, reason = [*status_line.split(" ", 2), "", ""][:3]
+        error = InternalFailure() if status.startswith("5") else \
+            InvalidRequest(reason.lower() or "the request is malformed")
+        body = json.dumps(error.body(), separators=(",", ":")).encode()
+        head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
+                f"Connection: close\r\nContent-Type: application/json; charset=utf-8\r\n"
+                f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n")
+        self._sock.sendall(head.encode("latin-1") + body)
+
+
+class ContractErrorsThreadWorker(ThreadWorker):
+    """gunicorn's gthread worker, except that the errors gunicorn answers itself
+    (malformed request lines, oversized headers) are JSON in the contract's
+    shape too: `400 invalid_request`, or `500 internal_failure`."""
+
+    def handle_error(self, req, client, addr, exc):
+        super().handle_error(req, _ContractErrorSocket(client), addr, exc)
 
 
 def logger_class_for(log_format: str) -> type:

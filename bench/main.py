@@ -219,7 +219,8 @@ def summarize(runs: list[WrkResult], cpus: int) -> dict:
 
 def cpu_per_request(runs: list[WrkResult]) -> dict[str, float]:
     """Median over runs of CPU microseconds per request, per process group."""
-    groups = ("app_user", "app_system", "postgres_user", "postgres_system", "wrk_user",
+    groups = ("app_user", "app_system", "postgres_user", "postgres_system",
+              "postgres_background_user", "postgres_background_system", "wrk_user",
               "wrk_system", "other")
     out = {}
     for group in groups:

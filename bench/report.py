@@ -57,8 +57,14 @@ def targets(data: dict) -> list[dict]:
         p50 = sc["list_large"]["p50_ms"] / sc["list"]["p50_ms"]
         p99 = sc["list_large"]["p99_ms"] / sc["list"]["p99_ms"]
         rps = sc["list"]["rps"] / sc["list_large"]["rps"]
+        a = sc["list"].get("cpu_us_per_request", {})
+        b = sc["list_large"].get("cpu_us_per_request", {})
+        cpu = ""
+        if a.get("app") and b.get("app") and a.get("postgres") and b.get("postgres"):
+            cpu = (f"; CPU per request 1M vs 10k: app {b['app'] / a['app']:.2f}x, PostgreSQL "
+                   f"backends {b['postgres'] / a['postgres']:.2f}x")
         add("list page latency, 1M rows vs 10k rows (p50, full load)", f"{p50:.2f}x",
-            "<= 1.2x", p50 <= 1.2, f"p99 {p99:.2f}x, inverse throughput {rps:.2f}x")
+            "<= 1.2x", p50 <= 1.2, f"p99 {p99:.2f}x, inverse throughput {rps:.2f}x{cpu}")
     for key, name in (("get_paced", "scenario 2"), ("list_paced", "scenario 3")):
         if key in sc:
             v = sc[key]["p99_ms"]

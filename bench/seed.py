@@ -98,6 +98,10 @@ def seed(dsn: str, users: int, conversations: int, lines: int, cap_lines: int,
                          "WHERE id = %s", (cap_owner,))
             _insert_lines(conn, f"c.rid = {int(cap_rid)}", cap_lines, texts)
         conn.execute("VACUUM ANALYZE")
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.Error:
+            pass
         rows = conn.execute("SELECT user_id, rid FROM conversations WHERE rid <> %s ORDER BY id",
                             (cap_rid,)).fetchall()
         distinct = conn.execute(
@@ -161,7 +165,14 @@ def grow_conversations(dsn: str, total: int, readers: list[tuple[int, str]]) -> 
                 "FROM generate_series(0, %(extra)s - 1) g ORDER BY g",
                 {"mask": POSITIVE_63, "users": reader_ids, "n_users": len(reader_ids),
                  "extra": extra})
-            conn.execute("VACUUM ANALYZE conversations")
+        # Quiet the database before measuring: statistics and visibility current (no
+        # autovacuum during the runs, also for the lines the write scenarios added),
+        # and the inserted pages flushed (no checkpoint during the runs).
+        conn.execute("VACUUM ANALYZE")
+        try:
+            conn.execute("CHECKPOINT")
+        except psycopg.Error:
+            pass  # not allowed for this role: the checkpointer may run during the runs
         rows = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
         per_reader = conn.execute("SELECT count(*) FROM conversations WHERE user_id = %s",
                                   (reader_ids[0],)).fetchone()[0]

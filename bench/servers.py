@@ -164,9 +164,11 @@ class CpuSnapshot:
     `roots` names the benchmark's process trees (a server's master, the
     PostgreSQL postmaster, the benchmark itself); each process counts for its
     nearest root, so a server started by the benchmark is its own group and
-    wrk, once reaped, counts for the benchmark (through its cutime). Whatever
-    the machine was busy with beyond the groups is "other": processes outside
-    the benchmark, or the hypervisor (steal).
+    wrk, once reaped, counts for the benchmark (through its cutime).
+    PostgreSQL's checkpointer, autovacuum and writers count apart, as
+    `postgres_background`, so that `postgres` is the backends serving clients.
+    Whatever the machine was busy with beyond the groups is "other":
+    processes outside the benchmark, or the hypervisor (steal).
     """
 
     def __init__(self, roots: dict[int, str]) -> None:
@@ -189,6 +191,8 @@ class CpuSnapshot:
         self.pids: dict[int, tuple[str, float, float]] = {}
         for pid, (u, sy) in times.items():
             group = _group_of(pid, roots, parent)
+            if group == "postgres" and _postgres_background(pid):
+                group = "postgres_background"
             if group is not None:
                 self.pids[pid] = (group, u, sy)
 
@@ -202,6 +206,20 @@ class CpuSnapshot:
         own = sum(out.values())
         out["other"] = max(0.0, (self.busy - before.busy) - own)
         return {k: round(max(0.0, v), 3) for k, v in out.items()}
+
+
+_PG_BACKGROUND = (b"checkpointer", b"autovacuum", b"background writer", b"walwriter",
+                  b"logical replication", b"archiver")
+
+
+def _postgres_background(pid: int) -> bool:
+    """A PostgreSQL process that serves no client: checkpointer, autovacuum, writers."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            title = handle.read(200)
+    except OSError:
+        return False
+    return any(name in title for name in _PG_BACKGROUND)
 
 
 def _group_of(pid: int, roots: dict[int, str], parent: dict[int, int]) -> str | None:

@@ -113,7 +113,8 @@ def test_forwarded_for_counts_only_behind_a_trusted_proxy(start_server):
 
 def test_store_failure_fails_open_and_is_reported(start_server, postgres):
     url = postgres.new_database()
-    server = limited(start_server, url, HEALTH_CACHE_SECONDS="0")
+    # One worker: health is per worker, and this one must have seen the failures.
+    server = limited(start_server, url, HEALTH_CACHE_SECONDS="0", WEB_CONCURRENCY="1")
     token = token_for(server)
     assert get(server, token).status_code == 200
     with psycopg.connect(url, autocommit=True) as conn:

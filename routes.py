@@ -13,6 +13,7 @@ from collections.abc import Callable
 from flask import Flask, g
 
 from app.api import animals, conversations, debug, docs, lines, moods, ops, users
+from app.repo.slow_queries import SlowQueryRepository
 
 
 def route(app: Flask, method: str, path: str, handler: Callable) -> None:
@@ -84,4 +85,4 @@ def add_routes(app: Flask, config, logger, lifecycle, health, metrics, sample_me
     if config.fault_injection:
         route(app, "GET", "/debug/sleep", debug.handle_debug_sleep())
         route(app, "GET", "/debug/fail", debug.handle_debug_fail())
-        route(app, "GET", "/debug/db-sleep", debug.handle_debug_db_sleep(db))
+        route(app, "GET", "/debug/db-sleep", debug.handle_debug_db_sleep(SlowQueryRepository(db)))

@@ -8,10 +8,8 @@ writes its own files there; a scrape merges them all.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -174,35 +172,3 @@ class Metrics:
         if self.directory:
             prom_multiprocess.MultiProcessCollector(registry, path=self.directory)
         return generate_latest(registry)
-
-
-class Sampler:
-    """Calls each sampling function every `interval` seconds on a daemon thread."""
-
-    def __init__(self, interval: float, samplers: list[Callable[[], None]], logger):
-        self._stop = threading.Event()
-        self._interval = interval
-        self._samplers = samplers
-        self._logger = logger
-        self._thread = threading.Thread(target=self._loop, name="metrics-sampler", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def run_once(self) -> None:
-        for sample in self._samplers:
-            try:
-                sample()
-            except Exception:  # a failed sample must not stop the others
-                self._logger.exception("metrics sampling failed")
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            self.run_once()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def worker_pid() -> int:
-    return os.getpid()

@@ -18,7 +18,7 @@ from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.db import Database, expected_schema_version, pool_settings
 from app.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.idempotency import Idempotency
-from app.metrics import Metrics, Sampler
+from app.metrics import Metrics
 from app.periodic import Periodic
 from app.presence import UserPresence
 from app.ratelimit import RateLimiter, policies_from_config
@@ -40,7 +40,7 @@ class WorkerResources:
 
     db: Database
     health: health_mod.HealthManager
-    sampler: Sampler
+    sampler: Periodic
     lifecycle: health_mod.Lifecycle
     janitor: Periodic
     presence: UserPresence
@@ -96,7 +96,7 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     def sample_health() -> None:
         metrics.sample_health(health.last())
 
-    sampler = Sampler(1.0, [sample_metrics, sample_health], logger)
+    sampler = Periodic("metrics-sampler", 1.0, [sample_metrics, sample_health], logger)
     app = new_server(config, logger, lifecycle, health, metrics, sample_metrics,
                      auth, idempotent, presence, renderer, users,
                      MoodRepository(db), ConversationRepository(db), LineRepository(db), db)

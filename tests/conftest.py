@@ -191,6 +191,19 @@ def shared_server(postgres, tmp_path_factory) -> Iterator[Server]:
     server.stop()
 
 
+def eventually(predicate, seconds: float = 15.0, every: float = 0.1) -> bool:
+    """Poll until predicate() is true (HTTP errors count as not yet) or time runs out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(every)
+    return False
+
+
 def run_inline(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Call run() in this process (for paths that exit before serving)."""
     from run import run

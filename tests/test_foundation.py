@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from app.config import SETTINGS
-from tests.conftest import SECRET, free_port, run_inline
+from tests.conftest import SECRET, eventually, free_port, run_inline
 from tests.pgcontrol import RestartablePostgres
 
 
@@ -190,11 +190,11 @@ def test_readiness_follows_the_database_without_restarting(start_server, tmp_pat
         server = start_server(pg.dsn, DB_POOL_TIMEOUT="1", DB_CONNECT_TIMEOUT="2")
         assert httpx.get(server.url + "/health/ready").status_code == 200
         pg.stop()
-        assert _eventually(lambda: httpx.get(server.url + "/health/ready",
+        assert eventually(lambda: httpx.get(server.url + "/health/ready",
                                              timeout=10).status_code == 503)
         assert httpx.get(server.url + "/health/live").status_code == 200
         pg.start()
-        assert _eventually(lambda: httpx.get(server.url + "/health/ready",
+        assert eventually(lambda: httpx.get(server.url + "/health/ready",
                                              timeout=10).status_code == 200, seconds=20)
     finally:
         pg.close()
@@ -211,15 +211,3 @@ def test_embedded_database_when_database_url_is_unset(tmp_path):
         assert "Using embedded PostgreSQL" in server.logs()
         assert server.stop() == 0
     assert (tmp_path / "d" / "postgres" / "PG_VERSION").exists()
-
-
-def _eventually(predicate, seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False

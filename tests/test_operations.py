@@ -29,6 +29,7 @@ from app.health import (
     public_details,
     rate_limit_store_checker,
 )
+from tests.conftest import eventually
 from tests.pgcontrol import RestartablePostgres
 
 CHECK_FIELDS = {"status", "message", "duration_ms", "details"}
@@ -70,16 +71,6 @@ def worker_pids(master_pid: int) -> set[int]:
     return {int(pid) for pid in children}
 
 
-def eventually(predicate, seconds: float = 15.0, every: float = 0.1) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(every)
-    return False
 
 
 def concurrently(count: int, call) -> list:

@@ -13,16 +13,21 @@ from app import respond
 from app.errors import InvalidParams
 
 
+def _seconds() -> float:
+    try:
+        seconds = float(request.args.get("seconds", "1"))
+    except ValueError:
+        raise InvalidParams.one("seconds", "must be a number") from None
+    if not 0 <= seconds <= 30:
+        raise InvalidParams.one("seconds", "must be between 0 and 30")
+    return seconds
+
+
 def handle_debug_sleep():
     """GET /debug/sleep?seconds=S: answer after S seconds (at most 30), to test draining."""
 
     def handler() -> Response:
-        try:
-            seconds = float(request.args.get("seconds", "1"))
-        except ValueError:
-            raise InvalidParams.one("seconds", "must be a number") from None
-        if not 0 <= seconds <= 30:
-            raise InvalidParams.one("seconds", "must be between 0 and 30")
+        seconds = _seconds()
         time.sleep(seconds)
         return respond.ok({"slept": seconds})
 
@@ -38,7 +43,7 @@ def handle_debug_fail():
     return handler
 
 
-def handle_debug_db_sleep(db):
+def handle_debug_db_sleep(slow_queries):
     """GET /debug/db-sleep?seconds=S: hold a pooled connection for S seconds (at most 30).
 
     Runs `SELECT pg_sleep(S)` through the Database, the way a slow query
@@ -47,14 +52,8 @@ def handle_debug_db_sleep(db):
     """
 
     def handler() -> Response:
-        try:
-            seconds = float(request.args.get("seconds", "1"))
-        except ValueError:
-            raise InvalidParams.one("seconds", "must be a number") from None
-        if not 0 <= seconds <= 30:
-            raise InvalidParams.one("seconds", "must be between 0 and 30")
-        with db.connection() as conn:
-            conn.execute("SELECT pg_sleep(%s)", (seconds,))
+        seconds = _seconds()
+        slow_queries.sleep(seconds)
         return respond.ok({"slept": seconds})
 
     return handler

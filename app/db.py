@@ -57,7 +57,11 @@ class Database:
         self._wake_checker = threading.Event()
         self._stopping = threading.Event()
         self._checker: threading.Thread | None = None
-        options = f"-c application_name={name}-worker-{os.getpid()} -c TimeZone=UTC"
+        # Generic plans: every statement here is parameterised keyset access whose
+        # best plan does not depend on the values, and custom plans were replanned
+        # on every execution once tables grew (measured by the benchmark).
+        options = (f"-c application_name={name}-worker-{os.getpid()} -c TimeZone=UTC "
+                   "-c plan_cache_mode=force_generic_plan")
         if settings.statement_timeout_ms:
             options += f" -c statement_timeout={settings.statement_timeout_ms}"
         self.pool = ConnectionPool(

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.main import RESULTS, Bench
 from bench.scenarios import read_requests
-from bench.servers import ServerFailed
+from bench.servers import ROOT, ServerFailed
 from bench.settings import BenchSettings
 from bench.wrk import LUA, WrkUnavailable
 
@@ -100,6 +100,22 @@ def analyse(raw_files: list[Path]) -> dict:
             "layers": [(k, pct(v)) for k, v in layers.most_common()],
             "self": [(k, pct(v)) for k, v in self_time.most_common(25)],
             "inclusive": [(k, pct(v)) for k, v in inclusive.most_common(40)]}
+
+
+def _path_prefixes() -> list[str]:
+    import site
+    import sysconfig
+
+    prefixes = {str(ROOT) + "/", sysconfig.get_paths()["purelib"] + "/",
+                sysconfig.get_paths()["stdlib"] + "/", *(p + "/" for p in site.getsitepackages())}
+    return sorted(prefixes, key=len, reverse=True)
+
+
+def _scrub_paths(text: str) -> str:
+    """Outputs name files relative to the repository or site-packages, not by machine path."""
+    for prefix in _path_prefixes():
+        text = text.replace(prefix, "")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("Profile at "))
 
 
 def _environs(path: Path, count: int) -> list[tuple[dict, bytes]]:
@@ -201,7 +217,8 @@ def in_process(bench: Bench, count: int) -> dict:
                 profiler.stop()
                 layers, functions = _pyinstrument_tables(profiler.last_session.root_frame())
                 profiles[name] = {"layers": layers, "functions": functions,
-                                  "tree": profiler.output_text(unicode=False, color=False)}
+                                  "tree": _scrub_paths(profiler.output_text(unicode=False,
+                                                                            color=False))}
     finally:
         resources.close()
         sink.close()
@@ -295,6 +312,11 @@ def live_profile(bench: Bench, pyspy: str, seconds: int) -> dict | None:
                            capture_output=True, text=True, timeout=120)
     wrk.communicate(timeout=seconds + 60)
     bench.stop(server)
+    if svg.exists():
+        raw = svg.read_bytes()
+        for prefix in _path_prefixes():
+            raw = raw.replace(prefix.encode(), b"")
+        svg.write_bytes(raw)
     present = [raw for raw in raws if raw.exists()]
     if not present:
         bench.say("py-spy recorded nothing:\n" + "\n".join(outputs))

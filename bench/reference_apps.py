@@ -5,7 +5,7 @@
 Both read SayPI's own settings (app.config.Config, so the same environment
 gives the same WEB_CONCURRENCY, THREADS, DB_POOL_*, REUSE_PORT...) and use
 SayPI's gunicorn options (app.serve.gunicorn_options) without its lifecycle
-hooks. Each worker builds its app after fork.
+hooks and with gunicorn's stock gthread worker class. Each worker builds its app after fork.
 
 - hello: GET /hello answers a constant JSON object. The framework's ceiling.
 - read: GET /conversations/<id> runs the same single statement as SayPI's
@@ -134,6 +134,7 @@ def reference_options(config, stdout) -> dict:
     options = gunicorn_options(config, stdout)
     for name in _HOOKS:
         options.pop(name, None)
+    options["worker_class"] = "gthread"  # stock gthread, whatever subclass SayPI uses
     options["proc_name"] = "saypi-bench-reference"
     return options
 

@@ -45,7 +45,7 @@ class ConversationRepository:
 
     def create(self, user_id: int, heading: str, cap: int) -> Conversation:
         """Insert unless the user already owns `cap` conversations (race-free counter)."""
-        with self.db.transaction() as conn:
+        with self.db.connection() as conn:  # one atomic statement
             row = conn.execute(
                 "WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1 "
                 "  WHERE id = %(user_id)s AND conversation_count < %(cap)s RETURNING id) "

@@ -56,7 +56,9 @@ class LineRepository:
         params = {"user_id": user_id, "conversation": conversation, "animal": animal,
                   "think": think, "mood": mood, "text": text, "cap": cap,
                   "rid": ids.new_number()}
-        with self.db.transaction() as conn:
+        # One atomic statement: no BEGIN/COMMIT round trips unless a caller's
+        # transaction (an idempotent request) is already open.
+        with self.db.connection() as conn:
             row = conn.execute(_CREATE, params).fetchone()
             if row is None:
                 self._explain_refusal(conn, params)

@@ -131,16 +131,19 @@ def _etag(body: bytes, kind: str) -> str:
     return '"' + hashlib.blake2b(kind.encode() + body, digest_size=12).hexdigest() + '"'
 
 
+def _tagged(body: bytes, content_type: str, etag: str) -> Response:
+    """200 with the body and its ETag, or 304 with no body when the client has it already."""
+    if etag in _if_none_match():
+        response = Response(status=304)
+    else:
+        response = Response(body, status=200, content_type=content_type)
+    response.headers["ETag"] = etag
+    return response
+
+
 def _with_etag(body: bytes, content_type: str, status: int, kind: str) -> Response:
     if request.method in ("GET", "HEAD") and status == 200:
-        etag = _etag(body, kind)
-        if etag in _if_none_match():
-            response = Response(status=304)
-            response.headers["ETag"] = etag
-            return response
-        response = Response(body, status=status, content_type=content_type)
-        response.headers["ETag"] = etag
-        return response
+        return _tagged(body, content_type, _etag(body, kind))
     return Response(body, status=status, content_type=content_type)
 
 
@@ -151,19 +154,23 @@ def _if_none_match() -> set[str]:
     return {part.strip().removeprefix("W/") for part in header.split(",")}
 
 
-class Constant:
-    """A JSON body that never changes, encoded and tagged once; served with ETag/304."""
+class Static:
+    """A body that never changes, tagged once; served with its ETag, or 304."""
 
-    def __init__(self, value: Any):
-        self.body = encode_json(value)
-        self.etag = _etag(self.body, "j")
+    def __init__(self, body: bytes, content_type: str = JSON_TYPE,
+                 headers: Mapping[str, str] | None = None):
+        self.body = body
+        self.content_type = content_type
+        self.headers = dict(headers or {})
+        self.etag = _etag(body, content_type)
+
+    @classmethod
+    def json(cls, value: Any) -> Static:
+        return cls(encode_json(value))
 
     def response(self) -> Response:
-        if self.etag in _if_none_match():
-            response = Response(status=304)
-        else:
-            response = Response(self.body, status=200, content_type=JSON_TYPE)
-        response.headers["ETag"] = self.etag
+        response = _tagged(self.body, self.content_type, self.etag)
+        response.headers.update(self.headers)
         return response
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from wcwidth import wcswidth
 
+from app.api.moods import mood_json
 from app.client import (
     ActionNotAllowedError,
     AuthInvalidError,
@@ -16,6 +17,7 @@ from app.client import (
     InvalidParamsError,
     NotFoundError,
 )
+from app.models import BUILTIN_MOODS
 
 BUILTINS = ["default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young"]
 
@@ -247,6 +249,8 @@ def test_builtin_moods_come_first_in_order(alice):
     assert page.type == "mood"
     assert [m["name"] for m in page.data] == BUILTINS
     assert page.data[2] == {"name": "dead", "eyes": "xx", "tongue": "U ", "user_defined": False}
+    # The migration's rows and app/models.py's BUILTIN_MOODS (used for checks and docs) agree.
+    assert page.data == [mood_json(m) for m in BUILTIN_MOODS]
 
 
 def test_mood_lifecycle(alice, bob):

@@ -9,7 +9,7 @@ from app import respond
 
 def handle_list_animals(library, presence):
     """GET /animals: every animal's name, sorted."""
-    body = respond.Constant({"animals": library.names()})
+    body = respond.Static.json({"animals": library.names()})
 
     def handler() -> Response:
         presence.ensure()

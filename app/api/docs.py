@@ -9,12 +9,11 @@ Everything is read and serialised once, when the app is constructed.
 
 from __future__ import annotations
 
-import hashlib
-
-from flask import Response, request
+from flask import Response
 
 from app import openapi, respond
 from app.errors import NotFound
+from app.respond import Static
 
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
@@ -57,6 +56,8 @@ window.addEventListener("load", function () {
 });
 """
 
+NO_CACHE = {"Cache-Control": "no-cache"}  # revalidate with the ETag every time
+
 # The files of the swagger-ui-bundle package the page uses, with their types.
 BUNDLED_ASSETS = {
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -66,31 +67,9 @@ BUNDLED_ASSETS = {
 }
 
 
-class Static:
-    """A body served as is, with an ETag computed once; a matching If-None-Match gets 304."""
-
-    def __init__(self, body: bytes, content_type: str, cache_control: str):
-        self.body = body
-        self.content_type = content_type
-        self.cache_control = cache_control
-        self.etag = '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-
-    def response(self, headers: dict[str, str] | None = None) -> Response:
-        sent = request.headers.get("If-None-Match", "")
-        if self.etag in {part.strip().removeprefix("W/") for part in sent.split(",")}:
-            response = Response(status=304)
-        else:
-            response = Response(self.body, content_type=self.content_type)
-        response.headers["ETag"] = self.etag
-        response.headers["Cache-Control"] = self.cache_control
-        for name, value in (headers or {}).items():
-            response.headers[name] = value
-        return response
-
-
 def handle_openapi(config):
     """GET /openapi.json: the OpenAPI 3.0 description of every endpoint but this and /docs."""
-    static = Static(openapi.spec_json(config), respond.JSON_TYPE, "no-cache")
+    static = Static(openapi.spec_json(config), respond.JSON_TYPE, NO_CACHE)
 
     def handler() -> Response:
         return static.response()
@@ -100,10 +79,11 @@ def handle_openapi(config):
 
 def handle_docs():
     """GET /docs: a browsable API reference (Swagger UI), with no CDN."""
-    static = Static(DOCS_HTML.encode(), "text/html; charset=utf-8", "no-cache")
+    static = Static(DOCS_HTML.encode(), "text/html; charset=utf-8",
+                    {**NO_CACHE, "Content-Security-Policy": DOCS_CSP})
 
     def handler() -> Response:
-        return static.response({"Content-Security-Policy": DOCS_CSP})
+        return static.response()
 
     return handler
 
@@ -113,10 +93,10 @@ def handle_docs_asset():
     from swagger_ui_bundle import swagger_ui_path
 
     assets = {name: Static((swagger_ui_path / name).read_bytes(), content_type,
-                           "public, max-age=86400")
+                           {"Cache-Control": "public, max-age=86400"})
               for name, content_type in BUNDLED_ASSETS.items()}
     assets["saypi-docs.js"] = Static(DOCS_JS.encode(), "text/javascript; charset=utf-8",
-                                     "no-cache")
+                                     NO_CACHE)
 
     def handler(asset: str) -> Response:
         static = assets.get(asset)

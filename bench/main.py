@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -330,20 +330,37 @@ def count_round_trips(bench: Bench, results: dict) -> dict:
     return counts
 
 
-def run(env: Mapping[str, str]) -> int:
-    settings = BenchSettings.from_env(env)
+def with_bench(env: Mapping[str, str], settings: BenchSettings,
+               work: Callable[[Bench], int]) -> int:
+    """Prepare a Bench (database, data, wrk), run `work` on it and always clean up.
+
+    Every command (run, sweep, profile) goes through here, so a failure is one
+    line and exit status 1, and nothing the benchmark started outlives it.
+    """
     bench = Bench(env, settings)
     RESULTS.mkdir(exist_ok=True)
-    s = settings
-    results: dict[str, dict] = {}
-    data: dict = {"generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  "quick": s.quick, "bench_settings": s.as_dict()}
     try:
         try:
             bench.prepare()
         except WrkUnavailable as exc:
             print(f"bench: {exc}")
             return 1
+        return work(bench)
+    except (ServerFailed, RuntimeError) as exc:
+        print(f"bench: {exc}")
+        return 1
+    finally:
+        bench.close()
+
+
+def run(env: Mapping[str, str]) -> int:
+    settings = BenchSettings.from_env(env)
+    s = settings
+    results: dict[str, dict] = {}
+    data: dict = {"generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "quick": s.quick, "bench_settings": s.as_dict()}
+
+    def measure(bench: Bench) -> int:
         config = bench.effective_config()
         data["server_settings"] = {
             "worker_class": "gthread", "workers": config.web_concurrency,
@@ -451,11 +468,8 @@ def run(env: Mapping[str, str]) -> int:
         bench.say(f"written: bench-results/latest.md, latest.json, latest.png "
                   f"({data['elapsed_seconds']}s in all)")
         return 0
-    except (ServerFailed, RuntimeError) as exc:
-        print(f"bench: {exc}")
-        return 1
-    finally:
-        bench.close()
+
+    return with_bench(env, settings, measure)
 
 
 def memory_figures(fresh: dict, before: dict, after: dict, served: int) -> dict:

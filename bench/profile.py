@@ -22,11 +22,11 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench.main import RESULTS, Bench
+from bench.main import RESULTS, Bench, with_bench
 from bench.scenarios import read_requests
-from bench.servers import ROOT, ServerFailed
+from bench.servers import ROOT
 from bench.settings import BenchSettings
-from bench.wrk import LUA, WrkUnavailable
+from bench.wrk import LUA
 
 # First match wins, walking from the sampled frame towards the root; stdlib
 # frames with no rule of their own count for the layer that called them.
@@ -256,16 +256,10 @@ def _pyinstrument_tables(root) -> tuple[list, list]:
 def profile(env: Mapping[str, str]) -> int:
     settings = BenchSettings.from_env(env)
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    bench = Bench(env, settings)
-    RESULTS.mkdir(exist_ok=True)
     seconds = settings.profile_seconds
     result: dict = {"seconds": seconds}
-    try:
-        try:
-            bench.prepare()
-        except WrkUnavailable as exc:
-            print(f"bench: {exc}")
-            return 1
+
+    def measure(bench: Bench) -> int:
         if Path(pyspy).exists():
             result["live"] = live_profile(bench, pyspy, seconds)
         else:
@@ -281,11 +275,8 @@ def profile(env: Mapping[str, str]) -> int:
         (RESULTS / "profile-get.md").write_text(text)
         print(text)
         return 0
-    except (ServerFailed, RuntimeError) as exc:
-        print(f"bench: {exc}")
-        return 1
-    finally:
-        bench.close()
+
+    return with_bench(env, settings, measure)
 
 
 def live_profile(bench: Bench, pyspy: str, seconds: int) -> dict | None:

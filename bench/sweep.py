@@ -13,25 +13,17 @@ import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench.main import RESULTS, Bench, interleave, machine_info
-from bench.servers import ServerFailed
+from bench.main import RESULTS, Bench, interleave, machine_info, with_bench
 from bench.settings import BenchSettings
-from bench.wrk import WrkUnavailable
 
 SCENARIOS = ("get", "list", "post_line")
 
 
 def sweep(env: Mapping[str, str]) -> int:
     settings = BenchSettings.from_env(env)
-    bench = Bench(env, settings)
-    RESULTS.mkdir(exist_ok=True)
     rows = []
-    try:
-        try:
-            bench.prepare()
-        except WrkUnavailable as exc:
-            print(f"bench: {exc}")
-            return 1
+
+    def measure(bench: Bench) -> int:
         combos = list(settings.sweep)
         if len(combos) > 1:
             combos.append(combos[0])
@@ -62,11 +54,8 @@ def sweep(env: Mapping[str, str]) -> int:
         (RESULTS / "sweep.md").write_text(text)
         print(text)
         return 0
-    except (ServerFailed, RuntimeError) as exc:
-        print(f"bench: {exc}")
-        return 1
-    finally:
-        bench.close()
+
+    return with_bench(env, settings, measure)
 
 
 def sweep_markdown(data: dict) -> str:

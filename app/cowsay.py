@@ -18,6 +18,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring as json_string
 from pathlib import Path
 from types import MappingProxyType
 
@@ -1008,23 +1009,39 @@ def render(cow: Cow, eyes: str, tongue: str, think: bool, text: str) -> str:
 
 
 class Renderer:
-    """Bounded LRU cache around render(), keyed by (animal name, eyes, tongue, think, text)."""
+    """Bounded LRU cache around render(), keyed by (animal name, eyes, tongue, think, text).
+
+    Each entry keeps the output twice: as text, and as the JSON string
+    literal a response embeds (quoted and escaped exactly as
+    ``json.dumps(output, ensure_ascii=False)`` writes it), so that reading a
+    conversation does not escape the same art again on every request.
+    """
 
     def __init__(self, library: CowLibrary, max_entries: int = 4096) -> None:
         self._library = library
         self._cached = functools.lru_cache(maxsize=max_entries)(self._render)
 
-    def _render(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
+    def _render(self, animal: str, eyes: str, tongue: str, think: bool, text: str
+                ) -> tuple[str, str]:
         cow = self._library.get(animal)
         if cow is None:
             raise KeyError(animal)
-        return render(cow, eyes, tongue, think, text)
+        output = render(cow, eyes, tongue, think, text)
+        return output, json_string(output)
 
-    def render(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
-        """Rendered output for ``animal``; raises KeyError if the animal is unknown."""
+    def _entry(self, animal: str, eyes: str, tongue: str, think: bool, text: str
+               ) -> tuple[str, str]:
         if self._library.get(animal) is None:
             raise KeyError(animal)
         return self._cached(animal, eyes, tongue, bool(think), text)
+
+    def render(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
+        """Rendered output for ``animal``; raises KeyError if the animal is unknown."""
+        return self._entry(animal, eyes, tongue, think, text)[0]
+
+    def render_json(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
+        """The rendered output as a JSON string literal; raises KeyError as render() does."""
+        return self._entry(animal, eyes, tongue, think, text)[1]
 
     def cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of the render cache."""

@@ -120,7 +120,8 @@ def rfc3339(value) -> str:
     """A timezone-aware datetime as RFC 3339 in UTC, ending in Z."""
     if value.utcoffset():
         value = value.astimezone(UTC)
-    return value.replace(tzinfo=None).isoformat() + "Z"
+    text = value.isoformat()  # ends in +00:00 (sessions run in UTC)
+    return (text[:-6] if text.endswith("+00:00") else text) + "Z"
 
 
 class Timestamp(fields.Field):

@@ -27,6 +27,7 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from app.logs import AccessLog
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SECURITY_HEADERS = {
@@ -37,7 +38,8 @@ SECURITY_HEADERS = {
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 
-def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> None:
+def install_middleware(app: Flask, config, logger: logging.Logger, access_log: AccessLog,
+                       metrics) -> None:
     """Attach the per-request hooks and the error handlers to `app`."""
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     max_body = config.max_body_bytes
@@ -46,7 +48,6 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
 
     def forwarded_for() -> str | None:
         return request.headers.get("X-Forwarded-For") if trusted else None
-    access_log = logger.getChild("access")
 
     @app.before_request
     def start_request():
@@ -85,7 +86,7 @@ def install_middleware(app: Flask, config, logger: logging.Logger, metrics) -> N
         }
         if g.get("user_id") is not None:
             extra["user_id"] = g.user_public_id
-        access_log.info("request", extra=extra)
+        access_log.write(extra)
         return response
 
     @app.errorhandler(ApiError)

@@ -718,7 +718,7 @@ def _example_objects(config) -> dict[str, Any]:
     return {
         "UserOut": users.UserOut().dump(user),
         "CreatedUserOut": users.CreatedUserOut().dump(
-            {**user.__dict__, "token": TokenSigner(("an example secret, not used",)).sign(
+            {**user._asdict(), "token": TokenSigner(("an example secret, not used",)).sign(
                 user.id)}),
         "MoodOut": moods.MoodOut().dump(sleepy),
         "LineOut": line_json,

@@ -127,8 +127,26 @@ def decode(schema: Schema, check: Check | None = None) -> dict[str, Any]:
 
 
 # --- responses ----------------------------------------------------------------------
+# hashlib releases the GIL while it digests 2048 bytes or more; with a worker's
+# threads all wanting the GIL, getting it back cost a read ~120 us (measured),
+# against ~5 us to digest a 10-line conversation. Fed in smaller pieces, the
+# digest keeps the GIL.
+_DIGEST_PIECE = 2047
+
+
 def _etag(body: bytes, kind: str) -> str:
-    return '"' + hashlib.blake2b(kind.encode() + body, digest_size=12).hexdigest() + '"'
+    """A strong validator: a digest of the body and of what kind of body it is.
+
+    SHA-1 because it is hashlib's fastest digest on CPUs with SHA extensions
+    (blake2b took ~3x as long); an ETag needs no collision resistance
+    against an attacker, only a negligible chance that two different bodies
+    share one.
+    """
+    digest = hashlib.sha1(kind.encode(), usedforsecurity=False)
+    view = memoryview(body)
+    for start in range(0, len(view), _DIGEST_PIECE):
+        digest.update(view[start:start + _DIGEST_PIECE])
+    return '"' + digest.hexdigest()[:24] + '"'
 
 
 def _tagged(body: bytes, content_type: str, etag: str) -> Response:
@@ -179,6 +197,11 @@ def ok(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) 
     if headers:
         response.headers.update(headers)
     return response
+
+
+def ok_encoded(body: bytes) -> Response:
+    """ok() for a body that is already JSON (UTF-8)."""
+    return _with_etag(body, JSON_TYPE, 200, "j")
 
 
 def created(value: Any, location: str) -> Response:

@@ -18,6 +18,7 @@ from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.db import Database, expected_schema_version, pool_settings
 from app.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.idempotency import Idempotency
+from app.logs import AccessLog
 from app.metrics import Metrics
 from app.periodic import Periodic
 from app.presence import UserPresence
@@ -44,6 +45,7 @@ class WorkerResources:
     lifecycle: health_mod.Lifecycle
     janitor: Periodic
     presence: UserPresence
+    access_log: AccessLog
 
     def close(self) -> None:
         self.lifecycle.begin_shutdown()
@@ -52,6 +54,7 @@ class WorkerResources:
         self.janitor.stop()
         self.health.close()
         self.db.close()
+        self.access_log.flush()
 
 
 def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, WorkerResources]:
@@ -96,12 +99,14 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     def sample_health() -> None:
         metrics.sample_health(health.last())
 
-    sampler = Periodic("metrics-sampler", 1.0, [sample_metrics, sample_health], logger)
-    app = new_server(config, logger, lifecycle, health, metrics, sample_metrics,
+    access_log = AccessLog(logger)
+    sampler = Periodic("metrics-sampler", 1.0, [sample_metrics, sample_health, access_log.flush],
+                       logger)
+    app = new_server(config, logger, access_log, lifecycle, health, metrics, sample_metrics,
                      auth, idempotent, presence, renderer, users,
                      MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
     metrics.sample_health(health.report())  # a first status before this worker takes traffic
     sampler.start()
     janitor.start()
     presence.start()
-    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence)
+    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence, access_log)

@@ -38,3 +38,32 @@ def test_conversation_and_mood_json_match_the_schemas():
         assert item_json(convo) == ITEM_OUT.dump(convo)
     for mood in (Mood("default", "oo", "  ", False), Mood("Mine", "^^", "P ", True)):
         assert mood_json(mood) == MOOD_OUT.dump(mood)
+
+
+AWKWARD_TEXTS = ["plain", "", "quote \" backslash \\ slash /", "tab\tnew\nline\r\n",
+                 "controls \x01\x08\x0c\x1f\x7f", "wide 漢字 and emoji 🐄", "</script>",
+                 "separators \u2028\u2029", "  leading and trailing  ", "x" * 400]
+
+
+def test_conversation_body_is_the_encoded_conversation_json():
+    """GET /conversations/{id} writes its body from cached pieces; it must equal the encoder's."""
+    import logging
+
+    from app.api.conversations import conversation_body, conversation_json
+    from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
+    from app.respond import encode_json
+
+    renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test")))
+    moods = (Mood("dead", "xx", "U ", False), Mood('say "hi"', "\\\\", "\t ", True))
+    animals = ("default", "owl", "gone-since")  # an animal no longer on the cow path
+    lines = tuple(
+        Line(0x0123456789ABCDEF + i, animals[i % 3], i % 2 == 0, moods[i % 2], text,
+             MOMENTS[i % 3])
+        for i, text in enumerate(AWKWARD_TEXTS))
+    for heading in ("Heading", 'with "quotes" \\ and 🐄', "\x00nul"):
+        for subset in ((), lines[:1], lines):
+            convo = Conversation(42, heading, MOMENTS[0], subset)
+            expected = encode_json(conversation_json(convo, renderer))
+            assert conversation_body(convo, renderer) == expected
+            # twice: the second time the outputs come from the render cache
+            assert conversation_body(convo, renderer) == expected

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring as json_string
+
 from flask import Response, request
 from marshmallow import Schema, fields
 
 from app import ids, pagination, respond
 from app.api.common import missing, parse_id
-from app.api.lines import LineOut, render_line
+from app.api.lines import LineOut, line_json_text, render_line
 from app.auth import current_user
 from app.errors import ActionNotAllowed, AuthInvalid
 from app.fields import PublicId, Text, Timestamp, rfc3339
@@ -45,6 +47,14 @@ def conversation_json(convo, renderer) -> dict:
     body = item_json(convo)
     body["lines"] = [render_line(line, renderer) for line in convo.lines]
     return body
+
+
+def conversation_body(convo, renderer) -> bytes:
+    """encode_json(conversation_json(convo, renderer)), byte for byte, from each line's JSON
+    text (see line_json_text); tests/test_serializers.py keeps the two identical."""
+    lines = ",".join([line_json_text(line, renderer) for line in convo.lines])
+    return (f'{{"id":"{ids.CONVERSATION}_{convo.id:016x}","heading":{json_string(convo.heading)},'
+            f'"created_at":"{rfc3339(convo.created_at)}","lines":[{lines}]}}').encode()
 
 
 def conversation_text(convo, renderer) -> str:
@@ -98,7 +108,7 @@ def handle_get_conversation(conversations, users, renderer):
             raise missing(users, current_user())
         if respond.wants_text():
             return respond.text(conversation_text(convo, renderer))
-        return respond.ok(conversation_json(convo, renderer))
+        return respond.ok_encoded(conversation_body(convo, renderer))
 
     return handler
 
@@ -113,7 +123,7 @@ def handle_update_conversation(conversations, users, renderer):
         convo = conversations.update_heading(current_user(), rid, params["heading"])
         if convo is None:
             raise missing(users, current_user())
-        return respond.ok(conversation_json(convo, renderer))
+        return respond.ok_encoded(conversation_body(convo, renderer))
 
     return handler
 

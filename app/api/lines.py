@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring as json_string
+
 from flask import Response, request
 from marshmallow import Schema
 
@@ -47,6 +49,25 @@ def line_json(line, output: str) -> dict:
     return {"id": f"{ids.LINE}_{line.id:016x}", "animal": line.animal, "think": line.think,
             "mood": line.mood.name, "text": line.text, "output": output,
             "created_at": rfc3339(line.created_at)}
+
+
+def line_json_text(line, renderer) -> str:
+    """encode_json(render_line(line, renderer)) as text, character for character.
+
+    Built from the render cache's ready-escaped output: escaping the art is
+    most of what encoding a read costs. tests/test_serializers.py keeps the
+    two identical.
+    """
+    mood = line.mood
+    try:
+        output = renderer.render_json(line.animal, mood.eyes, mood.tongue, line.think, line.text)
+    except KeyError:
+        output = renderer.render_json(DEFAULT_ANIMAL, mood.eyes, mood.tongue, line.think,
+                                      line.text)
+    return (f'{{"id":"{ids.LINE}_{line.id:016x}","animal":{json_string(line.animal)},'
+            f'"think":{"true" if line.think else "false"},"mood":{json_string(mood.name)},'
+            f'"text":{json_string(line.text)},"output":{output},'
+            f'"created_at":"{rfc3339(line.created_at)}"}}')
 
 
 def render_line(line, renderer) -> dict:

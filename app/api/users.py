@@ -51,7 +51,7 @@ def handle_create_user(users, tokens):
             user = users.create(params.get("name"), params.get("email"))
         except EmailTaken as exc:
             raise _email_taken(params.get("email")) from exc
-        body = CREATED_USER_OUT.dump({**user.__dict__, "token": tokens.sign(user.id)})
+        body = CREATED_USER_OUT.dump({**user._asdict(), "token": tokens.sign(user.id)})
         return respond.created(body, location=f"/users/{body['id']}")
 
     return handler

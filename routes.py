@@ -8,26 +8,43 @@ and docs carry none of them: they are never authenticated or limited.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
-from flask import Flask, g
+from flask import Flask
 
 from app.api import animals, conversations, debug, docs, lines, moods, ops, users
 from app.repo.slow_queries import SlowQueryRepository
+from app.request_state import request_state
 
 
 def route(app: Flask, method: str, path: str, handler: Callable) -> None:
-    """Register one handler for one method and path."""
-    app.add_url_rule(path, endpoint=f"{method} {path}", view_func=handler, methods=[method],
+    """Register one handler for one method and path.
+
+    The request's state learns the route template, which the access log and
+    the metrics report (requests that match no route report "unmatched"),
+    and a refusal the envelope decided on (a body over the limit) is raised
+    here, before the handler and its wrappers.
+    """
+
+    @functools.wraps(handler)
+    def view(**params):
+        state = request_state()
+        state.route = path
+        if state.refusal is not None:
+            raise state.refusal
+        return handler(**params)
+
+    app.add_url_rule(path, endpoint=f"{method} {path}", view_func=view, methods=[method],
                      provide_automatic_options=False)
 
 
 def by_user() -> str:
-    return f"user:{g.user_id}"
+    return f"user:{request_state().user_id}"
 
 
 def by_client() -> str:
-    return f"ip:{g.client_addr}"
+    return f"ip:{request_state().client_addr}"
 
 
 def add_routes(app: Flask, config, logger, lifecycle, health, metrics, sample_metrics,

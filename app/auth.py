@@ -2,8 +2,8 @@
 
 `required` verifies the token with no database round trip, then applies the
 user's rate limit; `public` applies the client address's limit. Failed
-authentication is limited per address too. Decisions are left in `g` for the
-middleware to turn into RateLimit headers on whatever response follows.
+authentication is limited per address too. Decisions are left in the request's state for
+the middleware to turn into RateLimit headers on whatever response follows.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from flask import g, request
+from flask import request
 
 from app import ids
 from app.errors import AuthInvalid, AuthRequired, RateLimited
+from app.request_state import request_state
 
 
 def current_user() -> int:
     """The authenticated user's id; only valid inside a `required` handler."""
-    return g.user_id
+    return request_state().user_id
 
 
 class Authenticator:
@@ -33,12 +34,12 @@ class Authenticator:
         decision = self.limiter.check(policy, key)
         if decision is None:
             return
-        g.rate_limit = decision
+        request_state().rate_limit = decision
         if not decision.allowed:
             raise RateLimited(decision.retry_after)
 
     def _client_key(self) -> str:
-        return g.get("client_addr") or request.remote_addr or "unknown"
+        return request_state().client_addr or request.remote_addr or "unknown"
 
     def required(self, handler: Callable) -> Callable:
         """The handler runs only for a valid bearer token within the user's rate limit."""
@@ -54,8 +55,9 @@ class Authenticator:
             if user_id is None:
                 self._limit("ip", self._client_key())
                 raise AuthInvalid()
-            g.user_id = user_id
-            g.user_public_id = ids.encode(ids.USER, user_id)
+            state = request_state()
+            state.user_id = user_id
+            state.user_public_id = ids.encode(ids.USER, user_id)
             self._limit("user", str(user_id))
             return handler(*args, **kwargs)
 

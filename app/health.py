@@ -226,7 +226,7 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
     def check() -> CheckResult:
         details: dict[str, Any] = pool_details(db.stats())
         try:
-            with db.pool.connection(timeout=acquire_timeout) as conn:
+            with db.pooled(timeout=acquire_timeout) as conn:
                 conn.execute("SELECT 1").fetchone()
                 if show_details:
                     details["server_version"] = conn.info.server_version
@@ -270,7 +270,7 @@ def migrations_checker(db, expected_version: int, timeout: float = 1.0) -> Check
 
     def check() -> CheckResult:
         try:
-            with db.pool.connection(timeout=timeout / 2) as conn:
+            with db.pooled(timeout=timeout / 2) as conn:
                 row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
                                    ).fetchone()
         except psycopg.errors.UndefinedTable:

@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterable
 from typing import IO
 
-from flask import g, has_request_context
+from flask import has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
+
+from app.request_state import ENVIRON_KEY
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
@@ -83,9 +85,9 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id") and has_request_context():
-            request_id = g.get("request_id")
-            if request_id:
-                record.request_id = request_id
+            state = request.environ.get(ENVIRON_KEY)
+            if state is not None:
+                record.request_id = state.request_id
         return True
 
 

@@ -46,7 +46,7 @@ class Authenticator:
 
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
+            header = request.environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 self._limit("ip", self._client_key())

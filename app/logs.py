@@ -132,6 +132,11 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
     return logger
 
 
+# json.dumps builds a new encoder whenever it is given options; these are built once.
+# Default separators and escaping, as python-json-logger writes its lines.
+_LINE_ENCODER = json.JSONEncoder()
+
+
 class AccessLog:
     """The one line logged for every request.
 
@@ -183,8 +188,8 @@ class AccessLog:
         if second != self._second:  # the formatter's timestamp has whole seconds
             self._stamp = time.strftime(DATE_FORMAT, time.localtime(second))
             self._second = second
-        line = json.dumps({"time": self._stamp, "level": "INFO", "logger": self.name,
-                           "message": "request", **fields}, default=str)
+        line = _LINE_ENCODER.encode({"time": self._stamp, "level": "INFO", "logger": self.name,
+                                     "message": "request", **fields})
         with self.lock:
             self.stream.write(line + "\n")
             if now - self._flushed >= self.FLUSH_SECONDS:

@@ -170,7 +170,7 @@ def _with_etag(body: bytes, content_type: str, status: int, kind: str) -> Respon
 
 
 def _if_none_match() -> set[str]:
-    header = request.headers.get("If-None-Match")
+    header = request.environ.get("HTTP_IF_NONE_MATCH")
     if not header:
         return set()
     return {part.strip().removeprefix("W/") for part in header.split(",")}
@@ -222,7 +222,7 @@ def text(body: str) -> Response:
 
 def wants_text() -> bool:
     """True when the client prefers text/plain over JSON."""
-    accept = request.headers.get("Accept")
+    accept = request.environ.get("HTTP_ACCEPT")
     if not accept or "text/plain" not in accept:
         return False  # the common case, without parsing the header
     return request.accept_mimetypes.best_match(["application/json", "text/plain"]) == \

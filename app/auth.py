@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from flask import request
-
 from app import ids
 from app.errors import AuthInvalid, AuthRequired, RateLimited
 from app.request_state import request_state
@@ -39,14 +37,15 @@ class Authenticator:
             raise RateLimited(decision.retry_after)
 
     def _client_key(self) -> str:
-        return request_state().client_addr or request.remote_addr or "unknown"
+        return request_state().client_addr or "unknown"
 
     def required(self, handler: Callable) -> Callable:
         """The handler runs only for a valid bearer token within the user's rate limit."""
 
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
-            header = request.environ.get("HTTP_AUTHORIZATION", "")
+            state = request_state()
+            header = state.environ.get("HTTP_AUTHORIZATION", "")
             scheme, _, token = header.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 self._limit("ip", self._client_key())
@@ -55,7 +54,6 @@ class Authenticator:
             if user_id is None:
                 self._limit("ip", self._client_key())
                 raise AuthInvalid()
-            state = request_state()
             state.user_id = user_id
             state.user_public_id = ids.encode(ids.USER, user_id)
             self._limit("user", str(user_id))

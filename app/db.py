@@ -78,7 +78,7 @@ class Database:
             # No `reset` callback: with one, psycopg_pool hands every returned
             # connection to a worker thread (a thread wake-up and a GIL handoff
             # per request, measured at ~20 us, and the connection unavailable
-            # meanwhile). pooled() notes the return time instead.
+            # meanwhile). give_back() notes the return time instead.
             open=False,
             name=name,
         )
@@ -108,15 +108,15 @@ class Database:
         self.pool.close(timeout=5)
 
     # --- connection checks -------------------------------------------------
-    @contextlib.contextmanager
-    def pooled(self, timeout: float | None = None) -> Iterator[psycopg.Connection]:
-        """A connection from the pool, as psycopg_pool gives it (and raises its errors);
-        its return time is noted for _check_connection. Every checkout goes through here."""
-        with self.pool.connection(timeout=timeout) as conn:
-            try:
-                yield conn
-            finally:
-                self._returned_at[conn] = time.monotonic()
+    def pooled(self, timeout: float | None = None) -> Checkout:
+        """A connection from the pool for one `with` block, raising psycopg_pool's own errors
+        (health checks want those); its return time is noted for _check_connection."""
+        return Checkout(self, timeout, translate=False)
+
+    def give_back(self, conn: psycopg.Connection) -> None:
+        """Return a connection to the pool, noting when (for _check_connection)."""
+        self._returned_at[conn] = time.monotonic()
+        self.pool.putconn(conn)
 
     def _check_connection(self, conn: psycopg.Connection) -> None:
         """Checked out of the pool: verify with a round trip only if it sat idle.
@@ -163,15 +163,12 @@ class Database:
             self._stopping.wait(CHECK_SPACING_SECONDS)
 
     # --- use -----------------------------------------------------------------
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
+    def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """The ambient transaction's connection, or an autocommit one from the pool."""
         ambient = getattr(self._local, "conn", None)
         if ambient is not None:
-            yield ambient
-            return
-        with self._translate_errors(), self.pooled() as conn:
-            yield conn
+            return contextlib.nullcontext(ambient)
+        return Checkout(self, None, translate=True)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[psycopg.Connection]:
@@ -181,7 +178,7 @@ class Database:
             with ambient.transaction():
                 yield ambient
             return
-        with self._translate_errors(), self.pooled() as conn:
+        with Checkout(self, None, translate=True) as conn:
             self._local.conn = conn
             try:
                 with conn.transaction():
@@ -189,23 +186,59 @@ class Database:
             finally:
                 self._local.conn = None
 
-    @contextlib.contextmanager
-    def _translate_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except (PoolTimeout, TooManyRequests) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
-        except psycopg.OperationalError as exc:
-            if not isinstance(exc, psycopg.errors.QueryCanceled):
-                self.connection_failed()
-            raise DatabaseUnavailable(type(exc).__name__) from exc
-
     def dedicated_connection(self) -> psycopg.Connection:
         """A connection outside the pool, for a long-lived LISTEN; the caller closes it."""
         return psycopg.connect(self.pool.conninfo, **self.pool.kwargs)
 
     def stats(self) -> dict[str, int]:
         return self.pool.get_stats()
+
+
+class Checkout:
+    """One connection out of the pool for one `with` block, and back into it after.
+
+    psycopg_pool's own `pool.connection()` also enters the connection's
+    context, which on the way out runs `commit()`: nothing to commit on an
+    autocommit connection, but still a lock and a trip through psycopg's wait
+    loop on every read. Reads here are single autocommit statements and
+    writes close their own `conn.transaction()`, so the block only needs
+    getconn/putconn (the pool rolls back or discards a connection returned
+    in any other state). One small class, not three nested generator-based
+    context managers: this runs on every request that touches the database.
+
+    With `translate`, pool exhaustion and lost connections leave the block as
+    DatabaseUnavailable (the handler answers 503), and a lost connection
+    wakes the checker to purge the others.
+    """
+
+    __slots__ = ("conn", "db", "timeout", "translate")
+
+    def __init__(self, db: Database, timeout: float | None, translate: bool):
+        self.db = db
+        self.timeout = timeout
+        self.translate = translate
+
+    def __enter__(self) -> psycopg.Connection:
+        try:
+            self.conn = self.db.pool.getconn(self.timeout)
+        except (PoolTimeout, TooManyRequests, psycopg.OperationalError) as exc:
+            if self.translate:
+                raise self._unavailable(exc) from exc
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.db.give_back(self.conn)
+        if self.translate and isinstance(exc, (PoolTimeout, TooManyRequests,
+                                               psycopg.OperationalError)):
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
+        if isinstance(exc, PoolTimeout | TooManyRequests):
+            return DatabaseUnavailable(str(exc))
+        if not isinstance(exc, psycopg.errors.QueryCanceled):
+            self.db.connection_failed()
+        return DatabaseUnavailable(type(exc).__name__)
 
 
 def pool_settings(config) -> PoolSettings:

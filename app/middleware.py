@@ -29,7 +29,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.logs import AccessLog
-from app.request_state import ENVIRON_KEY, RequestState
+from app.request_state import RequestState, enter, leave
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 SECURITY_HEADERS = (
@@ -38,6 +38,9 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
 )
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
+# What every response gets unless its handler set a Content-Security-Policy of its own.
+JSON_SECURITY_HEADERS = (*SECURITY_HEADERS, ("Content-Security-Policy", JSON_CSP))
+NO_STORE = ("Cache-Control", "no-store")
 
 
 class Envelope:
@@ -63,26 +66,30 @@ class Envelope:
     def __call__(self, environ: dict, start_response):
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        request_id = incoming if incoming and _REQUEST_ID.fullmatch(incoming) \
-            else self.new_request_id()
+        ours = not (incoming and _REQUEST_ID.fullmatch(incoming))
+        request_id = self.new_request_id() if ours else incoming
         forwarded = environ.get("HTTP_X_FORWARDED_FOR") if self.trusted else None
-        state = RequestState(request_id, client_address(environ.get("REMOTE_ADDR") or "",
-                                                        forwarded, self.trusted))
-        environ[ENVIRON_KEY] = state
+        state = RequestState(environ, request_id,
+                             client_address(environ.get("REMOTE_ADDR") or "", forwarded,
+                                            self.trusted))
         answer: list = []  # status line, Content-Length
 
         def start(status: str, headers: list, exc_info=None):
+            length, own_policy = "0", False
+            for name, value in headers:  # one pass: handlers set these with this spelling
+                if name == "Content-Length":
+                    length = value
+                elif name == "Content-Security-Policy":
+                    own_policy = True  # /docs has its own
             headers.append(("X-Request-ID", request_id))
-            headers.extend(SECURITY_HEADERS)  # handlers never set these
-            if not any(name.lower() == "content-security-policy" for name, _ in headers):
-                headers.append(("Content-Security-Policy", JSON_CSP))  # /docs has its own
+            headers.extend(SECURITY_HEADERS if own_policy else JSON_SECURITY_HEADERS)
             if state.user_id is not None:
-                headers.append(("Cache-Control", "no-store"))
+                headers.append(NO_STORE)
             if state.rate_limit is not None:
                 limits = state.rate_limit.headers()
                 headers[:] = [(k, v) for k, v in headers if k not in limits]
                 headers.extend(limits.items())
-            answer[:] = [status, next((v for k, v in headers if k == "Content-Length"), "0")]
+            answer[:] = [status, length]
             return start_response(status, headers, exc_info)
 
         length = environ.get("CONTENT_LENGTH")
@@ -92,21 +99,24 @@ class Envelope:
             _discard_body(environ["wsgi.input"], int(length))
             environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
             state.refusal = PayloadTooLarge(self.max_body)
-        body = self.app(environ, start)
-        self.finish(environ, state, answer, time.perf_counter() - started)
+        token = enter(state)
+        try:
+            body = self.app(environ, start)
+            self.finish(environ.get("REQUEST_METHOD", ""), state, answer, ours,
+                        time.perf_counter() - started)
+        finally:
+            leave(token)
         return body
 
-    def finish(self, environ: dict, state: RequestState, answer: list, seconds: float) -> None:
+    def finish(self, method: str, state: RequestState, answer: list, our_request_id: bool,
+               seconds: float) -> None:
         status = int(answer[0][:3]) if answer else 500
-        method = environ.get("REQUEST_METHOD", "")
         self.metrics.observe_request(method, state.route, status, seconds)
-        fields = {"request_id": state.request_id, "method": method, "route": state.route,
-                  "status": status, "duration_ms": round(seconds * 1000, 2),
-                  "remote_addr": state.client_addr,
-                  "bytes": int(answer[1]) if answer and answer[1].isdigit() else 0}
-        if state.user_public_id is not None:
-            fields["user_id"] = state.user_public_id
-        self.access_log.write(fields)
+        size = answer[1] if answer else "0"
+        self.access_log.write(state.request_id, method, state.route, status,
+                              round(seconds * 1000, 2), state.client_addr,
+                              int(size) if size.isdigit() else 0, state.user_public_id,
+                              client_request_id=not our_request_id)
 
 
 def install_middleware(app: Flask, config, logger: logging.Logger, access_log: AccessLog,

@@ -24,6 +24,7 @@ from app.errors import (
     UnsupportedMediaType,
 )
 from app.fields import Bool
+from app.request_state import request_state
 
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
@@ -164,13 +165,13 @@ def _tagged(body: bytes, content_type: str, etag: str) -> Response:
 
 
 def _with_etag(body: bytes, content_type: str, status: int, kind: str) -> Response:
-    if request.method in ("GET", "HEAD") and status == 200:
+    if status == 200 and request_state().environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
         return _tagged(body, content_type, _etag(body, kind))
     return Response(body, status=status, content_type=content_type)
 
 
 def _if_none_match() -> set[str]:
-    header = request.environ.get("HTTP_IF_NONE_MATCH")
+    header = request_state().environ.get("HTTP_IF_NONE_MATCH")
     if not header:
         return set()
     return {part.strip().removeprefix("W/") for part in header.split(",")}
@@ -192,7 +193,8 @@ class Static:
 
     def response(self) -> Response:
         response = _tagged(self.body, self.content_type, self.etag)
-        response.headers.update(self.headers)
+        if self.headers:
+            response.headers.update(self.headers)
         return response
 
 
@@ -222,7 +224,7 @@ def text(body: str) -> Response:
 
 def wants_text() -> bool:
     """True when the client prefers text/plain over JSON."""
-    accept = request.environ.get("HTTP_ACCEPT")
+    accept = request_state().environ.get("HTTP_ACCEPT")
     if not accept or "text/plain" not in accept:
         return False  # the common case, without parsing the header
     return request.accept_mimetypes.best_match(["application/json", "text/plain"]) == \

@@ -46,6 +46,7 @@ class WorkerResources:
     janitor: Periodic
     presence: UserPresence
     access_log: AccessLog
+    metrics: Metrics
 
     def close(self) -> None:
         self.lifecycle.begin_shutdown()
@@ -54,6 +55,7 @@ class WorkerResources:
         self.janitor.stop()
         self.health.close()
         self.db.close()
+        self.metrics.flush_requests()
         self.access_log.flush()
 
 
@@ -93,6 +95,7 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
                        logger.getChild("janitor"))
 
     def sample_metrics() -> None:
+        metrics.flush_requests()
         metrics.sample_pool(db.stats())
         metrics.sample_render_cache(*renderer.cache_stats())
 
@@ -109,4 +112,5 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     sampler.start()
     janitor.start()
     presence.start()
-    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence, access_log)
+    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence, access_log,
+                                metrics)

@@ -363,15 +363,19 @@ def test_metrics_add_up_across_workers_and_dead_workers_vanish(start_server, tmp
                             .status_code)
     assert statuses == [200] * requests
 
-    # Each worker counted its own share; a scrape (by either worker) adds them up.
-    per_worker = []
-    for path in metrics_dir.glob("counter_*.db"):
-        merged = MultiProcessCollector.merge([str(path)], accumulate=False)
-        per_worker.append(sum(s.value for m in merged for s in m.samples
+    # Each worker counted its own share and folds it into its file within a
+    # second; a scrape (by either worker) adds them up.
+    def per_worker() -> list[float]:
+        counts = []
+        for path in metrics_dir.glob("counter_*.db"):
+            merged = MultiProcessCollector.merge([str(path)], accumulate=False)
+            counts.append(sum(s.value for m in merged for s in m.samples
                               if s.name == "http_requests_total"
                               and s.labels.get("route") == "/health/live"))
-    assert len([n for n in per_worker if n > 0]) == 2, per_worker
-    assert sum(per_worker) == requests
+        return counts
+
+    assert eventually(lambda: sum(per_worker()) == requests, seconds=5), per_worker()
+    assert len([n for n in per_worker() if n > 0]) == 2, per_worker()
     for _ in range(4):
         samples = scrape(server.url)
         assert value(samples, "http_requests_total", method="GET", route="/health/live",
@@ -410,13 +414,16 @@ def test_metric_labels_stay_bounded_whatever_clients_send(shared_server):
     for path in ("/no/such/page-1", "/no/such/page-2"):
         assert HTTP.get(shared_server.url + path).status_code == 404
     assert HTTP.request("BREW", shared_server.url + "/health/live").status_code == 405
-    samples = scrape(shared_server.url)
-    routes = {dict(labels).get("route") for name, labels in samples
-              if name == "http_requests_total"}
-    assert "unmatched" in routes and not any(r.startswith("/no/") for r in routes)
-    methods = {dict(labels)["method"] for name, labels in samples
-               if name == "http_requests_total"}
-    assert "other" in methods and "BREW" not in methods
+
+    def labels(name: str) -> set[str]:
+        return {dict(labels).get(name) for metric, labels in scrape(shared_server.url)
+                if metric == "http_requests_total"}
+
+    # Counted within a second by whichever worker served them.
+    assert eventually(lambda: "unmatched" in labels("route") and "other" in labels("method"),
+                      seconds=5)
+    assert not any(r.startswith("/no/") for r in labels("route"))
+    assert "BREW" not in labels("method")
 
 
 # --- units: the health manager's logic ------------------------------------------------------

@@ -25,10 +25,11 @@ class Authenticator:
     def __init__(self, tokens, limiter=None):
         self.tokens = tokens
         self.limiter = limiter
+        # The policies that limit anything: a disabled one costs a request nothing.
+        self._limited = frozenset() if limiter is None else \
+            frozenset(name for name in ("user", "ip") if limiter.policy(name) is not None)
 
     def _limit(self, policy: str, key: str) -> None:
-        if self.limiter is None:
-            return
         decision = self.limiter.check(policy, key)
         if decision is None:
             return
@@ -42,21 +43,26 @@ class Authenticator:
     def required(self, handler: Callable) -> Callable:
         """The handler runs only for a valid bearer token within the user's rate limit."""
 
+        limits_users, limits_addresses = "user" in self._limited, "ip" in self._limited
+
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
             state = request_state()
-            header = state.environ.get("HTTP_AUTHORIZATION", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not token.strip():
-                self._limit("ip", self._client_key())
+            scheme, _, token = state.environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+            token = token.strip()
+            if not token or scheme.lower() != "bearer":
+                if limits_addresses:
+                    self._limit("ip", self._client_key())
                 raise AuthRequired()
-            user_id = self.tokens.verify(token.strip())
+            user_id = self.tokens.verify(token)
             if user_id is None:
-                self._limit("ip", self._client_key())
+                if limits_addresses:
+                    self._limit("ip", self._client_key())
                 raise AuthInvalid()
             state.user_id = user_id
             state.user_public_id = ids.encode(ids.USER, user_id)
-            self._limit("user", str(user_id))
+            if limits_users:
+                self._limit("user", str(user_id))
             return handler(*args, **kwargs)
 
         return wrapped
@@ -64,9 +70,12 @@ class Authenticator:
     def public(self, handler: Callable) -> Callable:
         """The handler runs for anyone within the client address's rate limit."""
 
+        limits_addresses = "ip" in self._limited
+
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
-            self._limit("ip", self._client_key())
+            if limits_addresses:
+                self._limit("ip", self._client_key())
             return handler(*args, **kwargs)
 
         return wrapped

@@ -220,8 +220,9 @@ def in_process(bench: Bench, count: int) -> dict:
                                   "tree": _scrub_paths(profiler.output_text(unicode=False,
                                                                             color=False))}
     finally:
+        # The sink stays open: the worker's background threads (the user-deletion
+        # listener) may still log while they wind down after close().
         resources.close()
-        sink.close()
     return {"timings": timings, "profiles": profiles}
 
 

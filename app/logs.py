@@ -17,7 +17,7 @@ from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
-from app.request_state import request_state_or_none
+from app.request_state import STANDARD_METHODS, request_state_or_none
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
@@ -131,11 +131,6 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
     return logger
 
 
-# Methods a client cannot use to smuggle a token or secret into the log; any
-# other method is scrubbed like every other string a client chose.
-_PLAIN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
 class AccessLog:
     """The one line logged for every request.
 
@@ -189,7 +184,7 @@ class AccessLog:
             return
         if client_request_id:
             request_id = self.scrub(request_id)
-        if method not in _PLAIN_METHODS:
+        if method not in STANDARD_METHODS:
             method = self.scrub(method)
         now = time.time()
         second = int(now)

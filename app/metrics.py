@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from app.request_state import STANDARD_METHODS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Buckets for request latency: fine below 100 ms, where this service lives.
@@ -37,9 +39,6 @@ def mark_process_dead(pid: int, path: str) -> None:
     prom_multiprocess.mark_process_dead(pid, path)
 
 
-# Methods get their own label value; anything else is "other", so a client
-# sending made-up methods cannot grow the number of series.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 RATE_LIMIT_POLICIES = ("user", "ip")
 HEALTH_SEVERITY = {"healthy": 0, "degraded": 1, "unhealthy": 2, "critical": 3}
 
@@ -116,8 +115,10 @@ class Metrics:
         self.request_tally = RequestTally(self.requests, self.duration)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        """Count one served request (in this worker; see RequestTally)."""
-        if method not in KNOWN_METHODS:
+        """Count one served request (in this worker; see RequestTally). Methods get their
+        own label value; anything else is "other", so a client sending made-up methods
+        cannot grow the number of series."""
+        if method not in STANDARD_METHODS:
             method = "other"
         self.request_tally.observe(method, route, status, seconds)
 
@@ -194,8 +195,8 @@ class RequestTally:
         # Every thread's tallies: (method, route, status, cell, cell as last flushed).
         # A cell is [count, sum of seconds, per-bucket counts...], written only by its thread.
         self._cells: list[tuple[str, str, int, list, list]] = []
-        self._cells_lock = threading.Lock()  # taken to add a cell (once per thread and key)
-        self._flush_lock = threading.Lock()
+        # Taken to add a cell (once per thread and key) and for a whole flush.
+        self._lock = threading.Lock()
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         try:
@@ -206,17 +207,15 @@ class RequestTally:
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = [0] * (len(self._bounds) + 2)
-            with self._cells_lock:
+            with self._lock:
                 self._cells.append((method, route, status, cell, [0] * len(cell)))
         cell[0] += 1
         cell[1] += seconds
         cell[2 + bisect_left(self._bounds, seconds)] += 1
 
     def flush(self) -> None:
-        with self._flush_lock:
-            with self._cells_lock:
-                cells = list(self._cells)
-            for method, route, status, cell, flushed in cells:
+        with self._lock:
+            for method, route, status, cell, flushed in self._cells:
                 now = list(cell)  # the serving thread may add more meanwhile: next flush
                 count = now[0] - flushed[0]
                 if not count:

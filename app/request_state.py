@@ -17,6 +17,11 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
+# The methods SayPI reports as they are. Any other method is text a client
+# chose: metrics count it as "other" (bounded label values), and the access
+# log scrubs it like every other client-chosen string.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class RequestState:
     __slots__ = (

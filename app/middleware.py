@@ -13,6 +13,7 @@ import time
 import uuid
 
 from flask import Flask, Response
+from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from app import respond
@@ -102,12 +103,15 @@ class Envelope:
             return start_response(status, headers, exc_info)
 
         length = environ.get("CONTENT_LENGTH")
-        if length and length.isdigit() and int(length) > self.max_body:
-            # Read it off the connection now; the route answers 413 (routes.py),
-            # inside Flask, so the answer gets CORS headers like any other.
-            _discard_body(environ["wsgi.input"], int(length))
-            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
-            state.refusal = PayloadTooLarge(self.max_body)
+        if length:
+            if length.isdigit() and int(length) > self.max_body:
+                # Read it off the connection now; the route answers 413 (routes.py),
+                # inside Flask, so the answer gets CORS headers like any other.
+                _discard_body(environ["wsgi.input"], int(length))
+                environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
+                state.refusal = PayloadTooLarge(self.max_body)
+        elif "HTTP_TRANSFER_ENCODING" in environ:
+            state.refusal = _read_chunked(environ, self.max_body)
         token = enter(state)
         try:
             body = self.app(environ, start)
@@ -174,6 +178,31 @@ def _discard_body(stream, length: int) -> None:
         if not chunk:
             return
         remaining -= len(chunk)
+
+
+def _read_chunked(environ: dict, max_body: int) -> ApiError | None:
+    """Read a body sent without Content-Length (chunked) whole, or refuse it.
+
+    At most max_body + 1 bytes are read: a body over the limit is refused
+    with 413 (and discarded up to DISCARD_LIMIT), a malformed one with 400;
+    a body within the limit is handed on as if it had come with a
+    Content-Length, so nothing downstream ever sees a truncated body. When
+    reading fails, gunicorn marks the body failed and closes the connection
+    after the answer.
+    """
+    stream = environ["wsgi.input"]
+    try:
+        body = stream.read(max_body + 1)
+        if len(body) > max_body:
+            _discard_body(stream, DISCARD_LIMIT)
+            refusal: ApiError | None = PayloadTooLarge(max_body)
+            body = b""
+        else:
+            refusal = None
+    except (ParseException, NoMoreData, ValueError):
+        refusal, body = InvalidRequest("the chunked body is malformed"), b""
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+    return refusal
 
 
 def request_ids():

@@ -40,7 +40,8 @@ def parse_page(args: Mapping[str, str]) -> Page:
     limit = DEFAULT_LIMIT
     raw = args.get("limit")
     if raw is not None:
-        if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT:
+        # Length first: int() refuses strings of thousands of digits with a ValueError.
+        if raw.isascii() and raw.isdigit() and len(raw) <= 10 and 1 <= int(raw) <= MAX_LIMIT:
             limit = int(raw)
         else:
             problems.append(ParamProblem(("limit",), f"must be an integer between 1 and "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import threading
 
 from app import ids
 
@@ -24,6 +25,11 @@ class TokenSigner:
     a token seen valid once stays valid: the memo saves the HMACs (~4 us) on
     every authenticated request. Only valid tokens are kept, so invalid
     guesses cannot fill it; past the limit the oldest is forgotten.
+
+    Every thread of a worker shares the memo. Lookups need no lock (a dict
+    read is atomic); inserts and evictions take one, since evicting
+    iterates the dict and another thread's insert in between would break
+    that iteration.
     """
 
     def __init__(self, secrets: tuple[str, ...], remember: int = 10_000):
@@ -32,6 +38,7 @@ class TokenSigner:
         self._keys = tuple(s.encode() for s in secrets)
         self._valid: dict[str, int] = {}
         self._remember = remember
+        self._inserting = threading.Lock()
 
     def _mac(self, key: bytes, public_id: str) -> str:
         digest = hmac.new(key, _CONTEXT + public_id.encode(), hashlib.sha256).digest()
@@ -47,11 +54,16 @@ class TokenSigner:
         if known is not None:
             return known
         user_id = self._verify(token)
-        if user_id is not None:
-            if len(self._valid) >= self._remember:
-                self._valid.pop(next(iter(self._valid)), None)
-            self._valid[token] = user_id
+        if user_id is not None and self._remember > 0:
+            with self._inserting:
+                while len(self._valid) >= self._remember:
+                    del self._valid[next(iter(self._valid))]
+                self._valid[token] = user_id
         return user_id
+
+    def remembered(self) -> int:
+        """How many valid tokens the memo holds (at most `remember`)."""
+        return len(self._valid)
 
     def _verify(self, token: str) -> int | None:
         if not token.isascii() or len(token) > 200:

@@ -70,12 +70,22 @@ class UserRepository:
                         return
 
     def delete(self, user_id: int) -> bool:
-        """Delete the user and, by cascade, everything they own."""
+        """Delete the user and everything they own.
+
+        Conversations (and with them their lines) go first, then the user and
+        by cascade their moods: deleted in one statement, PostgreSQL checks
+        lines_mood_id_fkey as the moods' cascade runs, before the lines'
+        cascade (two levels down, through conversations) has removed the
+        lines that use them. The user row is locked first, so no conversation
+        can be created in between (creation increments its counter).
+        """
         with self.db.transaction() as conn:
-            cursor = conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
-            deleted = cursor.rowcount == 1
-            if deleted:
-                conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
-        return deleted
+            if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE",
+                            (user_id,)).fetchone() is None:
+                return False
+            conn.execute("DELETE FROM conversations WHERE user_id = %s", (user_id,))
+            conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
+        return True
 
 

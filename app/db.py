@@ -6,6 +6,21 @@ which also makes the connection ambient for the current thread so that every
 repository called inside it (for example an idempotent request's write and
 its stored response) shares one transaction. Repositories are the only code
 that uses it; handlers never see a connection.
+
+Outages: the first connection error wakes a checker thread, which probes
+the server with a fresh connection. While the probe fails the database is
+*unreachable*: requests get DatabaseUnavailable (503) at once instead of
+waiting for the pool, readiness reports it, and the checker probes again
+every PROBE_INTERVAL_SECONDS (a bounded attempt rate per worker, whatever
+the outage's length). The first probe that succeeds replaces the pool with a
+fresh, pre-warmed one, so service is back within about a probe interval of
+the database answering: psycopg_pool's own reconnect backoff (1, 2, 4, 8 s
+...) and the waiters that timed out in its queue stay behind in the old
+pool, which is closed.
+
+A request's waits for a connection share one budget (`wait_budget`), so a
+request that waited for the rate limiter's connection does not wait as long
+again for its handler's.
 """
 
 from __future__ import annotations
@@ -16,20 +31,46 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout, TooManyRequests
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
 MIGRATION_LOCK_ID = 0x5A_59_50_49  # "SAYPI": one advisory lock for migrations
 IDLE_CHECK_AFTER_SECONDS = 2.0
 CHECK_SPACING_SECONDS = 0.1  # least time between two background pool checks
+PROBE_INTERVAL_SECONDS = 0.5  # between connection attempts while the database is unreachable
+# What getconn raises when no connection comes: the pool is exhausted, refuses
+# more waiters, was replaced after an outage, or cannot connect.
+_UNAVAILABLE = (PoolTimeout, TooManyRequests, PoolClosed, psycopg.OperationalError)
 
 
 class DatabaseUnavailable(Exception):
     """The database could not serve this request (down, pool exhausted, timeout)."""
+
+
+class WaitBudget:
+    """Seconds one request may still spend waiting for pool connections, all checkouts together."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, seconds: float):
+        self.left = seconds
+
+
+_BUDGET: ContextVar[WaitBudget | None] = ContextVar("saypi_db_wait_budget", default=None)
+
+
+def wait_budget(seconds: float) -> Token:
+    """Start a request's wait budget on this thread; give the token to `end_wait_budget`."""
+    return _BUDGET.set(WaitBudget(seconds))
+
+
+def end_wait_budget(token: Token) -> None:
+    _BUDGET.reset(token)
 
 
 @dataclass(frozen=True)
@@ -52,11 +93,16 @@ class Database:
                  name: str = "saypi"):
         self.settings = settings
         self.logger = logger
+        self.name = name
+        self._dsn = dsn
         self._local = threading.local()
         self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._wake_checker = threading.Event()
         self._stopping = threading.Event()
         self._checker: threading.Thread | None = None
+        self._reachable = True
+        self._unreachable_since: float | None = None
+        self._watchers: list[Callable[[], None]] = []
         # Generic plans: every statement here is parameterised keyset access whose
         # best plan does not depend on the values, and custom plans were replanned
         # on every execution once tables grew (measured by the benchmark).
@@ -64,23 +110,27 @@ class Database:
                    "-c plan_cache_mode=force_generic_plan")
         if settings.statement_timeout_ms:
             options += f" -c statement_timeout={settings.statement_timeout_ms}"
-        self.pool = ConnectionPool(
-            dsn,
-            min_size=settings.min_size,
-            max_size=settings.max_size,
-            timeout=settings.timeout,
-            max_waiting=settings.max_waiting,
-            max_idle=settings.max_idle,
-            max_lifetime=settings.max_lifetime,
-            kwargs={"autocommit": True, "connect_timeout": settings.connect_timeout,
-                    "options": options},
+        self._connect_kwargs = {"autocommit": True, "connect_timeout": settings.connect_timeout,
+                                "options": options}
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> ConnectionPool:
+        return ConnectionPool(
+            self._dsn,
+            min_size=self.settings.min_size,
+            max_size=self.settings.max_size,
+            timeout=self.settings.timeout,
+            max_waiting=self.settings.max_waiting,
+            max_idle=self.settings.max_idle,
+            max_lifetime=self.settings.max_lifetime,
+            kwargs=self._connect_kwargs,
             check=self._check_connection,
             # No `reset` callback: with one, psycopg_pool hands every returned
             # connection to a worker thread (a thread wake-up and a GIL handoff
             # per request, measured at ~20 us, and the connection unavailable
             # meanwhile). give_back() notes the return time instead.
             open=False,
-            name=name,
+            name=self.name,
         )
 
     # --- lifecycle -------------------------------------------------------
@@ -107,16 +157,70 @@ class Database:
             self._checker.join(timeout=2)
         self.pool.close(timeout=5)
 
+    # --- reachability ----------------------------------------------------------
+    @property
+    def reachable(self) -> bool:
+        """False from a failed probe until a probe succeeds again (see the module docstring)."""
+        return self._reachable
+
+    def unreachable_for(self) -> float:
+        """Seconds since the database became unreachable (0 while it is reachable)."""
+        since = self._unreachable_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def watch(self, on_change: Callable[[], None]) -> None:
+        """Call `on_change` (on the checker thread) whenever reachability changes."""
+        self._watchers.append(on_change)
+
+    def probe(self) -> bool:
+        """Whether the server accepts a new connection and answers on it, now."""
+        try:
+            with psycopg.connect(self._dsn, **self._connect_kwargs) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            # Out of connection slots: the server is up, and the pool's own
+            # connections still serve.
+            return exc.sqlstate == "53300"
+        return True
+
+    def _set_reachable(self, reachable: bool) -> None:
+        if reachable == self._reachable:
+            return
+        self._reachable = reachable
+        self._unreachable_since = None if reachable else time.monotonic()
+        if reachable:
+            self.logger.warning("database reachable again; serving with a fresh pool")
+        else:
+            self.logger.error("database unreachable; answering 503 until it is back")
+        for on_change in self._watchers:
+            try:
+                on_change()
+            except Exception:
+                self.logger.exception("database reachability watcher failed")
+
+    def _replace_pool(self) -> bool:
+        """Open and warm a fresh pool, swap it in and close the old one; False if it failed."""
+        fresh = self._new_pool()
+        fresh.open(wait=False)
+        try:
+            fresh.wait(timeout=self.settings.connect_timeout)
+        except PoolTimeout:
+            fresh.close(timeout=0)
+            return False
+        old, self.pool = self.pool, fresh
+        old.close(timeout=1)  # connections still checked out close when given back
+        return True
+
     # --- connection checks -------------------------------------------------
     def pooled(self, timeout: float | None = None) -> Checkout:
         """A connection from the pool for one `with` block, raising psycopg_pool's own errors
         (health checks want those); its return time is noted for _check_connection."""
         return Checkout(self, timeout, translate=False)
 
-    def give_back(self, conn: psycopg.Connection) -> None:
-        """Return a connection to the pool, noting when (for _check_connection)."""
+    def give_back(self, pool: ConnectionPool, conn: psycopg.Connection) -> None:
+        """Return a connection to the pool it came from, noting when (for _check_connection)."""
         self._returned_at[conn] = time.monotonic()
-        self.pool.putconn(conn)
+        pool.putconn(conn)
 
     def _check_connection(self, conn: psycopg.Connection) -> None:
         """Checked out of the pool: verify with a round trip only if it sat idle.
@@ -143,20 +247,32 @@ class Database:
         self._wake_checker.set()
 
     def _check_loop(self) -> None:
-        """Every check_interval, and at once when woken by a connection error: pool.check().
+        """The checker thread: pool checks while reachable, probes while not.
 
-        pool.check() pings each idle connection, discards the dead ones and
-        opens replacements, and grows the pool back toward min_size; so after a
-        database restart the dead connections go in milliseconds instead of
-        failing one request each. A storm of errors runs it at most once per
-        CHECK_SPACING_SECONDS.
+        Every check_interval, and at once when woken by a connection error:
+        a probe decides whether the server is gone (then the database is
+        unreachable) or only some connections died (a restart: pool.check()
+        pings each idle connection, discards the dead ones and opens
+        replacements, so they go in milliseconds instead of failing one
+        request each). While unreachable it probes every
+        PROBE_INTERVAL_SECONDS and swaps in a fresh pool once one succeeds.
+        A storm of errors runs it at most once per CHECK_SPACING_SECONDS.
         """
         while not self._stopping.is_set():
-            self._wake_checker.wait(self.settings.check_interval)
+            interval = self.settings.check_interval if self._reachable \
+                else PROBE_INTERVAL_SECONDS
+            woken = self._wake_checker.wait(interval)
             self._wake_checker.clear()
             if self._stopping.is_set():
                 return
             try:
+                if not self._reachable:
+                    if self.probe() and self._replace_pool():
+                        self._set_reachable(True)
+                    continue
+                if woken and not self.probe():
+                    self._set_reachable(False)
+                    continue
                 self.pool.check()
             except Exception:  # the loop must survive anything the pool raises
                 self.logger.exception("pool check failed")
@@ -206,12 +322,14 @@ class Checkout:
     in any other state). One small class, not three nested generator-based
     context managers: this runs on every request that touches the database.
 
-    With `translate`, pool exhaustion and lost connections leave the block as
-    DatabaseUnavailable (the handler answers 503), and a lost connection
-    wakes the checker to purge the others.
+    With `translate` (the repositories' checkouts), an unreachable database
+    is refused at once, the wait for a connection comes out of the request's
+    WaitBudget, and pool exhaustion and lost connections leave the block as
+    DatabaseUnavailable (the handler answers 503); a lost connection wakes
+    the checker.
     """
 
-    __slots__ = ("conn", "db", "timeout", "translate")
+    __slots__ = ("conn", "db", "pool", "timeout", "translate")
 
     def __init__(self, db: Database, timeout: float | None, translate: bool):
         self.db = db
@@ -219,22 +337,36 @@ class Checkout:
         self.translate = translate
 
     def __enter__(self) -> psycopg.Connection:
+        db = self.db
+        self.pool = pool = db.pool
+        if not self.translate:
+            self.conn = pool.getconn(self.timeout)
+            return self.conn
+        if not db._reachable:
+            raise DatabaseUnavailable("database unreachable")
+        budget = _BUDGET.get()
+        timeout = self.timeout
+        if budget is not None:
+            if budget.left <= 0:
+                raise DatabaseUnavailable("this request's wait for the database is spent")
+            timeout = min(timeout or db.settings.timeout, budget.left)
+            started = time.monotonic()
         try:
-            self.conn = self.db.pool.getconn(self.timeout)
-        except (PoolTimeout, TooManyRequests, psycopg.OperationalError) as exc:
-            if self.translate:
-                raise self._unavailable(exc) from exc
-            raise
+            self.conn = pool.getconn(timeout)
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        finally:
+            if budget is not None:
+                budget.left -= time.monotonic() - started
         return self.conn
 
     def __exit__(self, exc_type, exc, traceback) -> None:
-        self.db.give_back(self.conn)
-        if self.translate and isinstance(exc, (PoolTimeout, TooManyRequests,
-                                               psycopg.OperationalError)):
+        self.db.give_back(self.pool, self.conn)
+        if self.translate and isinstance(exc, _UNAVAILABLE):
             raise self._unavailable(exc) from exc
 
     def _unavailable(self, exc: Exception) -> DatabaseUnavailable:
-        if isinstance(exc, PoolTimeout | TooManyRequests):
+        if isinstance(exc, PoolTimeout | TooManyRequests | PoolClosed):
             return DatabaseUnavailable(str(exc))
         if not isinstance(exc, psycopg.errors.QueryCanceled):
             self.db.connection_failed()

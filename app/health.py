@@ -2,8 +2,11 @@
 
 Statuses, best to worst: healthy, degraded (serving, but impaired), unhealthy
 (this component fails), critical (the service cannot serve). The overall
-status is the worst component's. `/health/quick` reads the last result
-without running anything, so a load balancer never waits on a check.
+status is the worst component's. A refresher thread runs the checks every
+few seconds, and at once when something it watches changes (the database
+becoming unreachable or reachable again); `/health/ready` and
+`/health/quick` read its last result without running anything, so a probe
+never waits on a check, however busy the database or the API threads are.
 
 A checker that does not finish within the timeout is reported unhealthy and
 left to finish on its own thread; until it does, later rounds report it as
@@ -92,7 +95,8 @@ class HealthManager:
 
     `report()` answers from the cache while it is younger than `cache_seconds`,
     else runs the checks (concurrent callers share one run). `last()` never
-    runs anything; `refresh_soon()` asks for a run on a background thread.
+    runs anything; after `start(interval)` a thread of its own refreshes the
+    report every `interval` seconds, and at once after `wake()`.
     """
 
     def __init__(self, checkers: dict[str, Checker], timeout: float, cache_seconds: float,
@@ -105,13 +109,13 @@ class HealthManager:
         # At most one run of each checker at a time (see the module docstring).
         self._executor = ThreadPoolExecutor(max_workers=len(self.checkers) + 1,
                                             thread_name_prefix="health")
-        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-refresh")
-        self._refresh_pending = threading.Event()
         self._lock = threading.Lock()
         self._running: dict[str, tuple[float, Future]] = {}
         self._last: HealthReport | None = None
         self._last_at = float("-inf")
-        self._closed = False
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def last(self) -> HealthReport | None:
         """The most recent report, never running a check."""
@@ -127,29 +131,34 @@ class HealthManager:
         with self._lock:
             if self.fresh():
                 return self._last  # type: ignore[return-value]
-            report = self._run_all()
-            self._last, self._last_at = report, self.clock()
-            return report
+            return self._refresh()
 
-    def refresh_soon(self) -> None:
-        """When the last report is stale, refresh it in the background (never blocks)."""
-        if self.fresh() or self._closed or self._refresh_pending.is_set():
-            return
-        self._refresh_pending.set()
-        try:
-            self._refresher.submit(self._background_refresh)
-        except RuntimeError:  # shut down meanwhile
-            self._refresh_pending.clear()
+    def _refresh(self) -> HealthReport:
+        report = self._run_all()
+        self._last, self._last_at = report, self.clock()
+        return report
 
-    def _background_refresh(self) -> None:
-        try:
-            if not self._closed:
-                self.report()
-        except Exception:
-            if not self._closed:  # closing shuts the executor down under a refresh
-                self.logger.exception("background health refresh failed")
-        finally:
-            self._refresh_pending.clear()
+    def start(self, interval: float) -> None:
+        """Refresh the report every `interval` seconds (and on `wake()`) on a thread of its own."""
+        def loop() -> None:
+            while not self._closed.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
+                if self._closed.is_set():
+                    return
+                try:
+                    with self._lock:
+                        self._refresh()
+                except Exception:
+                    if not self._closed.is_set():  # closing shuts the executor down
+                        self.logger.exception("background health refresh failed")
+
+        self._refresher = threading.Thread(target=loop, name="health-refresher", daemon=True)
+        self._refresher.start()
+
+    def wake(self) -> None:
+        """Ask the refresher for a new report now (something it checks has changed)."""
+        self._wake.set()
 
     def _run_all(self) -> HealthReport:
         results: dict[str, CheckResult] = {}
@@ -190,8 +199,8 @@ class HealthManager:
                            (self.clock() - start) * 1000)
 
     def close(self) -> None:
-        self._closed = True
-        self._refresher.shutdown(wait=False, cancel_futures=True)
+        self._closed.set()
+        self._wake.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -214,16 +223,26 @@ def pool_details(stats: dict[str, int]) -> dict[str, int]:
 def database_checker(db, timeout: float, show_details: bool) -> Checker:
     """SELECT 1 through the pool within the timeout, plus the pool's stats.
 
-    critical when the database cannot be reached; degraded while requests wait
-    for a connection, or when every connection is busy so the check itself
-    could not get one (the database still answers the requests holding them).
+    critical while the database is unreachable (the pool's checker found it
+    so, or this check cannot get a connection and a fresh one fails too);
+    degraded while requests wait for a connection, or when every connection
+    is busy but a fresh connection still gets an answer. The pool's own
+    size counts connection attempts in progress, so it cannot tell "busy"
+    from "down" by itself.
     """
 
     # Half the time to get a connection, so a busy pool is reported as such
     # before the manager's own timeout calls the check hung.
     acquire_timeout = timeout / 2
 
+    def unreachable() -> CheckResult:
+        details = pool_details(db.stats())
+        details["unreachable_seconds"] = round(db.unreachable_for(), 1)
+        return CheckResult(CRITICAL, "database unreachable", details)
+
     def check() -> CheckResult:
+        if not db.reachable:
+            return unreachable()
         details: dict[str, Any] = pool_details(db.stats())
         try:
             with db.pooled(timeout=acquire_timeout) as conn:
@@ -231,17 +250,18 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
                 if show_details:
                     details["server_version"] = conn.info.server_version
                     details["host"] = conn.info.host
-        except (PoolTimeout, TooManyRequests) as exc:
-            details = pool_details(db.stats())
-            if details["size"] and details["in_use"] >= details["size"]:
-                return CheckResult(DEGRADED, "every connection is busy; requests are waiting",
-                                   details)
-            return CheckResult(CRITICAL, f"database unreachable ({type(exc).__name__})",
-                               details)
-        except Exception as exc:
-            db.connection_failed()  # purge the pool's other dead connections now
-            return CheckResult(CRITICAL, f"database unreachable ({type(exc).__name__})",
+        except (PoolTimeout, TooManyRequests):
+            if not db.probe():
+                db.connection_failed()  # the checker confirms and marks it unreachable
+                return unreachable()
+            return CheckResult(DEGRADED, "every connection is busy; requests are waiting",
                                pool_details(db.stats()))
+        except Exception:
+            db.connection_failed()  # purge the pool's other dead connections now
+            if not db.probe():
+                return unreachable()
+            return CheckResult(DEGRADED, "a pooled connection failed; the pool is being "
+                                         "checked", pool_details(db.stats()))
         if details["waiting"]:
             return CheckResult(DEGRADED, "requests are waiting for a connection", details)
         return CheckResult(HEALTHY, "database answers", details)

@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from app import respond
 from app.client_addr import client_address
-from app.db import DatabaseUnavailable
+from app.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.errors import (
     ApiError,
     InternalFailure,
@@ -58,7 +58,8 @@ class Envelope:
 
     A request id (the client's X-Request-ID when well-formed, else a new
     one), the client's address, the refusal of a declared body over the
-    limit (before Flask reads any of it), the security headers, Cache-Control on
+    limit (before Flask reads any of it), the request's budget for waiting on
+    database connections, the security headers, Cache-Control on
     authenticated answers, the RateLimit headers, one access line and the
     request metrics. It works on the WSGI environ and header list directly:
     as Flask before/after_request hooks the same work cost about twice as
@@ -71,6 +72,7 @@ class Envelope:
         self.metrics = metrics
         self.trusted = config.trusted_proxies
         self.max_body = config.max_body_bytes
+        self.db_wait = config.db_pool_timeout  # all of a request's waits for connections
         self.new_request_id = request_ids()
 
     def __call__(self, environ: dict, start_response):
@@ -112,12 +114,13 @@ class Envelope:
                 state.refusal = PayloadTooLarge(self.max_body)
         elif "HTTP_TRANSFER_ENCODING" in environ:
             state.refusal = _read_chunked(environ, self.max_body)
-        token = enter(state)
+        token, budget = enter(state), wait_budget(self.db_wait)
         try:
             body = self.app(environ, start)
             self.finish(environ.get("REQUEST_METHOD", ""), state, answer, ours,
                         time.perf_counter() - started)
         finally:
+            end_wait_budget(budget)
             leave(token)
         return body
 

@@ -109,6 +109,8 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
                      auth, idempotent, presence, renderer, users,
                      MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
     metrics.sample_health(health.report())  # a first status before this worker takes traffic
+    health.start(interval=max(0.1, config.health_cache_seconds))
+    db.watch(health.wake)
     sampler.start()
     janitor.start()
     presence.start()

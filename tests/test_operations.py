@@ -507,7 +507,8 @@ def test_health_manager_caches_and_quick_reads_never_run_checks():
         clock.now += 0.2
         assert manager.last() is report  # last() never runs anything
         assert len(calls) == 1
-        manager.refresh_soon()  # stale: refreshed on a background thread
+        manager.start(interval=3600)
+        manager.wake()  # refreshed on the refresher's thread
         assert eventually(lambda: manager.last() is not report, seconds=5)
         assert len(calls) == 2
     finally:

@@ -41,29 +41,26 @@ def handle_ready(health, lifecycle):
     """GET /health/ready: database answers, migrations current, not shutting down.
 
     200 for healthy or degraded, 503 otherwise, and 503 from the moment this
-    worker begins shutting down (without running a check).
+    worker begins shutting down. Answers from the health refresher's last
+    report (never waiting on a check), which is at most HEALTH_CACHE_SECONDS
+    old and renewed at once when the database's reachability changes.
     """
 
     def handler() -> Response:
         if lifecycle.shutting_down:
             return _health_response({"status": UNHEALTHY, "checked_at": _now(),
                                      "message": "shutting down"})
-        return _health_response(health.report().summary())
+        return _health_response((health.last() or health.report()).summary())
 
     return handler
 
 
 def handle_quick(health, lifecycle):
-    """GET /health/quick: the last known overall status, never running a check.
-
-    When that status is older than HEALTH_CACHE_SECONDS a refresh is queued on
-    a background thread, so the next call sees current results; this call
-    does not wait for it.
-    """
+    """GET /health/quick: the last known overall status, never running a check
+    (the health refresher keeps it current)."""
 
     def handler() -> Response:
         report: HealthReport | None = health.last()
-        health.refresh_soon()
         body = report.summary() if report is not None else {"status": UNHEALTHY,
                                                              "checked_at": None}
         if lifecycle.shutting_down:

@@ -84,10 +84,13 @@ _CONSTANT_VARS = MappingProxyType({"version": "3.03", "pathsep": ":"})
 # Globals whose value depends on the cowsay process (environment, arguments, paths).
 _PROCESS_VARS = frozenset({"cowpath", "ENV", "INC", "ARGV", "ARGVOUT", "0"})
 _PROCESS_ARRAYS = frozenset({"ARGV", "INC", "message", "balloon_lines", "-", "+"})
+# Perl's ``$.``, the line number of the last line read: it depends on the text
+# (see _input_line), so it is a runtime variable under a format key that no Perl
+# name can spell (names never contain "$").
+_INPUT_LINE = "$input_line"
 # Punctuation variables whose value is fixed while cowsay loads a cow file.
 _SPECIAL_SCALARS = MappingProxyType(
     {
-        ".": "",
         ";": "\x1c",
         ",": "",
         "/": "\n",
@@ -176,6 +179,9 @@ def _scan_scalar(s: str, i: int) -> tuple[str | _Var, int]:
         return "", m.end()  # no capture groups are set when cowsay loads the cow
     if c == "^" and k + 1 < n and s[k + 1] in "ABCDEFGHIJKLMNOPQRSTUVWXYZ[]^_?\\":
         raise CowParseError(f"special variable $^{s[k + 1]} is not supported")
+    if c == ".":
+        _check_no_subscript(s, k + 1, "$.")
+        return _Var(_INPUT_LINE), k + 1
     if c in _SPECIAL_SCALARS:
         _check_no_subscript(s, k + 1, "$" + c)
         return _SPECIAL_SCALARS[c], k + 1
@@ -773,7 +779,7 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
     assigned = _assigned_names(statements)
     if "the_cow" not in assigned:
         raise CowParseError("no $the_cow assignment found")
-    runtime = frozenset(_RUNTIME_VARS | assigned)
+    runtime = frozenset(_RUNTIME_VARS | assigned | {_INPUT_LINE})
     resolved = [
         (s[0], s[1], s[2], _resolve(s[3], runtime))
         if s[0] == "assign"
@@ -796,14 +802,16 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
         template = "{the_cow}"
     cow = Cow(name=name, template=template, path=path, program=program)
     try:  # a trial run, so that problems surface at load time rather than per request
-        _cow_art(cow, "oo", "  ", "\\", "cowsay")
+        _cow_art(cow, "oo", "  ", "\\", "cowsay", "")
     except (ValueError, KeyError, IndexError, OverflowError, MemoryError, RecursionError) as exc:
         raise CowParseError(f"cannot render: {exc!r}") from exc
     return cow
 
 
-def _cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str) -> str:
-    env = {"eyes": eyes, "tongue": tongue, "thoughts": thoughts, "progname": progname}
+def _cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str,
+             input_line: str) -> str:
+    env = {"eyes": eyes, "tongue": tongue, "thoughts": thoughts, "progname": progname,
+           _INPUT_LINE: input_line}
     env["the_cow"] = ""
     if cow.program:
         _run(cow.program, env)
@@ -1001,11 +1009,24 @@ def _balloon(lines: list[str], think: bool) -> str:
     return "".join(out)
 
 
+def _input_line(text: str) -> str:
+    """Perl's ``$.`` when the cow file runs, for this text.
+
+    cowsay reads standard input when its argument is Perl-false ("" or "0"), so
+    the API defines those two texts as ``printf %s TEXT | cowsay``: no line read
+    for "", one for "0". Any other text is an argument, and no line was read.
+    """
+    if text == "":
+        return "0"
+    return "1" if text == "0" else ""
+
+
 def render(cow: Cow, eyes: str, tongue: str, think: bool, text: str) -> str:
     """Pure function: the full cowsay output including the final newline."""
     balloon = _balloon(wrap_text(text), think)
     thoughts, progname = ("o", "cowthink") if think else ("\\", "cowsay")
-    return balloon + _cow_art(cow, eyes[:2], tongue[:2], thoughts, progname)
+    art = _cow_art(cow, eyes[:2], tongue[:2], thoughts, progname, _input_line(text))
+    return balloon + art
 
 
 class Renderer:

@@ -3,15 +3,25 @@
 Every record logged while a request is served carries that request's id. A
 redaction filter runs on every record before it is formatted, so no bearer
 token, Authorization header, DSN password or configured secret can reach the
-output, whatever a caller passes in `extra`.
+output, whatever a caller passes in `extra` (or puts in an exception).
+
+The process's logger (`new_logger`, name "saypi") also carries the records of
+the libraries SayPI uses (psycopg, psycopg.pool, werkzeug, anything reaching
+the root logger): one handler, so with JSON logs every line on the stream is
+one JSON object, tracebacks inside it. A repeat filter on that handler keeps a
+failure that repeats per request (an outage) from flooding the log.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
+import os
 import re
+import threading
 import time
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as json_ascii_string
 from typing import IO
 
@@ -23,15 +33,22 @@ from app.request_state import STANDARD_METHODS, request_state_or_none
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 _SENSITIVE_KEYS = re.compile(r"authorization|token|secret|password|passwd|dsn|cookie|api_key",
                              re.IGNORECASE)
+# A SayPI token is `usr_<16 hex>.<base64url MAC>` (app/tokens.py). Its shape is
+# redacted wherever it appears (with or without "Bearer", in a URL, a repr, a
+# traceback), also percent-encoded ("%5F", "%2E", "%2D") and with a MAC cut
+# short, down to 10 characters (60 bits).
+_URL_CHAR = r"(?:[A-Za-z0-9_-]|%2[Dd]|%5[Ff])"
 _TOKEN_PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
-    re.compile(r"usr_[0-9a-f]{16}\.[A-Za-z0-9_-]{10,}"),
+    re.compile(rf"(?i)usr(?:_|%5F)[0-9a-f]{{16}}(?:\.|%2E){_URL_CHAR}{{10,}}"),
     re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@"),
 )
 # Cheap test run first on every string: only text that could hold a token or
 # a DSN password pays for the substitutions.
-_MAY_HOLD_SECRET = re.compile(r"(?i)bearer|usr_|://")
+_MAY_HOLD_SECRET = re.compile(r"(?i)bearer|usr(?:_|%5f)|://")
 REDACTED = "[REDACTED]"
+# Formats tracebacks for redaction exactly as both formatters do.
+_EXCEPTION_FORMATTER = logging.Formatter()
 
 
 class RedactionFilter(logging.Filter):
@@ -61,14 +78,28 @@ class RedactionFilter(logging.Filter):
                     for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [self._scrub_value(v) for v in value]
-        return value
+        if isinstance(value, datetime.date | datetime.time):
+            return value
+        # bytes, exceptions, any other object: the formatter would write its str()
+        return self._scrub(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
             record.msg = record.getMessage()
             record.args = None
-        if isinstance(record.msg, str):
-            record.msg = self._scrub(record.msg)
+        if isinstance(record.msg, dict):  # python-json-logger merges a dict message
+            record.msg = self._scrub_value(record.msg)
+        else:
+            record.msg = self._scrub(record.msg if isinstance(record.msg, str)
+                                     else str(record.msg))
+        if record.exc_info and not record.exc_text:
+            # Formatted here, redacted, and kept as exc_text, which both formatters
+            # write instead of formatting exc_info again.
+            record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self._scrub(record.stack_info)
         for key in list(vars(record)):
             if key in _RECORD_ATTRS:
                 continue
@@ -83,11 +114,145 @@ class RequestIdFilter(logging.Filter):
     """Stamps the current request's id (if any) on the record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "request_id"):
+        if not hasattr(record, "request_id") and not hasattr(record, "repeated"):
             state = request_state_or_none()
             if state is not None:
                 record.request_id = state.request_id
         return True
+
+
+class RepeatFilter(logging.Filter):
+    """Rate-limits repeated warnings and errors, on a handler, and counts what it drops.
+
+    Records are grouped by (logger name, level, message template `record.msg`,
+    and for records with an exception its type and the line that raised it).
+    In each group the first `burst` records of a `window`-second window pass;
+    the rest of that window are dropped and counted, and once the window has
+    closed one summary record goes out in the group's name and level: the
+    last dropped record's message with "(repeated N more times in the last
+    1.0 s)" appended, and the count in its `repeated` field. An outage that
+    refuses every request thus logs a handful of lines a second per worker,
+    not one per request.
+
+    Decided:
+    - DEBUG and INFO records always pass (nothing is locked or counted for
+      them): ordinary operation is not a flood, and in text mode every
+      access line is an INFO record. CRITICAL always passes too.
+    - Errors carrying different exception types, or raised at different
+      places, are different groups, so a new kind of failure is never hidden
+      behind an old one; only exact repeats are dropped, and each group's
+      first records keep their traceback.
+    - A summary is emitted when the next record of any group reaches this
+      filter after the window closed, or by `flush()` (AccessLog.flush, which
+      each worker runs every second and at exit): a flood that simply stops
+      is still accounted for within about a second.
+    - The direct access-line path of AccessLog never comes here.
+
+    Thread-safe (one lock, held for a dict lookup and a few integer updates);
+    `emit` is called outside the lock and must handle a record (normally the
+    handler's `handle`, so summaries are redacted like any record).
+    """
+
+    def __init__(self, emit: Callable[[logging.LogRecord], object] | None = None,
+                 burst: int = 5, window: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.emit = emit
+        self.burst = burst
+        self.window = window
+        self.clock = clock
+        self._lock = threading.Lock()
+        # key -> [window start, records passed, records dropped, last dropped record]
+        self._groups: dict[tuple, list] = {}
+        self._next_sweep = 0.0
+        _REPEAT_FILTERS.add(self)
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(record: logging.LogRecord) -> tuple:
+        msg = record.msg
+        if not isinstance(msg, str):  # a dict or an exception as the message: by its type
+            msg = (type(msg),)
+        exc = record.exc_info
+        if isinstance(exc, tuple) and exc[0] is not None:
+            tb = exc[2]
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            where = (tb.tb_frame.f_code.co_filename, tb.tb_lineno) if tb is not None else None
+            return record.name, record.levelno, msg, exc[0], where
+        return record.name, record.levelno, msg
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        levelno = record.levelno
+        if levelno < logging.WARNING or levelno >= logging.CRITICAL \
+                or hasattr(record, "repeated"):
+            return True
+        key = self._key(record)
+        now = self.clock()
+        due: list[tuple[logging.LogRecord, int]] = []
+        with self._lock:
+            if now >= self._next_sweep:
+                self._sweep(now, due)
+            group = self._groups.get(key)
+            if group is None or now - group[0] >= self.window:
+                if group is not None and group[2]:
+                    due.append((group[3], group[2]))
+                self._groups[key] = [now, 1, 0, None]
+                passed = True
+            elif group[1] < self.burst:
+                group[1] += 1
+                passed = True
+            else:
+                group[2] += 1
+                group[3] = record
+                passed = False
+        if due:
+            self._emit(due)
+        return passed
+
+    def flush(self) -> None:
+        """Emit the summaries of every window that has closed."""
+        due: list[tuple[logging.LogRecord, int]] = []
+        with self._lock:
+            self._sweep(self.clock(), due)
+        if due:
+            self._emit(due)
+
+    def _sweep(self, now: float, due: list) -> None:
+        """Under the lock: collect closed windows' counts, forget their groups."""
+        self._next_sweep = now + self.window
+        closed = [key for key, group in self._groups.items() if now - group[0] >= self.window]
+        for key in closed:
+            group = self._groups.pop(key)
+            if group[2]:
+                due.append((group[3], group[2]))
+
+    def summary(self, last: logging.LogRecord, count: int) -> logging.LogRecord:
+        """The record standing for `count` dropped records, the last of them `last`."""
+        return logging.makeLogRecord({
+            "name": last.name, "levelno": last.levelno, "levelname": last.levelname,
+            "pathname": last.pathname, "lineno": last.lineno, "funcName": last.funcName,
+            "msg": f"{last.getMessage()} (repeated {count:,} more times in the last "
+                   f"{self.window:.1f} s)",
+            "repeated": count,
+        })
+
+    def _emit(self, due: list[tuple[logging.LogRecord, int]]) -> None:
+        # Outside the lock: getMessage may run any __str__, and emit takes the
+        # handler's lock.
+        if self.emit is not None:
+            for last, count in due:
+                self.emit(self.summary(last, count))
+
+
+# Every RepeatFilter's lock is new in a forked child (gunicorn forks workers
+# from the master, whose logger was built first).
+_REPEAT_FILTERS: weakref.WeakSet[RepeatFilter] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [f._reset_after_fork()
+                                                for f in list(_REPEAT_FILTERS)])
 
 
 class _TextFormatter(logging.Formatter):
@@ -102,13 +267,34 @@ class _TextFormatter(logging.Formatter):
         return line
 
 
+class _JsonFormatter(JsonFormatter):
+    """python-json-logger's formatter, except that a traceback a filter already
+    formatted (and redacted) as `exc_text` is written as it is, not formatted
+    again from `exc_info`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        exc_info = record.exc_info
+        if exc_info and record.exc_text:
+            record.exc_info = None
+            try:
+                return super().format(record)
+            finally:
+                record.exc_info = exc_info
+        return super().format(record)
+
+
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+# The libraries' loggers SayPI's handler carries (besides the root logger, which
+# catches any other), each at no more detail than WARNING: psycopg_pool's INFO
+# is a line per connection handed out.
+LIBRARY_LOGGERS = ("psycopg", "psycopg.pool", "werkzeug")
 
 
 def formatter(fmt: str) -> logging.Formatter:
     """JSON lines for machines, or a readable line for people."""
     if fmt == "json":
-        return JsonFormatter(
+        return _JsonFormatter(
             "{asctime}{levelname}{name}{message}", style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
             datefmt=DATE_FORMAT,
@@ -117,17 +303,45 @@ def formatter(fmt: str) -> logging.Formatter:
 
 
 def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
-               secrets: Iterable[str] = (), name: str = "saypi") -> logging.Logger:
-    """A logger writing one line per record to `stream`, with ids and redaction."""
+               secrets: Iterable[str] = (), name: str = "saypi", *,
+               libraries: bool | None = None) -> logging.Logger:
+    """A logger writing one line per record to `stream`, with ids, redaction and repeat limits.
+
+    With `libraries` (the default for the process's logger, name "saypi"; off
+    for any other name, so a test's private logger leaves the process's root
+    alone) the same handler also serves the root logger and LIBRARY_LOGGERS,
+    at `level` or WARNING, whichever is higher: nothing of theirs reaches
+    Python's last-resort handler (plain text on stderr). Handlers other code
+    put on the root logger (pytest's, for one) are kept; an earlier new_logger
+    handler there is replaced.
+    """
     logger = logging.getLogger(name)
     logger.handlers.clear()
     logger.setLevel(level)
     logger.propagate = False
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter(fmt))
+    # The repeat filter comes first: it needs the message template, which
+    # redaction replaces by the formatted message, and a dropped record costs
+    # no redaction.
+    handler.addFilter(RepeatFilter(handler.handle))
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactionFilter(secrets))
+    handler._saypi = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+    if libraries if libraries is not None else name == "saypi":
+        library_level = max(logger.level, logging.WARNING)
+        root = logging.getLogger()
+        for old in [h for h in root.handlers if getattr(h, "_saypi", False)]:
+            root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(library_level)
+        for library in LIBRARY_LOGGERS:
+            library_logger = logging.getLogger(library)
+            library_logger.setLevel(library_level)
+            library_logger.propagate = True
+            for old in [h for h in library_logger.handlers if getattr(h, "_saypi", False)]:
+                library_logger.removeHandler(old)
     return logger
 
 
@@ -147,7 +361,8 @@ class AccessLog:
 
     Access lines are flushed at most every FLUSH_SECONDS while requests come
     in, and by `flush()`, which the worker calls every second and when it
-    exits: a flush per request is a system call that hands the GIL to
+    exits (and which also emits the RepeatFilter's summaries of closed
+    windows): a flush per request is a system call that hands the GIL to
     another thread, measured at 20-40 us a request. Any other record
     flushes the stream, and the access lines before it, at once.
     """
@@ -164,6 +379,8 @@ class AccessLog:
                        and isinstance(handler.formatter, JsonFormatter) and len(redaction) == 1)
         if self.direct:
             self.stream, self.lock, self.scrub = handler.stream, handler.lock, redaction[0]._scrub
+        self.repeats = [f for f in handler.filters if isinstance(f, RepeatFilter)] \
+            if handler is not None else []
         self._second = -1
         self._head = ""
         self._flushed = 0.0
@@ -206,6 +423,9 @@ class AccessLog:
                 self.stream.flush()
 
     def flush(self) -> None:
+        """Write out buffered access lines, and the repeat filter's due summaries."""
+        for repeats in self.repeats:
+            repeats.flush()
         if self.direct:
             with self.lock:
                 self.stream.flush()

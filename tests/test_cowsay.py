@@ -125,6 +125,26 @@ def test_empty_text_and_zero():
     assert render(SIMPLE, "oo", "  ", False, "0").startswith(" ___\n< 0 >\n ---\n")
 
 
+CALVIN_LIKE = parse_cow("calvin-like", '$the_cow = <<"EOC";\n $thoughts\n $..MMMQzna,\nEOC\n')
+CALVIN = Path("/usr/share/cowsay/cows/calvin.cow")
+
+
+@pytest.mark.parametrize("text, line", [("", "0"), ("0", "1"), ("a", ""), ("00", ""),
+                                        (" ", ""), ("0\n", "")])
+def test_input_line_counter_is_what_cowsay_prints(text, line):
+    """Perl's $. : cowsay reads stdin for "" and "0" (0 and 1 lines), else none."""
+    assert render(CALVIN_LIKE, "oo", "  ", False, text).endswith(f"\n {line}.MMMQzna,\n")
+    assert render(CALVIN_LIKE, "oo", "  ", True, text).endswith(f"\n {line}.MMMQzna,\n")
+
+
+@pytest.mark.skipif(not CALVIN.is_file(), reason="Debian's calvin.cow is not installed")
+def test_calvin_prints_the_input_line_counter():
+    calvin = parse_cow("calvin", CALVIN.read_text(), str(CALVIN))
+    for text, line in (("", "0"), ("0", "1"), ("a", "")):
+        art = render(calvin, "oo", "  ", False, text).splitlines()
+        assert f"             {line}.MMMMMMMMMMMQzna," in art, text
+
+
 def test_eyes_and_tongue_substitution():
     out = render(SIMPLE, "xx", "U ", False, "hi")
     assert out.endswith(" \\\n  [xx]\n  (U )\n")

@@ -108,17 +108,16 @@ def _literal_balloon(text: str, think: bool) -> str:
 
 
 def _run_binary(cow_path: str, eyes: str, tongue: str, think: bool, text: str) -> str:
-    if text in ("", "0"):
-        # cowsay would read standard input here; compare the art it draws under a
-        # one-line balloon, with the literal balloon the API promises instead.
-        art = _run_binary(cow_path, eyes, tongue, think, "x").split("\n", 3)[3]
-        return _literal_balloon(text, think) + art
+    """The real program's output. For "" and "0", which cowsay reads from standard
+    input (Perl-false argument), the text is fed there: `printf %s TEXT | cowsay`,
+    which the API defines as its output for them (Perl's $. included)."""
     program = COWTHINK if think else COWSAY
-    argv = [program, "-f", cow_path, "-e", eyes, "-T", tongue, "--", text]
+    stdin = text in ("", "0")
+    argv = [program, "-f", cow_path, "-e", eyes, "-T", tongue, *([] if stdin else ["--", text])]
     env = {k: v for k, v in os.environ.items() if k != "COWPATH"}
     result = subprocess.run(
         argv,
-        stdin=subprocess.DEVNULL,
+        input=text if stdin else "",
         capture_output=True,
         text=True,
         env=env,
@@ -187,6 +186,18 @@ def test_stdin_texts_render_literally(text, think, library):
     assert got == _run_binary(cow.path, "oo", "  ", think, text)
 
 
+@pytest.mark.parametrize("cow_file", COW_FILES or ["(no Debian cows installed)"])
+def test_stdin_texts_match_cowsay_for_every_cow(cow_file, library):
+    """"" and "0" for every cow, saying and thinking, against `printf %s TEXT | cowsay`."""
+    cow = library.get(cow_file[: -len(".cow")])
+    assert cow is not None
+    cases = [(text, think) for text in ("", "0") for think in (False, True)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        expected = list(pool.map(lambda c: _run_binary(cow.path, "oo", "  ", c[1], c[0]), cases))
+    for (text, think), want in zip(cases, expected, strict=True):
+        assert render(cow, "oo", "  ", think, text) == want, f"{cow_file} {think=} {text=}"
+
+
 # Cow files exercising corners of Perl's here-document interpolation that the
 # Debian cows do not all use; each must parse and match the real program.
 SYNTHETIC_COWS = {
@@ -235,6 +246,7 @@ def test_synthetic_cows_match_binary(name, binary, tmp_path):
     path = tmp_path / f"{name}.cow"
     path.write_text(SYNTHETIC_COWS[name])
     cow = parse_cow(name, SYNTHETIC_COWS[name], str(path))
-    for think, eyes, tongue, text in [(False, "Oo", "U ", "hi"), (True, "ab", "cd", "a\n\nb")]:
+    for think, eyes, tongue, text in [(False, "Oo", "U ", "hi"), (True, "ab", "cd", "a\n\nb"),
+                                      (False, "oo", "  ", ""), (True, "oo", "  ", "0")]:
         got = render(cow, eyes, tongue, think, text)
         assert got == _run_binary(str(path), eyes, tongue, think, text), name

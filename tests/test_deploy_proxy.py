@@ -114,7 +114,7 @@ def test_haproxy_error_pages_are_the_contracts_json():
 
 
 def test_through_haproxy_fresh_clients_are_answered_while_slow_ones_are_held(behind_haproxy):
-    server, proxy = behind_haproxy()
+    _server, proxy = behind_haproxy()
     idle = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(200)]
     tricklers = Tricklers(proxy.port, 32)
     try:

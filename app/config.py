@@ -185,6 +185,14 @@ SETTINGS: tuple[Setting, ...] = (
             "serve /debug/sleep and /debug/fail for failure tests (refused in production)"),
     Setting("PROMETHEUS_MULTIPROC_DIR", _optional_str, None,
             "directory for metrics shared by workers (unset: a fresh temporary one)"),
+    Setting("HEADER_TIMEOUT", _float(0.1, 300), 5.0,
+            "seconds a connection has to send its complete request head (from connecting, or "
+            "from the first byte of its next request); slower connections are closed"),
+    Setting("MAX_HEADER_BYTES", _int(1024, 1048576), 32768,
+            "largest request head (request line and headers) accepted; larger is "
+            "400 invalid_request"),
+    Setting("HEALTH_THREADS", _int(1, 16), 2,
+            "threads per worker reserved for /health/*, so probes never wait behind the API"),
 )
 
 SETTINGS_BY_ATTR = {s.attr: s for s in SETTINGS}
@@ -235,6 +243,9 @@ class Config:
     purge_interval_seconds: float = 300.0
     fault_injection: bool = False
     prometheus_multiproc_dir: str | None = None
+    header_timeout: float = 5.0
+    max_header_bytes: int = 32768
+    health_threads: int = 2
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -16,21 +16,16 @@ deploy/gunicorn.conf.py sets that variable only after `cli_config` ran.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import tempfile
 from collections.abc import Callable, Mapping
-from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
-from gunicorn.workers.gthread import ThreadWorker
-
-from app.errors import InternalFailure, InvalidRequest
 
 WORKER_APP = "app.serve:worker_app()"
 
@@ -48,7 +43,7 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
     return {
         "bind": [bind],
         "workers": config.web_concurrency,
-        "worker_class": ContractErrorsThreadWorker,
+        "worker_class": worker_class_for(config),
         "threads": config.threads,
         "graceful_timeout": max(1, round(config.graceful_timeout)),
         "timeout": 30,
@@ -63,7 +58,7 @@ def gunicorn_options(config, stdout) -> dict[str, Any]:
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
         "proc_name": "saypi",
-        "logger_class": logger_class_for(config.log_format),
+        "logger_class": logger_class_for(config.log_format, config.user_secrets),
         "on_starting": on_starting_for(config.prometheus_multiproc_dir),
         "when_ready": when_ready,
         "post_worker_init": post_worker_init,
@@ -117,45 +112,51 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
     return child_exit
 
 
-class _ContractErrorSocket:
-    """Wraps a client socket so gunicorn's own HTML error page leaves as the contract's JSON."""
+def worker_class_for(config) -> type:
+    """SayPI's gthread worker (app/worker.py) with this configuration's head limits."""
+    from app.worker import SayPIWorker
 
-    def __init__(self, sock):
-        self._sock = sock
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def sendall(self, data: bytes) -> None:
-        status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
-        _, status, reason = [*status_line.split(" ", 2), "", ""][:3]
-        error = InternalFailure() if status.startswith("5") else \
-            InvalidRequest(reason.lower() or "the request is malformed")
-        body = json.dumps(error.body(), separators=(",", ":")).encode()
-        head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
-                f"Connection: close\r\nContent-Type: application/json; charset=utf-8\r\n"
-                f"X-Content-Type-Options: nosniff\r\nContent-Length: {len(body)}\r\n\r\n")
-        self._sock.sendall(head.encode("latin-1") + body)
+    return type("SayPIWorker", (SayPIWorker,), {
+        "header_timeout": config.header_timeout,
+        "max_header_bytes": config.max_header_bytes,
+        "health_threads": config.health_threads,
+    })
 
 
-class ContractErrorsThreadWorker(ThreadWorker):
-    """gunicorn's gthread worker, except that the errors gunicorn answers itself
-    (malformed request lines, oversized headers) are JSON in the contract's
-    shape too: `400 invalid_request`, or `500 internal_failure`."""
+def listening_at(cfg) -> str:
+    """The configured addresses, the way gunicorn names a listening socket."""
+    names = []
+    for address in cfg.address:
+        if isinstance(address, tuple):
+            host, port = address[0], address[1]
+            names.append(f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}")
+        else:
+            names.append(f"unix:{address}")
+    return ",".join(names)
 
-    def handle_error(self, req, client, addr, exc):
-        super().handle_error(req, _ContractErrorSocket(client), addr, exc)
 
-
-def logger_class_for(log_format: str) -> type:
-    """gunicorn's own log lines (boot, worker exits) in SayPI's format, on stdout."""
-    from app.logs import formatter
+def logger_class_for(log_format: str, secrets: tuple[str, ...] = ()) -> type:
+    """gunicorn's own log lines (boot, worker exits, invalid requests) in SayPI's format,
+    on stdout, through the same redaction as every other line: gunicorn quotes a
+    malformed header line, `Authorization Bearer usr_...` included, in its warning."""
+    from app.logs import RedactionFilter, formatter
 
     class SayPILogger(GunicornLogger):
         def setup(self, cfg) -> None:
             super().setup(cfg)
-            for handler in self.error_log.handlers:
-                handler.setFormatter(formatter(log_format))
+            redaction = RedactionFilter(secrets)
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(formatter(log_format))
+                    handler.addFilter(redaction)
+
+        def info(self, msg, *args, **kwargs) -> None:
+            # With reuse_port every worker binds its own socket and the
+            # master holds none, so gunicorn's arbiter would log
+            # "Listening at:  (pid)"; name the configured addresses instead.
+            if msg.startswith("Listening at:") and args and not args[0]:
+                args = (listening_at(self.cfg), *args[1:])
+            super().info(msg, *args, **kwargs)
 
     return SayPILogger
 

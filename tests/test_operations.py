@@ -204,23 +204,26 @@ def test_a_hung_check_is_unhealthy_and_quick_never_waits_for_it(start_server, po
 def test_readiness_is_503_from_the_moment_shutdown_starts(start_server):
     server = start_server(WEB_CONCURRENCY="1", THREADS="1", GRACEFUL_TIMEOUT="10")
     results: dict[str, httpx.Response] = {}
+    paths = ("/health/ready", "/health/quick", "/health/detailed")
 
     def get(name: str, path: str) -> None:
         results[name] = HTTP.get(server.url + path, timeout=20)
 
-    # The single thread is busy; the probes queue behind it and are answered
-    # after SIGTERM, while in-flight work drains.
+    # Health requests have threads of their own (app/worker.py) and a worker
+    # stops listening on SIGTERM, so the probes come after SIGTERM on
+    # connections kept alive from before it, while in-flight work drains.
+    clients = {path: httpx.Client(base_url=server.url, timeout=20) for path in paths}
+    for client in clients.values():
+        assert client.get("/health/live").status_code == 200
     busy = threading.Thread(target=get, args=("busy", "/debug/sleep?seconds=3"))
     busy.start()
     time.sleep(1.0)
-    probes = [threading.Thread(target=get, args=(path, path))
-              for path in ("/health/ready", "/health/quick", "/health/detailed")]
-    for probe in probes:
-        probe.start()
-    time.sleep(1.0)
     server.signal(signal.SIGTERM)
-    for thread in (busy, *probes):
-        thread.join(20)
+    time.sleep(0.3)
+    for path, client in clients.items():
+        results[path] = client.get(path)
+        client.close()
+    busy.join(20)
     assert results["busy"].status_code == 200
     for path in ("/health/ready", "/health/quick", "/health/detailed"):
         assert results[path].status_code == 503, path

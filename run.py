@@ -43,8 +43,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
             stdout.write(f"error: {exc}\n")
             return 1
         dsn = embedded.dsn
-        stdout.write(f"Using embedded PostgreSQL: {dsn}\n")
-        stdout.flush()
+        logger.info("Using embedded PostgreSQL: %s", dsn)
     try:
         return _run_command(config, logger, dsn, data_dir, stdout)
     finally:
@@ -63,7 +62,7 @@ def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> i
         logger.error("migrations failed: %s", exc)
         return 1
     if config.command == "migrate":
-        stdout.write(f"migrations applied: {len(applied)}\n")
+        logger.info("migrations applied: %d", len(applied))
         return 0
 
     from app.serve import GunicornApp, gunicorn_options, serving_config
@@ -78,7 +77,7 @@ def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> i
         return build_worker_app(config, logger, dsn)
 
     try:
-        GunicornApp(gunicorn_options(config, stdout), build).run()
+        GunicornApp(gunicorn_options(config, logger), build).run()
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0

@@ -30,15 +30,14 @@ from gunicorn.glogging import Logger as GunicornLogger
 WORKER_APP = "app.serve:worker_app()"
 
 
-def gunicorn_options(config, stdout) -> dict[str, Any]:
+def gunicorn_options(config, logger) -> dict[str, Any]:
     """gunicorn settings derived from Config (plus the lifecycle hooks)."""
 
     bind = f"[{config.host}]:{config.port}" if ":" in config.host else \
         f"{config.host}:{config.port}"
 
     def when_ready(server) -> None:
-        stdout.write(f"SayPI serving on http://{bind}\n")
-        stdout.flush()
+        logger.info("SayPI serving on http://%s", bind)
 
     return {
         "bind": [bind],
@@ -282,7 +281,7 @@ def cli_settings(config, stdout: IO[str]) -> dict[str, Any]:
         return build_worker_app(config, logger, config.database_url)
 
     _factory = WorkerFactory(build)
-    return {**gunicorn_options(config, stdout), "wsgi_app": WORKER_APP}
+    return {**gunicorn_options(config, logger), "wsgi_app": WORKER_APP}
 
 
 def _free_port(host: str) -> int:

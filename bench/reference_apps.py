@@ -131,7 +131,7 @@ def reference_options(config, stdout) -> dict:
     """SayPI's gunicorn options for this config, without SayPI's lifecycle hooks."""
     from app.serve import gunicorn_options
 
-    options = gunicorn_options(config, stdout)
+    options = gunicorn_options(config, logging.getLogger("saypi-bench-reference"))
     for name in _HOOKS:
         options.pop(name, None)
     options["worker_class"] = "gthread"  # stock gthread, whatever subclass SayPI uses

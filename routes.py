@@ -14,8 +14,8 @@ from collections.abc import Callable
 from flask import Flask
 
 from app.api import animals, conversations, debug, docs, lines, moods, ops, users
+from app.http.request_state import request_state
 from app.repo.slow_queries import SlowQueryRepository
-from app.request_state import request_state
 
 
 def route(app: Flask, method: str, path: str, handler: Callable) -> None:

@@ -27,7 +27,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
     except SystemExit as exc:  # --help, or flags argparse could not read
         return int(exc.code or 0)
 
-    from app.logs import new_logger
+    from app.platform.logs import new_logger
 
     logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
     data_dir = Path(config.data_dir).resolve()
@@ -35,7 +35,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
     embedded = None
     dsn = config.database_url
     if dsn is None:
-        from app.embedded_pg import EmbeddedUnavailable, start_embedded
+        from app.platform.embedded_pg import EmbeddedUnavailable, start_embedded
 
         try:
             embedded = start_embedded(data_dir, logger)
@@ -54,7 +54,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
 def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> int:
     import psycopg
 
-    from app.db import migrate
+    from app.platform.db import migrate
 
     try:
         applied = migrate(dsn, logger, connect_timeout=config.db_connect_timeout)
@@ -65,7 +65,7 @@ def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> i
         logger.info("migrations applied: %d", len(applied))
         return 0
 
-    from app.serve import GunicornApp, gunicorn_options, serving_config
+    from app.platform.serve import GunicornApp, gunicorn_options, serving_config
 
     config = serving_config(config, logger.warning)
     # prometheus_client reads its multiprocess directory from the environment

@@ -3,7 +3,7 @@
 Request and response bodies come from the marshmallow schemas the handlers
 validate and dump with (through apispec's marshmallow plugin), summaries and
 descriptions from the maker functions' docstrings, error bodies from the error
-classes in `app/errors.py` (their examples are real instances), and limits from
+classes in `app/http/errors.py` (their examples are real instances), and limits from
 the running configuration. What none of those can say (which statuses a route
 answers, whether it is authenticated, idempotent or paginated, its links) lives
 in one table, `OPERATIONS`, keyed by `(method, Flask rule)` exactly as routes.py
@@ -29,9 +29,11 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
-from app import ids
 from app.api import animals, conversations, lines, moods, ops, users
-from app.errors import (
+from app.api.fields import Bool, Email, PublicId, Text, Timestamp
+from app.domain import ids
+from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.http.errors import (
     ALL_ERRORS,
     ActionNotAllowed,
     ApiError,
@@ -49,10 +51,8 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from app.fields import Bool, Email, PublicId, Text, Timestamp
-from app.idempotency import HEADER as IDEMPOTENCY_HEADER
-from app.models import BUILTIN_MOODS, Conversation, Line, Mood, User
-from app.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
+from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
+from app.http.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "SayPI"
@@ -62,7 +62,7 @@ TITLE = "SayPI"
 SELF_RULES = frozenset({"/openapi.json", "/docs", "/docs/<asset>"})
 UNDOCUMENTED_PREFIXES = ("/debug/",)
 
-# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/fields.py.
+# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/api/fields.py.
 _CONTROL = r"\u0000-\u001f\u007f-\u009f"
 _CONTROL_EXCEPT_NEWLINE_TAB = r"\u0000-\u0008\u000b-\u001f\u007f-\u009f"
 NO_CONTROL = rf"^[^{_CONTROL}]*$"
@@ -460,7 +460,7 @@ def _format(text: str, config) -> str:
 
 # --- fields -> JSON Schema -----------------------------------------------------------------
 def _field_properties(self, field, ret: dict, **kwargs: Any) -> dict:
-    """apispec attribute function for the custom fields of app/fields.py."""
+    """apispec attribute function for the custom fields of app/api/fields.py."""
     if isinstance(field, Text):
         props: dict[str, Any] = {"type": "string"}
         if isinstance(field, Email):
@@ -703,7 +703,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 def _example_objects(config) -> dict[str, Any]:
     """Response examples, dumped by the handlers' own schemas from domain objects."""
     from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-    from app.tokens import TokenSigner
+    from app.http.tokens import TokenSigner
 
     created = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
     user = User(0x3A1F0C6E2B9D4857, "Ada", "ada@example.com", created)

@@ -7,8 +7,8 @@ import logging
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
-from app.cors import install_cors
-from app.middleware import install_middleware
+from app.http.cors import install_cors
+from app.http.envelope import install_middleware
 from routes import add_routes
 
 

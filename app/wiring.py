@@ -12,17 +12,18 @@ from dataclasses import dataclass
 
 from flask import Flask
 
-from app import health as health_mod
-from app.auth import Authenticator
 from app.cowsay import CowLibrary, Renderer, cow_search_path
-from app.db import Database, expected_schema_version, pool_settings
-from app.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
-from app.idempotency import Idempotency
-from app.logs import AccessLog
-from app.metrics import Metrics
-from app.periodic import Periodic
-from app.presence import UserPresence
-from app.ratelimit import RateLimiter, policies_from_config
+from app.http.auth import Authenticator
+from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
+from app.http.idempotency import Idempotency
+from app.http.ratelimit import RateLimiter, policies_from_config
+from app.http.tokens import TokenSigner
+from app.platform import health as health_mod
+from app.platform.db import Database, expected_schema_version, pool_settings
+from app.platform.logs import AccessLog
+from app.platform.metrics import Metrics
+from app.platform.periodic import Periodic
+from app.platform.presence import UserPresence
 from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
@@ -30,7 +31,6 @@ from app.repo.moods import MoodRepository
 from app.repo.ratelimits import RateLimitRepository
 from app.repo.users import UserRepository
 from app.server import new_server
-from app.tokens import TokenSigner
 
 VERSION = "0.1.0"
 

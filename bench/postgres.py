@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 
-from app.db import migrate
+from app.platform.db import migrate
 
 
 @dataclass
@@ -46,7 +46,7 @@ def open_database(env, logger: logging.Logger) -> BenchDatabase:
 
 
 def _embedded(logger: logging.Logger) -> BenchDatabase:
-    from app.embedded_pg import EmbeddedUnavailable, start_embedded
+    from app.platform.embedded_pg import EmbeddedUnavailable, start_embedded
 
     directory = Path(tempfile.mkdtemp(prefix="saypi-bench-pg-"))
     try:

@@ -32,17 +32,19 @@ from bench.wrk import LUA
 # frames with no rule of their own count for the layer that called them.
 LAYERS = (
     ("logging (access log, JSON formatter, redaction)",
-     ("pythonjsonlogger", "/logging/", "app/logs.py")),
-    ("metrics (prometheus_client)", ("prometheus_client", "app/metrics.py")),
+     ("pythonjsonlogger", "/logging/", "app/platform/logs.py")),
+    ("metrics (prometheus_client)", ("prometheus_client", "app/platform/metrics.py")),
     ("psycopg_pool", ("psycopg_pool",)),
     ("psycopg", ("psycopg/", "psycopg_binary")),
     ("marshmallow (dump)", ("marshmallow",)),
     ("json encode", ("json/",)),
-    ("cowsay render / cache", ("app/cowsay.py",)),
-    ("SayPI middleware", ("app/middleware.py",)),
-    ("SayPI respond (JSON, ETag)", ("app/respond.py",)),
-    ("SayPI auth, tokens, ids", ("app/auth.py", "app/tokens.py", "app/ids.py", "hmac.py")),
-    ("SayPI handler and repository", ("app/api/", "app/repo/", "app/db.py", "app/models.py")),
+    ("cowsay render / cache", ("app/cowsay/",)),
+    ("SayPI middleware", ("app/http/envelope.py",)),
+    ("SayPI respond (JSON, ETag)", ("app/http/respond.py",)),
+    ("SayPI auth, tokens, ids", ("app/http/auth.py", "app/http/tokens.py", "app/domain/ids.py",
+                                 "hmac.py")),
+    ("SayPI handler and repository", ("app/api/", "app/repo/", "app/platform/db.py",
+                                      "app/domain/models.py")),
     ("SayPI other", ("app/", "routes.py")),
     ("werkzeug", ("werkzeug",)),
     ("flask", ("flask",)),
@@ -180,7 +182,7 @@ def in_process(bench: Bench, count: int) -> dict:
     metrics_dir = bench.work / "metrics-in-process"
     metrics_dir.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from app.logs import new_logger
+    from app.platform.logs import new_logger
     from app.wiring import build_worker_app
     from bench.reference_apps import hello_app, read_app
 

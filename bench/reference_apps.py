@@ -4,7 +4,7 @@
 
 Both read SayPI's own settings (app.config.Config, so the same environment
 gives the same WEB_CONCURRENCY, THREADS, DB_POOL_*, REUSE_PORT...) and use
-SayPI's gunicorn options (app.serve.gunicorn_options) without its lifecycle
+SayPI's gunicorn options (app.platform.serve.gunicorn_options) without its lifecycle
 hooks and with gunicorn's stock gthread worker class. Each worker builds its app after fork.
 
 - hello: GET /hello answers a constant JSON object. The framework's ceiling.
@@ -129,7 +129,7 @@ class ReferenceServer(BaseApplication):
 
 def reference_options(config, stdout) -> dict:
     """SayPI's gunicorn options for this config, without SayPI's lifecycle hooks."""
-    from app.serve import gunicorn_options
+    from app.platform.serve import gunicorn_options
 
     options = gunicorn_options(config, logging.getLogger("saypi-bench-reference"))
     for name in _HOOKS:

@@ -1,7 +1,7 @@
 """Seed data written directly in SQL with SayPI's own schema, and the tokens to use it.
 
 - users: random bigint ids (as SayPI makes them), tokens signed with
-  app.tokens.TokenSigner and the secret SayPI is started with;
+  app.http.tokens.TokenSigner and the secret SayPI is started with;
 - conversations: spread round-robin over the users, `lines` lines each;
   line texts come from a fixed set of phrases, animals from a few bundled
   cows and moods from the built-ins, so the distinct render inputs stay
@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from app import ids
-from app.tokens import TokenSigner
+from app.domain import ids
+from app.http.tokens import TokenSigner
 
 ANIMALS = ("default", "cat", "turtle")
 MOODS = ("default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young")

@@ -1,7 +1,7 @@
 """SayPI under the `gunicorn` command: `gunicorn -c deploy/gunicorn.conf.py`.
 
 Reads the same environment variables as `python run.py serve` (see
-`python run.py --help`) and installs the same hooks (app/serve.py):
+`python run.py --help`) and installs the same hooks (app/platform/serve.py):
 - on_starting (master): wipe PROMETHEUS_MULTIPROC_DIR, so counters start at 0;
 - the app is built in each worker after fork (`wsgi_app`), pool pre-warmed and
   health checked before that worker accepts a connection; never in the master;
@@ -26,7 +26,7 @@ from pathlib import Path
 # The checkout this file belongs to, for running it from a source tree.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import serve
+from app.platform import serve
 
 _config = serve.cli_config(os.environ, sys.stdout)  # exits 2 on an invalid setting
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _config.prometheus_multiproc_dir

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from app.embedded_pg import start_embedded
+from app.platform.embedded_pg import start_embedded
 
 
 class RestartablePostgres:

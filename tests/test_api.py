@@ -17,7 +17,7 @@ from app.client import (
     InvalidParamsError,
     NotFoundError,
 )
-from app.models import BUILTIN_MOODS
+from app.domain.models import BUILTIN_MOODS
 
 BUILTINS = ["default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young"]
 
@@ -249,7 +249,7 @@ def test_builtin_moods_come_first_in_order(alice):
     assert page.type == "mood"
     assert [m["name"] for m in page.data] == BUILTINS
     assert page.data[2] == {"name": "dead", "eyes": "xx", "tongue": "U ", "user_defined": False}
-    # The migration's rows and app/models.py's BUILTIN_MOODS (used for checks and docs) agree.
+    # The migration's rows and app/domain/models.py's BUILTIN_MOODS (checks and docs) agree.
     assert page.data == [mood_json(m) for m in BUILTIN_MOODS]
 
 

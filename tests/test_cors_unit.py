@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify
 
-from app.cors import ALLOW_HEADERS, EXPOSE_HEADERS, install_cors
+from app.http.cors import ALLOW_HEADERS, EXPOSE_HEADERS, install_cors
 
 LISTED = "https://app.example.com"
 

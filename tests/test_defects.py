@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from app.client import AuthInvalidError, Client
-from app.tokens import TokenSigner
+from app.http.tokens import TokenSigner
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_token_memo_stays_bounded_and_consistent_under_concurrent_inserts():
             for _ in range(200):
                 for n, token in enumerate(tokens[offset:] + tokens[:offset]):
                     assert signer.verify(token) == (n + offset) % len(tokens) + 1
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+        except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=verify_all, args=(i * 7,)) for i in range(8)]

@@ -100,7 +100,7 @@ def test_haproxy_config_is_valid_and_sets_the_protections():
 
 
 def test_haproxy_error_pages_are_the_contracts_json():
-    from app.errors import InternalFailure, InvalidRequest, ServiceUnavailable
+    from app.http.errors import InternalFailure, InvalidRequest, ServiceUnavailable
 
     expected = {"400": InvalidRequest("the request is malformed"), "500": InternalFailure(),
                 "503": ServiceUnavailable(1)}

@@ -7,7 +7,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from app.metrics import LATENCY_BUCKETS, Metrics
+from app.platform.metrics import LATENCY_BUCKETS, Metrics
 
 # Below, on and above bucket bounds, and past the last one (+Inf).
 DURATIONS = (0.0004, 0.001, 0.0011, 0.0049, 0.075, 0.3, 2.5, 11.0, 0.0)

@@ -24,12 +24,12 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from app import openapi
 from app.api import conversations, lines, moods, users
-from app.auth import Authenticator
 from app.config import Config
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-from app.errors import ALL_ERRORS
-from app.idempotency import Idempotency
-from app.tokens import TokenSigner
+from app.http.auth import Authenticator
+from app.http.errors import ALL_ERRORS
+from app.http.idempotency import Idempotency
+from app.http.tokens import TokenSigner
 from routes import add_routes, route
 
 CONFIG = Config.from_env({}, ["serve"]).replace(fault_injection=True)

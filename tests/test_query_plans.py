@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from app.pagination import Page
+from app.http.pagination import Page
 from app.repo import conversations, lines, moods
 from app.repo.keyset import keyset_sql
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.db import Database, DatabaseUnavailable, PoolSettings
-from app.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
+from app.http.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
+from app.platform.db import Database, DatabaseUnavailable, PoolSettings
 from app.repo.ratelimits import RateLimitRepository
 from tests.conftest import free_port
 from tests.test_ratelimit_unit import Clock, FakeMetrics

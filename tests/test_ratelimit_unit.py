@@ -8,8 +8,8 @@ from ipaddress import ip_network
 
 import pytest
 
-from app.client_addr import client_address, parse_address
-from app.ratelimit import (
+from app.http.client_addr import client_address, parse_address
+from app.http.ratelimit import (
     MICROS,
     Decision,
     MemoryStore,

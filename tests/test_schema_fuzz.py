@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
     use_after_free,
 )
 
-from app.models import BUILTIN_MOODS
+from app.domain.models import BUILTIN_MOODS
 from tests.conftest import ROOT
 
 EXAMPLES = int(os.environ.get("SAYPI_FUZZ_EXAMPLES", "8"))

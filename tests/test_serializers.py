@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 from app.api.conversations import ITEM_OUT, item_json
+from app.api.fields import rfc3339
 from app.api.lines import LINE_OUT, line_json
 from app.api.moods import MOOD_OUT, mood_json
-from app.fields import rfc3339
-from app.models import Conversation, Line, Mood
+from app.domain.models import Conversation, Line, Mood
 
 MOMENTS = [datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
            datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
@@ -51,7 +51,7 @@ def test_conversation_body_is_the_encoded_conversation_json():
 
     from app.api.conversations import conversation_body, conversation_json
     from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-    from app.respond import encode_json
+    from app.http.respond import encode_json
 
     renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test")))
     moods = (Mood("dead", "xx", "U ", False), Mood('say "hi"', "\\\\", "\t ", True))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.tokens import TokenSigner
+from app.http.tokens import TokenSigner
 
 
 def test_valid_tokens_verify_and_altered_ones_do_not_even_after_the_original():

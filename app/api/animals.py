@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Response
 
-from app import respond
+from app.http import respond
 
 
 def handle_list_animals(library, presence):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from app import ids
-from app.errors import ApiError, AuthInvalid, NotFound
+from app.domain import ids
+from app.http.errors import ApiError, AuthInvalid, NotFound
 
 
 def parse_id(prefix: str, public_id: str) -> int:

@@ -7,12 +7,13 @@ from json.encoder import encode_basestring as json_string
 from flask import Response, request
 from marshmallow import Schema, fields
 
-from app import ids, pagination, respond
 from app.api.common import missing, parse_id
+from app.api.fields import PublicId, Text, Timestamp, rfc3339
 from app.api.lines import LineOut, line_json_text, render_line
-from app.auth import current_user
-from app.errors import ActionNotAllowed, AuthInvalid
-from app.fields import PublicId, Text, Timestamp, rfc3339
+from app.domain import ids
+from app.http import pagination, respond
+from app.http.auth import current_user
+from app.http.errors import ActionNotAllowed, AuthInvalid
 from app.repo.conversations import LimitReached, UserGone
 
 

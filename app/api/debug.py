@@ -9,8 +9,8 @@ import time
 
 from flask import Response, request
 
-from app import respond
-from app.errors import InvalidParams
+from app.http import respond
+from app.http.errors import InvalidParams
 
 
 def _seconds() -> float:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from flask import Response
 
-from app import openapi, respond
-from app.errors import NotFound
-from app.respond import Static
+from app import openapi
+from app.http import respond
+from app.http.errors import NotFound
+from app.http.respond import Static
 
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; font-src 'self'; "

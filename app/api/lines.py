@@ -7,12 +7,13 @@ from json.encoder import encode_basestring as json_string
 from flask import Response, request
 from marshmallow import Schema
 
-from app import ids, pagination, respond
 from app.api.common import missing, parse_id
-from app.auth import current_user
-from app.errors import ActionNotAllowed, AuthInvalid, InvalidParams, NotFound, ParamProblem
-from app.fields import Bool, PublicId, Text, Timestamp, rfc3339
-from app.models import BUILTIN_MOOD_NAMES
+from app.api.fields import Bool, PublicId, Text, Timestamp, rfc3339
+from app.domain import ids
+from app.domain.models import BUILTIN_MOOD_NAMES
+from app.http import pagination, respond
+from app.http.auth import current_user
+from app.http.errors import ActionNotAllowed, AuthInvalid, InvalidParams, NotFound, ParamProblem
 from app.repo.conversations import LimitReached, UserGone
 from app.repo.lines import ConversationMissing, MoodMissing
 

@@ -7,12 +7,12 @@ from urllib.parse import quote
 from flask import Response, request
 from marshmallow import Schema, ValidationError
 
-from app import pagination, respond
 from app.api.common import missing
-from app.auth import current_user
-from app.errors import ActionNotAllowed, AuthInvalid, ParamProblem
-from app.fields import Bool, Text
-from app.models import BUILTIN_MOOD_NAMES
+from app.api.fields import Bool, Text
+from app.domain.models import BUILTIN_MOOD_NAMES
+from app.http import pagination, respond
+from app.http.auth import current_user
+from app.http.errors import ActionNotAllowed, AuthInvalid, ParamProblem
 from app.repo.conversations import LimitReached, UserGone
 from app.repo.moods import MoodInUse
 

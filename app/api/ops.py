@@ -11,8 +11,8 @@ from typing import Any
 
 from flask import Response
 
-from app import respond
-from app.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
+from app.http import respond
+from app.platform.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 
 
 def _status_code(status: str) -> int:
@@ -95,6 +95,6 @@ def handle_metrics(metrics, sample):
 
 
 def metrics_content_type() -> str:
-    from app.metrics import CONTENT_TYPE
+    from app.platform.metrics import CONTENT_TYPE
 
     return CONTENT_TYPE

@@ -5,11 +5,12 @@ from __future__ import annotations
 from flask import Response
 from marshmallow import Schema
 
-from app import ids, respond
 from app.api.common import parse_id
-from app.auth import current_user
-from app.errors import ActionNotAllowed, AuthInvalid, NotFound
-from app.fields import Email, PublicId, Text, Timestamp
+from app.api.fields import Email, PublicId, Text, Timestamp
+from app.domain import ids
+from app.http import respond
+from app.http.auth import current_user
+from app.http.errors import ActionNotAllowed, AuthInvalid, NotFound
 from app.repo.users import EmailTaken
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app import ids
-from app.models import Conversation, Line, Mood
-from app.pagination import Page
+from app.domain import ids
+from app.domain.models import Conversation, Line, Mood
+from app.http.pagination import Page
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.pagination import Page
+from app.http.pagination import Page
 
 USER_EXISTS = "EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s)"
 

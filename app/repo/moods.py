@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from psycopg import errors as pg_errors
 
-from app.models import Mood
-from app.pagination import Page
+from app.domain.models import Mood
+from app.http.pagination import Page
 from app.repo.conversations import LimitReached, UserGone
 from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
 

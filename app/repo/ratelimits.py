@@ -2,7 +2,7 @@
 
 One row per key in the UNLOGGED table rate_limits(key, tat). A decision is one
 statement on the database's clock, so every process sees one time and one
-state. The arithmetic is `app.ratelimit.gcra`'s, in whole microseconds
+state. The arithmetic is `app.http.ratelimit.gcra`'s, in whole microseconds
 (timestamptz's resolution), with intervals built as `n * interval
 '1 microsecond'` so no day or month part (and no time-zone rule) ever enters.
 """

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from psycopg import errors as pg_errors
 
-from app import ids
-from app.models import User
+from app.domain import ids
+from app.domain.models import User
 
 _COLUMNS = "id, name, email, created_at"
 DELETED_CHANNEL = "saypi_user_deleted"

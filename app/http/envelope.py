@@ -16,10 +16,9 @@ from flask import Flask, Response
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
-from app import respond
-from app.client_addr import client_address
-from app.db import DatabaseUnavailable, end_wait_budget, wait_budget
-from app.errors import (
+from app.http import respond
+from app.http.client_addr import client_address
+from app.http.errors import (
     ApiError,
     InternalFailure,
     InvalidRequest,
@@ -29,8 +28,9 @@ from app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from app.logs import AccessLog
-from app.request_state import RequestState, enter, leave
+from app.http.request_state import RequestState, enter, leave
+from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
+from app.platform.logs import AccessLog
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # The security headers OWASP's REST cheat sheet lists for API responses (with

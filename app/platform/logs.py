@@ -27,13 +27,13 @@ from typing import IO
 
 from pythonjsonlogger.json import JsonFormatter
 
-from app.request_state import STANDARD_METHODS, request_state_or_none
+from app.http.request_state import STANDARD_METHODS, request_state_or_none
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 _SENSITIVE_KEYS = re.compile(r"authorization|token|secret|password|passwd|dsn|cookie|api_key",
                              re.IGNORECASE)
-# A SayPI token is `usr_<16 hex>.<base64url MAC>` (app/tokens.py). Its shape is
+# A SayPI token is `usr_<16 hex>.<base64url MAC>` (app/http/tokens.py). Its shape is
 # redacted wherever it appears (with or without "Bearer", in a URL, a repr, a
 # traceback), also percent-encoded ("%5F", "%2E", "%2D") and with a MAC cut
 # short, down to 10 characters (60 bits).

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import threading
 
-from app import ids
+from app.domain import ids
 
 _CONTEXT = b"saypi-token-v1:"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.errors import InvalidParams, ParamProblem
+from app.http.errors import InvalidParams, ParamProblem
 
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
 CURSOR_MISSING = "must refer to an existing object"

@@ -1,6 +1,6 @@
 """What the layers serving one request tell each other.
 
-The WSGI envelope (app/middleware.py) creates a RequestState for every
+The WSGI envelope (app/http/envelope.py) creates a RequestState for every
 request and makes it current for the thread serving it; inside Flask,
 routing records the route, authentication the user and the rate-limit
 decision. After the app has answered, the envelope reads it back for the

@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from app.request_state import STANDARD_METHODS
+from app.http.request_state import STANDARD_METHODS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 

@@ -49,7 +49,7 @@ from gunicorn import http
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from app.errors import ApiError, InternalFailure, InvalidRequest, ServiceUnavailable
+from app.http.errors import ApiError, InternalFailure, InvalidRequest, ServiceUnavailable
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -103,7 +103,7 @@ class SayPIWorker(ThreadWorker):
 
     Errors gunicorn answers itself (malformed request lines, bad headers) are
     JSON in the contract's shape too: `400 invalid_request` or
-    `500 internal_failure`. `worker_class_for` in app/serve.py sets the three
+    `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the three
     class attributes from the configuration.
     """
 

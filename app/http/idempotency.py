@@ -19,8 +19,8 @@ from collections.abc import Callable
 from flask import Response, request
 from marshmallow import Schema
 
-from app import respond
-from app.errors import (
+from app.http import respond
+from app.http.errors import (
     ApiError,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,

@@ -1,54 +1,20 @@
-"""Cowsay engine for SayPI: reads classic ``.cow`` animal files and renders speech
-balloons exactly as the classic ``cowsay`` 3.03 program does, so API output matches
-what people know from the command line, without running Perl on every request.
+"""The ``.cow`` parser: the subset of Perl that cow files use, turned into templates.
 
 A ``.cow`` file is a small Perl program assigning ``$the_cow`` (usually from a
-here-document).  Rather than executing Perl, this module understands the subset of
+here-document). Rather than executing Perl, this module understands the subset of
 Perl that cow files use (here-documents, string interpolation and escapes, and a few
 simple assignments such as ``$extra = chop($eyes);``) and turns each file into a
-template once, at load time.  Anything outside that subset is reported as a
+template once, at load time. Anything outside that subset is reported as a
 :class:`CowParseError` and the file is skipped.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
-from json.encoder import encode_basestring as json_string
-from pathlib import Path
 from types import MappingProxyType
-
-import wcwidth
-
-__all__ = [
-    "BALLOON_WIDTH",
-    "BUNDLED_COW_DIR",
-    "SYSTEM_COW_DIRS",
-    "Cow",
-    "CowLibrary",
-    "CowParseError",
-    "Renderer",
-    "cow_search_path",
-    "parse_cow",
-    "render",
-    "wrap_text",
-]
-
-#: Directories where cowsay packages install their animals (searched after COWPATH).
-SYSTEM_COW_DIRS: tuple[str, ...] = (
-    "/usr/share/cowsay/cows",
-    "/usr/local/share/cowsay/cows",
-    "/usr/share/cows",
-    "/usr/local/share/cows",
-)
-#: The animals shipped with the service (searched last).
-BUNDLED_COW_DIR: Path = Path(__file__).resolve().parent / "cows"
-#: cowsay's default ``-W`` value; a balloon line holds at most BALLOON_WIDTH - 1 columns.
-BALLOON_WIDTH = 40
 
 
 class CowParseError(ValueError):
@@ -802,13 +768,13 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
         template = "{the_cow}"
     cow = Cow(name=name, template=template, path=path, program=program)
     try:  # a trial run, so that problems surface at load time rather than per request
-        _cow_art(cow, "oo", "  ", "\\", "cowsay", "")
+        cow_art(cow, "oo", "  ", "\\", "cowsay", "")
     except (ValueError, KeyError, IndexError, OverflowError, MemoryError, RecursionError) as exc:
         raise CowParseError(f"cannot render: {exc!r}") from exc
     return cow
 
 
-def _cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str,
+def cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str,
              input_line: str) -> str:
     env = {"eyes": eyes, "tongue": tongue, "thoughts": thoughts, "progname": progname,
            _INPUT_LINE: input_line}
@@ -816,259 +782,3 @@ def _cow_art(cow: Cow, eyes: str, tongue: str, thoughts: str, progname: str,
     if cow.program:
         _run(cow.program, env)
     return cow.template.format_map(env)
-
-
-# --------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------
-
-
-def cow_search_path(cowpath: str | None, bundled_dir: Path | None = None) -> list[Path]:
-    """COWPATH dirs (colon separated, empty entries ignored), then system cowsay dirs that
-    exist, then bundled app/cows."""
-    result: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(path: Path) -> None:
-        try:
-            key = path.resolve()
-        except OSError:
-            key = path
-        if key not in seen:
-            seen.add(key)
-            result.append(path)
-
-    for entry in (cowpath or "").split(":"):
-        if entry:
-            add(Path(entry))
-    for entry in SYSTEM_COW_DIRS:
-        if Path(entry).is_dir():
-            add(Path(entry))
-    add(bundled_dir if bundled_dir is not None else BUNDLED_COW_DIR)
-    return result
-
-
-def _read_source(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("latin-1")  # old cow files predate UTF-8
-
-
-class CowLibrary:
-    """All animals found on a search path, parsed once."""
-
-    def __init__(self, cows: dict[str, Cow]) -> None:
-        self._cows = dict(cows)
-        self._names = sorted(self._cows)
-
-    @classmethod
-    def load(cls, search_path: list[Path], logger: logging.Logger) -> CowLibrary:
-        """Load every ``*.cow`` file; the first parseable file of a name wins.
-
-        Files that cannot be read or parsed are skipped with one warning each.
-        """
-        cows: dict[str, Cow] = {}
-        for directory in search_path:
-            try:
-                files = sorted(p for p in Path(directory).iterdir() if p.name.endswith(".cow"))
-            except OSError:
-                continue  # missing or unreadable directory
-            for file in files:
-                name = file.name[: -len(".cow")]
-                if not name or name in cows or not file.is_file():
-                    continue
-                try:
-                    cows[name] = parse_cow(name, _read_source(file), str(file))
-                except (OSError, CowParseError) as exc:
-                    logger.warning("skipping cow file %s: %s", file, exc)
-        return cls(cows)
-
-    def names(self) -> list[str]:
-        """Sorted animal names."""
-        return list(self._names)
-
-    def get(self, name: str) -> Cow | None:
-        """The animal named exactly ``name`` (file name without ``.cow``), or None."""
-        return self._cows.get(name)
-
-    def __len__(self) -> int:
-        return len(self._cows)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._cows
-
-
-# --------------------------------------------------------------------------------------
-# Balloon
-# --------------------------------------------------------------------------------------
-
-# Perl's \s under Unicode rules (cowsay decodes its arguments in UTF-8 locales).
-_WS = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_PARAGRAPH_BREAK = re.compile("\n[" + _WS + "]+")
-_WS_RUN = re.compile("[" + _WS + "]+")
-_IS_WS = re.compile("[" + _WS + "]")
-_SGR = re.compile(r"\x1b\[\d+(?:;\d+)*m")
-_iter_graphemes: Callable[[str], Iterator[str]] | None = getattr(wcwidth, "iter_graphemes", None)
-
-
-def _units(text: str) -> list[str]:
-    """Characters as Text::Wrap counts them (grapheme clusters for non-ASCII text)."""
-    if text.isascii():
-        return list(text)
-    if _iter_graphemes is not None:
-        return list(_iter_graphemes(text))
-    units: list[str] = []
-    for ch in text:  # \PM\pM*: a character followed by its combining marks
-        if units and unicodedata.category(ch).startswith("M"):
-            units[-1] += ch
-        else:
-            units.append(ch)
-    return units
-
-
-def _display_width(text: str) -> int:
-    """Terminal columns of ``text`` (colour escapes and control characters take none)."""
-    if text.isascii() and text.isprintable():
-        return len(text)
-    text = _SGR.sub("", text)
-    width = wcwidth.wcswidth(text)
-    if width < 0:
-        width = sum(max(0, wcwidth.wcwidth(ch)) for ch in text)
-    return width
-
-
-def _unit_width(unit: str) -> int:
-    if len(unit) == 1 and " " <= unit <= "~":
-        return 1
-    return _display_width(unit)
-
-
-def _wrap_paragraph(text: str, limit: int) -> str:
-    """Text::Wrap::wrap("", "", text) with ``$columns = limit + 1``, in display columns."""
-    units = _units(text)
-    n = len(units)
-    widths = [_unit_width(u) for u in units]
-    is_ws = [bool(_IS_WS.match(u)) for u in units]
-    out: list[str] = []
-    remainder = ""
-    pos = 0
-    last_word = max((i for i in range(n) if not is_ws[i]), default=-1)
-    while pos <= last_word:  # Text::Wrap stops when only whitespace is left
-        # Longest run of at most `limit` columns followed by whitespace or the end.
-        fit, used = 0, 0
-        while pos + fit < n and used + widths[pos + fit] <= limit:
-            used += widths[pos + fit]
-            fit += 1
-        for k in range(fit, -1, -1):
-            if pos + k == n:
-                out.append("".join(units[pos:n]))
-                remainder, pos = "", n
-                break
-            if is_ws[pos + k]:
-                out.append("".join(units[pos : pos + k]))
-                remainder, pos = units[pos + k], pos + k + 1
-                break
-        else:  # a word longer than the line: cut it
-            take = max(fit, 1)
-            out.append("".join(units[pos : pos + take]))
-            remainder, pos = "\n", pos + take
-    return "\n".join(out) + remainder
-
-
-def wrap_text(text: str, width: int = BALLOON_WIDTH) -> list[str]:
-    """The balloon lines cowsay makes of ``text`` (Text::Wrap's ``fill`` at ``width``)."""
-    paragraphs = _PARAGRAPH_BREAK.split(text)
-    while paragraphs and paragraphs[-1] == "":
-        paragraphs.pop()  # Perl's split drops trailing empty fields
-    filled = "\n\n".join(_wrap_paragraph(_WS_RUN.sub(" ", p), width - 1) for p in paragraphs)
-    lines = filled.split("\n")
-    while lines and lines[-1] == "":
-        lines.pop()
-    return lines
-
-
-def _balloon(lines: list[str], think: bool) -> str:
-    if not lines:
-        lines = [""]
-    widths = [_display_width(line) for line in lines]
-    width = max(widths)
-    if think:
-        first, middle, last = "()", "()", "()"
-    elif len(lines) < 2:
-        first = middle = last = "<>"
-    else:
-        first, middle, last = "/\\", "||", "\\/"
-    out = [" ", "_" * (width + 2), "\n"]
-    final = len(lines) - 1
-    for index, (line, w) in enumerate(zip(lines, widths, strict=True)):
-        border = first if index == 0 else last if index == final else middle
-        out += (border[0], " ", line, " " * (width - w), " ", border[1], "\n")
-    out += (" ", "-" * (width + 2), "\n")
-    return "".join(out)
-
-
-def _input_line(text: str) -> str:
-    """Perl's ``$.`` when the cow file runs, for this text.
-
-    cowsay reads standard input when its argument is Perl-false ("" or "0"), so
-    the API defines those two texts as ``printf %s TEXT | cowsay``: no line read
-    for "", one for "0". Any other text is an argument, and no line was read.
-    """
-    if text == "":
-        return "0"
-    return "1" if text == "0" else ""
-
-
-def render(cow: Cow, eyes: str, tongue: str, think: bool, text: str) -> str:
-    """Pure function: the full cowsay output including the final newline."""
-    balloon = _balloon(wrap_text(text), think)
-    thoughts, progname = ("o", "cowthink") if think else ("\\", "cowsay")
-    art = _cow_art(cow, eyes[:2], tongue[:2], thoughts, progname, _input_line(text))
-    return balloon + art
-
-
-class Renderer:
-    """Bounded LRU cache around render(), keyed by (animal name, eyes, tongue, think, text).
-
-    Each entry keeps the output twice: as text, and as the JSON string
-    literal a response embeds (quoted and escaped exactly as
-    ``json.dumps(output, ensure_ascii=False)`` writes it), so that reading a
-    conversation does not escape the same art again on every request.
-    """
-
-    def __init__(self, library: CowLibrary, max_entries: int = 4096) -> None:
-        self._library = library
-        self._cached = functools.lru_cache(maxsize=max_entries)(self._render)
-
-    def _render(self, animal: str, eyes: str, tongue: str, think: bool, text: str
-                ) -> tuple[str, str]:
-        cow = self._library.get(animal)
-        if cow is None:
-            raise KeyError(animal)
-        output = render(cow, eyes, tongue, think, text)
-        return output, json_string(output)
-
-    def _entry(self, animal: str, eyes: str, tongue: str, think: bool, text: str
-               ) -> tuple[str, str]:
-        if self._library.get(animal) is None:
-            raise KeyError(animal)
-        return self._cached(animal, eyes, tongue, bool(think), text)
-
-    def render(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
-        """Rendered output for ``animal``; raises KeyError if the animal is unknown."""
-        return self._entry(animal, eyes, tongue, think, text)[0]
-
-    def render_json(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
-        """The rendered output as a JSON string literal; raises KeyError as render() does."""
-        return self._entry(animal, eyes, tongue, think, text)[1]
-
-    def cache_stats(self) -> tuple[int, int]:
-        """(hits, misses) of the render cache."""
-        info = self._cached.cache_info()
-        return info.hits, info.misses
-
-    @property
-    def library(self) -> CowLibrary:
-        return self._library

@@ -3,7 +3,7 @@
 Two ways in, one set of hooks:
 - `run.py serve` embeds gunicorn through `GunicornApp`;
 - `gunicorn -c deploy/gunicorn.conf.py` loads `cli_config` and `cli_settings`
-  from here, and gunicorn imports the app as `app.serve:worker_app()` in each
+  from here, and gunicorn imports the app as `app.platform.serve:worker_app()` in each
   worker.
 
 Either way the master only wipes the metrics directory, forks, and marks dead
@@ -27,7 +27,7 @@ from typing import IO, Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-WORKER_APP = "app.serve:worker_app()"
+WORKER_APP = "app.platform.serve:worker_app()"
 
 
 def gunicorn_options(config, logger) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def on_starting_for(multiproc_dir: str | None) -> Callable:
     def on_starting(server) -> None:
         """Master, once at start: wipe the metrics of any earlier run."""
         if multiproc_dir:
-            from app import metrics as metrics_mod
+            from app.platform import metrics as metrics_mod
 
             metrics_mod.reset_directory(multiproc_dir)
 
@@ -104,7 +104,7 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
     def child_exit(server, worker) -> None:
         """Master, when a worker died: drop its live gauges from the merged metrics."""
         if multiproc_dir:
-            from app import metrics as metrics_mod
+            from app.platform import metrics as metrics_mod
 
             metrics_mod.mark_process_dead(worker.pid, multiproc_dir)
 
@@ -112,8 +112,8 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
 
 
 def worker_class_for(config) -> type:
-    """SayPI's gthread worker (app/worker.py) with this configuration's head limits."""
-    from app.worker import SayPIWorker
+    """SayPI's gthread worker (app/platform/worker.py) with this configuration's head limits."""
+    from app.platform.worker import SayPIWorker
 
     return type("SayPIWorker", (SayPIWorker,), {
         "header_timeout": config.header_timeout,
@@ -138,7 +138,7 @@ def logger_class_for(log_format: str, secrets: tuple[str, ...] = ()) -> type:
     """gunicorn's own log lines (boot, worker exits, invalid requests) in SayPI's format,
     on stdout, through the same redaction as every other line: gunicorn quotes a
     malformed header line, `Authorization Bearer usr_...` included, in its warning."""
-    from app.logs import RedactionFilter, formatter
+    from app.platform.logs import RedactionFilter, formatter
 
     class SayPILogger(GunicornLogger):
         def setup(self, cfg) -> None:
@@ -211,7 +211,7 @@ _factory: WorkerFactory | None = None
 
 
 def worker_app():
-    """The WSGI app for `wsgi_app = "app.serve:worker_app()"`: built here, in the worker."""
+    """The WSGI app for `wsgi_app = "app.platform.serve:worker_app()"`, built in the worker."""
     if _factory is None:
         raise RuntimeError("no SayPI worker factory: start gunicorn with "
                            "-c deploy/gunicorn.conf.py")
@@ -251,7 +251,7 @@ def serving_config(config, warn: Callable[[str], None]):
     directory for the workers' metrics."""
     changes: dict[str, Any] = {}
     if not config.user_secrets:
-        from app.secrets_store import development_secret
+        from app.platform.secrets_store import development_secret
 
         data_dir = Path(config.data_dir).resolve()
         secret, _created = development_secret(data_dir)
@@ -271,7 +271,7 @@ def cli_settings(config, stdout: IO[str]) -> dict[str, Any]:
     Call only after PROMETHEUS_MULTIPROC_DIR is in the environment.
     """
     global _factory
-    from app.logs import new_logger
+    from app.platform.logs import new_logger
 
     logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
 

@@ -18,14 +18,14 @@ from flask import Request, Response, request
 from marshmallow import EXCLUDE, Schema, ValidationError
 from xxhash import xxh3_128_hexdigest
 
-from app.errors import (
+from app.api.fields import Bool
+from app.http.errors import (
     InvalidParams,
     InvalidRequest,
     ParamProblem,
     UnsupportedMediaType,
 )
-from app.fields import Bool
-from app.request_state import request_state
+from app.http.request_state import request_state
 
 JSON_TYPE = "application/json; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"

@@ -396,9 +396,9 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    """Every app/migrations/NNNN_name.sql, in version order."""
+    """Every app/platform/migrations/NNNN_name.sql, in version order."""
     migrations = []
-    for entry in resources.files("app.migrations").iterdir():
+    for entry in resources.files("app.platform.migrations").iterdir():
         if not entry.name.endswith(".sql"):
             continue
         number, _, rest = entry.name.partition("_")

@@ -18,8 +18,8 @@ import logging
 import threading
 from collections import OrderedDict
 
-from app.auth import current_user
-from app.errors import AuthInvalid
+from app.http.auth import current_user
+from app.http.errors import AuthInvalid
 
 RECONNECT_SECONDS = 1.0
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from app import ids
-from app.errors import AuthInvalid, AuthRequired, RateLimited
-from app.request_state import request_state
+from app.domain import ids
+from app.http.errors import AuthInvalid, AuthRequired, RateLimited
+from app.http.request_state import request_state
 
 
 def current_user() -> int:

@@ -16,6 +16,7 @@ from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
+from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
@@ -23,7 +24,6 @@ from app.platform.db import Database, expected_schema_version, pool_settings
 from app.platform.logs import AccessLog
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
-from app.platform.presence import UserPresence
 from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository

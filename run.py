@@ -71,7 +71,7 @@ def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> i
     # prometheus_client reads its multiprocess directory from the environment
     # when first imported: the one place SayPI writes the process environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.prometheus_multiproc_dir
-    from app.wiring import build_worker_app
+    from app.deps import build_worker_app
 
     def build():
         return build_worker_app(config, logger, dsn)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
@@ -11,17 +11,19 @@ from app.http.cors import install_cors
 from app.http.envelope import install_middleware
 from routes import add_routes
 
+if TYPE_CHECKING:
+    from app.deps import Deps
 
-def new_server(config, logger: logging.Logger, access_log, lifecycle, health, metrics,
-               sample_metrics, auth, idempotent, presence, renderer, users, moods, conversations,
-               lines, db) -> Flask:
-    """The SayPI WSGI app; every dependency comes in as an argument."""
+
+def new_server(deps: Deps) -> Flask:
+    """The SayPI WSGI app, made of one worker's dependencies and nothing else."""
     app = Flask("saypi")
     app.session_interface = NoSessions()
-    add_routes(app, config, logger, lifecycle, health, metrics, sample_metrics,
-               auth, idempotent, presence, renderer, users, moods, conversations, lines, db)
-    install_middleware(app, config, logger, access_log, metrics)
-    install_cors(app, config.cors_origins)  # after, so preflights get a request id and a log line
+    add_routes(app, deps.config, deps.logger, deps.lifecycle, deps.health, deps.metrics,
+               deps.sample_metrics, deps.auth, deps.idempotency, deps.presence, deps.renderer,
+               deps.users, deps.moods, deps.conversations, deps.lines, deps.db)
+    install_middleware(app, deps.config, deps.logger, deps.access_log, deps.metrics)
+    install_cors(app, deps.config.cors_origins)  # after: preflights get a request id and a log
     return app
 
 

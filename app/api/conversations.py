@@ -14,6 +14,7 @@ from app.domain import ids
 from app.http import pagination, respond
 from app.http.auth import current_user
 from app.http.errors import ActionNotAllowed, AuthInvalid
+from app.platform.db import UnitOfWork
 from app.repo.conversations import LimitReached, UserGone
 
 
@@ -83,10 +84,11 @@ def handle_create_conversation(conversations, max_conversations: int):
     """POST /conversations: start a conversation with a heading."""
     schema = CreateConversation()
 
-    def handler() -> Response:
+    def handler(uow: UnitOfWork | None) -> Response:
         params = respond.decode(schema)
         try:
-            convo = conversations.create(current_user(), params["heading"], max_conversations)
+            convo = conversations.create(current_user(), params["heading"], max_conversations,
+                                         uow=uow)
         except LimitReached:
             raise ActionNotAllowed(
                 f"create more than {max_conversations} conversations") from None

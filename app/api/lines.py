@@ -14,6 +14,7 @@ from app.domain.models import BUILTIN_MOOD_NAMES
 from app.http import pagination, respond
 from app.http.auth import current_user
 from app.http.errors import ActionNotAllowed, AuthInvalid, InvalidParams, NotFound, ParamProblem
+from app.platform.db import UnitOfWork
 from app.repo.conversations import LimitReached, UserGone
 from app.repo.lines import ConversationMissing, MoodMissing
 
@@ -89,7 +90,7 @@ def handle_create_line(lines, renderer, max_lines: int):
     """POST /conversations/{id}/lines: an animal says (or thinks) a text."""
     schema = CreateLine()
 
-    def handler(conversation_id: str) -> Response:
+    def handler(conversation_id: str, uow: UnitOfWork | None) -> Response:
         rid = parse_id(ids.CONVERSATION, conversation_id)
         user = current_user()
 
@@ -100,7 +101,7 @@ def handle_create_line(lines, renderer, max_lines: int):
                 problems.append(ParamProblem(("animal",), ANIMAL_MISSING))
             mood = valid.get("mood")
             if mood is not None and mood.lower() not in BUILTIN_MOOD_NAMES \
-                    and not lines.mood_exists(user, mood):
+                    and not lines.mood_exists(user, mood, uow=uow):
                 problems.append(ParamProblem(("mood",), MOOD_MISSING))
             return problems
 
@@ -108,7 +109,7 @@ def handle_create_line(lines, renderer, max_lines: int):
         try:
             line = lines.create(user, rid, params.get("animal", DEFAULT_ANIMAL),
                                 params.get("think", False), params.get("mood", "default"),
-                                params.get("text", ""), max_lines)
+                                params.get("text", ""), max_lines, uow=uow)
         except ConversationMissing:
             raise NotFound() from None
         except UserGone:

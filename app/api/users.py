@@ -11,6 +11,7 @@ from app.domain import ids
 from app.http import respond
 from app.http.auth import current_user
 from app.http.errors import ActionNotAllowed, AuthInvalid, NotFound
+from app.platform.db import UnitOfWork
 from app.repo.users import EmailTaken
 
 
@@ -46,10 +47,10 @@ def handle_create_user(users, tokens):
     """POST /users: create a user and return their token (shown only this once)."""
     schema = CreateUser()
 
-    def handler() -> Response:
+    def handler(uow: UnitOfWork | None) -> Response:
         params = respond.decode(schema)
         try:
-            user = users.create(params.get("name"), params.get("email"))
+            user = users.create(params.get("name"), params.get("email"), uow=uow)
         except EmailTaken as exc:
             raise _email_taken(params.get("email")) from exc
         body = CREATED_USER_OUT.dump({**user._asdict(), "token": tokens.sign(user.id)})

@@ -6,6 +6,12 @@ business write and the stored response share one transaction, so a crash or
 a retry never creates a duplicate. A concurrent duplicate finds the lock
 taken and gets 409 at once; no thread waits. Responses with 5xx, 429 or 409
 idempotency_key_in_use are not recorded, so their retries execute.
+
+The transaction is an explicit unit of work: the wrapped handler receives it
+as its `uow` argument (None when the request has no key) and passes it to
+the repository calls that must commit with the key. Which calls join is
+written in the handler, so the order of wrappers in routes.py cannot change
+it.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ class Idempotency:
             def wrapped(*args, **kwargs):
                 key = request.headers.get(HEADER)
                 if key is None:
-                    return handler(*args, **kwargs)
+                    return handler(*args, uow=None, **kwargs)
                 if not _KEY.fullmatch(key):
                     raise InvalidParams.one(HEADER, "must be 1 to 255 printable ASCII characters")
                 return self._run(scope(), key, schema, handler, args, kwargs)
@@ -75,10 +81,10 @@ class Idempotency:
     def _run(self, scope: str, key: str, schema: Schema, handler, args, kwargs) -> Response:
         digest = hashlib.sha256(canonical_params(schema)).digest()
         method, path = request.method, request.path
-        with self.db.transaction():
-            if not self.repo.try_lock(scope, key):
+        with self.db.unit_of_work() as uow:
+            if not self.repo.try_lock(scope, key, uow):
                 raise IdempotencyKeyInUse()
-            stored = self.repo.find(scope, key, TTL_SECONDS)
+            stored = self.repo.find(scope, key, TTL_SECONDS, uow)
             if stored is not None:
                 if (stored.method, stored.path, stored.params_hash) != (method, path, digest):
                     raise IdempotencyKeyReused()
@@ -89,7 +95,7 @@ class Idempotency:
                 response.headers["Idempotent-Replayed"] = "true"
                 return response
             try:
-                response = handler(*args, **kwargs)
+                response = handler(*args, uow=uow, **kwargs)
             except ApiError as error:
                 if error.status >= 500 or error.status == 429:
                     raise
@@ -100,5 +106,6 @@ class Idempotency:
             headers = {name: response.headers[name] for name in _REPLAYED_HEADERS
                        if name in response.headers}
             self.repo.store(scope, key, StoredResponse(method, path, digest,
-                                                       response.status_code, headers, body))
+                                                       response.status_code, headers, body),
+                            uow)
             return response

@@ -1,11 +1,12 @@
-"""PostgreSQL access: the per-worker connection pool and the migrations.
+"""PostgreSQL access: the per-worker connection pool, units of work, and the migrations.
 
 `Database` owns one psycopg_pool.ConnectionPool. Reads run on autocommit
-connections (one statement, one round trip); writes use `transaction()`,
-which also makes the connection ambient for the current thread so that every
-repository called inside it (for example an idempotent request's write and
-its stored response) shares one transaction. Repositories are the only code
-that uses it; handlers never see a connection.
+connections (one statement, one round trip); writes use `transaction()`.
+A `UnitOfWork` is one transaction that several repository calls share,
+passed to each of them explicitly (`uow=`): the idempotency wrapper opens one
+and hands it to its handler, so the key, the write and the stored response
+commit together, and nothing but those arguments decides what joins it.
+Repositories are the only code that uses a connection; handlers never see one.
 
 Outages: the first connection error wakes a checker thread, which probes
 the server with a fresh connection. While the probe fails the database is
@@ -86,8 +87,17 @@ class PoolSettings:
     check_interval: float
 
 
+class UnitOfWork:
+    """One open transaction that the repository calls given it join (see the module docstring)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection | None):
+        self.conn = conn
+
+
 class Database:
-    """A connection pool plus the thread's ambient transaction, if any."""
+    """A connection pool, its checker thread, and the transactions and units of work on it."""
 
     def __init__(self, dsn: str, settings: PoolSettings, logger: logging.Logger,
                  name: str = "saypi"):
@@ -95,7 +105,6 @@ class Database:
         self.logger = logger
         self.name = name
         self._dsn = dsn
-        self._local = threading.local()
         self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._wake_checker = threading.Event()
         self._stopping = threading.Event()
@@ -279,28 +288,28 @@ class Database:
             self._stopping.wait(CHECK_SPACING_SECONDS)
 
     # --- use -----------------------------------------------------------------
-    def connection(self) -> contextlib.AbstractContextManager[psycopg.Connection]:
-        """The ambient transaction's connection, or an autocommit one from the pool."""
-        ambient = getattr(self._local, "conn", None)
-        if ambient is not None:
-            return contextlib.nullcontext(ambient)
+    def connection(self, uow: UnitOfWork | None = None
+                   ) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        """The unit of work's connection, or an autocommit one from the pool."""
+        if uow is not None:
+            return contextlib.nullcontext(uow.conn)
         return Checkout(self, None, translate=True)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Connection]:
-        """A transaction that every repository call on this thread joins until it ends."""
-        ambient = getattr(self._local, "conn", None)
-        if ambient is not None:
-            with ambient.transaction():
-                yield ambient
+    def transaction(self, uow: UnitOfWork | None = None) -> Iterator[psycopg.Connection]:
+        """A transaction of its own, or a savepoint inside the given unit of work."""
+        if uow is not None:
+            with uow.conn.transaction():
+                yield uow.conn
             return
-        with Checkout(self, None, translate=True) as conn:
-            self._local.conn = conn
-            try:
-                with conn.transaction():
-                    yield conn
-            finally:
-                self._local.conn = None
+        with Checkout(self, None, translate=True) as conn, conn.transaction():
+            yield conn
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """One transaction for several repository calls, committed when the block ends."""
+        with Checkout(self, None, translate=True) as conn, conn.transaction():
+            yield UnitOfWork(conn)
 
     def dedicated_connection(self) -> psycopg.Connection:
         """A connection outside the pool, for a long-lived LISTEN; the caller closes it."""

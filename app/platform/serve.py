@@ -31,7 +31,14 @@ WORKER_APP = "app.platform.serve:worker_app()"
 
 
 def gunicorn_options(config, logger) -> dict[str, Any]:
-    """gunicorn settings derived from Config (plus the lifecycle hooks)."""
+    """gunicorn settings derived from Config (plus the lifecycle hooks).
+
+    Every option SayPI relies on is set here, so run(argv, env, stdout)
+    decides them all: gunicorn would otherwise take some from the process
+    environment by itself (bind from PORT, workers from WEB_CONCURRENCY,
+    sendfile from SENDFILE, the proxies it believes from FORWARDED_ALLOW_IPS,
+    and a path prefix from SCRIPT_NAME on every request).
+    """
 
     bind = f"[{config.host}]:{config.port}" if ":" in config.host else \
         f"{config.host}:{config.port}"
@@ -56,6 +63,10 @@ def gunicorn_options(config, logger) -> dict[str, Any]:
         "limit_request_line": 8190,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
+        "sendfile": False,  # SayPI serves no files; gunicorn's property reads SENDFILE otherwise
+        # The proxies whose X-Forwarded-Proto gunicorn believes: the ones SayPI trusts.
+        "forwarded_allow_ips": ",".join(str(network) for network in config.trusted_proxies),
+        "raw_env": ["SCRIPT_NAME="],  # gunicorn strips a SCRIPT_NAME prefix from every path
         "proc_name": "saypi",
         "logger_class": logger_class_for(config.log_format, config.user_secrets),
         "on_starting": on_starting_for(config.prometheus_multiproc_dir),
@@ -161,7 +172,7 @@ def logger_class_for(log_format: str, secrets: tuple[str, ...] = ()) -> type:
 
 
 def _resources_of(worker):
-    """The WorkerResources this worker process built, whichever way gunicorn was started."""
+    """The Deps this worker process built, whichever way gunicorn was started."""
     resources = getattr(worker.app, "worker_resources", None)
     if resources is None and _factory is not None:
         resources = _factory.resources
@@ -276,7 +287,7 @@ def cli_settings(config, stdout: IO[str]) -> dict[str, Any]:
     logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
 
     def build():
-        from app.wiring import build_worker_app
+        from app.deps import build_worker_app
 
         return build_worker_app(config, logger, config.database_url)
 

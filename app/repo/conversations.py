@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.domain import ids
 from app.domain.models import Conversation, Line, Mood
 from app.http.pagination import Page
+from app.platform.db import UnitOfWork
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
 
 
@@ -43,9 +44,10 @@ class ConversationRepository:
     def __init__(self, db):
         self.db = db
 
-    def create(self, user_id: int, heading: str, cap: int) -> Conversation:
+    def create(self, user_id: int, heading: str, cap: int,
+               uow: UnitOfWork | None = None) -> Conversation:
         """Insert unless the user already owns `cap` conversations (race-free counter)."""
-        with self.db.connection() as conn:  # one atomic statement
+        with self.db.connection(uow) as conn:  # one atomic statement
             row = conn.execute(
                 "WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1 "
                 "  WHERE id = %(user_id)s AND conversation_count < %(cap)s RETURNING id) "

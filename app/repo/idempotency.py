@@ -1,8 +1,8 @@
 """IdempotencyRepository: the only SQL about idempotency keys.
 
-Every method runs on the ambient transaction that the idempotency wrapper
-opened, so the key, the business write and the stored response commit
-together.
+Every method but the purge joins the unit of work that the idempotency
+wrapper opened, so the key, the business write and the stored response
+commit together.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
+
+from app.platform.db import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -26,14 +28,15 @@ class IdempotencyRepository:
     def __init__(self, db):
         self.db = db
 
-    def try_lock(self, scope: str, key: str) -> bool:
+    def try_lock(self, scope: str, key: str, uow: UnitOfWork) -> bool:
         """Take the key's transaction-scoped lock without waiting; False if another has it."""
-        with self.db.connection() as conn:
+        with self.db.connection(uow) as conn:
             return conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))",
                                 (f"{scope}\x1f{key}",)).fetchone()[0]
 
-    def find(self, scope: str, key: str, ttl_seconds: int) -> StoredResponse | None:
-        with self.db.connection() as conn:
+    def find(self, scope: str, key: str, ttl_seconds: int,
+             uow: UnitOfWork) -> StoredResponse | None:
+        with self.db.connection(uow) as conn:
             row = conn.execute(
                 "SELECT method, path, params_hash, status, headers, body FROM idempotency_keys "
                 "WHERE scope = %s AND key = %s "
@@ -43,9 +46,9 @@ class IdempotencyRepository:
             return None
         return StoredResponse(row[0], row[1], bytes(row[2]), row[3], row[4], bytes(row[5]))
 
-    def store(self, scope: str, key: str, response: StoredResponse) -> None:
+    def store(self, scope: str, key: str, response: StoredResponse, uow: UnitOfWork) -> None:
         """Record the response; an expired row with the same key is replaced."""
-        with self.db.connection() as conn:
+        with self.db.connection(uow) as conn:
             conn.execute(
                 "INSERT INTO idempotency_keys "
                 "(scope, key, method, path, params_hash, status, headers, body) "

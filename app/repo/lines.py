@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.domain import ids
 from app.domain.models import Line
 from app.http.pagination import Page
+from app.platform.db import UnitOfWork
 from app.repo.conversations import LimitReached, UserGone, line_from_row
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
 
@@ -52,13 +53,13 @@ class LineRepository:
         self.db = db
 
     def create(self, user_id: int, conversation: int, animal: str, think: bool, mood: str,
-               text: str, cap: int) -> Line:
+               text: str, cap: int, uow: UnitOfWork | None = None) -> Line:
         params = {"user_id": user_id, "conversation": conversation, "animal": animal,
                   "think": think, "mood": mood, "text": text, "cap": cap,
                   "rid": ids.new_number()}
-        # One atomic statement: no BEGIN/COMMIT round trips unless a caller's
-        # transaction (an idempotent request) is already open.
-        with self.db.connection() as conn:
+        # One atomic statement: no BEGIN/COMMIT round trips unless it joins a
+        # unit of work (an idempotent request's).
+        with self.db.connection(uow) as conn:
             row = conn.execute(_CREATE, params).fetchone()
             if row is None:
                 self._explain_refusal(conn, params)
@@ -77,8 +78,8 @@ class LineRepository:
             raise MoodMissing()
         raise LimitReached(params["cap"])
 
-    def mood_exists(self, user_id: int, mood: str) -> bool:
-        with self.db.connection() as conn:
+    def mood_exists(self, user_id: int, mood: str, uow: UnitOfWork | None = None) -> bool:
+        with self.db.connection(uow) as conn:
             return conn.execute(f"SELECT EXISTS ({_MOOD_OF_USER})",
                                 {"user_id": user_id, "mood": mood}).fetchone()[0]
 

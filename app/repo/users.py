@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from psycopg import errors as pg_errors
 
 from app.domain import ids
 from app.domain.models import User
+from app.platform.db import UnitOfWork
 
 _COLUMNS = "id, name, email, created_at"
+UPDATABLE = ("name", "email")  # the columns update() may set
 DELETED_CHANNEL = "saypi_user_deleted"
 
 
@@ -22,8 +24,9 @@ class UserRepository:
     def __init__(self, db):
         self.db = db
 
-    def create(self, name: str | None, email: str | None) -> User:
-        with self.db.transaction() as conn:
+    def create(self, name: str | None, email: str | None,
+               uow: UnitOfWork | None = None) -> User:
+        with self.db.transaction(uow) as conn:
             try:
                 row = conn.execute(
                     f"INSERT INTO users (id, name, email) VALUES (%s, %s, %s) "
@@ -43,11 +46,19 @@ class UserRepository:
             return conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone() \
                 is not None
 
-    def update(self, user_id: int, changes: dict[str, str | None]) -> User | None:
-        """Set the given columns (name, email); an empty change reads the user."""
-        if not changes:
+    def update(self, user_id: int, changes: Mapping[str, str | None]) -> User | None:
+        """Set the given columns (name, email); an empty change reads the user.
+
+        Only the columns named in UPDATABLE ever reach the SQL text; any other
+        key is a caller's mistake and raises ValueError.
+        """
+        unknown = set(changes) - set(UPDATABLE)
+        if unknown:
+            raise ValueError(f"users have no updatable column {sorted(unknown)}")
+        columns = [column for column in UPDATABLE if column in changes]
+        if not columns:
             return self.get(user_id)
-        assignments = ", ".join(f"{column} = %({column})s" for column in changes)
+        assignments = ", ".join(f"{column} = %({column})s" for column in columns)
         with self.db.transaction() as conn:
             try:
                 row = conn.execute(

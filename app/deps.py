@@ -1,17 +1,21 @@
-"""Builds one worker's dependencies and app, after fork, and takes them down again.
+"""One worker's dependencies: built in one place, after fork, and closed at exit.
 
 Everything that holds a connection or a thread is created here, inside the
 gunicorn worker, never in the master: a pool opened before fork would share
-sockets between processes.
+sockets between processes. `new_server(deps)` (app/server.py) turns a Deps
+into the Flask app; `routes(deps)` (routes.py) hands each maker function
+exactly the fields its handler needs.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Flask
 
+from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
@@ -28,38 +32,62 @@ from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
+from app.repo.protocols import Conversations, Lines, Moods, Users
 from app.repo.ratelimits import RateLimitRepository
+from app.repo.slow_queries import SlowQueryRepository
 from app.repo.users import UserRepository
-from app.server import new_server
 
 VERSION = "0.1.0"
 
 
-@dataclass
-class WorkerResources:
-    """What a worker must close when it exits."""
+@dataclass(frozen=True, slots=True)
+class Deps:
+    """What one worker's handlers, middleware and background jobs are built from."""
 
-    db: Database
-    health: health_mod.HealthManager
-    sampler: Periodic
-    lifecycle: health_mod.Lifecycle
-    janitor: Periodic
-    presence: UserPresence
+    config: Config
+    logger: logging.Logger
     access_log: AccessLog
     metrics: Metrics
+    sample_metrics: Callable[[], None]  # fold request tallies and gauges into the metrics
+    lifecycle: health_mod.Lifecycle
+    health: health_mod.HealthManager
+    db: Database | None  # None in the in-process test layer, which has no PostgreSQL
+    auth: Authenticator
+    idempotency: Idempotency
+    presence: UserPresence
+    renderer: Renderer
+    users: Users
+    moods: Moods
+    conversations: Conversations
+    lines: Lines
+    slow_queries: SlowQueryRepository | None  # the fault-injection routes' slow query
+    jobs: tuple[Periodic, ...] = ()  # background work started with the worker
+
+    def start(self) -> None:
+        """A first health report before this worker takes traffic, then the background work."""
+        self.metrics.sample_health(self.health.report())
+        self.health.start(interval=max(0.1, self.config.health_cache_seconds))
+        if self.db is not None:
+            self.db.watch(self.health.wake)
+        for job in self.jobs:
+            job.start()
+        self.presence.start()
 
     def close(self) -> None:
+        """Stop taking work, stop the background threads, close the pool, flush what is left."""
         self.lifecycle.begin_shutdown()
         self.presence.stop()
-        self.sampler.stop()
-        self.janitor.stop()
+        for job in self.jobs:
+            job.stop()
         self.health.close()
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
         self.metrics.flush_requests()
         self.access_log.flush()
 
 
-def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, WorkerResources]:
+def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
+    """Open the pool (pre-warmed) and build everything else on it; nothing is started yet."""
     db = Database(dsn, pool_settings(config), logger.getChild("db"))
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     lifecycle = health_mod.Lifecycle()
@@ -85,14 +113,12 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
     renderer = Renderer(library, max_entries=config.render_cache_size)
     users = UserRepository(db)
-    presence = UserPresence(users, logger.getChild("presence"))
-    auth = Authenticator(TokenSigner(config.user_secrets), limiter)
     idempotency_keys = IdempotencyRepository(db)
-    idempotent = Idempotency(db, idempotency_keys, metrics, config.fault_injection)
     janitor = Periodic("janitor", config.purge_interval_seconds,
                        [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
                         rate_limit_state.purge_expired],
                        logger.getChild("janitor"))
+    access_log = AccessLog(logger)
 
     def sample_metrics() -> None:
         metrics.flush_requests()
@@ -102,17 +128,25 @@ def build_worker_app(config, logger: logging.Logger, dsn: str) -> tuple[Flask, W
     def sample_health() -> None:
         metrics.sample_health(health.last())
 
-    access_log = AccessLog(logger)
     sampler = Periodic("metrics-sampler", 1.0, [sample_metrics, sample_health, access_log.flush],
                        logger)
-    app = new_server(config, logger, access_log, lifecycle, health, metrics, sample_metrics,
-                     auth, idempotent, presence, renderer, users,
-                     MoodRepository(db), ConversationRepository(db), LineRepository(db), db)
-    metrics.sample_health(health.report())  # a first status before this worker takes traffic
-    health.start(interval=max(0.1, config.health_cache_seconds))
-    db.watch(health.wake)
-    sampler.start()
-    janitor.start()
-    presence.start()
-    return app, WorkerResources(db, health, sampler, lifecycle, janitor, presence, access_log,
-                                metrics)
+    return Deps(
+        config=config, logger=logger, access_log=access_log, metrics=metrics,
+        sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
+        auth=Authenticator(TokenSigner(config.user_secrets), limiter),
+        idempotency=Idempotency(db, idempotency_keys, metrics, config.fault_injection),
+        presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
+        users=users, moods=MoodRepository(db), conversations=ConversationRepository(db),
+        lines=LineRepository(db), slow_queries=SlowQueryRepository(db),
+        jobs=(sampler, janitor),
+    )
+
+
+def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:
+    """This worker's app and the Deps it must close at exit (gunicorn's `load`)."""
+    from app.server import new_server
+
+    deps = build_deps(config, logger, dsn)
+    app = new_server(deps)
+    deps.start()
+    return app, deps

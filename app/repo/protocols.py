@@ -1,0 +1,77 @@
+"""What the handlers need from storage, as typing.Protocol interfaces.
+
+The PostgreSQL repositories beside this module implement them; so do the
+in-memory fakes of the in-process test layer (tests/fakes.py), which is how a
+fake type-checks against the real thing. Handlers and Deps name these
+interfaces, never a concrete repository.
+
+A `uow` argument joins the call to a unit of work (one database transaction
+that several calls share, see app/platform/db.py): the idempotency wrapper
+passes one to its handler, so the key, the write and the stored response
+commit together. Without one, a call runs as its own statement or
+transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from app.domain.models import Conversation, Line, Mood, User
+from app.http.pagination import Page
+from app.platform.db import UnitOfWork
+from app.repo.keyset import KeysetResult
+
+
+class Users(Protocol):
+    def create(self, name: str | None, email: str | None,
+               uow: UnitOfWork | None = None) -> User: ...
+
+    def get(self, user_id: int) -> User | None: ...
+
+    def exists(self, user_id: int) -> bool: ...
+
+    def update(self, user_id: int, changes: Mapping[str, str | None]) -> User | None: ...
+
+    def delete(self, user_id: int) -> bool: ...
+
+    def watch_deletions(self, on_listening: Callable[[], None],
+                        on_deleted: Callable[[int], None], stop: threading.Event) -> None: ...
+
+
+class Moods(Protocol):
+    def list(self, user_id: int, page: Page) -> KeysetResult: ...
+
+    def get(self, user_id: int, name: str) -> Mood | None: ...
+
+    def upsert(self, user_id: int, name: str, eyes: str | None, tongue: str | None,
+               cap: int) -> tuple[Mood, bool]: ...
+
+    def delete(self, user_id: int, name: str) -> bool: ...
+
+
+class Conversations(Protocol):
+    def create(self, user_id: int, heading: str, cap: int,
+               uow: UnitOfWork | None = None) -> Conversation: ...
+
+    def get(self, user_id: int, rid: int) -> Conversation | None: ...
+
+    def list(self, user_id: int, page: Page) -> KeysetResult: ...
+
+    def update_heading(self, user_id: int, rid: int, heading: str) -> Conversation | None: ...
+
+    def delete(self, user_id: int, rid: int) -> bool: ...
+
+
+class Lines(Protocol):
+    def create(self, user_id: int, conversation: int, animal: str, think: bool, mood: str,
+               text: str, cap: int, uow: UnitOfWork | None = None) -> Line: ...
+
+    def mood_exists(self, user_id: int, mood: str, uow: UnitOfWork | None = None) -> bool: ...
+
+    def get(self, user_id: int, conversation: int, rid: int) -> Line | None: ...
+
+    def list(self, user_id: int, conversation: int, page: Page) -> KeysetResult: ...
+
+    def delete(self, user_id: int, conversation: int, rid: int) -> bool: ...

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
 from app.http.cors import install_cors
 from app.http.envelope import install_middleware
-from routes import add_routes
+from app.http.routing import register
+from app.repo.slow_queries import SlowQueryRepository
+from routes import routes
 
 
 def new_server(config, logger: logging.Logger, access_log, lifecycle, health, metrics,
                sample_metrics, auth, idempotent, presence, renderer, users, moods, conversations,
                lines, db) -> Flask:
     """The SayPI WSGI app; every dependency comes in as an argument."""
+    # A stand-in for app/deps.py's Deps, with its field names, until that lands.
+    deps = SimpleNamespace(
+        config=config, logger=logger, lifecycle=lifecycle, health=health, metrics=metrics,
+        sample_metrics=sample_metrics, auth=auth, idempotency=idempotent, presence=presence,
+        renderer=renderer, users=users, moods=moods, conversations=conversations, lines=lines,
+        slow_queries=SlowQueryRepository(db))
     app = Flask("saypi")
     app.session_interface = NoSessions()
-    add_routes(app, config, logger, lifecycle, health, metrics, sample_metrics,
-               auth, idempotent, presence, renderer, users, moods, conversations, lines, db)
+    register(app, routes(deps), deps.auth, deps.idempotency)
     install_middleware(app, config, logger, access_log, metrics)
     install_cors(app, config.cors_origins)  # after, so preflights get a request id and a log line
     return app

@@ -1,79 +1,104 @@
 """Every route of the SayPI API, in one table.
 
 Each entry states its facts once, and both Flask (app/http/routing.py's
-`register`) and the OpenAPI document read them: the guard (`AUTHED`: bearer
-token, then the user's rate limit; `PUBLIC`: the client address's rate limit;
-`OPEN`: neither, for health, metrics and docs), the body schema, the
-Idempotency-Key scope (`BY_USER`, `BY_CLIENT`) and the description (`doc`,
-kept next to the handler it describes).
+`register`) and the OpenAPI document (app/openapi/builder.py) read them: the
+guard (`AUTHED`: bearer token, then the user's rate limit; `PUBLIC`: the
+client address's rate limit; `OPEN`: neither, for health, metrics and docs),
+the body schema, the Idempotency-Key scope (`BY_USER`, `BY_CLIENT`), and the
+description (`doc`, kept next to the handler it describes).
+
+Adding an endpoint is one entry here, plus its maker function and its `Doc`
+in app/api/<area>.py.
 """
 
 from __future__ import annotations
 
 from app.api import animals, conversations, debug, docs, lines, moods, ops, users
 from app.http.routing import AUTHED, BY_CLIENT, BY_USER, OPEN, PUBLIC, Route
+from app.openapi.builder import spec_json
 
 
-def routes(d) -> list[Route]:
-    """The app's routes, made from its dependencies `d` (app/deps.py's Deps)."""
+def documented_routes(d) -> list[Route]:
+    """The routes the OpenAPI document describes: all but the docs' own and debug's."""
     return [
         Route("POST", "/users", users.handle_create_user(d.users, d.auth.tokens),
-              guard=PUBLIC, body=users.CreateUser, idempotent=BY_CLIENT),
+              guard=PUBLIC, body=users.CreateUser, idempotent=BY_CLIENT,
+              doc=users.CREATE_USER_DOC),
         Route("GET", "/users/<user_id>", users.handle_get_user(d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=users.GET_USER_DOC),
         Route("PATCH", "/users/<user_id>", users.handle_update_user(d.users),
-              guard=AUTHED, body=users.UpdateUser),
+              guard=AUTHED, body=users.UpdateUser, doc=users.UPDATE_USER_DOC),
         Route("DELETE", "/users/<user_id>", users.handle_delete_user(d.users, d.presence),
-              guard=AUTHED),
+              guard=AUTHED, doc=users.DELETE_USER_DOC),
 
         Route("GET", "/animals", animals.handle_list_animals(d.renderer.library, d.presence),
-              guard=AUTHED),
+              guard=AUTHED, doc=animals.LIST_ANIMALS_DOC),
 
         Route("GET", "/moods", moods.handle_list_moods(d.moods, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=moods.LIST_MOODS_DOC),
         Route("GET", "/moods/<name>", moods.handle_get_mood(d.moods, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=moods.GET_MOOD_DOC),
         Route("PUT", "/moods/<name>", moods.handle_put_mood(d.moods, d.config.max_moods_per_user),
-              guard=AUTHED, body=moods.PutMood),
+              guard=AUTHED, body=moods.PutMood, doc=moods.PUT_MOOD_DOC),
         Route("DELETE", "/moods/<name>", moods.handle_delete_mood(d.moods, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=moods.DELETE_MOOD_DOC),
 
         Route("GET", "/conversations",
               conversations.handle_list_conversations(d.conversations, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=conversations.LIST_CONVERSATIONS_DOC),
         Route("POST", "/conversations",
               conversations.handle_create_conversation(
                   d.conversations, d.config.max_conversations_per_user),
-              guard=AUTHED, body=conversations.CreateConversation, idempotent=BY_USER),
+              guard=AUTHED, body=conversations.CreateConversation, idempotent=BY_USER,
+              doc=conversations.CREATE_CONVERSATION_DOC),
         Route("GET", "/conversations/<conversation_id>",
               conversations.handle_get_conversation(d.conversations, d.users, d.renderer),
-              guard=AUTHED),
+              guard=AUTHED, doc=conversations.GET_CONVERSATION_DOC),
         Route("PATCH", "/conversations/<conversation_id>",
               conversations.handle_update_conversation(d.conversations, d.users, d.renderer),
-              guard=AUTHED, body=conversations.UpdateConversation),
+              guard=AUTHED, body=conversations.UpdateConversation,
+              doc=conversations.UPDATE_CONVERSATION_DOC),
         Route("DELETE", "/conversations/<conversation_id>",
               conversations.handle_delete_conversation(d.conversations, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=conversations.DELETE_CONVERSATION_DOC),
 
         Route("GET", "/conversations/<conversation_id>/lines",
               lines.handle_list_lines(d.lines, d.users, d.renderer),
-              guard=AUTHED),
+              guard=AUTHED, doc=lines.LIST_LINES_DOC),
         Route("POST", "/conversations/<conversation_id>/lines",
               lines.handle_create_line(d.lines, d.renderer, d.config.max_lines_per_conversation),
-              guard=AUTHED, body=lines.CreateLine, idempotent=BY_USER),
+              guard=AUTHED, body=lines.CreateLine, idempotent=BY_USER, doc=lines.CREATE_LINE_DOC),
         Route("GET", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_get_line(d.lines, d.users, d.renderer),
-              guard=AUTHED),
+              guard=AUTHED, doc=lines.GET_LINE_DOC),
         Route("DELETE", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_delete_line(d.lines, d.users),
-              guard=AUTHED),
+              guard=AUTHED, doc=lines.DELETE_LINE_DOC),
 
-        Route("GET", "/health/live", ops.handle_live(), guard=OPEN),
-        Route("GET", "/health/ready", ops.handle_ready(d.health, d.lifecycle), guard=OPEN),
-        Route("GET", "/health/quick", ops.handle_quick(d.health, d.lifecycle), guard=OPEN),
-        Route("GET", "/health/detailed", ops.handle_detailed(d.health, d.lifecycle), guard=OPEN),
-        Route("GET", "/metrics", ops.handle_metrics(d.metrics, d.sample_metrics), guard=OPEN),
-        Route("GET", "/openapi.json", docs.handle_openapi(d.config), guard=OPEN),
+        Route("GET", "/health/live", ops.handle_live(),
+              guard=OPEN, doc=ops.LIVE_DOC),
+        Route("GET", "/health/ready", ops.handle_ready(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.READY_DOC),
+        Route("GET", "/health/quick", ops.handle_quick(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.QUICK_DOC),
+        Route("GET", "/health/detailed", ops.handle_detailed(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.DETAILED_DOC),
+        Route("GET", "/metrics", ops.handle_metrics(d.metrics, d.sample_metrics),
+              guard=OPEN, doc=ops.METRICS_DOC),
+    ]
+
+
+def routes(d) -> list[Route]:
+    """Every route of the app, made from its dependencies `d` (app/deps.py's Deps).
+
+    /openapi.json serves the description of exactly the documented routes
+    registered beside it, built once here.
+    """
+    documented = documented_routes(d)
+    return [
+        *documented,
+        Route("GET", "/openapi.json", docs.handle_openapi(spec_json(d.config, documented)),
+              guard=OPEN),
         Route("GET", "/docs", docs.handle_docs(), guard=OPEN),
         Route("GET", "/docs/<asset>", docs.handle_docs_asset(), guard=OPEN),
 

@@ -1,105 +1,115 @@
-"""Every route of the SayPI API, in one file.
+"""Every route of the SayPI API, in one table.
 
-Middleware that applies to one route is visible on its line: `authed` (bearer
-token, then the user's rate limit), `public` (the client address's rate
-limit), `idempotent(schema, scope)` (Idempotency-Key replay). Health, metrics
-and docs carry none of them: they are never authenticated or limited.
+Each entry states its facts once, and both Flask (app/http/routing.py's
+`register`) and the OpenAPI document (app/openapi/builder.py) read them: the
+guard (`AUTHED`: bearer token, then the user's rate limit; `PUBLIC`: the
+client address's rate limit; `OPEN`: neither, for health, metrics and docs),
+the body schema, the Idempotency-Key scope (`BY_USER`, `BY_CLIENT`), and the
+description (`doc`, kept next to the handler it describes).
+
+Adding an endpoint is one entry here, plus its maker function and its `Doc`
+in app/api/<area>.py.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-
-from flask import Flask
+from typing import TYPE_CHECKING
 
 from app.api import animals, conversations, debug, docs, lines, moods, ops, users
-from app.http.request_state import request_state
-from app.repo.slow_queries import SlowQueryRepository
+from app.http.routing import AUTHED, BY_CLIENT, BY_USER, OPEN, PUBLIC, Route
+from app.openapi.builder import spec_json
+
+if TYPE_CHECKING:
+    from app.deps import Deps
 
 
-def route(app: Flask, method: str, path: str, handler: Callable) -> None:
-    """Register one handler for one method and path.
+def documented_routes(d: Deps) -> list[Route]:
+    """The routes the OpenAPI document describes: all but the docs' own and debug's."""
+    return [
+        Route("POST", "/users", users.handle_create_user(d.users, d.auth.tokens),
+              guard=PUBLIC, body=users.CreateUser, idempotent=BY_CLIENT,
+              doc=users.CREATE_USER_DOC),
+        Route("GET", "/users/<user_id>", users.handle_get_user(d.users),
+              guard=AUTHED, doc=users.GET_USER_DOC),
+        Route("PATCH", "/users/<user_id>", users.handle_update_user(d.users),
+              guard=AUTHED, body=users.UpdateUser, doc=users.UPDATE_USER_DOC),
+        Route("DELETE", "/users/<user_id>", users.handle_delete_user(d.users, d.presence),
+              guard=AUTHED, doc=users.DELETE_USER_DOC),
 
-    The request's state learns the route template, which the access log and
-    the metrics report (requests that match no route report "unmatched"),
-    and a refusal the envelope decided on (a body over the limit) is raised
-    here, before the handler and its wrappers.
+        Route("GET", "/animals", animals.handle_list_animals(d.renderer.library, d.presence),
+              guard=AUTHED, doc=animals.LIST_ANIMALS_DOC),
+
+        Route("GET", "/moods", moods.handle_list_moods(d.moods, d.users),
+              guard=AUTHED, doc=moods.LIST_MOODS_DOC),
+        Route("GET", "/moods/<name>", moods.handle_get_mood(d.moods, d.users),
+              guard=AUTHED, doc=moods.GET_MOOD_DOC),
+        Route("PUT", "/moods/<name>", moods.handle_put_mood(d.moods, d.config.max_moods_per_user),
+              guard=AUTHED, body=moods.PutMood, doc=moods.PUT_MOOD_DOC),
+        Route("DELETE", "/moods/<name>", moods.handle_delete_mood(d.moods, d.users),
+              guard=AUTHED, doc=moods.DELETE_MOOD_DOC),
+
+        Route("GET", "/conversations",
+              conversations.handle_list_conversations(d.conversations, d.users),
+              guard=AUTHED, doc=conversations.LIST_CONVERSATIONS_DOC),
+        Route("POST", "/conversations",
+              conversations.handle_create_conversation(
+                  d.conversations, d.config.max_conversations_per_user),
+              guard=AUTHED, body=conversations.CreateConversation, idempotent=BY_USER,
+              doc=conversations.CREATE_CONVERSATION_DOC),
+        Route("GET", "/conversations/<conversation_id>",
+              conversations.handle_get_conversation(d.conversations, d.users, d.renderer),
+              guard=AUTHED, doc=conversations.GET_CONVERSATION_DOC),
+        Route("PATCH", "/conversations/<conversation_id>",
+              conversations.handle_update_conversation(d.conversations, d.users, d.renderer),
+              guard=AUTHED, body=conversations.UpdateConversation,
+              doc=conversations.UPDATE_CONVERSATION_DOC),
+        Route("DELETE", "/conversations/<conversation_id>",
+              conversations.handle_delete_conversation(d.conversations, d.users),
+              guard=AUTHED, doc=conversations.DELETE_CONVERSATION_DOC),
+
+        Route("GET", "/conversations/<conversation_id>/lines",
+              lines.handle_list_lines(d.lines, d.users, d.renderer),
+              guard=AUTHED, doc=lines.LIST_LINES_DOC),
+        Route("POST", "/conversations/<conversation_id>/lines",
+              lines.handle_create_line(d.lines, d.renderer, d.config.max_lines_per_conversation),
+              guard=AUTHED, body=lines.CreateLine, idempotent=BY_USER, doc=lines.CREATE_LINE_DOC),
+        Route("GET", "/conversations/<conversation_id>/lines/<line_id>",
+              lines.handle_get_line(d.lines, d.users, d.renderer),
+              guard=AUTHED, doc=lines.GET_LINE_DOC),
+        Route("DELETE", "/conversations/<conversation_id>/lines/<line_id>",
+              lines.handle_delete_line(d.lines, d.users),
+              guard=AUTHED, doc=lines.DELETE_LINE_DOC),
+
+        Route("GET", "/health/live", ops.handle_live(),
+              guard=OPEN, doc=ops.LIVE_DOC),
+        Route("GET", "/health/ready", ops.handle_ready(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.READY_DOC),
+        Route("GET", "/health/quick", ops.handle_quick(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.QUICK_DOC),
+        Route("GET", "/health/detailed", ops.handle_detailed(d.health, d.lifecycle),
+              guard=OPEN, doc=ops.DETAILED_DOC),
+        Route("GET", "/metrics", ops.handle_metrics(d.metrics, d.sample_metrics),
+              guard=OPEN, doc=ops.METRICS_DOC),
+    ]
+
+
+def routes(d: Deps) -> list[Route]:
+    """Every route of the app, made from its dependencies `d` (app/deps.py's Deps).
+
+    /openapi.json serves the description of exactly the documented routes
+    registered beside it, built once here.
     """
+    documented = documented_routes(d)
+    return [
+        *documented,
+        Route("GET", "/openapi.json", docs.handle_openapi(spec_json(d.config, documented)),
+              guard=OPEN),
+        Route("GET", "/docs", docs.handle_docs(), guard=OPEN),
+        Route("GET", "/docs/<asset>", docs.handle_docs_asset(), guard=OPEN),
 
-    @functools.wraps(handler)
-    def view(**params):
-        state = request_state()
-        state.route = path
-        if state.refusal is not None:
-            raise state.refusal
-        return handler(**params)
-
-    app.add_url_rule(path, endpoint=f"{method} {path}", view_func=view, methods=[method],
-                     provide_automatic_options=False)
-
-
-def by_user() -> str:
-    return f"user:{request_state().user_id}"
-
-
-def by_client() -> str:
-    return f"ip:{request_state().client_addr}"
-
-
-def add_routes(app: Flask, config, logger, lifecycle, health, metrics, sample_metrics,
-               auth, idempotent, presence, renderer, user_repo, mood_repo,
-               conversation_repo, line_repo, db) -> None:
-    authed, public = auth.required, auth.public
-
-    route(app, "POST", "/users", public(idempotent(users.CreateUser(), by_client)(
-        users.handle_create_user(user_repo, auth.tokens))))
-    route(app, "GET", "/users/<user_id>", authed(users.handle_get_user(user_repo)))
-    route(app, "PATCH", "/users/<user_id>", authed(users.handle_update_user(user_repo)))
-    route(app, "DELETE", "/users/<user_id>", authed(users.handle_delete_user(user_repo, presence)))
-
-    route(app, "GET", "/animals", authed(animals.handle_list_animals(renderer.library,
-                                                                     presence)))
-
-    route(app, "GET", "/moods", authed(moods.handle_list_moods(mood_repo, user_repo)))
-    route(app, "GET", "/moods/<name>", authed(moods.handle_get_mood(mood_repo, user_repo)))
-    route(app, "PUT", "/moods/<name>", authed(moods.handle_put_mood(
-        mood_repo, config.max_moods_per_user)))
-    route(app, "DELETE", "/moods/<name>", authed(moods.handle_delete_mood(mood_repo,
-                                                                          user_repo)))
-
-    route(app, "GET", "/conversations", authed(conversations.handle_list_conversations(
-        conversation_repo, user_repo)))
-    route(app, "POST", "/conversations", authed(idempotent(
-        conversations.CreateConversation(), by_user)(conversations.handle_create_conversation(
-            conversation_repo, config.max_conversations_per_user))))
-    route(app, "GET", "/conversations/<conversation_id>", authed(
-        conversations.handle_get_conversation(conversation_repo, user_repo, renderer)))
-    route(app, "PATCH", "/conversations/<conversation_id>", authed(
-        conversations.handle_update_conversation(conversation_repo, user_repo, renderer)))
-    route(app, "DELETE", "/conversations/<conversation_id>", authed(
-        conversations.handle_delete_conversation(conversation_repo, user_repo)))
-
-    route(app, "GET", "/conversations/<conversation_id>/lines", authed(
-        lines.handle_list_lines(line_repo, user_repo, renderer)))
-    route(app, "POST", "/conversations/<conversation_id>/lines", authed(idempotent(
-        lines.CreateLine(), by_user)(lines.handle_create_line(
-            line_repo, renderer, config.max_lines_per_conversation))))
-    route(app, "GET", "/conversations/<conversation_id>/lines/<line_id>", authed(
-        lines.handle_get_line(line_repo, user_repo, renderer)))
-    route(app, "DELETE", "/conversations/<conversation_id>/lines/<line_id>", authed(
-        lines.handle_delete_line(line_repo, user_repo)))
-
-    route(app, "GET", "/health/live", ops.handle_live())
-    route(app, "GET", "/health/ready", ops.handle_ready(health, lifecycle))
-    route(app, "GET", "/health/quick", ops.handle_quick(health, lifecycle))
-    route(app, "GET", "/health/detailed", ops.handle_detailed(health, lifecycle))
-    route(app, "GET", "/metrics", ops.handle_metrics(metrics, sample_metrics))
-    route(app, "GET", "/openapi.json", docs.handle_openapi(config))
-    route(app, "GET", "/docs", docs.handle_docs())
-    route(app, "GET", "/docs/<asset>", docs.handle_docs_asset())
-
-    if config.fault_injection:
-        route(app, "GET", "/debug/sleep", debug.handle_debug_sleep())
-        route(app, "GET", "/debug/fail", debug.handle_debug_fail())
-        route(app, "GET", "/debug/db-sleep", debug.handle_debug_db_sleep(SlowQueryRepository(db)))
+        *([Route("GET", "/debug/sleep", debug.handle_debug_sleep(), guard=OPEN),
+           Route("GET", "/debug/fail", debug.handle_debug_fail(), guard=OPEN),
+           Route("GET", "/debug/db-sleep", debug.handle_debug_db_sleep(d.slow_queries),
+                 guard=OPEN)]
+          if d.config.fault_injection else []),
+    ]

@@ -9,7 +9,8 @@ from flask.sessions import NullSession, SessionInterface
 
 from app.http.cors import install_cors
 from app.http.envelope import install_middleware
-from routes import add_routes
+from app.http.routing import register
+from routes import routes
 
 if TYPE_CHECKING:
     from app.deps import Deps
@@ -19,9 +20,7 @@ def new_server(deps: Deps) -> Flask:
     """The SayPI WSGI app, made of one worker's dependencies and nothing else."""
     app = Flask("saypi")
     app.session_interface = NoSessions()
-    add_routes(app, deps.config, deps.logger, deps.lifecycle, deps.health, deps.metrics,
-               deps.sample_metrics, deps.auth, deps.idempotency, deps.presence, deps.renderer,
-               deps.users, deps.moods, deps.conversations, deps.lines, deps.db)
+    register(app, routes(deps), deps.auth, deps.idempotency)
     install_middleware(app, deps.config, deps.logger, deps.access_log, deps.metrics)
     install_cors(app, deps.config.cors_origins)  # after: preflights get a request id and a log
     return app

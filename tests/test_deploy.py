@@ -64,7 +64,7 @@ def config_env() -> dict[str, str]:
 
 def route_paths() -> set[str]:
     """Every GET path registered in routes.py."""
-    return set(re.findall(r'route\(app, "GET", "([^"]+)"', (ROOT / "routes.py").read_text()))
+    return set(re.findall(r'Route\("GET", "([^"]+)"', (ROOT / "routes.py").read_text()))
 
 
 def dockerfile() -> str:

@@ -1,19 +1,21 @@
 """The OpenAPI description: valid, complete, in step with the routes, and served with /docs.
 
-The drift tests build the real route table (routes.add_routes) in process and
-compare it with the documentation table of app/openapi.py: every registered
-rule and method must be documented, by the maker function that serves it,
-with the authentication and idempotency its wrappers give it, and nothing may
-be documented that is not registered.
+The document is built from routes.py's Route entries, the same ones Flask
+registers, so it cannot drift from them by construction. The tests here check
+that construction: every rule of an app registered from the table (but the
+docs' own and debug's) is in the document and nothing else is, and what the
+document says about authentication, rate limits, bodies and idempotency
+follows the entries (a hand-made table shows it).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
+import json
 import logging
 import re
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -22,15 +24,19 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from app import openapi
 from app.api import conversations, lines, moods, users
 from app.config import Config
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
+from app.http import request_state, routing
 from app.http.auth import Authenticator
 from app.http.errors import ALL_ERRORS
 from app.http.idempotency import Idempotency
+from app.http.routing import Route, register
 from app.http.tokens import TokenSigner
-from routes import add_routes, route
+from app.openapi import components
+from app.openapi.builder import build_spec, docstring_route, openapi_path, path_shape, spec_json
+from app.openapi.doc import Doc, Success
+from routes import documented_routes, routes
 
 CONFIG = Config.from_env({}, ["serve"]).replace(fault_injection=True)
 
@@ -85,17 +91,32 @@ CONTRACT_STATUSES = {
 }
 
 
+def inert_deps(config: Config) -> SimpleNamespace:
+    """Dependencies enough to build the route table: nothing here is ever called."""
+    return SimpleNamespace(
+        config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
+        metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
+        conversations=None, lines=None, slow_queries=None,
+        auth=Authenticator(TokenSigner(("a-secret-for-route-tests",))),
+        idempotency=Idempotency(None, None, None),
+        renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))
+
+
 def routed_app() -> Flask:
     """A Flask app with the real route table; the dependencies handlers use are not needed."""
     app = Flask("saypi-routes")
-    needed = {
-        "app": app, "config": CONFIG, "logger": logging.getLogger("test"),
-        "auth": Authenticator(TokenSigner(("a-secret-for-route-tests",))),
-        "idempotent": Idempotency(None, None, None),
-        "renderer": Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))),
-    }
-    add_routes(**{name: needed.get(name) for name in inspect.signature(add_routes).parameters})
+    deps = inert_deps(CONFIG)
+    register(app, routes(deps), deps.auth, deps.idempotency)
     return app
+
+
+DOCUMENTED = documented_routes(inert_deps(CONFIG))
+
+
+def route_of(method: str, path: str) -> Route:
+    """The documented Route of an OpenAPI method and path."""
+    rule = re.sub(r"\{(\w+)\}", r"<\1>", path)
+    return next(r for r in DOCUMENTED if (r.method, r.path) == (method, rule))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +126,7 @@ def app() -> Flask:
 
 @pytest.fixture(scope="module")
 def spec() -> dict:
-    return openapi.build_spec(CONFIG)
+    return build_spec(CONFIG, DOCUMENTED)
 
 
 def operations(spec: dict):
@@ -154,66 +175,119 @@ def test_every_status_of_the_contract_is_documented(spec, method, path):
     assert documented == CONTRACT_STATUSES[(method, path)]
 
 
-# --- drift between routes and documentation ---------------------------------------------
-def test_every_registered_route_is_documented_with_its_methods(app):
-    assert openapi.route_drift(app) == []
+# --- routes and documentation: one table -------------------------------------------------
+def registered(app: Flask) -> set[tuple[str, str]]:
+    """(method, rule) of every route of an app."""
+    return {(method, rule.rule) for rule in app.url_map.iter_rules()
+            if rule.endpoint != "static" for method in rule.methods - {"HEAD", "OPTIONS"}}
 
 
 def test_the_spec_has_exactly_the_registered_operations(app, spec):
-    registered = {(method, openapi.openapi_path(rule))
-                  for method, rule in openapi.registered_operations(app.url_map)}
-    assert {(method, path) for method, path, _ in operations(spec)} == registered
-    fault_routes = {rule.rule for rule in app.url_map.iter_rules()
-                    if rule.rule.startswith("/debug/")}
-    assert fault_routes, "fault injection is on here, so its routes exist and are left out"
+    undocumented = {(m, r) for m, r in registered(app)
+                    if r in ("/openapi.json", "/docs", "/docs/<asset>") or r.startswith("/debug/")}
+    assert {(method, openapi_path(rule)) for method, rule in registered(app) - undocumented} == \
+        {(method, path) for method, path, _ in operations(spec)}
+    assert {rule for _, rule in undocumented if rule.startswith("/debug/")}, \
+        "fault injection is on here, so its routes exist and are left out"
 
 
-def test_drift_is_reported(app):
-    extra = routed_app()
-    route(extra, "GET", "/conversations/<conversation_id>/export", lambda conversation_id: "")
-    assert openapi.route_drift(extra) == [
-        "GET /conversations/<conversation_id>/export is registered but not documented"]
-
-    table = dict(openapi.OPERATIONS)
-    patch = table.pop(("PATCH", "/conversations/<conversation_id>"))
-    table[("PUT", "/conversations/<conversation_id>")] = patch
-    assert openapi.route_drift(app, table) == [
-        "PATCH /conversations/<conversation_id> is registered but not documented",
-        "PUT /conversations/<conversation_id> is documented but not registered"]
-
-    table = dict(openapi.OPERATIONS)
-    key = ("GET", "/moods/<name>")
-    table[key] = dataclasses.replace(table[key], maker=moods.handle_list_moods)
-    assert openapi.route_drift(app, table) == [
-        "GET /moods/<name> is served by app.api.moods.handle_get_mood but documented from "
-        "app.api.moods.handle_list_moods"]
+def test_the_served_document_describes_the_registered_documented_routes():
+    deps = inert_deps(CONFIG)
+    table = routes(deps)
+    served = next(r for r in table if r.path == "/openapi.json")
+    token = request_state.enter(request_state.RequestState({}, "test", "127.0.0.1"))
+    try:
+        with Flask("t").test_request_context():
+            body = served.handler().get_data()
+    finally:
+        request_state.leave(token)
+    documented = [r for r in table if r.doc is not None]
+    assert [(r.method, r.path) for r in documented] == \
+        [(r.method, r.path) for r in documented_routes(deps)]
+    assert body == spec_json(CONFIG, documented)
 
 
-def _layers(view) -> list[str]:
-    """The qualified names of a view and every functools.wraps wrapper around it."""
-    names = []
-    while view is not None:
-        names.append(view.__code__.co_qualname)
-        view = getattr(view, "__wrapped__", None)
-    return names
+def test_a_documented_route_without_a_doc_fails_the_build():
+    bare = Route("GET", "/things", lambda: "", guard=routing.AUTHED)
+    with pytest.raises(ValueError, match="GET /things has no doc"):
+        build_spec(CONFIG, [*DOCUMENTED, bare])
 
 
-def test_authentication_and_idempotency_match_the_routes_wrappers(app):
-    endpoints = openapi.registered_operations(app.url_map)
-    for key, op in openapi.OPERATIONS.items():
-        layers = _layers(app.view_functions[endpoints[key]])
-        authed = any(name.startswith("Authenticator.required") for name in layers)
-        public = any(name.startswith("Authenticator.public") for name in layers)
-        idempotent = any(name.startswith("Idempotency.") for name in layers)
-        assert (op.authenticated, op.limited, op.idempotent) == \
-            (authed, authed or public, idempotent), (key, layers)
+def test_an_idempotent_route_needs_its_body_schema():
+    with pytest.raises(ValueError, match="needs its body"):
+        Route("POST", "/things", lambda: "", guard=routing.AUTHED, idempotent=routing.BY_USER)
+
+
+def handle_things():
+    """GET /things: the things, to document a hand-made route table."""
+
+
+def test_authentication_rate_limits_bodies_and_idempotency_come_from_the_route_entries():
+    doc = Doc(handle_things, "Users", success=(Success(200, "Things."),))
+    table = [
+        Route("GET", "/authed", lambda: "", guard=routing.AUTHED, doc=doc),
+        Route("GET", "/public", lambda: "", guard=routing.PUBLIC, doc=doc),
+        Route("GET", "/open", lambda: "", guard=routing.OPEN, doc=doc),
+        Route("POST", "/posted", lambda: "", guard=routing.AUTHED,
+              body=conversations.CreateConversation, doc=doc),
+        Route("POST", "/idempotent", lambda: "", guard=routing.PUBLIC, body=users.CreateUser,
+              idempotent=routing.BY_USER, doc=doc),
+    ]
+    document = build_spec(CONFIG, table)  # one doc for all: only the entries differ
+    ops = {path: operation for method, path, operation in operations(document)}
+    assert set(ops) == {"/authed", "/public", "/open", "/posted", "/idempotent"}
+
+    def statuses(path):
+        return set(ops[path]["responses"])
+
+    def params(path):
+        return {p.get("$ref", "").rsplit("/", 1)[-1] for p in ops[path]["parameters"]}
+
+    def headers(path, status):
+        return set(ops[path]["responses"][status]["headers"])
+
+    assert "security" not in ops["/authed"] and statuses("/authed") == {
+        "200", "401", "429", "500", "503"}
+    assert ops["/public"]["security"] == [] and statuses("/public") == {"200", "429", "500", "503"}
+    assert ops["/open"]["security"] == [] and statuses("/open") == {"200", "500"}
+    assert {"RateLimit", "RateLimit-Policy"} <= headers("/public", "200")
+    assert not {"RateLimit", "RateLimit-Policy"} & headers("/open", "200")
+
+    assert "requestBody" not in ops["/authed"]
+    posted = ops["/posted"]["requestBody"]
+    assert posted["required"] is True  # CreateConversation requires its heading
+    assert posted["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CreateConversation"}
+    assert ops["/idempotent"]["requestBody"]["required"] is False  # CreateUser requires nothing
+    assert statuses("/posted") == {"200", "400", "401", "413", "415", "429", "500", "503"}
+    assert "Idempotency-Key" not in params("/posted")
+    assert "Idempotent-Replayed" not in headers("/posted", "200")
+
+    assert "Idempotency-Key" in params("/idempotent")
+    assert "Idempotent-Replayed" in headers("/idempotent", "200")
+    assert {"409", "422"} <= statuses("/idempotent")
+    codes = {e["value"]["code"] for e in
+             ops["/idempotent"]["responses"]["409"]["content"]["application/json"]["examples"]
+             .values()}
+    assert codes == {"idempotency_key_in_use"}
+    assert set(document["components"]["schemas"]) >= {"CreateConversation", "CreateUser"}
+    assert "UpdateUser" not in document["components"]["schemas"]  # no route has that body
+
+
+def test_changing_an_entry_changes_the_document():
+    index = next(i for i, r in enumerate(DOCUMENTED) if (r.method, r.path) == ("GET", "/animals"))
+    table = list(DOCUMENTED)
+    table[index] = dataclasses.replace(table[index], guard=routing.PUBLIC)
+    animals = build_spec(CONFIG, table)["paths"]["/animals"]["get"]
+    assert animals["security"] == [] and "401" not in animals["responses"]
+    assert json.dumps(build_spec(CONFIG, DOCUMENTED)) != json.dumps(build_spec(CONFIG, table))
 
 
 def test_docstrings_name_the_route_they_document():
-    for (method, rule), op in openapi.OPERATIONS.items():
-        found = openapi.docstring_route(op.maker)
-        assert found is not None, op.maker
-        assert (found[0], openapi.path_shape(found[1])) == (method, openapi.path_shape(rule))
+    for route in DOCUMENTED:
+        found = docstring_route(route.doc.maker)
+        assert found is not None, route.doc.maker
+        assert (found[0], path_shape(found[1])) == (route.method, path_shape(route.path))
 
 
 # --- operations ------------------------------------------------------------------------
@@ -234,31 +308,32 @@ def test_security_and_headers_of_every_response(spec):
         "scheme": "bearer"}
     assert spec["security"] == [{"bearerAuth": []}]
     for method, path, operation in operations(spec):
-        op = openapi.OPERATIONS[(method, re.sub(r"\{(\w+)\}", r"<\1>", path))]
-        assert ("security" in operation) == (not op.authenticated)
+        route = route_of(method, path)
+        assert ("security" in operation) == (not route.guard.authenticated)
         for status, response in operation["responses"].items():
             headers = response["headers"]
             assert "X-Request-ID" in headers, (method, path, status)
-            assert ("RateLimit" in headers) == ("RateLimit-Policy" in headers) == op.limited
-            if status == "429" or (status == "503" and op.limited):  # health 503s have none
+            assert ("RateLimit" in headers) == ("RateLimit-Policy" in headers) == \
+                route.guard.limited
+            if status == "429" or (status == "503" and route.guard.limited):  # not health 503s
                 assert "Retry-After" in headers
             if status == "401":
                 assert "WWW-Authenticate" in headers
             if status == "201":
                 assert "Location" in headers
-            if status in ("200", "304") and method == "GET" and op.etag:
+            if status in ("200", "304") and method == "GET" and route.doc.etag:
                 assert "ETag" in headers
             assert ("Idempotent-Replayed" in headers) == \
-                (op.idempotent and int(status) < 500 and status != "429")
+                (route.idempotent is not None and int(status) < 500 and status != "429")
 
 
 def test_parameters_of_lists_posts_and_gets(spec):
     for method, path, operation in operations(spec):
         refs = {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation["parameters"]}
-        op = openapi.OPERATIONS[(method, re.sub(r"\{(\w+)\}", r"<\1>", path))]
-        assert ({"limit", "starting_after", "ending_before"} <= refs) == op.paginated
+        route = route_of(method, path)
+        assert ({"limit", "starting_after", "ending_before"} <= refs) == route.doc.paginated
         assert ("Idempotency-Key" in refs) == (method == "POST"), (method, path)
-        assert ("If-None-Match" in refs) == op.etag
+        assert ("If-None-Match" in refs) == route.doc.etag
         path_params = [p["name"] for p in operation["parameters"] if p.get("in") == "path"]
         assert path_params == re.findall(r"\{(\w+)\}", path)
         if method in ("POST", "PUT", "PATCH"):
@@ -308,12 +383,12 @@ def test_schemas_come_from_the_handlers_marshmallow_schemas(spec):
 
 def test_patterns_agree_with_the_fields():
     cases = [
-        (openapi.NO_CONTROL, ["", "héllo wörld 你好"], ["a\nb", "\x00", "\x85"]),
-        (openapi.NO_CONTROL_EXCEPT_NEWLINE_TAB, ["a\nb\tc"], ["\r", "\x7f"]),
-        (openapi.EMAIL, ["a@b.cd", "x.y+z@mail.example.com"],
+        (components.NO_CONTROL, ["", "héllo wörld 你好"], ["a\nb", "\x00", "\x85"]),
+        (components.NO_CONTROL_EXCEPT_NEWLINE_TAB, ["a\nb\tc"], ["\r", "\x7f"]),
+        (components.EMAIL, ["a@b.cd", "x.y+z@mail.example.com"],
          ["plain", "@b.cd", "a@b", "a b@c.de", "a@@b.c", "a@.com", "a@b.c."]),
-        (openapi.MOOD_NAME, ["sleepy", "Mood 1", "~"], ["", "a/b", "é", "x" * 31]),
-        (openapi.IDEMPOTENCY_KEY, ["k", "x" * 255], ["", "é", "x" * 256]),
+        (components.MOOD_NAME, ["sleepy", "Mood 1", "~"], ["", "a/b", "é", "x" * 31]),
+        (components.IDEMPOTENCY_KEY, ["k", "x" * 255], ["", "é", "x" * 256]),
     ]
     for pattern, good, bad in cases:
         for value in good:
@@ -368,7 +443,7 @@ def test_openapi_json_is_served_without_authentication(shared_server):
     assert "ratelimit" not in response.headers
     served = response.json()
     validate_spec(served)
-    built = openapi.build_spec(CONFIG)
+    built = build_spec(CONFIG, DOCUMENTED)
     assert served["paths"].keys() == built["paths"].keys()
     assert served["components"]["schemas"] == built["components"]["schemas"]
     again = httpx.get(shared_server.url + "/openapi.json",

@@ -16,3 +16,14 @@ def handle_list_animals(library, presence):
         return body.response()
 
     return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.openapi.doc import Doc, Success  # noqa: E402  (kept with the descriptions)
+
+LIST_ANIMALS_DOC = Doc(
+    handle_list_animals, "Animals", etag=True,
+    success=(Success(200, "Every animal this server can render.", "AnimalList"),),
+    notes="Animals are the `.cow` files found in each directory of `COWPATH`, then the "
+          "system's cowsay directories, then those bundled with SayPI; the first file of "
+          "a name wins. The list is not paginated.")

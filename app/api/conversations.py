@@ -140,3 +140,49 @@ def handle_delete_conversation(conversations, users):
         return respond.no_content()
 
     return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.api.lines import handle_create_line, handle_list_lines  # noqa: E402  (for links)
+from app.http.errors import NotFound  # noqa: E402
+from app.openapi.doc import Doc, Link, Success  # noqa: E402
+
+LIST_CONVERSATIONS_DOC = Doc(
+    handle_list_conversations, "Conversations", etag=True, paginated=True,
+    success=(Success(200, "One page of the list, oldest first.", "ConversationList"),))
+CREATE_CONVERSATION_DOC = Doc(
+    handle_create_conversation, "Conversations",
+    success=(Success(201, "The new conversation, with `\"lines\": []`.", "ConversationOut",
+                     links={
+                         "GetConversation": Link(handle_get_conversation,
+                                                 {"conversation_id": "$response.body#/id"},
+                                                 "Read the conversation."),
+                         "UpdateConversation": Link(handle_update_conversation,
+                                                    {"conversation_id": "$response.body#/id"},
+                                                    "Change its heading."),
+                         "DeleteConversation": Link(handle_delete_conversation,
+                                                    {"conversation_id": "$response.body#/id"},
+                                                    "Delete it."),
+                         "CreateLine": Link(handle_create_line,
+                                            {"conversation_id": "$response.body#/id"},
+                                            "Add a line to it."),
+                         "ListLines": Link(handle_list_lines,
+                                           {"conversation_id": "$response.body#/id"},
+                                           "List its lines."),
+                     }),),
+    conflicts=("create more than {max_conversations} conversations",),
+    request_example={"heading": "Morning on the farm"})
+GET_CONVERSATION_DOC = Doc(
+    handle_get_conversation, "Conversations", etag=True, errors=(NotFound,),
+    success=(Success(200, "The conversation with all its lines, oldest first.",
+                     "ConversationOut",
+                     text="With `Accept: text/plain`: the heading, a blank line, then "
+                          "each line's `output` in order."),))
+UPDATE_CONVERSATION_DOC = Doc(
+    handle_update_conversation, "Conversations", errors=(NotFound,),
+    success=(Success(200, "The changed conversation, with its lines.", "ConversationOut"),),
+    request_example={"heading": "Evening on the farm"},
+    notes="`heading` is required: it is the only thing a conversation has to change.")
+DELETE_CONVERSATION_DOC = Doc(
+    handle_delete_conversation, "Conversations", errors=(NotFound,),
+    success=(Success(204, "Deleted, with its lines."),))

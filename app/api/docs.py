@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from flask import Response
 
-from app import openapi
 from app.http import respond
 from app.http.errors import NotFound
 from app.http.respond import Static
@@ -68,9 +67,12 @@ BUNDLED_ASSETS = {
 }
 
 
-def handle_openapi(config):
-    """GET /openapi.json: the OpenAPI 3.0 description of every endpoint but this and /docs."""
-    static = Static(openapi.spec_json(config), respond.JSON_TYPE, NO_CACHE)
+def handle_openapi(document: bytes):
+    """GET /openapi.json: the OpenAPI 3.0 description of every endpoint but this and /docs.
+
+    `document` is app/openapi/builder.py's spec_json of the routes it describes.
+    """
+    static = Static(document, respond.JSON_TYPE, NO_CACHE)
 
     def handler() -> Response:
         return static.response()

@@ -170,3 +170,42 @@ def handle_delete_line(lines, users):
         return respond.no_content()
 
     return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.domain.models import BUILTIN_MOODS  # noqa: E402  (kept with the descriptions)
+from app.openapi.doc import Doc, Link, Success  # noqa: E402
+
+LIST_LINES_DOC = Doc(
+    handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),
+    success=(Success(200, "One page of the list, oldest first.", "LineList"),))
+CREATE_LINE_DOC = Doc(
+    handle_create_line, "Lines", errors=(NotFound,),
+    success=(Success(201, "The new line, rendered.", "LineOut", links={
+        "GetLine": Link(handle_get_line,
+                        {"conversation_id": "$request.path.conversation_id",
+                         "line_id": "$response.body#/id"},
+                        "Read the line."),
+        "DeleteLine": Link(handle_delete_line,
+                           {"conversation_id": "$request.path.conversation_id",
+                            "line_id": "$response.body#/id"},
+                           "Delete the line."),
+    }),),
+    conflicts=("add more than {max_lines} lines to a conversation",),
+    request_example={"animal": "default", "think": False, "mood": "tired", "text": "Moo."},
+    body_defaults={"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
+                   "text": ""},
+    body_notes={"animal": "Must be listed by `GET /animals`.",
+                "mood": "A built-in mood or one of yours, case-insensitive.",
+                "text": "Rendered literally."},
+    notes="`animal` must be listed by `GET /animals`; `mood` is a built-in or one of "
+          "yours, case-insensitively, and the line reports the mood's own name. "
+          "`output` is rendered from the mood as it is now, so changing a mood shows in "
+          "every line that uses it.")
+GET_LINE_DOC = Doc(
+    handle_get_line, "Lines", etag=True, errors=(NotFound,),
+    success=(Success(200, "The line.", "LineOut",
+                     text="With `Accept: text/plain`: just its rendered `output`."),))
+DELETE_LINE_DOC = Doc(
+    handle_delete_line, "Lines", errors=(NotFound,),
+    success=(Success(204, "Deleted."),))

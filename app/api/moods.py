@@ -125,3 +125,46 @@ def handle_delete_mood(moods, users):
         return respond.no_content()
 
     return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.domain.models import BUILTIN_MOODS  # noqa: E402  (kept with the descriptions)
+from app.http.errors import NotFound  # noqa: E402
+from app.openapi.doc import Doc, Link, Success  # noqa: E402
+
+_MOOD_LINKS = {
+    "GetMood": Link(handle_get_mood, {"name": "$response.body#/name"}, "Read the mood back."),
+    "DeleteMood": Link(handle_delete_mood, {"name": "$response.body#/name"}, "Delete the mood."),
+}
+
+LIST_MOODS_DOC = Doc(
+    handle_list_moods, "Moods", etag=True, paginated=True,
+    success=(Success(200, "One page of the list, oldest first.", "MoodList"),),
+    notes="The cursors of this list are mood names (case-insensitive), built-ins included.")
+GET_MOOD_DOC = Doc(
+    handle_get_mood, "Moods", etag=True, errors=(NotFound,),
+    success=(Success(200, "The mood.", "MoodOut"),),
+    notes="`name` is case-insensitive; the response shows the mood's own name.")
+PUT_MOOD_DOC = Doc(
+    handle_put_mood, "Moods",
+    success=(Success(200, "Your mood, updated.", "MoodOut", links=_MOOD_LINKS),
+             Success(201, "Your new mood.", "MoodOut", links=_MOOD_LINKS)),
+    conflicts=("update built-in mood borg", "create more than {max_moods} moods"),
+    request_example={"eyes": "^^", "tongue": "U "},
+    body_notes={"eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, "
+                        "omitted keeps the current value.",
+                "tongue": f"When creating, default `{BUILTIN_MOODS[0].tongue}` (two spaces); "
+                          "when updating, omitted keeps the current value."},
+    notes="PUT is idempotent by itself, so it takes no Idempotency-Key. `name` is "
+          "case-insensitive: an existing mood whose name differs only in case is updated "
+          "and keeps the case it was created with. The name travels in the path, so it "
+          "must be percent-encoded there (a name of only dots, `.` or `..`, as `%2E`). "
+          "A name that is not 1-30 printable ASCII characters without `/` is "
+          "`400 invalid_params` with parameter `name`. An empty body creates a mood with "
+          "the default eyes and tongue, or changes nothing of an existing one. "
+          "Updating an existing mood is allowed at the cap.")
+DELETE_MOOD_DOC = Doc(
+    handle_delete_mood, "Moods", errors=(NotFound,),
+    success=(Success(204, "Deleted."),),
+    conflicts=("delete built-in mood borg",
+               "delete a mood associated with 3 conversation lines"))

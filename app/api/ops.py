@@ -98,3 +98,32 @@ def metrics_content_type() -> str:
     from app.platform.metrics import CONTENT_TYPE
 
     return CONTENT_TYPE
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.openapi.doc import Doc, Success  # noqa: E402  (kept with the descriptions)
+
+LIVE_DOC = Doc(
+    handle_live, "Operations",
+    success=(Success(200, "The process serves.", "HealthLive"),))
+READY_DOC = Doc(
+    handle_ready, "Operations",
+    success=(Success(200, "Ready: `healthy` or `degraded`.", "HealthSummary"),
+             Success(503, "Not ready: `unhealthy` or `critical`, or shutting down "
+                          "(then with a `message`).", "HealthSummary")))
+QUICK_DOC = Doc(
+    handle_quick, "Operations",
+    success=(Success(200, "Last known status `healthy` or `degraded`.", "HealthSummary"),
+             Success(503, "Last known status `unhealthy` or `critical`.", "HealthSummary")))
+DETAILED_DOC = Doc(
+    handle_detailed, "Operations",
+    success=(Success(200, "Overall `healthy` or `degraded`.", "HealthDetailed"),
+             Success(503, "Overall `unhealthy` or `critical`.", "HealthDetailed")),
+    notes="Components: `database` (pool statistics), `migrations`, `memory`, "
+          "`lifecycle`, and others as the deployment configures them (read replica, "
+          "rate-limit store). Hostnames and versions appear in `details` only with "
+          "`HEALTH_DETAILS=true`; credentials never do.")
+METRICS_DOC = Doc(
+    handle_metrics, "Operations",
+    success=(Success(200, "Prometheus text exposition format 0.0.4, merged across the "
+                          "workers.", "PrometheusText"),))

@@ -107,3 +107,31 @@ def handle_delete_user(users, presence):
         return respond.no_content()
 
     return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+from app.openapi.doc import Doc, Success  # noqa: E402  (kept with the descriptions)
+
+EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
+
+CREATE_USER_DOC = Doc(
+    handle_create_user, "Users",
+    success=(Success(201, "The new user, with its token.", "CreatedUserOut"),),
+    conflicts=("use email ada@example.com, which is already registered",),
+    request_example={"name": "Ada", "email": "ada@example.com"}, body_notes=EMAIL_NOTES,
+    notes="Both parameters are optional: `{}` creates a user with `null` name and email. "
+          "The token authenticates every other endpoint; it cannot be shown again. "
+          "Idempotency keys of this endpoint are scoped by client address. "
+          "The new user is reached with the returned token, e.g. "
+          "`GET /users/{user_id}` with the `id` of this response.")
+GET_USER_DOC = Doc(
+    handle_get_user, "Users", etag=True, errors=(NotFound,),
+    success=(Success(200, "Your user object.", "UserOut"),))
+UPDATE_USER_DOC = Doc(
+    handle_update_user, "Users", errors=(NotFound,),
+    success=(Success(200, "The changed user object.", "UserOut"),),
+    conflicts=("use email ada@example.com, which is already registered",),
+    request_example={"name": "Ada Lovelace", "email": None}, body_notes=EMAIL_NOTES)
+DELETE_USER_DOC = Doc(
+    handle_delete_user, "Users", errors=(NotFound,),
+    success=(Success(204, "Deleted, with its moods, conversations and lines."),))

@@ -1,0 +1,127 @@
+"""The route table's vocabulary, and `register`, which gives a table to Flask.
+
+A `Route` states every fact about one endpoint once: method, path, handler,
+guard (who may call it and which rate limit applies), the body schema, the
+Idempotency-Key scope, and its description. Flask registration (here) and the
+OpenAPI builder (app/openapi/builder.py) both read the same entries, so what
+is served and what is documented cannot drift apart.
+
+All the work happens once, at registration: each request runs the same
+wrappers as a hand-written chain would (view -> guard -> idempotency ->
+handler), with no lookups in the table.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from flask import Flask
+from marshmallow import Schema
+
+from app.http.request_state import request_state
+
+if TYPE_CHECKING:
+    from app.openapi.doc import Doc
+
+
+class Guard(Enum):
+    """Who may call a route, and which rate limit applies to it."""
+
+    AUTHED = (True, True)  # a bearer token, then the user's rate limit
+    PUBLIC = (False, True)  # anyone, within the client address's rate limit
+    OPEN = (False, False)  # anyone, never limited: health, metrics, docs, debug
+
+    def __init__(self, authenticated: bool, limited: bool):
+        self.authenticated = authenticated
+        self.limited = limited
+
+
+AUTHED, PUBLIC, OPEN = Guard.AUTHED, Guard.PUBLIC, Guard.OPEN
+
+
+def by_user() -> str:
+    """Idempotency-Key scope: the authenticated user."""
+    return f"user:{request_state().user_id}"
+
+
+def by_client() -> str:
+    """Idempotency-Key scope: the client address (for the one unauthenticated write)."""
+    return f"ip:{request_state().client_addr}"
+
+
+BY_USER, BY_CLIENT = by_user, by_client
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint of the API.
+
+    `body` is the marshmallow schema of the request body (the one the
+    handler decodes with): the description shows it, and an idempotent
+    route's stored requests are compared after parsing with it.
+    `idempotent` is the scope of Idempotency-Keys (`BY_USER`, `BY_CLIENT`);
+    None: the route takes none. `doc` describes the operation for the
+    OpenAPI document; routes that are not part of it (docs, debug) have none.
+    """
+
+    method: str
+    path: str  # a Flask rule: /conversations/<conversation_id>
+    handler: Callable
+    guard: Guard = field(kw_only=True)
+    body: type[Schema] | None = field(default=None, kw_only=True)
+    idempotent: Callable[[], str] | None = field(default=None, kw_only=True)
+    doc: Doc | None = field(default=None, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if self.method != self.method.upper():
+            raise ValueError(f"{self.method} {self.path}: methods are upper case")
+        if self.idempotent is not None and self.body is None:
+            raise ValueError(f"{self.method} {self.path}: an idempotent route needs its body "
+                             "schema, to compare a replay's parameters")
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def register(app: Flask, routes: Iterable[Route], auth, idempotency) -> None:
+    """Add every route to `app`, wrapped as its entry says.
+
+    `auth` supplies the guards (`required`, `public`), `idempotency(schema,
+    scope)` the Idempotency-Key wrapper. A duplicate method and path fails
+    here, at construction.
+    """
+    for route in routes:
+        handler = route.handler
+        if route.idempotent is not None:
+            handler = idempotency(route.body(), route.idempotent)(handler)
+        if route.guard is AUTHED:
+            handler = auth.required(handler)
+        elif route.guard is PUBLIC:
+            handler = auth.public(handler)
+        app.add_url_rule(route.path, endpoint=route.endpoint, view_func=_view(route.path, handler),
+                         methods=[route.method], provide_automatic_options=False)
+
+
+def _view(path: str, handler: Callable) -> Callable:
+    """The Flask view of one route.
+
+    The request's state learns the route template, which the access log and
+    the metrics report (requests that match no route report "unmatched"),
+    and a refusal the envelope decided on (a body over the limit) is raised
+    here, before the handler and its wrappers.
+    """
+
+    @functools.wraps(handler)
+    def view(**params):
+        state = request_state()
+        state.route = path
+        if state.refusal is not None:
+            raise state.refusal
+        return handler(**params)
+
+    return view

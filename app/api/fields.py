@@ -14,6 +14,8 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
+from app.domain import ids
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_EXCEPT_NEWLINE_TAB = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON can escape one; UTF-8 cannot encode it
@@ -111,9 +113,10 @@ class PublicId(fields.Field):
     def __init__(self, prefix: str, **kwargs: Any):
         super().__init__(dump_only=True, **kwargs)
         self.prefix = prefix
+        self.template = ids.template(prefix)
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return f"{self.prefix}_{value:016x}"
+        return self.template % value
 
 
 def rfc3339(value) -> str:

@@ -16,6 +16,7 @@ from flask import Flask, Response
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
+from app.domain.errors import DomainError
 from app.http import respond
 from app.http.client_addr import client_address
 from app.http.errors import (
@@ -27,6 +28,7 @@ from app.http.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
+    from_domain,
 )
 from app.http.request_state import RequestState, enter, leave
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
@@ -145,6 +147,10 @@ def install_middleware(app: Flask, config, logger: logging.Logger, access_log: A
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
         return respond.error_response(error)
+
+    @app.errorhandler(DomainError)
+    def domain_error(error: DomainError) -> Response:
+        return respond.error_response(from_domain(error))
 
     @app.errorhandler(DatabaseUnavailable)
     def database_unavailable(error: DatabaseUnavailable) -> Response:

@@ -19,12 +19,14 @@ from collections.abc import Callable
 from flask import Response, request
 from marshmallow import Schema
 
+from app.domain.errors import DomainError
 from app.http import respond
 from app.http.errors import (
     ApiError,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidParams,
+    api_error,
 )
 from app.repo.idempotency import StoredResponse
 
@@ -90,7 +92,8 @@ class Idempotency:
                 return response
             try:
                 response = handler(*args, **kwargs)
-            except ApiError as error:
+            except (ApiError, DomainError) as raised:
+                error = api_error(raised)
                 if error.status >= 500 or error.status == 429:
                     raise
                 response = respond.error_response(error)

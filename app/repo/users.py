@@ -8,14 +8,11 @@ from collections.abc import Callable
 from psycopg import errors as pg_errors
 
 from app.domain import ids
+from app.domain.errors import EmailTaken
 from app.domain.models import User
 
 _COLUMNS = "id, name, email, created_at"
 DELETED_CHANNEL = "saypi_user_deleted"
-
-
-class EmailTaken(Exception):
-    """Another user registered this email (case-insensitively)."""
 
 
 class UserRepository:

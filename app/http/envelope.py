@@ -17,7 +17,7 @@ from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from app.domain.errors import DomainError
-from app.http import respond
+from app.http import patterns, respond
 from app.http.client_addr import client_address
 from app.http.errors import (
     ApiError,
@@ -34,7 +34,7 @@ from app.http.request_state import RequestState, enter, leave
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_REQUEST_ID = re.compile(patterns.REQUEST_ID)
 # The security headers OWASP's REST cheat sheet lists for API responses (with
 # Cache-Control: no-store on authenticated ones). Each header costs every
 # response ~3 us under load (gunicorn checks and formats each in Python), so

@@ -20,7 +20,7 @@ from flask import Response, request
 from marshmallow import Schema
 
 from app.domain.errors import DomainError
-from app.http import respond
+from app.http import patterns, respond
 from app.http.errors import (
     ApiError,
     IdempotencyKeyInUse,
@@ -32,7 +32,7 @@ from app.repo.idempotency import StoredResponse
 
 TTL_SECONDS = 24 * 3600
 HEADER = "Idempotency-Key"
-_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+_KEY = re.compile(patterns.IDEMPOTENCY_KEY)
 _REPLAYED_HEADERS = ("Content-Type", "Location", "WWW-Authenticate")
 
 

@@ -1,9 +1,10 @@
 """Typed, validated configuration read from environment variables and flags.
 
-Every setting is declared once in SETTINGS: its environment variable, type,
-default and help text. The same table builds the argparse parser (so
-`--help` lists every setting) and the frozen Config, and validation reports
-every problem at once instead of stopping at the first.
+Every setting is declared once, as a field of Config made by `setting(env,
+parse, default, help)`: its environment variable, type, default and help
+text. SETTINGS is read from those fields; it builds the argparse parser (so
+`--help` lists every setting), and validation reports every problem at once
+instead of stopping at the first.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import ipaddress
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import IO, Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -29,6 +30,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Setting:
+    """One setting's declaration: its variable (the Config field is its lower case)."""
+
     env: str
     parse: Callable[[str], Any]
     default: Any
@@ -42,6 +45,13 @@ class Setting:
     @property
     def flag(self) -> str:
         return "--" + self.env.lower().replace("_", "-")
+
+
+def setting(env: str, parse: Callable[[str], Any], default: Any, help: str,
+            secret: bool = False) -> Any:
+    """A Config field for the setting read from `env` (and its flag) by `parse`."""
+    return field(default=default,
+                 metadata={"setting": Setting(env, parse, default, help, secret)})
 
 
 def _int(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
@@ -123,139 +133,139 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(networks)
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("APP_ENV", _choice("development", "production"), "development",
-            "development or production; production requires DATABASE_URL and USER_SECRETS"),
-    Setting("DATABASE_URL", _optional_str, None,
-            "PostgreSQL DSN; unset starts an embedded PostgreSQL under DATA_DIR", secret=True),
-    Setting("DATA_DIR", _str, ".data",
-            "directory for the embedded PostgreSQL and the generated development secret"),
-    Setting("HOST", _str, "127.0.0.1", "address to listen on"),
-    Setting("PORT", _int(0, 65535), 8080, "port to listen on (0 picks a free one)"),
-    Setting("WEB_CONCURRENCY", _int(1, 64), 2, "gunicorn worker processes"),
-    Setting("THREADS", _int(1, 256), 8, "threads per worker (gthread)"),
-    Setting("REUSE_PORT", _bool, True,
-            "SO_REUSEPORT on the listening socket, so the kernel spreads connections"),
-    Setting("DB_POOL_MIN", _int(0, 1000), 2, "connections each worker opens before serving"),
-    Setting("DB_POOL_MAX", _int(1, 1000), 8, "most connections per worker (match THREADS)"),
-    Setting("DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,
-            "seconds a request waits for a connection before 503"),
-    Setting("DB_POOL_MAX_WAITING", _int(0, 100000), 64,
-            "requests that may queue for a connection per worker before fast 503s (0: no bound)"),
-    Setting("DB_POOL_MAX_IDLE", _float(1), 300.0, "seconds an idle connection is kept"),
-    Setting("DB_POOL_MAX_LIFETIME", _float(1), 1800.0, "seconds before a connection is recycled"),
-    Setting("DB_POOL_CHECK_INTERVAL", _float(0.1), 5.0,
-            "seconds between background pool health checks"),
-    Setting("DB_CONNECT_TIMEOUT", _int(1, 300), 5, "seconds to establish a database connection"),
-    Setting("DB_STATEMENT_TIMEOUT", _int(0), 5000,
-            "milliseconds any SQL statement may run (0: no limit)"),
-    Setting("USER_SECRETS", _secrets, (),
-            "comma separated token secrets (16+ chars); the first signs, all verify",
-            secret=True),
-    Setting("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO", "log level"),
-    Setting("LOG_FORMAT", _choice("json", "text"), "json", "json for machines, text for people"),
-    Setting("MAX_BODY_BYTES", _int(1), 65536, "largest request body accepted"),
-    Setting("GRACEFUL_TIMEOUT", _float(0), 20.0,
-            "seconds in-flight requests get to finish after SIGTERM"),
-    Setting("MAX_CONVERSATIONS_PER_USER", _int(0), 1000, "conversations a user may own"),
-    Setting("MAX_MOODS_PER_USER", _int(0), 100, "moods a user may define"),
-    Setting("MAX_LINES_PER_CONVERSATION", _int(0), 1000, "lines a conversation may hold"),
-    Setting("RATE_LIMIT_USER_PER_MINUTE", _int(0), 600,
-            "requests per minute per authenticated user (0 disables)"),
-    Setting("RATE_LIMIT_USER_BURST", _int(0), 60,
-            "user requests admitted back to back (0 counts as 1)"),
-    Setting("RATE_LIMIT_IP_PER_MINUTE", _int(0), 120,
-            "requests per minute per client address before authentication (0 disables)"),
-    Setting("RATE_LIMIT_IP_BURST", _int(0), 30,
-            "address requests admitted back to back (0 counts as 1)"),
-    Setting("TRUSTED_PROXIES", _networks, (),
-            "comma separated CIDRs of proxies whose X-Forwarded-For is believed"),
-    Setting("CORS_ORIGINS", _csv, (), "comma separated origins allowed by CORS (empty: off)"),
-    Setting("RENDER_CACHE_SIZE", _int(0), 4096, "rendered cowsay outputs kept per worker"),
-    Setting("COWPATH", _optional_str, None, "colon separated directories searched for .cow files"),
-    Setting("HEALTH_CACHE_SECONDS", _float(0), 2.0, "seconds health results are reused"),
-    Setting("HEALTH_CHECK_TIMEOUT", _float(0.05, 60), 1.0, "seconds one health check may take"),
-    Setting("HEALTH_DETAILS", _bool, False,
-            "show hostnames and versions in /health/detailed"),
-    Setting("MEMORY_LIMIT_BYTES", _int(0), 0,
-            "worker memory budget for the health check (0: not checked)"),
-    Setting("PURGE_INTERVAL_SECONDS", _float(0.1), 300.0,
-            "seconds between purges of expired idempotency keys and rate-limit state"),
-    Setting("FAULT_INJECTION", _bool, False,
-            "serve /debug/sleep and /debug/fail for failure tests (refused in production)"),
-    Setting("PROMETHEUS_MULTIPROC_DIR", _optional_str, None,
-            "directory for metrics shared by workers (unset: a fresh temporary one)"),
-    Setting("HEADER_TIMEOUT", _float(0.1, 300), 5.0,
-            "seconds a connection has to send its complete request head (from connecting, or "
-            "from the first byte of its next request); slower connections are closed"),
-    Setting("MAX_HEADER_BYTES", _int(1024, 1048576), 32768,
-            "largest request head (request line and headers) accepted; larger is "
-            "400 invalid_request"),
-    Setting("HEALTH_THREADS", _int(1, 16), 2,
-            "threads per worker reserved for /health/*, so probes never wait behind the API"),
-)
-
-SETTINGS_BY_ATTR = {s.attr: s for s in SETTINGS}
-
-
 @dataclass(frozen=True)
 class Config:
-    """The validated settings; attribute names are the lower-cased variables."""
+    """The validated settings; attribute names are the lower-cased variables.
+
+    Each setting is declared once, here, by `setting(env, parse, default,
+    help)`; SETTINGS, the flags and `--help` are read from these fields.
+    """
 
     command: str
-    app_env: str
-    database_url: str | None
-    data_dir: str
-    host: str
-    port: int
-    web_concurrency: int
-    threads: int
-    reuse_port: bool
-    db_pool_min: int
-    db_pool_max: int
-    db_pool_timeout: float
-    db_pool_max_waiting: int
-    db_pool_max_idle: float
-    db_pool_max_lifetime: float
-    db_pool_check_interval: float
-    db_connect_timeout: int
-    db_statement_timeout: int
-    user_secrets: tuple[str, ...]
-    log_level: str
-    log_format: str
-    max_body_bytes: int
-    graceful_timeout: float
-    max_conversations_per_user: int
-    max_moods_per_user: int
-    max_lines_per_conversation: int
-    rate_limit_user_per_minute: int
-    rate_limit_user_burst: int
-    rate_limit_ip_per_minute: int
-    rate_limit_ip_burst: int
-    trusted_proxies: tuple = ()
-    cors_origins: tuple[str, ...] = ()
-    render_cache_size: int = 4096
-    cowpath: str | None = None
-    health_cache_seconds: float = 2.0
-    health_check_timeout: float = 1.0
-    health_details: bool = False
-    memory_limit_bytes: int = 0
-    purge_interval_seconds: float = 300.0
-    fault_injection: bool = False
-    prometheus_multiproc_dir: str | None = None
-    header_timeout: float = 5.0
-    max_header_bytes: int = 32768
-    health_threads: int = 2
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
+    app_env: str = setting(
+        "APP_ENV", _choice("development", "production"), "development",
+        "development or production; production requires DATABASE_URL and USER_SECRETS")
+    database_url: str | None = setting(
+        "DATABASE_URL", _optional_str, None,
+        "PostgreSQL DSN; unset starts an embedded PostgreSQL under DATA_DIR", secret=True)
+    data_dir: str = setting(
+        "DATA_DIR", _str, ".data",
+        "directory for the embedded PostgreSQL and the generated development secret")
+    host: str = setting("HOST", _str, "127.0.0.1", "address to listen on")
+    port: int = setting("PORT", _int(0, 65535), 8080, "port to listen on (0 picks a free one)")
+    web_concurrency: int = setting("WEB_CONCURRENCY", _int(1, 64), 2, "gunicorn worker processes")
+    threads: int = setting("THREADS", _int(1, 256), 8, "threads per worker (gthread)")
+    reuse_port: bool = setting(
+        "REUSE_PORT", _bool, True,
+        "SO_REUSEPORT on the listening socket, so the kernel spreads connections")
+    db_pool_min: int = setting(
+        "DB_POOL_MIN", _int(0, 1000), 2,
+        "connections each worker opens before serving")
+    db_pool_max: int = setting(
+        "DB_POOL_MAX", _int(1, 1000), 8,
+        "most connections per worker (match THREADS)")
+    db_pool_timeout: float = setting(
+        "DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,
+        "seconds a request waits for a connection before 503")
+    db_pool_max_waiting: int = setting(
+        "DB_POOL_MAX_WAITING", _int(0, 100000), 64,
+        "requests that may queue for a connection per worker before fast 503s (0: no bound)")
+    db_pool_max_idle: float = setting(
+        "DB_POOL_MAX_IDLE", _float(1), 300.0,
+        "seconds an idle connection is kept")
+    db_pool_max_lifetime: float = setting(
+        "DB_POOL_MAX_LIFETIME", _float(1), 1800.0,
+        "seconds before a connection is recycled")
+    db_pool_check_interval: float = setting(
+        "DB_POOL_CHECK_INTERVAL", _float(0.1), 5.0,
+        "seconds between background pool health checks")
+    db_connect_timeout: int = setting(
+        "DB_CONNECT_TIMEOUT", _int(1, 300), 5,
+        "seconds to establish a database connection")
+    db_statement_timeout: int = setting(
+        "DB_STATEMENT_TIMEOUT", _int(0), 5000,
+        "milliseconds any SQL statement may run (0: no limit)")
+    user_secrets: tuple[str, ...] = setting(
+        "USER_SECRETS", _secrets, (),
+        "comma separated token secrets (16+ chars); the first signs, all verify", secret=True)
+    log_level: str = setting("LOG_LEVEL", _choice(*LOG_LEVELS, upper=True), "INFO", "log level")
+    log_format: str = setting(
+        "LOG_FORMAT", _choice("json", "text"), "json",
+        "json for machines, text for people")
+    max_body_bytes: int = setting("MAX_BODY_BYTES", _int(1), 65536, "largest request body accepted")
+    graceful_timeout: float = setting(
+        "GRACEFUL_TIMEOUT", _float(0), 20.0,
+        "seconds in-flight requests get to finish after SIGTERM")
+    max_conversations_per_user: int = setting(
+        "MAX_CONVERSATIONS_PER_USER", _int(0), 1000,
+        "conversations a user may own")
+    max_moods_per_user: int = setting("MAX_MOODS_PER_USER", _int(0), 100, "moods a user may define")
+    max_lines_per_conversation: int = setting(
+        "MAX_LINES_PER_CONVERSATION", _int(0), 1000,
+        "lines a conversation may hold")
+    rate_limit_user_per_minute: int = setting(
+        "RATE_LIMIT_USER_PER_MINUTE", _int(0), 600,
+        "requests per minute per authenticated user (0 disables)")
+    rate_limit_user_burst: int = setting(
+        "RATE_LIMIT_USER_BURST", _int(0), 60,
+        "user requests admitted back to back (0 counts as 1)")
+    rate_limit_ip_per_minute: int = setting(
+        "RATE_LIMIT_IP_PER_MINUTE", _int(0), 120,
+        "requests per minute per client address before authentication (0 disables)")
+    rate_limit_ip_burst: int = setting(
+        "RATE_LIMIT_IP_BURST", _int(0), 30,
+        "address requests admitted back to back (0 counts as 1)")
+    trusted_proxies: tuple = setting(
+        "TRUSTED_PROXIES", _networks, (),
+        "comma separated CIDRs of proxies whose X-Forwarded-For is believed")
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS", _csv, (),
+        "comma separated origins allowed by CORS (empty: off)")
+    render_cache_size: int = setting(
+        "RENDER_CACHE_SIZE", _int(0), 4096,
+        "rendered cowsay outputs kept per worker")
+    cowpath: str | None = setting(
+        "COWPATH", _optional_str, None,
+        "colon separated directories searched for .cow files")
+    health_cache_seconds: float = setting(
+        "HEALTH_CACHE_SECONDS", _float(0), 2.0,
+        "seconds health results are reused")
+    health_check_timeout: float = setting(
+        "HEALTH_CHECK_TIMEOUT", _float(0.05, 60), 1.0,
+        "seconds one health check may take")
+    health_details: bool = setting(
+        "HEALTH_DETAILS", _bool, False,
+        "show hostnames and versions in /health/detailed")
+    memory_limit_bytes: int = setting(
+        "MEMORY_LIMIT_BYTES", _int(0), 0,
+        "worker memory budget for the health check (0: not checked)")
+    purge_interval_seconds: float = setting(
+        "PURGE_INTERVAL_SECONDS", _float(0.1), 300.0,
+        "seconds between purges of expired idempotency keys and rate-limit state")
+    fault_injection: bool = setting(
+        "FAULT_INJECTION", _bool, False,
+        "serve /debug/sleep and /debug/fail for failure tests (refused in production)")
+    prometheus_multiproc_dir: str | None = setting(
+        "PROMETHEUS_MULTIPROC_DIR", _optional_str, None,
+        "directory for metrics shared by workers (unset: a fresh temporary one)")
+    header_timeout: float = setting(
+        "HEADER_TIMEOUT", _float(0.1, 300), 5.0,
+        "seconds a connection has to send its complete request head (from connecting, or from "
+        "the first byte of its next request); slower connections are closed")
+    max_header_bytes: int = setting(
+        "MAX_HEADER_BYTES", _int(1024, 1048576), 32768,
+        "largest request head (request line and headers) accepted; larger is 400 "
+        "invalid_request")
+    health_threads: int = setting(
+        "HEALTH_THREADS", _int(1, 16), 2,
+        "threads per worker reserved for /health/*, so probes never wait behind the API")
 
     @property
     def production(self) -> bool:
         return self.app_env == "production"
 
     def replace(self, **changes: Any) -> Config:
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update(changes)
-        return Config(**values)
+        return replace(self, **changes)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], argv: Sequence[str],
@@ -282,6 +292,13 @@ class Config:
         if problems:
             raise ConfigError(problems)
         return cls(**values)
+
+
+SETTINGS: tuple[Setting, ...] = tuple(f.metadata["setting"] for f in fields(Config)
+                                      if "setting" in f.metadata)
+for _field in fields(Config):
+    if "setting" in _field.metadata and _field.metadata["setting"].attr != _field.name:
+        raise TypeError(f"Config.{_field.name} is declared as {_field.metadata['setting'].env}")
 
 
 def _cross_checks(values: dict[str, Any]) -> list[str]:

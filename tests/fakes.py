@@ -129,7 +129,7 @@ class FakeMoods:
                 mine[i] = mood._replace(eyes=eyes or mood.eyes, tongue=tongue or mood.tongue)
                 return mine[i], False
         if len(mine) >= cap:
-            raise LimitReached("moods", cap)
+            raise LimitReached(LimitReached.MOODS, cap)
         mood = Mood(name, eyes or "oo", tongue or "  ", True)
         mine.append(mood)
         return mood, True
@@ -162,7 +162,7 @@ class FakeConversations:
         if not self.users.exists(user_id):
             raise UserGone()
         if len(self.mine(user_id)) >= cap:
-            raise LimitReached("conversations", cap)
+            raise LimitReached(LimitReached.CONVERSATIONS, cap)
         convo = Conversation(next(_NUMBERS), heading, _now(), ())
         self.rows[convo.id] = (user_id, convo)
         return convo
@@ -207,7 +207,7 @@ class FakeLines:
         if found is None:
             raise MoodMissing()
         if len(convo.lines) >= cap:
-            raise LimitReached("lines", cap)
+            raise LimitReached(LimitReached.LINES, cap)
         line = Line(next(_NUMBERS), animal, think, found, text, _now())
         self.conversations.rows[conversation] = (user_id, convo._replace(
             lines=(*convo.lines, line)))

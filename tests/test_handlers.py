@@ -107,8 +107,8 @@ def test_authentication_errors(client, deps):
 def test_routing_errors_come_first_in_the_contracts_shape(ada):
     assert error_of(ada.call("GET", "/no/such/path"))[:2] == (404, "not_found")
     response = ada.call("PUT", "/conversations")
-    assert error_of(response) == (405, "method_not_allowed", {"allowed": ["GET", "POST"]})
-    assert response.headers["Allow"] == "GET, POST"
+    assert error_of(response) == (405, "method_not_allowed", {"allowed": ["GET", "HEAD", "POST"]})
+    assert response.headers["Allow"] == "GET, HEAD, POST"
 
 
 def test_another_users_objects_are_not_found(deps, client, ada):

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from app.api.conversations import ITEM_OUT, item_json
+from app.api.encoders import ITEM_OUT, LINE_OUT, MOOD_OUT, item_json, line_json, mood_json
 from app.api.fields import rfc3339
-from app.api.lines import LINE_OUT, line_json
-from app.api.moods import MOOD_OUT, mood_json
 from app.domain.models import Conversation, Line, Mood
 
 MOMENTS = [datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
@@ -49,7 +47,7 @@ def test_conversation_body_is_the_encoded_conversation_json():
     """GET /conversations/{id} writes its body from cached pieces; it must equal the encoder's."""
     import logging
 
-    from app.api.conversations import conversation_body, conversation_json
+    from app.api.encoders import conversation_body, conversation_json
     from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
     from app.http.respond import encode_json
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring as json_string
+from flask import Response
+from marshmallow import Schema
 
-from flask import Response, request
-from marshmallow import Schema, fields
-
-from app.api.common import missing, parse_id
-from app.api.fields import PublicId, Text, Timestamp, rfc3339
-from app.api.lines import LineOut, line_json_text, render_line
+from app.api.common import missing, page, parse_id
+from app.api.encoders import ConversationListItemOut as ConversationListItemOut
+from app.api.encoders import ConversationOut as ConversationOut
+from app.api.encoders import conversation_body, conversation_text, item_json
+from app.api.encoders import conversation_json as conversation_json
+from app.api.fields import Text
+from app.api.lines import handle_create_line, handle_list_lines
 from app.domain import ids
-from app.http import pagination, respond
+from app.http import respond
 from app.http.auth import current_user
-from app.http.errors import ActionNotAllowed, AuthInvalid
+from app.http.errors import NotFound
+from app.openapi.doc import Doc, Link, Success
 from app.platform.db import UnitOfWork
-from app.repo.conversations import LimitReached, UserGone
 
 
 class CreateConversation(Schema):
@@ -26,56 +28,15 @@ class UpdateConversation(Schema):
     heading = Text(min_length=1, max_length=100, required=True)
 
 
-class ConversationListItemOut(Schema):
-    id = PublicId(ids.CONVERSATION)
-    heading = Text()
-    created_at = Timestamp()
-
-
-class ConversationOut(ConversationListItemOut):
-    lines = fields.List(fields.Nested(LineOut))
-
-
-ITEM_OUT = ConversationListItemOut()
-
-
-def item_json(convo) -> dict:
-    """What ITEM_OUT.dump gives, built directly (tests/test_serializers.py keeps them equal)."""
-    return {"id": f"{ids.CONVERSATION}_{convo.id:016x}", "heading": convo.heading,
-            "created_at": rfc3339(convo.created_at)}
-
-
-def conversation_json(convo, renderer) -> dict:
-    body = item_json(convo)
-    body["lines"] = [render_line(line, renderer) for line in convo.lines]
-    return body
-
-
-def conversation_body(convo, renderer) -> bytes:
-    """encode_json(conversation_json(convo, renderer)), byte for byte, from each line's JSON
-    text (see line_json_text); tests/test_serializers.py keeps the two identical."""
-    lines = ",".join([line_json_text(line, renderer) for line in convo.lines])
-    return (f'{{"id":"{ids.CONVERSATION}_{convo.id:016x}","heading":{json_string(convo.heading)},'
-            f'"created_at":"{rfc3339(convo.created_at)}","lines":[{lines}]}}').encode()
-
-
-def conversation_text(convo, renderer) -> str:
-    outputs = "".join(render_line(line, renderer)["output"] for line in convo.lines)
-    return f"{convo.heading}\n\n{outputs}"
+def _items(rows: list) -> list[dict]:
+    return [item_json(c) for c in rows]
 
 
 def handle_list_conversations(conversations, users):
     """GET /conversations: your conversations, oldest first, without lines."""
 
     def handler() -> Response:
-        page = pagination.parse_page(request.args)
-        result = conversations.list(current_user(), page)
-        if not result.scope_exists:
-            raise AuthInvalid()
-        if page.cursor is not None and not result.cursor_found:
-            raise pagination.cursor_not_found(page)
-        return respond.ok({"type": "conversation", "has_more": result.has_more,
-                           "data": [item_json(c) for c in result.rows]})
+        return page("conversation", _items, conversations.list)  # the user is the scope
 
     return handler
 
@@ -86,14 +47,8 @@ def handle_create_conversation(conversations, max_conversations: int):
 
     def handler(uow: UnitOfWork | None) -> Response:
         params = respond.decode(schema)
-        try:
-            convo = conversations.create(current_user(), params["heading"], max_conversations,
-                                         uow=uow)
-        except LimitReached:
-            raise ActionNotAllowed(
-                f"create more than {max_conversations} conversations") from None
-        except UserGone:
-            raise AuthInvalid() from None
+        convo = conversations.create(current_user(), params["heading"], max_conversations,
+                                     uow=uow)
         body = item_json(convo)
         body["lines"] = []
         return respond.created(body, location=f"/conversations/{body['id']}")
@@ -143,9 +98,6 @@ def handle_delete_conversation(conversations, users):
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
-from app.api.lines import handle_create_line, handle_list_lines  # noqa: E402  (for links)
-from app.http.errors import NotFound  # noqa: E402
-from app.openapi.doc import Doc, Link, Success  # noqa: E402
 
 LIST_CONVERSATIONS_DOC = Doc(
     handle_list_conversations, "Conversations", etag=True, paginated=True,

@@ -14,10 +14,17 @@ from typing import Any
 
 from marshmallow import ValidationError, fields
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_EXCEPT_NEWLINE_TAB = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+from app.domain import ids
+from app.http.patterns import (
+    CONTROL_CHARS,
+    CONTROL_CHARS_EXCEPT_NEWLINE_TAB,
+    PRINTABLE_ASCII_CHARS,
+)
+
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
+_CONTROL_EXCEPT_NEWLINE_TAB = re.compile(f"[{CONTROL_CHARS_EXCEPT_NEWLINE_TAB}]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")  # JSON can escape one; UTF-8 cannot encode it
-_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+_PRINTABLE_ASCII = re.compile(f"[{PRINTABLE_ASCII_CHARS}]*")
 
 MESSAGES = {
     "required": "is required",
@@ -111,9 +118,10 @@ class PublicId(fields.Field):
     def __init__(self, prefix: str, **kwargs: Any):
         super().__init__(dump_only=True, **kwargs)
         self.prefix = prefix
+        self.template = ids.template(prefix)
 
     def _serialize(self, value, attr, obj, **kwargs):
-        return f"{self.prefix}_{value:016x}"
+        return self.template % value
 
 
 def rfc3339(value) -> str:

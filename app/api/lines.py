@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring as json_string
-
-from flask import Response, request
+from flask import Response
 from marshmallow import Schema
 
-from app.api.common import missing, parse_id
-from app.api.fields import Bool, PublicId, Text, Timestamp, rfc3339
+from app.api.common import missing, page, parse_id
+from app.api.encoders import DEFAULT_ANIMAL, render_line
+from app.api.encoders import LineOut as LineOut
+from app.api.fields import Bool, Text
 from app.domain import ids
-from app.domain.models import BUILTIN_MOOD_NAMES
-from app.http import pagination, respond
+from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
+from app.http import respond
 from app.http.auth import current_user
-from app.http.errors import ActionNotAllowed, AuthInvalid, InvalidParams, NotFound, ParamProblem
+from app.http.errors import MOOD_MISSING, NotFound, ParamProblem
+from app.openapi.doc import Doc, Link, Success
 from app.platform.db import UnitOfWork
-from app.repo.conversations import LimitReached, UserGone
-from app.repo.lines import ConversationMissing, MoodMissing
-
-DEFAULT_ANIMAL = "default"
 
 
 class CreateLine(Schema):
@@ -28,62 +25,7 @@ class CreateLine(Schema):
     text = Text(min_length=0, max_length=1000, allow_newlines=True)
 
 
-class LineOut(Schema):
-    id = PublicId(ids.LINE)
-    animal = Text()
-    think = Bool()
-    mood = Text()
-    text = Text()
-    output = Text()
-    created_at = Timestamp()
-
-
-LINE_OUT = LineOut()
-MOOD_MISSING = "must name a built-in mood or one of yours"
 ANIMAL_MISSING = "must name an animal listed by GET /animals"
-
-
-def line_json(line, output: str) -> dict:
-    """What LINE_OUT.dump gives, built directly: it runs for every line of every read.
-
-    tests/test_serializers.py keeps the two identical.
-    """
-    return {"id": f"{ids.LINE}_{line.id:016x}", "animal": line.animal, "think": line.think,
-            "mood": line.mood.name, "text": line.text, "output": output,
-            "created_at": rfc3339(line.created_at)}
-
-
-def line_json_text(line, renderer) -> str:
-    """encode_json(render_line(line, renderer)) as text, character for character.
-
-    Built from the render cache's ready-escaped output: escaping the art is
-    most of what encoding a read costs. tests/test_serializers.py keeps the
-    two identical.
-    """
-    mood = line.mood
-    try:
-        output = renderer.render_json(line.animal, mood.eyes, mood.tongue, line.think, line.text)
-    except KeyError:
-        output = renderer.render_json(DEFAULT_ANIMAL, mood.eyes, mood.tongue, line.think,
-                                      line.text)
-    return (f'{{"id":"{ids.LINE}_{line.id:016x}","animal":{json_string(line.animal)},'
-            f'"think":{"true" if line.think else "false"},"mood":{json_string(mood.name)},'
-            f'"text":{json_string(line.text)},"output":{output},'
-            f'"created_at":"{rfc3339(line.created_at)}"}}')
-
-
-def render_line(line, renderer) -> dict:
-    """The line's JSON, with its output rendered from the mood as it is now.
-
-    A line whose animal has since disappeared from the cow path is drawn by
-    the default animal rather than failing the whole conversation.
-    """
-    mood = line.mood
-    try:
-        output = renderer.render(line.animal, mood.eyes, mood.tongue, line.think, line.text)
-    except KeyError:
-        output = renderer.render(DEFAULT_ANIMAL, mood.eyes, mood.tongue, line.think, line.text)
-    return line_json(line, output)
 
 
 def handle_create_line(lines, renderer, max_lines: int):
@@ -106,19 +48,9 @@ def handle_create_line(lines, renderer, max_lines: int):
             return problems
 
         params = respond.decode(schema, check=check)
-        try:
-            line = lines.create(user, rid, params.get("animal", DEFAULT_ANIMAL),
-                                params.get("think", False), params.get("mood", "default"),
-                                params.get("text", ""), max_lines, uow=uow)
-        except ConversationMissing:
-            raise NotFound() from None
-        except UserGone:
-            raise AuthInvalid() from None
-        except MoodMissing:
-            raise InvalidParams.one("mood", MOOD_MISSING) from None
-        except LimitReached:
-            raise ActionNotAllowed(
-                f"add more than {max_lines} lines to a conversation") from None
+        line = lines.create(user, rid, params.get("animal", DEFAULT_ANIMAL),
+                            params.get("think", False), params.get("mood", "default"),
+                            params.get("text", ""), max_lines, uow=uow)
         body = render_line(line, renderer)
         return respond.created(body, location=f"/conversations/{conversation_id}/lines/"
                                               f"{body['id']}")
@@ -129,16 +61,12 @@ def handle_create_line(lines, renderer, max_lines: int):
 def handle_list_lines(lines, users, renderer):
     """GET /conversations/{id}/lines: the conversation's lines, oldest first."""
 
+    def rendered(rows: list) -> list[dict]:
+        return [render_line(line, renderer) for line in rows]
+
     def handler(conversation_id: str) -> Response:
         rid = parse_id(ids.CONVERSATION, conversation_id)
-        page = pagination.parse_page(request.args)
-        result = lines.list(current_user(), rid, page)
-        if not result.scope_exists:
-            raise missing(users, current_user())
-        if page.cursor is not None and not result.cursor_found:
-            raise pagination.cursor_not_found(page)
-        return respond.ok({"type": "line", "has_more": result.has_more,
-                           "data": [render_line(line, renderer) for line in result.rows]})
+        return page("line", rendered, lines.list, rid, users=users)
 
     return handler
 
@@ -173,8 +101,6 @@ def handle_delete_line(lines, users):
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
-from app.domain.models import BUILTIN_MOODS  # noqa: E402  (kept with the descriptions)
-from app.openapi.doc import Doc, Link, Success  # noqa: E402
 
 LIST_LINES_DOC = Doc(
     handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from flask import Response, request
+from flask import Response
 from marshmallow import Schema, ValidationError
 
-from app.api.common import missing
-from app.api.fields import Bool, Text
-from app.domain.models import BUILTIN_MOOD_NAMES
-from app.http import pagination, respond
+from app.api.common import missing, page
+from app.api.encoders import MoodOut as MoodOut
+from app.api.encoders import mood_json
+from app.api.fields import Text
+from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
+from app.http import respond
 from app.http.auth import current_user
-from app.http.errors import ActionNotAllowed, AuthInvalid, ParamProblem
-from app.repo.conversations import LimitReached, UserGone
-from app.repo.moods import MoodInUse
+from app.http.errors import ActionNotAllowed, NotFound, ParamProblem
+from app.openapi.doc import Doc, Link, Success
 
 NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 
@@ -24,20 +25,8 @@ class PutMood(Schema):
     tongue = Text(min_length=2, max_length=2, printable_ascii=True)
 
 
-class MoodOut(Schema):
-    name = Text()
-    eyes = Text()
-    tongue = Text()
-    user_defined = Bool()
-
-
-MOOD_OUT = MoodOut()
-
-
-def mood_json(mood) -> dict:
-    """What MOOD_OUT.dump gives, built directly (tests/test_serializers.py keeps them equal)."""
-    return {"name": mood.name, "eyes": mood.eyes, "tongue": mood.tongue,
-            "user_defined": mood.user_defined}
+def _moods(rows: list) -> list[dict]:
+    return [mood_json(m) for m in rows]
 
 
 def _name_problems(name: str) -> list[ParamProblem]:
@@ -53,22 +42,15 @@ def _unnameable(name: str) -> bool:
     return bool(_name_problems(name))
 
 
+def _nameable(name: str) -> bool:
+    return not _unnameable(name)
+
+
 def handle_list_moods(moods, users):
     """GET /moods: built-ins first in their fixed order, then yours in creation order."""
 
     def handler() -> Response:
-        page = pagination.parse_page(request.args)
-        if page.cursor is not None and _unnameable(page.cursor):
-            if not users.exists(current_user()):
-                raise AuthInvalid()
-            raise pagination.cursor_not_found(page)
-        result = moods.list(current_user(), page)
-        if not result.scope_exists:
-            raise missing(users, current_user())
-        if page.cursor is not None and not result.cursor_found:
-            raise pagination.cursor_not_found(page)
-        return respond.ok({"type": "mood", "has_more": result.has_more,
-                           "data": [mood_json(m) for m in result.rows]})
+        return page("mood", _moods, moods.list, users=users, cursor_ok=_nameable)
 
     return handler
 
@@ -93,13 +75,8 @@ def handle_put_mood(moods, max_moods: int):
         params = respond.decode(schema, check=lambda _: _name_problems(name))
         if name.lower() in BUILTIN_MOOD_NAMES:
             raise ActionNotAllowed(f"update built-in mood {name.lower()}")
-        try:
-            mood, created = moods.upsert(current_user(), name, params.get("eyes"),
-                                         params.get("tongue"), max_moods)
-        except LimitReached:
-            raise ActionNotAllowed(f"create more than {max_moods} moods") from None
-        except UserGone:
-            raise AuthInvalid() from None
+        mood, created = moods.upsert(current_user(), name, params.get("eyes"),
+                                     params.get("tongue"), max_moods)
         body = mood_json(mood)
         if created:
             return respond.created(body, location=f"/moods/{quote(mood.name, safe='')}")
@@ -114,12 +91,7 @@ def handle_delete_mood(moods, users):
     def handler(name: str) -> Response:
         if name.lower() in BUILTIN_MOOD_NAMES:
             raise ActionNotAllowed(f"delete built-in mood {name.lower()}")
-        try:
-            deleted = not _unnameable(name) and moods.delete(current_user(), name)
-        except MoodInUse as exc:
-            noun = "line" if exc.count == 1 else "lines"
-            raise ActionNotAllowed(
-                f"delete a mood associated with {exc.count} conversation {noun}") from None
+        deleted = not _unnameable(name) and moods.delete(current_user(), name)
         if not deleted:
             raise missing(users, current_user())
         return respond.no_content()
@@ -128,9 +100,6 @@ def handle_delete_mood(moods, users):
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
-from app.domain.models import BUILTIN_MOODS  # noqa: E402  (kept with the descriptions)
-from app.http.errors import NotFound  # noqa: E402
-from app.openapi.doc import Doc, Link, Success  # noqa: E402
 
 _MOOD_LINKS = {
     "GetMood": Link(handle_get_mood, {"name": "$response.body#/name"}, "Read the mood back."),

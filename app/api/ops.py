@@ -12,6 +12,7 @@ from typing import Any
 from flask import Response
 
 from app.http import respond
+from app.openapi.doc import Doc, Success
 from app.platform.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 
 
@@ -101,7 +102,6 @@ def metrics_content_type() -> str:
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
-from app.openapi.doc import Doc, Success  # noqa: E402  (kept with the descriptions)
 
 LIVE_DOC = Doc(
     handle_live, "Operations",

@@ -6,13 +6,16 @@ from flask import Response
 from marshmallow import Schema
 
 from app.api.common import parse_id
-from app.api.fields import Email, PublicId, Text, Timestamp
+from app.api.encoders import CREATED_USER_OUT, USER_OUT
+from app.api.encoders import CreatedUserOut as CreatedUserOut
+from app.api.encoders import UserOut as UserOut
+from app.api.fields import Email, Text
 from app.domain import ids
 from app.http import respond
 from app.http.auth import current_user
-from app.http.errors import ActionNotAllowed, AuthInvalid, NotFound
+from app.http.errors import AuthInvalid, NotFound
+from app.openapi.doc import Doc, Success
 from app.platform.db import UnitOfWork
-from app.repo.users import EmailTaken
 
 
 class CreateUser(Schema):
@@ -25,34 +28,13 @@ class UpdateUser(Schema):
     email = Email(allow_none=True)
 
 
-class UserOut(Schema):
-    id = PublicId(ids.USER)
-    name = Text(allow_none=True)  # null until given
-    email = Text(allow_none=True)
-    created_at = Timestamp()
-
-
-class CreatedUserOut(UserOut):
-    token = Text(metadata={"description": "Bearer token; shown only in this response."})
-
-
-USER_OUT, CREATED_USER_OUT = UserOut(), CreatedUserOut()
-
-
-def _email_taken(email: str | None) -> ActionNotAllowed:
-    return ActionNotAllowed(f"use email {email}, which is already registered")
-
-
 def handle_create_user(users, tokens):
     """POST /users: create a user and return their token (shown only this once)."""
     schema = CreateUser()
 
     def handler(uow: UnitOfWork | None) -> Response:
         params = respond.decode(schema)
-        try:
-            user = users.create(params.get("name"), params.get("email"), uow=uow)
-        except EmailTaken as exc:
-            raise _email_taken(params.get("email")) from exc
+        user = users.create(params.get("name"), params.get("email"), uow=uow)
         body = CREATED_USER_OUT.dump({**user._asdict(), "token": tokens.sign(user.id)})
         return respond.created(body, location=f"/users/{body['id']}")
 
@@ -85,10 +67,7 @@ def handle_update_user(users):
     def handler(user_id: str) -> Response:
         own = _own_id(user_id)
         params = respond.decode(schema)
-        try:
-            user = users.update(own, params)
-        except EmailTaken as exc:
-            raise _email_taken(params.get("email")) from exc
+        user = users.update(own, params)
         if user is None:
             raise AuthInvalid()
         return respond.ok(USER_OUT.dump(user))
@@ -110,7 +89,6 @@ def handle_delete_user(users, presence):
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
-from app.openapi.doc import Doc, Success  # noqa: E402  (kept with the descriptions)
 
 EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
 

@@ -13,13 +13,22 @@ USER, CONVERSATION, LINE = "usr", "cv", "ln"
 _PATTERN = re.compile(r"([a-z]+)_([0-9a-f]{16})")
 
 
+def template(prefix: str) -> str:
+    """The %-format of this kind's public ids: `template(LINE) % number` is the line's id."""
+    return f"{prefix}_%016x"
+
+
+# Precomputed for the encoders, which build an id per object of every read.
+USER_ID, CONVERSATION_ID, LINE_ID = template(USER), template(CONVERSATION), template(LINE)
+
+
 def new_number() -> int:
     """A random positive 63-bit number (fits PostgreSQL's bigint)."""
     return secrets.randbits(63) or 1
 
 
 def encode(prefix: str, number: int) -> str:
-    return f"{prefix}_{number:016x}"
+    return template(prefix) % number
 
 
 def decode(prefix: str, public_id: str) -> int | None:

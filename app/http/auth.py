@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from app.domain import ids
 from app.http.errors import AuthInvalid, AuthRequired, RateLimited
+from app.http.ratelimit import IP_POLICY, POLICY_NAMES, USER_POLICY
 from app.http.request_state import request_state
 
 
@@ -27,7 +28,7 @@ class Authenticator:
         self.limiter = limiter
         # The policies that limit anything: a disabled one costs a request nothing.
         self._limited = frozenset() if limiter is None else \
-            frozenset(name for name in ("user", "ip") if limiter.policy(name) is not None)
+            frozenset(name for name in POLICY_NAMES if limiter.policy(name) is not None)
 
     def _limit(self, policy: str, key: str) -> None:
         decision = self.limiter.check(policy, key)
@@ -43,7 +44,8 @@ class Authenticator:
     def required(self, handler: Callable) -> Callable:
         """The handler runs only for a valid bearer token within the user's rate limit."""
 
-        limits_users, limits_addresses = "user" in self._limited, "ip" in self._limited
+        limits_users = USER_POLICY in self._limited
+        limits_addresses = IP_POLICY in self._limited
 
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
@@ -52,17 +54,17 @@ class Authenticator:
             token = token.strip()
             if not token or scheme.lower() != "bearer":
                 if limits_addresses:
-                    self._limit("ip", self._client_key())
+                    self._limit(IP_POLICY, self._client_key())
                 raise AuthRequired()
             user_id = self.tokens.verify(token)
             if user_id is None:
                 if limits_addresses:
-                    self._limit("ip", self._client_key())
+                    self._limit(IP_POLICY, self._client_key())
                 raise AuthInvalid()
             state.user_id = user_id
             state.user_public_id = ids.encode(ids.USER, user_id)
             if limits_users:
-                self._limit("user", str(user_id))
+                self._limit(USER_POLICY, str(user_id))
             return handler(*args, **kwargs)
 
         return wrapped
@@ -70,12 +72,12 @@ class Authenticator:
     def public(self, handler: Callable) -> Callable:
         """The handler runs for anyone within the client address's rate limit."""
 
-        limits_addresses = "ip" in self._limited
+        limits_addresses = IP_POLICY in self._limited
 
         @functools.wraps(handler)
         def wrapped(*args, **kwargs):
             if limits_addresses:
-                self._limit("ip", self._client_key())
+                self._limit(IP_POLICY, self._client_key())
             return handler(*args, **kwargs)
 
         return wrapped

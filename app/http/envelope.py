@@ -16,7 +16,8 @@ from flask import Flask, Response
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
-from app.http import respond
+from app.domain.errors import DomainError
+from app.http import patterns, respond
 from app.http.client_addr import client_address
 from app.http.errors import (
     ApiError,
@@ -27,12 +28,13 @@ from app.http.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
     UnsupportedMediaType,
+    from_domain,
 )
 from app.http.request_state import RequestState, enter, leave
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_REQUEST_ID = re.compile(patterns.REQUEST_ID)
 # The security headers OWASP's REST cheat sheet lists for API responses (with
 # Cache-Control: no-store on authenticated ones). Each header costs every
 # response ~3 us under load (gunicorn checks and formats each in Python), so
@@ -145,6 +147,10 @@ def install_middleware(app: Flask, config, logger: logging.Logger, access_log: A
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
         return respond.error_response(error)
+
+    @app.errorhandler(DomainError)
+    def domain_error(error: DomainError) -> Response:
+        return respond.error_response(from_domain(error))
 
     @app.errorhandler(DatabaseUnavailable)
     def database_unavailable(error: DatabaseUnavailable) -> Response:

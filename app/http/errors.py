@@ -1,34 +1,182 @@
-"""The API's errors as values: one class per error code of the contract.
+"""The API's errors: API.md's table of codes, the errors as values, and the domain's mapping.
 
-Each error knows its code, HTTP status, structured data and the headers it
-needs; its message is built only from that data. Handlers raise or return
-these; one error handler in the server turns them into JSON responses.
+`CODES` is the contract's error table, declared once: for each code its one
+HTTP status and how its message, `data` and headers are built from the
+error's own fields (never from free text). An error value is a code and
+those fields, nothing more: `InvalidParams(problems)`, `NotFound()`,
+`ActionNotAllowed(action)`, `ServiceUnavailable(retry_after)`, constructors
+made from the table's rows. `respond.error_response` reads the status and
+headers from the table.
+
+`DOMAIN_ERRORS` says how each refusal of app/domain/errors.py reads to a
+client; the Flask error handler (app/http/envelope.py) and the idempotency
+wrapper apply it through `from_domain`, so no handler translates them itself.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.domain.errors import (
+    ConversationMissing,
+    CursorNotFound,
+    DomainError,
+    EmailTaken,
+    LimitReached,
+    MoodInUse,
+    MoodMissing,
+    UserGone,
+)
+
+
+@dataclass(frozen=True)
+class ParamProblem:
+    """One invalid parameter (or group of parameters) and what is wrong with it."""
+
+    params: tuple[str, ...]
+    message: str
+
+
+_FIELDS_AS_DATA: Any = object()  # ErrorCode.data's default: {field: value, ...}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    """One row of API.md's error table.
+
+    `message` and the values of `headers` are str.format templates over the
+    error's fields (a list or tuple reads as its items joined by ", "), or a
+    function of the error. `data` is a function of the error, None for no
+    `data`, or by default the fields as an object. `convert` normalises a
+    field as the error is made; `defaults` are the fields a caller may omit.
+    """
+
+    code: str
+    status: int
+    name: str  # the constructor's name: InvalidParams
+    fields: tuple[str, ...]
+    message: str | Callable[[Any], str]
+    headers: Mapping[str, str] = field(default_factory=dict)
+    data: Callable[[Any], Any] | None = _FIELDS_AS_DATA
+    convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _text(value: Any) -> str:
+    return ", ".join(value) if isinstance(value, list | tuple) else str(value)
+
+
+def _format(template: str | Callable[[Any], str], error: ApiError) -> str:
+    if not isinstance(template, str):
+        return template(error)
+    return template.format_map({name: _text(getattr(error, name))
+                                for name in CODES[error.code].fields})
+
+
+def _whole_seconds(seconds: float) -> int:
+    return max(1, math.ceil(seconds))
+
+
+def _params_message(error: Any) -> str:
+    return " ".join(
+        f"Parameter {', '.join(f'`{p}`' for p in problem.params)} {problem.message}."
+        for problem in error.problems)
+
+
+def _params_data(error: Any) -> list[dict[str, Any]]:
+    return [{"params": list(p.params), "message": p.message} for p in error.problems]
+
+
+SUPPORTED_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
+_RETRY = {"convert": {"retry_after": _whole_seconds}, "headers": {"Retry-After": "{retry_after}"}}
+
+CODES: dict[str, ErrorCode] = {row.code: row for row in (
+    ErrorCode("invalid_request", 400, "InvalidRequest", ("reason",),
+              "The request could not be read: {reason}."),
+    ErrorCode("invalid_params", 400, "InvalidParams", ("problems",), _params_message,
+              data=_params_data,
+              convert={"problems": lambda problems: sorted(problems, key=lambda p: p.params)}),
+    ErrorCode("auth_required", 401, "AuthRequired", (),
+              "This endpoint requires a bearer token in the Authorization header.",
+              headers={"WWW-Authenticate": "Bearer"}),
+    ErrorCode("auth_invalid", 401, "AuthInvalid", (), "The bearer token is not valid.",
+              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}),
+    ErrorCode("not_found", 404, "NotFound", (), "The requested resource does not exist."),
+    ErrorCode("method_not_allowed", 405, "MethodNotAllowed", ("allowed",),
+              "This endpoint only allows {allowed}.", headers={"Allow": "{allowed}"},
+              convert={"allowed": sorted}),
+    ErrorCode("action_not_allowed", 409, "ActionNotAllowed", ("action",),
+              "You may not {action}."),
+    ErrorCode("idempotency_key_in_use", 409, "IdempotencyKeyInUse", (),
+              "A request with this idempotency key is still being processed; retry later."),
+    ErrorCode("idempotency_key_reused", 422, "IdempotencyKeyReused", (),
+              "This idempotency key was already used with a different method, path or "
+              "parameters."),
+    ErrorCode("payload_too_large", 413, "PayloadTooLarge", ("max_bytes",),
+              "The request body must not exceed {max_bytes} bytes."),
+    ErrorCode("unsupported_media_type", 415, "UnsupportedMediaType", ("supported",),
+              "The request body must be one of: {supported}.",
+              convert={"supported": list}, defaults={"supported": SUPPORTED_MEDIA_TYPES}),
+    ErrorCode("rate_limited", 429, "RateLimited", ("retry_after",),
+              "Too many requests; retry after {retry_after} seconds.", **_RETRY),
+    ErrorCode("internal_failure", 500, "InternalFailure", (),
+              "An internal error occurred; it has been logged under this request's id."),
+    ErrorCode("service_unavailable", 503, "ServiceUnavailable", ("retry_after",),
+              "The service is temporarily unavailable; retry after {retry_after} seconds.",
+              defaults={"retry_after": 1}, **_RETRY),
+)}
 
 
 class ApiError(Exception):
-    """Base of every user-visible error."""
+    """A user-visible error: a code of CODES and the fields its row builds the body from.
 
-    code: ClassVar[str] = "internal_failure"
-    status: ClassVar[int] = 500
+    Made through the constructors below, one per code, whose positional and
+    keyword arguments are the row's fields. `status`, `message`, `data` and
+    `headers` are read from the row.
+    """
+
+    code: str
+    status: int  # CODES[code].status, on the class too (for the OpenAPI description)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        row = CODES[self.code]
+        if len(args) > len(row.fields):
+            raise TypeError(f"{row.name} takes the fields {row.fields}, got {args!r}")
+        given = {**dict(zip(row.fields, args, strict=False)), **kwargs}
+        unknown = set(given) - set(row.fields)
+        if unknown:
+            raise TypeError(f"{row.name} has no field {', '.join(sorted(unknown))}")
+        values = []
+        for name in row.fields:
+            if name in given:
+                value = given[name]
+            elif name in row.defaults:
+                value = row.defaults[name]
+            else:
+                raise TypeError(f"{row.name} needs the field {name}")
+            convert = row.convert.get(name)
+            value = convert(value) if convert is not None else value
+            setattr(self, name, value)
+            values.append(value)
+        super().__init__(*values)
 
     @property
     def message(self) -> str:
-        raise NotImplementedError
+        return _format(CODES[self.code].message, self)
 
     @property
     def data(self) -> Any:
-        return None
+        row = CODES[self.code]
+        if row.data is _FIELDS_AS_DATA:
+            return {name: getattr(self, name) for name in row.fields} if row.fields else None
+        return row.data(self) if row.data is not None else None
 
     @property
     def headers(self) -> dict[str, str]:
-        return {}
+        return {name: _format(value, self) for name, value in CODES[self.code].headers.items()}
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -41,237 +189,72 @@ class ApiError(Exception):
         return f"{self.code}: {self.message}"
 
 
-@dataclass(frozen=True)
-class ParamProblem:
-    """One invalid parameter (or group of parameters) and what is wrong with it."""
-
-    params: tuple[str, ...]
-    message: str
-
-
-class InvalidRequest(ApiError):
-    code = "invalid_request"
-    status = 400
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-    @property
-    def message(self) -> str:
-        return f"The request could not be read: {self.reason}."
-
-    @property
-    def data(self) -> Any:
-        return {"reason": self.reason}
-
-
-class InvalidParams(ApiError):
-    code = "invalid_params"
-    status = 400
-
-    def __init__(self, problems: list[ParamProblem]):
-        super().__init__(problems)
-        self.problems = sorted(problems, key=lambda p: p.params)
-
-    @classmethod
-    def one(cls, param: str, message: str) -> InvalidParams:
-        return cls([ParamProblem((param,), message)])
-
-    @property
-    def message(self) -> str:
-        return " ".join(
-            f"Parameter {', '.join(f'`{p}`' for p in problem.params)} {problem.message}."
-            for problem in self.problems
-        )
-
-    @property
-    def data(self) -> Any:
-        return [{"params": list(p.params), "message": p.message} for p in self.problems]
-
-
-class AuthRequired(ApiError):
-    code = "auth_required"
-    status = 401
-
-    @property
-    def message(self) -> str:
-        return "This endpoint requires a bearer token in the Authorization header."
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": "Bearer"}
-
-
-class AuthInvalid(ApiError):
-    code = "auth_invalid"
-    status = 401
-
-    @property
-    def message(self) -> str:
-        return "The bearer token is not valid."
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer error="invalid_token"'}
-
-
-class NotFound(ApiError):
-    code = "not_found"
-    status = 404
-
-    @property
-    def message(self) -> str:
-        return "The requested resource does not exist."
-
-
-class MethodNotAllowed(ApiError):
-    code = "method_not_allowed"
-    status = 405
-
-    def __init__(self, allowed: list[str]):
-        super().__init__(allowed)
-        self.allowed = sorted(allowed)
-
-    @property
-    def message(self) -> str:
-        return f"This endpoint only allows {', '.join(self.allowed)}."
-
-    @property
-    def data(self) -> Any:
-        return {"allowed": self.allowed}
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Allow": ", ".join(self.allowed)}
-
-
-class ActionNotAllowed(ApiError):
-    code = "action_not_allowed"
-    status = 409
-
-    def __init__(self, action: str):
-        super().__init__(action)
-        self.action = action
-
-    @property
-    def message(self) -> str:
-        return f"You may not {self.action}."
-
-    @property
-    def data(self) -> Any:
-        return {"action": self.action}
-
-
-class IdempotencyKeyInUse(ApiError):
-    code = "idempotency_key_in_use"
-    status = 409
-
-    @property
-    def message(self) -> str:
-        return "A request with this idempotency key is still being processed; retry later."
-
-
-class IdempotencyKeyReused(ApiError):
-    code = "idempotency_key_reused"
-    status = 422
-
-    @property
-    def message(self) -> str:
-        return ("This idempotency key was already used with a different method, "
-                "path or parameters.")
-
-
-class PayloadTooLarge(ApiError):
-    code = "payload_too_large"
-    status = 413
-
-    def __init__(self, max_bytes: int):
-        super().__init__(max_bytes)
-        self.max_bytes = max_bytes
-
-    @property
-    def message(self) -> str:
-        return f"The request body must not exceed {self.max_bytes} bytes."
-
-    @property
-    def data(self) -> Any:
-        return {"max_bytes": self.max_bytes}
-
-
-class UnsupportedMediaType(ApiError):
-    code = "unsupported_media_type"
-    status = 415
-
-    SUPPORTED: ClassVar[list[str]] = ["application/json", "application/x-www-form-urlencoded"]
-
-    @property
-    def message(self) -> str:
-        return f"The request body must be one of: {', '.join(self.SUPPORTED)}."
-
-    @property
-    def data(self) -> Any:
-        return {"supported": list(self.SUPPORTED)}
-
-
-def _whole_seconds(seconds: float) -> int:
-    return max(1, math.ceil(seconds))
-
-
-class RateLimited(ApiError):
-    code = "rate_limited"
-    status = 429
-
-    def __init__(self, retry_after: float):
-        super().__init__(retry_after)
-        self.retry_after = _whole_seconds(retry_after)
-
-    @property
-    def message(self) -> str:
-        return f"Too many requests; retry after {self.retry_after} seconds."
-
-    @property
-    def data(self) -> Any:
-        return {"retry_after": self.retry_after}
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
-
-class InternalFailure(ApiError):
-    code = "internal_failure"
-    status = 500
-
-    @property
-    def message(self) -> str:
-        return "An internal error occurred; it has been logged under this request's id."
-
-
-class ServiceUnavailable(ApiError):
-    code = "service_unavailable"
-    status = 503
-
-    def __init__(self, retry_after: float = 1):
-        super().__init__(retry_after)
-        self.retry_after = _whole_seconds(retry_after)
-
-    @property
-    def message(self) -> str:
-        return (f"The service is temporarily unavailable; retry after "
-                f"{self.retry_after} seconds.")
-
-    @property
-    def data(self) -> Any:
-        return {"retry_after": self.retry_after}
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
-
+def _constructor(code: str, **methods: Any) -> type[ApiError]:
+    row = CODES[code]
+    namespace = {"code": code, "status": row.status, "__module__": __name__,
+                 "__qualname__": row.name, "__doc__": f"`{code}`, {row.status}.", **methods}
+    return type(row.name, (ApiError,), namespace)
+
+
+def _one(cls: type[ApiError], param: str, message: str) -> ApiError:
+    """One problem with one parameter."""
+    return cls([ParamProblem((param,), message)])
+
+
+InvalidRequest = _constructor("invalid_request")
+InvalidParams = _constructor("invalid_params", one=classmethod(_one))
+AuthRequired = _constructor("auth_required")
+AuthInvalid = _constructor("auth_invalid")
+NotFound = _constructor("not_found")
+MethodNotAllowed = _constructor("method_not_allowed")
+ActionNotAllowed = _constructor("action_not_allowed")
+IdempotencyKeyInUse = _constructor("idempotency_key_in_use")
+IdempotencyKeyReused = _constructor("idempotency_key_reused")
+PayloadTooLarge = _constructor("payload_too_large")
+UnsupportedMediaType = _constructor("unsupported_media_type")
+RateLimited = _constructor("rate_limited")
+InternalFailure = _constructor("internal_failure")
+ServiceUnavailable = _constructor("service_unavailable")
 
 ALL_ERRORS: tuple[type[ApiError], ...] = (
     InvalidRequest, InvalidParams, AuthRequired, AuthInvalid, NotFound, MethodNotAllowed,
     ActionNotAllowed, IdempotencyKeyInUse, IdempotencyKeyReused, PayloadTooLarge,
     UnsupportedMediaType, RateLimited, InternalFailure, ServiceUnavailable,
 )
+assert [e.code for e in ALL_ERRORS] == list(CODES), "one constructor per code, in table order"
+
+
+# --- the domain's refusals, as the client reads them ---------------------------------------
+MOOD_MISSING = "must name a built-in mood or one of yours"
+CURSOR_MISSING = "must refer to an existing object"
+LIMIT_ACTIONS = {
+    LimitReached.CONVERSATIONS: "create more than {cap} conversations",
+    LimitReached.MOODS: "create more than {cap} moods",
+    LimitReached.LINES: "add more than {cap} lines to a conversation",
+}
+
+
+def _mood_in_use(error: MoodInUse) -> ApiError:
+    noun = "line" if error.count == 1 else "lines"
+    return ActionNotAllowed(f"delete a mood associated with {error.count} conversation {noun}")
+
+
+DOMAIN_ERRORS: dict[type[DomainError], Callable[[Any], ApiError]] = {
+    UserGone: lambda _: AuthInvalid(),  # the token's user was deleted
+    ConversationMissing: lambda _: NotFound(),
+    MoodMissing: lambda _: InvalidParams.one("mood", MOOD_MISSING),
+    LimitReached: lambda e: ActionNotAllowed(LIMIT_ACTIONS[e.kind].format(cap=e.cap)),
+    MoodInUse: _mood_in_use,
+    EmailTaken: lambda e: ActionNotAllowed(f"use email {e.email}, which is already registered"),
+    CursorNotFound: lambda e: InvalidParams.one(e.param, CURSOR_MISSING),
+}
+
+
+def from_domain(error: DomainError) -> ApiError:
+    """The API error a domain refusal is answered with."""
+    return DOMAIN_ERRORS[type(error)](error)
+
+
+def api_error(error: ApiError | DomainError) -> ApiError:
+    """An API error as it is; a domain refusal as DOMAIN_ERRORS reads it."""
+    return error if isinstance(error, ApiError) else from_domain(error)

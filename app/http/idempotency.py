@@ -25,18 +25,20 @@ from collections.abc import Callable
 from flask import Response, request
 from marshmallow import Schema
 
-from app.http import respond
+from app.domain.errors import DomainError
+from app.http import patterns, respond
 from app.http.errors import (
     ApiError,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InvalidParams,
+    api_error,
 )
 from app.repo.idempotency import StoredResponse
 
 TTL_SECONDS = 24 * 3600
 HEADER = "Idempotency-Key"
-_KEY = re.compile(r"[\x20-\x7e]{1,255}")
+_KEY = re.compile(patterns.IDEMPOTENCY_KEY)
 _REPLAYED_HEADERS = ("Content-Type", "Location", "WWW-Authenticate")
 
 
@@ -96,7 +98,8 @@ class Idempotency:
                 return response
             try:
                 response = handler(*args, uow=uow, **kwargs)
-            except ApiError as error:
+            except (ApiError, DomainError) as raised:
+                error = api_error(raised)
                 if error.status >= 500 or error.status == 429:
                     raise
                 response = respond.error_response(error)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.http.errors import InvalidParams, ParamProblem
+from app.http.errors import CURSOR_MISSING, InvalidParams, ParamProblem
 
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
-CURSOR_MISSING = "must refer to an existing object"
 
 
 @dataclass(frozen=True)
@@ -28,10 +27,6 @@ class Page:
     @property
     def backward(self) -> bool:
         return self.ending_before is not None
-
-
-class CursorNotFound(Exception):
-    """The cursor does not name an object of this list."""
 
 
 def parse_page(args: Mapping[str, str]) -> Page:
@@ -56,7 +51,3 @@ def parse_page(args: Mapping[str, str]) -> Page:
     if problems:
         raise InvalidParams(problems)
     return Page(limit, after, before)
-
-
-def cursor_not_found(page: Page) -> InvalidParams:
-    return InvalidParams.one(page.cursor_param, CURSOR_MISSING)

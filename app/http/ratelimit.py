@@ -46,16 +46,18 @@ request, failing open when the store fails.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.platform.health import DEGRADED, HEALTHY
+
 MICROS = 1_000_000
-POLICY_NAMES = ("user", "ip")
-HEALTHY, DEGRADED = "healthy", "degraded"
+# The policies' names: in RateLimit headers, metrics labels and store keys.
+USER_POLICY, IP_POLICY = "user", "ip"
+POLICY_NAMES = (USER_POLICY, IP_POLICY)
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -95,8 +97,9 @@ class Policy:
 
 def policies_from_config(config) -> tuple[Policy, Policy]:
     """(user policy, ip policy) from the RATE_LIMIT_* settings."""
-    return (Policy("user", config.rate_limit_user_per_minute, config.rate_limit_user_burst),
-            Policy("ip", config.rate_limit_ip_per_minute, config.rate_limit_ip_burst))
+    return (Policy(USER_POLICY, config.rate_limit_user_per_minute,
+                   config.rate_limit_user_burst),
+            Policy(IP_POLICY, config.rate_limit_ip_per_minute, config.rate_limit_ip_burst))
 
 
 # --- the arithmetic --------------------------------------------------------------------
@@ -291,39 +294,3 @@ class RateLimiter:
                 return (DEGRADED, "the rate-limit store is failing; requests are allowed "
                         "(fail open)", details)
         return HEALTHY, f"no store errors in the last {self._degraded_for:g}s", details
-
-
-# --- purging --------------------------------------------------------------------------------
-class Purger:
-    """Calls `store.purge_expired()` every `interval` seconds (jittered) on a daemon thread.
-
-    Every worker may run one: the store's purge skips rows another purger holds.
-    """
-
-    def __init__(self, store, interval: float, logger: logging.Logger):
-        self._store = store
-        self._interval = interval
-        self._logger = logger
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="ratelimit-purger",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run_once(self) -> int:
-        try:
-            deleted = self._store.purge_expired()
-        except Exception as exc:  # the loop must survive a database outage
-            self._logger.warning("rate-limit purge failed: %s", type(exc).__name__)
-            return 0
-        if deleted:
-            self._logger.debug("purged %d expired rate-limit rows", deleted)
-        return deleted
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval * random.uniform(0.8, 1.2)):
-            self.run_once()

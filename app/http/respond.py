@@ -20,6 +20,8 @@ from xxhash import xxh3_128_hexdigest
 
 from app.api.fields import Bool
 from app.http.errors import (
+    CODES,
+    ApiError,
     InvalidParams,
     InvalidRequest,
     ParamProblem,
@@ -224,8 +226,10 @@ def wants_text() -> bool:
         "text/plain"
 
 
-def error_response(error) -> Response:
-    response = Response(encode_json(error.body()), status=error.status, content_type=JSON_TYPE)
+def error_response(error: ApiError) -> Response:
+    """The error's body, with the status and headers its code has in the table of codes."""
+    response = Response(encode_json(error.body()), status=CODES[error.code].status,
+                        content_type=JSON_TYPE)
     for name, value in error.headers.items():
         response.headers[name] = value
     return response

@@ -58,7 +58,8 @@ class RedactionFilter(logging.Filter):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
+        """The text with tokens, DSN passwords and the configured secrets redacted."""
         if _MAY_HOLD_SECRET.search(text) is not None:
             for pattern in _TOKEN_PATTERNS:
                 text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + REDACTED,
@@ -72,7 +73,7 @@ class RedactionFilter(logging.Filter):
         if value is None or isinstance(value, int | float):
             return value
         if isinstance(value, str):
-            return self._scrub(value)
+            return self.scrub(value)
         if isinstance(value, dict):
             return {k: REDACTED if _SENSITIVE_KEYS.search(str(k)) else self._scrub_value(v)
                     for k, v in value.items()}
@@ -81,7 +82,7 @@ class RedactionFilter(logging.Filter):
         if isinstance(value, datetime.date | datetime.time):
             return value
         # bytes, exceptions, any other object: the formatter would write its str()
-        return self._scrub(str(value))
+        return self.scrub(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
@@ -90,16 +91,16 @@ class RedactionFilter(logging.Filter):
         if isinstance(record.msg, dict):  # python-json-logger merges a dict message
             record.msg = self._scrub_value(record.msg)
         else:
-            record.msg = self._scrub(record.msg if isinstance(record.msg, str)
+            record.msg = self.scrub(record.msg if isinstance(record.msg, str)
                                      else str(record.msg))
         if record.exc_info and not record.exc_text:
             # Formatted here, redacted, and kept as exc_text, which both formatters
             # write instead of formatting exc_info again.
             record.exc_text = _EXCEPTION_FORMATTER.formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = self._scrub(record.exc_text)
+            record.exc_text = self.scrub(record.exc_text)
         if record.stack_info:
-            record.stack_info = self._scrub(record.stack_info)
+            record.stack_info = self.scrub(record.stack_info)
         for key in list(vars(record)):
             if key in _RECORD_ATTRS:
                 continue
@@ -302,6 +303,20 @@ def formatter(fmt: str) -> logging.Formatter:
     return _TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class LineHandler(logging.StreamHandler):
+    """The stream handler new_logger makes: records as usual, plus lines formatted elsewhere.
+
+    `write_line` writes text that is already one formatted line (the access
+    log's) under the same lock as `emit`, so the two never interleave.
+    """
+
+    def write_line(self, line: str, flush: bool) -> None:
+        with self.lock:
+            self.stream.write(line)
+            if flush:
+                self.stream.flush()
+
+
 def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
                secrets: Iterable[str] = (), name: str = "saypi", *,
                libraries: bool | None = None) -> logging.Logger:
@@ -319,7 +334,7 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
     logger.handlers.clear()
     logger.setLevel(level)
     logger.propagate = False
-    handler = logging.StreamHandler(stream)
+    handler = LineHandler(stream)
     handler.setFormatter(formatter(fmt))
     # The repeat filter comes first: it needs the message template, which
     # redaction replaces by the formatted message, and a dropped record costs
@@ -327,12 +342,11 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
     handler.addFilter(RepeatFilter(handler.handle))
     handler.addFilter(RequestIdFilter())
     handler.addFilter(RedactionFilter(secrets))
-    handler._saypi = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
     if libraries if libraries is not None else name == "saypi":
         library_level = max(logger.level, logging.WARNING)
         root = logging.getLogger()
-        for old in [h for h in root.handlers if getattr(h, "_saypi", False)]:
+        for old in [h for h in root.handlers if isinstance(h, LineHandler)]:
             root.removeHandler(old)
         root.addHandler(handler)
         root.setLevel(library_level)
@@ -340,7 +354,7 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
             library_logger = logging.getLogger(library)
             library_logger.setLevel(library_level)
             library_logger.propagate = True
-            for old in [h for h in library_logger.handlers if getattr(h, "_saypi", False)]:
+            for old in [h for h in library_logger.handlers if isinstance(h, LineHandler)]:
                 library_logger.removeHandler(old)
     return logger
 
@@ -348,16 +362,16 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
 class AccessLog:
     """The one line logged for every request.
 
-    With JSON logs the line is written straight to the handler's stream,
-    under the handler's lock, in exactly the shape the JSON formatter gives
-    (python-json-logger's default separators, ASCII escaping; kept equal by
-    tests/test_access_log.py): a LogRecord, two filters and python-json-logger
-    cost about 130 us a line, and even json.dumps of the fields costs four
-    times this f-string, while every field here is known in advance. Strings
-    a client chose (its own request id, an unusual method) still go through
-    the redaction filter's scrub, so a token sent as a request id is redacted
-    as anywhere else. Text logs, or a logger not made by new_logger, take
-    the ordinary logging path.
+    With JSON logs the line is written straight to the stream (by
+    LineHandler.write_line, under the handler's lock), in exactly the shape
+    the JSON formatter gives (python-json-logger's default separators, ASCII
+    escaping; kept equal by tests/test_access_log.py): a LogRecord, two
+    filters and python-json-logger cost about 130 us a line, and even
+    json.dumps of the fields costs four times this f-string, while every field
+    here is known in advance. Strings a client chose (its own request id, an
+    unusual method) still go through the redaction filter's scrub, so a token
+    sent as a request id is redacted as anywhere else. Text logs, or a logger
+    not made by new_logger, take the ordinary logging path.
 
     Access lines are flushed at most every FLUSH_SECONDS while requests come
     in, and by `flush()`, which the worker calls every second and when it
@@ -375,10 +389,11 @@ class AccessLog:
         handler = logger.handlers[0] if len(logger.handlers) == 1 else None
         redaction = [f for f in handler.filters if isinstance(f, RedactionFilter)] \
             if handler is not None else []
-        self.direct = (isinstance(handler, logging.StreamHandler)
+        self.direct = (isinstance(handler, LineHandler)
                        and isinstance(handler.formatter, JsonFormatter) and len(redaction) == 1)
         if self.direct:
-            self.stream, self.lock, self.scrub = handler.stream, handler.lock, redaction[0]._scrub
+            self.handler, self.write_line, self.scrub = handler, handler.write_line, \
+                redaction[0].scrub
         self.repeats = [f for f in handler.filters if isinstance(f, RepeatFilter)] \
             if handler is not None else []
         self._second = -1
@@ -416,16 +431,14 @@ class AccessLog:
                 f'"remote_addr": {json_ascii_string(remote_addr)}, "bytes": {size:d}')
         line += f', "user_id": {json_ascii_string(user_id)}}}\n' if user_id is not None \
             else "}\n"
-        with self.lock:
-            self.stream.write(line)
-            if now - self._flushed >= self.FLUSH_SECONDS:
-                self._flushed = now
-                self.stream.flush()
+        flush = now - self._flushed >= self.FLUSH_SECONDS
+        if flush:
+            self._flushed = now
+        self.write_line(line, flush)
 
     def flush(self) -> None:
         """Write out buffered access lines, and the repeat filter's due summaries."""
         for repeats in self.repeats:
             repeats.flush()
         if self.direct:
-            with self.lock:
-                self.stream.flush()
+            self.handler.flush()

@@ -17,7 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess as prom_multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from app.http.ratelimit import POLICY_NAMES
 from app.http.request_state import STANDARD_METHODS
+from app.platform.health import SEVERITY
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -37,10 +39,6 @@ def reset_directory(path: str) -> None:
 def mark_process_dead(pid: int, path: str) -> None:
     """Drop a dead worker's live gauges so they vanish from scrapes."""
     prom_multiprocess.mark_process_dead(pid, path)
-
-
-RATE_LIMIT_POLICIES = ("user", "ip")
-HEALTH_SEVERITY = {"healthy": 0, "degraded": 1, "unhealthy": 2, "critical": 3}
 
 
 class Metrics:
@@ -64,7 +62,7 @@ class Metrics:
         self.rate_limited = Counter(
             "rate_limited_total", "Requests refused by a rate limit.", ["policy"],
             registry=registry)
-        for policy in RATE_LIMIT_POLICIES:
+        for policy in POLICY_NAMES:
             self.rate_limited.labels(policy)
         self.rate_limit_store_errors = Counter(
             "rate_limit_store_errors_total",
@@ -163,8 +161,8 @@ class Metrics:
         if report is None:
             return
         for name, result in report.checks.items():
-            self.health_status.labels(name).set(HEALTH_SEVERITY[result.status])
-        self.health_status.labels("overall").set(HEALTH_SEVERITY[report.status])
+            self.health_status.labels(name).set(SEVERITY[result.status])
+        self.health_status.labels("overall").set(SEVERITY[report.status])
 
     def scrape(self) -> bytes:
         registry = CollectorRegistry()
@@ -190,7 +188,9 @@ class RequestTally:
     def __init__(self, requests: Counter, duration: Histogram):
         self._requests = requests
         self._duration = duration
-        self._bounds = tuple(duration._upper_bounds)  # the buckets' upper bounds, +Inf last
+        # The buckets' upper bounds, +Inf last. This and flush() use Histogram's private
+        # attributes, so pyproject.toml pins prometheus-client to one minor release.
+        self._bounds = tuple(duration._upper_bounds)
         self._mine = threading.local()
         # Every thread's tallies: (method, route, status, cell, cell as last flushed).
         # A cell is [count, sum of seconds, per-bucket counts...], written only by its thread.

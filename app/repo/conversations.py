@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 from app.domain import ids
+from app.domain.errors import LimitReached, UserGone
 from app.domain.models import Conversation, Line, Mood
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
-
-
-class UserGone(Exception):
-    """The authenticated user no longer exists (deleted since the token was issued)."""
-
-
-class LimitReached(Exception):
-    """A per-user or per-conversation cap would be exceeded."""
-
 
 # One statement: the conversation and its lines with their moods, oldest first.
 _GET_WITH_LINES = """
@@ -58,7 +50,7 @@ class ConversationRepository:
             ).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone():
-                    raise LimitReached(cap)
+                    raise LimitReached(LimitReached.CONVERSATIONS, cap)
                 raise UserGone()
         return Conversation(row[0], row[1], row[2], ())
 

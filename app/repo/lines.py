@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from app.domain import ids
+from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
 from app.domain.models import Line
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
-from app.repo.conversations import LimitReached, UserGone, line_from_row
+from app.repo.conversations import line_from_row
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
-
-
-class ConversationMissing(Exception):
-    """The conversation does not exist or belongs to someone else."""
-
-
-class MoodMissing(Exception):
-    """The mood is neither built in nor the user's."""
-
 
 _LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
                  "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")
@@ -76,7 +68,7 @@ class LineRepository:
             raise ConversationMissing()
         if not mood:
             raise MoodMissing()
-        raise LimitReached(params["cap"])
+        raise LimitReached(LimitReached.LINES, params["cap"])
 
     def mood_exists(self, user_id: int, mood: str, uow: UnitOfWork | None = None) -> bool:
         with self.db.connection(uow) as conn:

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from psycopg import errors as pg_errors
 
+from app.domain.errors import LimitReached, MoodInUse, UserGone
 from app.domain.models import Mood
 from app.http.pagination import Page
-from app.repo.conversations import LimitReached, UserGone
 from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
-
-
-class MoodInUse(Exception):
-    """Lines still use this mood; `count` says how many."""
-
-    def __init__(self, count: int):
-        super().__init__(count)
-        self.count = count
-
 
 _VISIBLE = "(user_id IS NULL OR user_id = %(user_id)s)"
 _LIST_ITEMS = (f"SELECT id, name, eyes, tongue, user_id IS NOT NULL FROM moods "
@@ -62,7 +53,7 @@ class MoodRepository:
             if row is not None:
                 return Mood(*row), False
             if owner[0] >= cap:
-                raise LimitReached(cap)
+                raise LimitReached(LimitReached.MOODS, cap)
             row = conn.execute(
                 f"INSERT INTO moods (user_id, name, eyes, tongue) VALUES (%s, %s, %s, %s) "
                 f"RETURNING {_COLUMNS}",

@@ -8,16 +8,13 @@ from collections.abc import Callable, Mapping
 from psycopg import errors as pg_errors
 
 from app.domain import ids
+from app.domain.errors import EmailTaken
 from app.domain.models import User
 from app.platform.db import UnitOfWork
 
 _COLUMNS = "id, name, email, created_at"
 UPDATABLE = ("name", "email")  # the columns update() may set
 DELETED_CHANNEL = "saypi_user_deleted"
-
-
-class EmailTaken(Exception):
-    """Another user registered this email (case-insensitively)."""
 
 
 class UserRepository:

@@ -1,0 +1,143 @@
+"""What the API answers with: the output schemas, and the fast encoders that equal them.
+
+The marshmallow schemas are the description (the OpenAPI document is made
+from them); the hot reads build the same JSON directly, as dicts or as text,
+because they run for every line of every read. tests/test_serializers.py
+keeps each fast encoder equal to its schema's dump. Public ids come from the
+templates of app/domain/ids.py.
+"""
+
+from __future__ import annotations
+
+from json.encoder import encode_basestring as json_string
+
+from marshmallow import Schema, fields
+
+from app.api.fields import Bool, PublicId, Text, Timestamp, rfc3339
+from app.domain import ids
+
+DEFAULT_ANIMAL = "default"
+
+
+# --- users --------------------------------------------------------------------------------
+class UserOut(Schema):
+    id = PublicId(ids.USER)
+    name = Text(allow_none=True)  # null until given
+    email = Text(allow_none=True)
+    created_at = Timestamp()
+
+
+class CreatedUserOut(UserOut):
+    token = Text(metadata={"description": "Bearer token; shown only in this response."})
+
+
+USER_OUT, CREATED_USER_OUT = UserOut(), CreatedUserOut()
+
+
+# --- moods --------------------------------------------------------------------------------
+class MoodOut(Schema):
+    name = Text()
+    eyes = Text()
+    tongue = Text()
+    user_defined = Bool()
+
+
+MOOD_OUT = MoodOut()
+
+
+def mood_json(mood) -> dict:
+    """What MOOD_OUT.dump gives, built directly."""
+    return {"name": mood.name, "eyes": mood.eyes, "tongue": mood.tongue,
+            "user_defined": mood.user_defined}
+
+
+# --- lines --------------------------------------------------------------------------------
+class LineOut(Schema):
+    id = PublicId(ids.LINE)
+    animal = Text()
+    think = Bool()
+    mood = Text()
+    text = Text()
+    output = Text()
+    created_at = Timestamp()
+
+
+LINE_OUT = LineOut()
+
+
+def line_json(line, output: str) -> dict:
+    """What LINE_OUT.dump gives, built directly: it runs for every line of every read."""
+    return {"id": ids.LINE_ID % line.id, "animal": line.animal, "think": line.think,
+            "mood": line.mood.name, "text": line.text, "output": output,
+            "created_at": rfc3339(line.created_at)}
+
+
+def line_json_text(line, renderer) -> str:
+    """encode_json(render_line(line, renderer)) as text, character for character.
+
+    Built from the render cache's ready-escaped output: escaping the art is
+    most of what encoding a read costs.
+    """
+    mood = line.mood
+    try:
+        output = renderer.render_json(line.animal, mood.eyes, mood.tongue, line.think, line.text)
+    except KeyError:
+        output = renderer.render_json(DEFAULT_ANIMAL, mood.eyes, mood.tongue, line.think,
+                                      line.text)
+    return (f'{{"id":"{ids.LINE_ID % line.id}","animal":{json_string(line.animal)},'
+            f'"think":{"true" if line.think else "false"},"mood":{json_string(mood.name)},'
+            f'"text":{json_string(line.text)},"output":{output},'
+            f'"created_at":"{rfc3339(line.created_at)}"}}')
+
+
+def render_line(line, renderer) -> dict:
+    """The line's JSON, with its output rendered from the mood as it is now.
+
+    A line whose animal has since disappeared from the cow path is drawn by
+    the default animal rather than failing the whole conversation.
+    """
+    mood = line.mood
+    try:
+        output = renderer.render(line.animal, mood.eyes, mood.tongue, line.think, line.text)
+    except KeyError:
+        output = renderer.render(DEFAULT_ANIMAL, mood.eyes, mood.tongue, line.think, line.text)
+    return line_json(line, output)
+
+
+# --- conversations ------------------------------------------------------------------------
+class ConversationListItemOut(Schema):
+    id = PublicId(ids.CONVERSATION)
+    heading = Text()
+    created_at = Timestamp()
+
+
+class ConversationOut(ConversationListItemOut):
+    lines = fields.List(fields.Nested(LineOut))
+
+
+ITEM_OUT = ConversationListItemOut()
+
+
+def item_json(convo) -> dict:
+    """What ITEM_OUT.dump gives, built directly."""
+    return {"id": ids.CONVERSATION_ID % convo.id, "heading": convo.heading,
+            "created_at": rfc3339(convo.created_at)}
+
+
+def conversation_json(convo, renderer) -> dict:
+    body = item_json(convo)
+    body["lines"] = [render_line(line, renderer) for line in convo.lines]
+    return body
+
+
+def conversation_body(convo, renderer) -> bytes:
+    """encode_json(conversation_json(convo, renderer)), byte for byte, from each line's JSON
+    text (see line_json_text)."""
+    lines = ",".join([line_json_text(line, renderer) for line in convo.lines])
+    return (f'{{"id":"{ids.CONVERSATION_ID % convo.id}","heading":{json_string(convo.heading)},'
+            f'"created_at":"{rfc3339(convo.created_at)}","lines":[{lines}]}}').encode()
+
+
+def conversation_text(convo, renderer) -> str:
+    outputs = "".join(render_line(line, renderer)["output"] for line in convo.lines)
+    return f"{convo.heading}\n\n{outputs}"

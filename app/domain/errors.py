@@ -1,0 +1,59 @@
+"""What the domain refuses, as small exceptions carrying the data a message needs.
+
+Repositories and handlers raise these; they know nothing of HTTP. One table
+in app/http/errors.py (`DOMAIN_ERRORS`) says how each reads to a client, and
+the error handlers (app/http/envelope.py, app/http/idempotency.py) apply it.
+"""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of the refusals a caller can act on."""
+
+
+class UserGone(DomainError):
+    """The authenticated user no longer exists (deleted since the token was issued)."""
+
+
+class LimitReached(DomainError):
+    """A cap would be exceeded: `kind` is CONVERSATIONS, MOODS or LINES, `cap` the cap."""
+
+    CONVERSATIONS, MOODS, LINES = "conversations", "moods", "lines"
+
+    def __init__(self, kind: str, cap: int):
+        super().__init__(kind, cap)
+        self.kind = kind
+        self.cap = cap
+
+
+class ConversationMissing(DomainError):
+    """The conversation does not exist or belongs to someone else."""
+
+
+class MoodMissing(DomainError):
+    """The mood is neither built in nor the user's."""
+
+
+class MoodInUse(DomainError):
+    """Lines still use this mood; `count` says how many."""
+
+    def __init__(self, count: int):
+        super().__init__(count)
+        self.count = count
+
+
+class EmailTaken(DomainError):
+    """Another user registered this email (case-insensitively)."""
+
+    def __init__(self, email: str | None):
+        super().__init__(email)
+        self.email = email
+
+
+class CursorNotFound(DomainError):
+    """A list's cursor (`param`: starting_after or ending_before) names no object of it."""
+
+    def __init__(self, param: str):
+        super().__init__(param)
+        self.param = param

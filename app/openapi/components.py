@@ -23,6 +23,7 @@ from app.api import conversations, lines, moods, users
 from app.api.fields import Bool, Email, PublicId, Text, Timestamp
 from app.domain import ids
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.http import patterns
 from app.http.errors import (
     ActionNotAllowed,
     ApiError,
@@ -44,17 +45,18 @@ from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from app.http.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
 
 # JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/api/fields.py.
-_CONTROL = r"\u0000-\u001f\u007f-\u009f"
-_CONTROL_EXCEPT_NEWLINE_TAB = r"\u0000-\u0008\u000b-\u001f\u007f-\u009f"
-NO_CONTROL = rf"^[^{_CONTROL}]*$"
-NO_CONTROL_EXCEPT_NEWLINE_TAB = rf"^[^{_CONTROL_EXCEPT_NEWLINE_TAB}]*$"
-PRINTABLE_ASCII = r"^[\u0020-\u007e]*$"
+# JSON Schema patterns from the rules the validators use (app/http/patterns.py).
+_CONTROL = patterns.CONTROL_CHARS
+NO_CONTROL = patterns.anchored(f"[^{_CONTROL}]*")
+NO_CONTROL_EXCEPT_NEWLINE_TAB = patterns.anchored(
+    f"[^{patterns.CONTROL_CHARS_EXCEPT_NEWLINE_TAB}]*")
+PRINTABLE_ASCII = patterns.anchored(f"[{patterns.PRINTABLE_ASCII_CHARS}]*")
 _EMAIL_CHAR = rf"[^@ {_CONTROL}]"
 _EMAIL_EDGE = rf"[^@ .{_CONTROL}]"
 EMAIL = rf"^{_EMAIL_CHAR}+@{_EMAIL_EDGE}{_EMAIL_CHAR}*\.{_EMAIL_CHAR}*{_EMAIL_EDGE}$"
 MOOD_NAME = r"^[\u0020-\u002e\u0030-\u007e]{1,30}$"  # printable ASCII except "/"
-IDEMPOTENCY_KEY = r"^[\u0020-\u007e]{1,255}$"
-REQUEST_ID = r"^[A-Za-z0-9._-]{1,128}$"
+IDEMPOTENCY_KEY = patterns.anchored(patterns.IDEMPOTENCY_KEY)
+REQUEST_ID = patterns.anchored(patterns.REQUEST_ID)
 
 
 def ref(kind: str, name: str) -> dict[str, str]:

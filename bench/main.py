@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -29,6 +30,14 @@ from bench.settings import BenchSettings, describe
 from bench.wrk import WrkResult, WrkUnavailable, ensure_wrk, run_wrk
 
 RESULTS = ROOT / "bench-results"
+
+
+def publish(stem: str, data: dict, markdown: str) -> int:
+    """Write bench-results/STEM.json and STEM.md, print the markdown; the command's status."""
+    (RESULTS / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (RESULTS / f"{stem}.md").write_text(markdown)
+    print(markdown)
+    return 0
 # Settings the benchmark decides; every other SayPI setting passes through from the environment.
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",

@@ -12,7 +12,6 @@ profile-get.svg (a flame graph of one worker).
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench.main import RESULTS, Bench, with_bench
+from bench.main import RESULTS, Bench, publish, with_bench
 from bench.scenarios import read_requests
 from bench.servers import ROOT
 from bench.settings import BenchSettings
@@ -273,11 +272,7 @@ def profile(env: Mapping[str, str]) -> int:
         trees = "\n\n".join(f"=== {name} ===\n{p.pop('tree')}" for name, p in
                               result["in_process"]["profiles"].items())
         (RESULTS / "profile-get-tree.txt").write_text(trees or "(pyinstrument not installed)\n")
-        (RESULTS / "profile-get.json").write_text(json.dumps(result, indent=2) + "\n")
-        text = profile_markdown(result)
-        (RESULTS / "profile-get.md").write_text(text)
-        print(text)
-        return 0
+        return publish("profile-get", result, profile_markdown(result))
 
     return with_bench(env, settings, measure)
 

@@ -9,11 +9,10 @@ drifted meanwhile. Writes bench-results/sweep.md and sweep.json.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench.main import RESULTS, Bench, interleave, machine_info, with_bench
+from bench.main import Bench, interleave, machine_info, publish, with_bench
 from bench.settings import BenchSettings
 
 SCENARIOS = ("get", "list", "post_line")
@@ -49,11 +48,7 @@ def sweep(env: Mapping[str, str]) -> int:
         data = {"generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "bench_settings": settings.as_dict(), "machine": machine_info(bench),
                 "rows": rows}
-        (RESULTS / "sweep.json").write_text(json.dumps(data, indent=2) + "\n")
-        text = sweep_markdown(data)
-        (RESULTS / "sweep.md").write_text(text)
-        print(text)
-        return 0
+        return publish("sweep", data, sweep_markdown(data))
 
     return with_bench(env, settings, measure)
 

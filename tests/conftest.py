@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -211,3 +212,12 @@ def run_inline(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
     out = io.StringIO()
     code = run(["run.py", *argv], env, out)
     return code, out.getvalue()
+
+
+def run_threads(target, arguments) -> None:
+    """Call target(*args) for every args tuple of `arguments`, each on a thread, and wait."""
+    threads = [threading.Thread(target=target, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import uuid
 
 import httpx
@@ -18,6 +17,7 @@ from app.client import (
     NotFoundError,
 )
 from app.domain.models import BUILTIN_MOODS
+from tests.conftest import run_threads
 
 BUILTINS = ["default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young"]
 
@@ -532,11 +532,7 @@ def test_concurrent_creates_at_the_cap_cannot_all_succeed(capped_server):
                                  headers={"Authorization": f"Bearer {user['token']}"})
             results.append(response.status_code)
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(create, [(i,) for i in range(12)])
     assert sorted(results) == [201] * 3 + [409] * 9
     assert len(list(client.iter_conversations())) == 3
 

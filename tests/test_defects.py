@@ -13,6 +13,7 @@ import pytest
 
 from app.client import AuthInvalidError, Client
 from app.http.tokens import TokenSigner
+from tests.conftest import run_threads
 
 
 @pytest.fixture
@@ -136,10 +137,6 @@ def test_token_memo_stays_bounded_and_consistent_under_concurrent_inserts():
         except BaseException as exc:  # collected for the assertion below
             errors.append(exc)
 
-    threads = [threading.Thread(target=verify_all, args=(i * 7,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(verify_all, [(i * 7,) for i in range(8)])
     assert errors == []
     assert signer.remembered() <= 8

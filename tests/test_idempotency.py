@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 
@@ -11,6 +10,7 @@ import psycopg
 import pytest
 
 from app.client import Client
+from tests.conftest import run_threads
 
 
 @pytest.fixture
@@ -36,25 +36,26 @@ def count_conversations(client: Client) -> int:
     return len(list(client.iter_conversations()))
 
 
-def test_replay_after_success_is_byte_for_byte(user):
+def twice(user, params: dict):
+    """The same POST /conversations sent twice with one new key: (original, replay)."""
     k = key()
-    first = post(user, "/conversations", {"heading": "Once"}, k)
-    second = post(user, "/conversations", {"heading": "Once"}, k)
-    assert first.status_code == second.status_code == 201
+    first, second = (post(user, "/conversations", params, k) for _ in range(2))
     assert second.content == first.content
-    assert second.headers["location"] == first.headers["location"]
     assert second.headers["idempotent-replayed"] == "true"
     assert "idempotent-replayed" not in first.headers
+    return first, second
+
+
+def test_replay_after_success_is_byte_for_byte(user):
+    first, second = twice(user, {"heading": "Once"})
+    assert first.status_code == second.status_code == 201
+    assert second.headers["location"] == first.headers["location"]
     assert count_conversations(user) == 1
 
 
 def test_recorded_4xx_is_replayed(user):
-    k = key()
-    first = post(user, "/conversations", {"heading": ""}, k)
-    second = post(user, "/conversations", {"heading": ""}, k)
+    first, second = twice(user, {"heading": ""})
     assert first.status_code == second.status_code == 400
-    assert second.content == first.content
-    assert second.headers["idempotent-replayed"] == "true"
 
 
 def test_json_and_form_with_equal_values_match(user):
@@ -117,11 +118,7 @@ def test_concurrent_identical_requests_create_exactly_one(shared_server, user):
                                           "Idempotency-Key": k})
             statuses.append((response.status_code, response.headers.get("idempotent-replayed")))
 
-    threads = [threading.Thread(target=send) for _ in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(send, [()] * 10)
     originals = [s for s in statuses if s == (201, None)]
     assert len(originals) == 1, statuses
     assert all(s in ((201, "true"), (409, None)) for s in statuses if s != (201, None)), statuses

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app.platform.logs import REDACTED, AccessLog, RedactionFilter, RepeatFilter, new_logger
-from tests.conftest import ROOT, eventually
+from tests.conftest import ROOT, eventually, run_threads
 from tests.pgcontrol import RestartablePostgres
 
 MAC = "c2VjcmV0LXRva2VuLXZhbHVlLXh5eg"
@@ -216,11 +216,7 @@ def test_repeat_counts_are_exact_under_threads():
         mine = sum(repeats.filter(_record()) for _ in range(2000))
         counts.append(mine)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(worker, [()] * 8)
     clock.now += 1.0
     repeats.flush()
     assert sum(counts) == 5

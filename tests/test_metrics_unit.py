@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from app.platform.metrics import LATENCY_BUCKETS, Metrics
+from tests.conftest import run_threads
 
 # Below, on and above bucket bounds, and past the last one (+Inf).
 DURATIONS = (0.0004, 0.001, 0.0011, 0.0049, 0.075, 0.3, 2.5, 11.0, 0.0)
@@ -30,11 +29,7 @@ def test_tallied_requests_equal_direct_observations():
             metrics.observe_request("GET", "/conversations/<conversation_id>", status, seconds)
             metrics.observe_request("BREW", "unmatched", 405, seconds)
 
-    threads = [threading.Thread(target=serve, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(serve, [(n,) for n in range(4)])
     for _ in range(4):
         for seconds in DURATIONS:
             reference.labels("GET", "/conversations/<conversation_id>").observe(seconds)

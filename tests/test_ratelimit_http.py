@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from app.client import Client
+from tests.conftest import run_threads
 
 POLICY = re.compile(r'^"(user|ip)";q=(\d+);w=(\d+)$')
 STATE = re.compile(r'^"(user|ip)";r=(\d+);t=(\d+)$')
@@ -60,11 +61,7 @@ def test_sixteen_concurrent_threads_get_exactly_the_burst(start_server):
                 with lock:
                     statuses.append(status)
 
-    threads = [threading.Thread(target=hammer) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_threads(hammer, [()] * 16)
     assert statuses.count(200) == 10 and statuses.count(429) == 38
 
 

@@ -2,13 +2,6 @@
 balloons exactly as the classic ``cowsay`` 3.03 program does, so API output matches
 what people know from the command line, without running Perl on every request.
 
-A ``.cow`` file is a small Perl program assigning ``$the_cow`` (usually from a
-here-document).  Rather than executing Perl, this module understands the subset of
-Perl that cow files use (here-documents, string interpolation and escapes, and a few
-simple assignments such as ``$extra = chop($eyes);``) and turns each file into a
-template once, at load time.  Anything outside that subset is reported as a
-:class:`CowParseError` and the file is skipped.
-
 The package, in the order a render flows: `perl` parses ``.cow`` files into
 templates, `library` finds and loads them, `balloon` wraps the text and draws
 the balloon and the animal, `cache` keeps what was rendered.

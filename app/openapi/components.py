@@ -23,24 +23,8 @@ from app.api import conversations, lines, moods, users
 from app.api.fields import Bool, Email, PublicId, Text, Timestamp
 from app.domain import ids
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.http import errors as api
 from app.http import patterns
-from app.http.errors import (
-    ActionNotAllowed,
-    ApiError,
-    AuthInvalid,
-    AuthRequired,
-    IdempotencyKeyInUse,
-    IdempotencyKeyReused,
-    InternalFailure,
-    InvalidParams,
-    InvalidRequest,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    RateLimited,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-)
 from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 from app.http.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
 
@@ -65,84 +49,84 @@ def ref(kind: str, name: str) -> dict[str, str]:
 
 
 # What each error's `data` holds (API.md's error table); None: the body has no `data`.
-ERROR_DATA: dict[type[ApiError], dict[str, Any] | None] = {
-    InvalidRequest: {"type": "object", "required": ["reason"], "additionalProperties": False,
+ERROR_DATA: dict[type[api.ApiError], dict[str, Any] | None] = {
+    api.InvalidRequest: {"type": "object", "required": ["reason"], "additionalProperties": False,
                      "properties": {"reason": {"type": "string"}}},
-    InvalidParams: {"type": "array", "minItems": 1, "items": {
+    api.InvalidParams: {"type": "array", "minItems": 1, "items": {
         "type": "object", "required": ["params", "message"], "additionalProperties": False,
         "properties": {"params": {"type": "array", "minItems": 1, "items": {"type": "string"}},
                        "message": {"type": "string"}}}},
-    AuthRequired: None,
-    AuthInvalid: None,
-    NotFound: None,
-    MethodNotAllowed: {"type": "object", "required": ["allowed"], "additionalProperties": False,
+    api.AuthRequired: None,
+    api.AuthInvalid: None,
+    api.NotFound: None,
+    api.MethodNotAllowed: {"type": "object", "required": ["allowed"], "additionalProperties": False,
                        "properties": {"allowed": {"type": "array",
                                                   "items": {"type": "string"}}}},
-    ActionNotAllowed: {"type": "object", "required": ["action"], "additionalProperties": False,
+    api.ActionNotAllowed: {"type": "object", "required": ["action"], "additionalProperties": False,
                        "properties": {"action": {"type": "string"}}},
-    IdempotencyKeyInUse: None,
-    IdempotencyKeyReused: None,
-    PayloadTooLarge: {"type": "object", "required": ["max_bytes"],
+    api.IdempotencyKeyInUse: None,
+    api.IdempotencyKeyReused: None,
+    api.PayloadTooLarge: {"type": "object", "required": ["max_bytes"],
                       "additionalProperties": False,
                       "properties": {"max_bytes": {"type": "integer", "minimum": 0}}},
-    UnsupportedMediaType: {"type": "object", "required": ["supported"],
+    api.UnsupportedMediaType: {"type": "object", "required": ["supported"],
                            "additionalProperties": False,
                            "properties": {"supported": {"type": "array",
                                                         "items": {"type": "string"}}}},
-    RateLimited: {"type": "object", "required": ["retry_after"], "additionalProperties": False,
+    api.RateLimited: {"type": "object", "required": ["retry_after"], "additionalProperties": False,
                   "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
-    InternalFailure: None,
-    ServiceUnavailable: {"type": "object", "required": ["retry_after"],
+    api.InternalFailure: None,
+    api.ServiceUnavailable: {"type": "object", "required": ["retry_after"],
                          "additionalProperties": False,
                          "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
 }
 
 # When each error happens, for the response descriptions.
-ERROR_WHEN: dict[type[ApiError], str] = {
-    InvalidRequest: "the body does not parse, or its JSON is not an object",
-    InvalidParams: "parameters are invalid; `data` lists every problem at once",
-    AuthRequired: "no `Authorization: Bearer` header",
-    AuthInvalid: "the token is unknown, malformed or forged, or its user was deleted",
-    NotFound: "nothing of yours is at this path (another user's object and a malformed id "
+ERROR_WHEN: dict[type[api.ApiError], str] = {
+    api.InvalidRequest: "the body does not parse, or its JSON is not an object",
+    api.InvalidParams: "parameters are invalid; `data` lists every problem at once",
+    api.AuthRequired: "no `Authorization: Bearer` header",
+    api.AuthInvalid: "the token is unknown, malformed or forged, or its user was deleted",
+    api.NotFound: "nothing of yours is at this path (another user's object and a malformed id "
               "are not found too)",
-    MethodNotAllowed: "the path exists but not with this method",
-    ActionNotAllowed: "a rule refuses the action named in `data.action`",
-    IdempotencyKeyInUse: "the first request with this `Idempotency-Key` is still running; "
+    api.MethodNotAllowed: "the path exists but not with this method",
+    api.ActionNotAllowed: "a rule refuses the action named in `data.action`",
+    api.IdempotencyKeyInUse: "the first request with this `Idempotency-Key` is still running; "
                          "retry later",
-    IdempotencyKeyReused: "this `Idempotency-Key` was used with a different method, path or "
+    api.IdempotencyKeyReused: "this `Idempotency-Key` was used with a different method, path or "
                           "parameters",
-    PayloadTooLarge: "the body is larger than `MAX_BODY_BYTES`",
-    UnsupportedMediaType: "a non-empty body that is neither JSON nor a form",
-    RateLimited: "the rate limit is exceeded; retry after `Retry-After` seconds",
-    InternalFailure: "an unexpected failure; details are only in the log, under the "
+    api.PayloadTooLarge: "the body is larger than `MAX_BODY_BYTES`",
+    api.UnsupportedMediaType: "a non-empty body that is neither JSON nor a form",
+    api.RateLimited: "the rate limit is exceeded; retry after `Retry-After` seconds",
+    api.InternalFailure: "an unexpected failure; details are only in the log, under the "
                      "response's `X-Request-ID`",
-    ServiceUnavailable: "the database is unreachable, the connection pool stayed exhausted, or "
+    api.ServiceUnavailable: "the database is unreachable, the connection pool stayed exhausted, or "
                         "the server is shutting down; retry after `Retry-After` seconds",
 }
 
 
-def error_name(error: type[ApiError]) -> str:
+def error_name(error: type[api.ApiError]) -> str:
     return f"{error.__name__}Error"
 
 
-def error_examples(config) -> dict[type[ApiError], ApiError]:
+def error_examples(config) -> dict[type[api.ApiError], api.ApiError]:
     return {
-        InvalidRequest: InvalidRequest("the body is not valid JSON"),
-        InvalidParams: InvalidParams.one("limit", f"must be an integer between 1 and "
+        api.InvalidRequest: api.InvalidRequest("the body is not valid JSON"),
+        api.InvalidParams: api.InvalidParams.one("limit", f"must be an integer between 1 and "
                                                   f"{MAX_LIMIT}"),
-        AuthRequired: AuthRequired(),
-        AuthInvalid: AuthInvalid(),
-        NotFound: NotFound(),
-        MethodNotAllowed: MethodNotAllowed(["GET", "POST"]),
-        ActionNotAllowed: ActionNotAllowed(
+        api.AuthRequired: api.AuthRequired(),
+        api.AuthInvalid: api.AuthInvalid(),
+        api.NotFound: api.NotFound(),
+        api.MethodNotAllowed: api.MethodNotAllowed(["GET", "POST"]),
+        api.ActionNotAllowed: api.ActionNotAllowed(
             f"create more than {config.max_conversations_per_user} conversations"),
-        IdempotencyKeyInUse: IdempotencyKeyInUse(),
-        IdempotencyKeyReused: IdempotencyKeyReused(),
-        PayloadTooLarge: PayloadTooLarge(config.max_body_bytes),
-        UnsupportedMediaType: UnsupportedMediaType(),
-        RateLimited: RateLimited(12),
-        InternalFailure: InternalFailure(),
-        ServiceUnavailable: ServiceUnavailable(1),
+        api.IdempotencyKeyInUse: api.IdempotencyKeyInUse(),
+        api.IdempotencyKeyReused: api.IdempotencyKeyReused(),
+        api.PayloadTooLarge: api.PayloadTooLarge(config.max_body_bytes),
+        api.UnsupportedMediaType: api.UnsupportedMediaType(),
+        api.RateLimited: api.RateLimited(12),
+        api.InternalFailure: api.InternalFailure(),
+        api.ServiceUnavailable: api.ServiceUnavailable(1),
     }
 
 

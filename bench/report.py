@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-ORDER = ("hello", "ref_get", "ref_get_cap", "animals", "get", "list", "post_line", "mix",
+ORDER = ("hello", "ref_get", "ref_get_cap", "animals", "get", "list", "post_line", "post_batch",
+         "mix",
          "get_paced", "list_paced", "get_cap", "list_large")
-SAYPI_MAIN = ("animals", "get", "list", "post_line", "mix", "get_cap", "list_large")
+SAYPI_MAIN = ("animals", "get", "list", "post_line", "post_batch", "mix", "get_cap",
+              "list_large")
 
 
 def _ref_for(key: str) -> str:
@@ -71,6 +73,17 @@ def targets(data: dict) -> list[dict]:
             add(f"p99 at half of max throughput, {name}", f"{v:.1f} ms", "< 25 ms", v < 25,
                 f"offered {sc[key]['target_rps']:.0f} req/s, achieved {sc[key]['rps']:.0f}, "
                 f"p50 {sc[key]['p50_ms']:.1f} ms, other CPU {sc[key]['foreign_cpu_pct']:.0f} %")
+    single, batch = sc.get("post_line", {}), sc.get("post_batch", {})
+    one = single.get("cpu_us_per_request", {}).get("app")
+    many = batch.get("cpu_us_per_request", {}).get("app")
+    if one and many:
+        from bench.scenarios import BATCH_LINES
+
+        per_line = many / BATCH_LINES
+        add(f"app CPU per line, {BATCH_LINES}-line batch vs single POST line",
+            f"{per_line / one:.2f}x", "< 1x", per_line < one,
+            f"{per_line:,.0f} us vs {one:,.0f} us a line; lines/s {batch['rps'] * BATCH_LINES:,.0f}"
+            f" vs {single['rps']:,.0f}; round trips per batch {batch.get('round_trips', '?')}")
     mem = data.get("memory")
     if mem and mem.get("max_growth_pct") is not None:
         v = mem["max_growth_pct"]

@@ -8,10 +8,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.seed import Seeded, line_body
+from bench.seed import Seeded, batch_body, line_body
 from bench.wrk import write_requests
 
 REQUESTS_PER_FILE = 5000
+BATCH_LINES = 20  # lines per request of the batch scenario
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ SCENARIOS: dict[str, Scenario] = {s.key: s for s in (
     Scenario("get", "2. GET /conversations/{id} (10 lines)", "saypi", "get"),
     Scenario("list", "3. GET /conversations?limit=10", "saypi", "list"),
     Scenario("post_line", "4. POST /conversations/{id}/lines", "saypi", "post_line", (201,)),
+    Scenario("post_batch", f"4b. POST /conversations/{{id}}/lines/batch ({BATCH_LINES} lines)",
+             "saypi", "post_batch", (201,)),
     Scenario("mix", "5. mix: 60% GET conversation, 20% list, 20% POST line", "saypi", "mix",
              (200, 201)),
     Scenario("get_paced", "2 at half of its max throughput", "saypi", "get"),
@@ -63,14 +66,18 @@ def build_request_files(directory: Path, seeded: Seeded) -> dict[str, Path]:
     posts = [("POST", f"/conversations/{cid}/lines", tok, line_body(i, seeded.texts))
              for i, (tok, cid) in enumerate(pick(seeded.write_conversations, i)
                                             for i in range(n))]
+    batches = [("POST", f"/conversations/{cid}/lines/batch", tok,
+                batch_body(i, seeded.texts, BATCH_LINES))
+               for i, (tok, cid) in enumerate(pick(seeded.write_conversations, i)
+                                              for i in range(n // 5))]
     mix = gets[: n * 3 // 5] + lists[: n // 5] + posts[: n // 5]
     rng.shuffle(mix)
     animals = [("GET", "/animals", pick(seeded.readers, i)[1], "") for i in range(n)]
     hello = [("GET", "/hello", pick(seeded.readers, i)[1], "") for i in range(n)]
     cap_token, cap_id = seeded.cap_conversation
     get_cap = [("GET", f"/conversations/{cap_id}", cap_token, "")]
-    files = {"get": gets, "list": lists, "post_line": posts, "mix": mix, "animals": animals,
-             "hello": hello, "get_cap": get_cap}
+    files = {"get": gets, "list": lists, "post_line": posts, "post_batch": batches, "mix": mix,
+             "animals": animals, "hello": hello, "get_cap": get_cap}
     return {name: write_requests(directory / f"{name}.requests", requests)
             for name, requests in files.items()}
 

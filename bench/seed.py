@@ -180,8 +180,18 @@ def grow_conversations(dsn: str, total: int, readers: list[tuple[int, str]]) -> 
             "seconds": round(time.monotonic() - started, 1)}
 
 
+def line_params(i: int, texts: list[str]) -> dict:
+    """The parameters of the i-th line the benchmark creates."""
+    return {"animal": ANIMALS[i % len(ANIMALS)], "mood": MOODS[(i * 3) % len(MOODS)],
+            "think": i % 4 == 0, "text": texts[(i * 13) % len(texts)]}
+
+
 def line_body(i: int, texts: list[str]) -> str:
     """The JSON body of the i-th POST /conversations/{id}/lines the benchmark sends."""
-    return json.dumps({"animal": ANIMALS[i % len(ANIMALS)], "mood": MOODS[(i * 3) % len(MOODS)],
-                       "think": i % 4 == 0, "text": texts[(i * 13) % len(texts)]},
+    return json.dumps(line_params(i, texts), separators=(",", ":"))
+
+
+def batch_body(i: int, texts: list[str], size: int) -> str:
+    """The JSON body of the i-th POST /conversations/{id}/lines/batch: `size` lines."""
+    return json.dumps({"lines": [line_params(i * size + j, texts) for j in range(size)]},
                       separators=(",", ":"))

@@ -15,7 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.api import animals, conversations, debug, docs, lines, moods, ops, playground, users
+from app.api import (
+    animals,
+    conversations,
+    debug,
+    docs,
+    lines,
+    moods,
+    ops,
+    playground,
+    render,
+    users,
+)
 from app.http.routing import AUTHED, BY_CLIENT, BY_USER, OPEN, PUBLIC, Route
 from app.openapi.builder import spec_json
 
@@ -53,9 +64,10 @@ def documented_routes(d: Deps) -> list[Route]:
               guard=AUTHED, doc=conversations.LIST_CONVERSATIONS_DOC),
         Route("POST", "/conversations",
               conversations.handle_create_conversation(
-                  d.conversations, d.config.max_conversations_per_user),
-              guard=AUTHED, body=conversations.CreateConversation, idempotent=BY_USER,
-              doc=conversations.CREATE_CONVERSATION_DOC),
+                  d.conversations, d.lines, d.renderer, d.config.max_conversations_per_user,
+                  d.config.max_lines_per_conversation, d.config.max_batch_lines),
+              guard=AUTHED, body=conversations.create_conversation_body(d.config.max_batch_lines),
+              idempotent=BY_USER, doc=conversations.CREATE_CONVERSATION_DOC),
         Route("GET", "/conversations/<conversation_id>",
               conversations.handle_get_conversation(d.conversations, d.users, d.renderer),
               guard=AUTHED, doc=conversations.GET_CONVERSATION_DOC),
@@ -73,12 +85,20 @@ def documented_routes(d: Deps) -> list[Route]:
         Route("POST", "/conversations/<conversation_id>/lines",
               lines.handle_create_line(d.lines, d.renderer, d.config.max_lines_per_conversation),
               guard=AUTHED, body=lines.CreateLine, idempotent=BY_USER, doc=lines.CREATE_LINE_DOC),
+        Route("POST", "/conversations/<conversation_id>/lines/batch",
+              lines.handle_create_lines(d.lines, d.renderer, d.config.max_lines_per_conversation,
+                                        d.config.max_batch_lines),
+              guard=AUTHED, body=lines.create_lines_body(d.config.max_batch_lines),
+              idempotent=BY_USER, doc=lines.CREATE_LINES_DOC),
         Route("GET", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_get_line(d.lines, d.users, d.renderer),
               guard=AUTHED, doc=lines.GET_LINE_DOC),
         Route("DELETE", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_delete_line(d.lines, d.users),
               guard=AUTHED, doc=lines.DELETE_LINE_DOC),
+
+        Route("POST", "/render", render.handle_render(d.moods, d.renderer, d.presence),
+              guard=AUTHED, body=lines.CreateLine, doc=render.RENDER_DOC),
 
         Route("GET", "/health/live", ops.handle_live(),
               guard=OPEN, doc=ops.LIVE_DOC),

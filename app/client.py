@@ -260,10 +260,13 @@ class Client:
     def iter_conversations(self, page_size: int = 100) -> Iterator[Conversation]:
         return self._iterate("/conversations", "id", page_size)
 
-    def create_conversation(self, heading: str,
+    def create_conversation(self, heading: str, lines: list[dict[str, Any]] | None = None,
                             idempotency_key: str | None = None) -> Conversation:
-        return self._call("POST", "/conversations", json={"heading": heading},
-                          idempotency_key=idempotency_key)
+        """A new conversation; `lines` (line parameters) are created with it, atomically."""
+        body: dict[str, Any] = {"heading": heading}
+        if lines is not None:
+            body["lines"] = lines
+        return self._call("POST", "/conversations", json=body, idempotency_key=idempotency_key)
 
     def get_conversation(self, conversation_id: str) -> Conversation:
         return self._call("GET", f"/conversations/{conversation_id}")
@@ -292,10 +295,16 @@ class Client:
     def create_line(self, conversation_id: str, text: str | None = None,
                     animal: str | None = None, think: bool | None = None,
                     mood: str | None = None, idempotency_key: str | None = None) -> Line:
-        body = {k: v for k, v in (("text", text), ("animal", animal), ("think", think),
-                                  ("mood", mood)) if v is not None}
-        return self._call("POST", f"/conversations/{conversation_id}/lines", json=body,
+        return self._call("POST", f"/conversations/{conversation_id}/lines",
+                          json=_line_params(text, animal, think, mood),
                           idempotency_key=idempotency_key)
+
+    def create_lines(self, conversation_id: str, lines: list[dict[str, Any]],
+                     idempotency_key: str | None = None) -> list[Line]:
+        """Several lines at once (each a dict of text, animal, think, mood), in order, all or
+        none; returns them as created."""
+        return self._call("POST", f"/conversations/{conversation_id}/lines/batch",
+                          json={"lines": lines}, idempotency_key=idempotency_key)["data"]
 
     def get_line(self, conversation_id: str, line_id: str) -> Line:
         return self._call("GET", f"/conversations/{conversation_id}/lines/{line_id}")
@@ -306,3 +315,22 @@ class Client:
 
     def delete_line(self, conversation_id: str, line_id: str) -> None:
         self._call("DELETE", f"/conversations/{conversation_id}/lines/{line_id}")
+
+    # --- rendering ---
+    def render(self, text: str | None = None, animal: str | None = None,
+               think: bool | None = None, mood: str | None = None) -> str:
+        """What a line with these parameters would show (nothing is stored)."""
+        return self._call("POST", "/render", json=_line_params(text, animal, think, mood))[
+            "output"]
+
+    def render_text(self, text: str | None = None, animal: str | None = None,
+                    think: bool | None = None, mood: str | None = None) -> str:
+        """render(), asking for text/plain."""
+        return self._call("POST", "/render", json=_line_params(text, animal, think, mood),
+                          headers={"Accept": "text/plain"})
+
+
+def _line_params(text: str | None, animal: str | None, think: bool | None,
+                 mood: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("text", text), ("animal", animal), ("think", think),
+                              ("mood", mood)) if v is not None}

@@ -203,6 +203,9 @@ class Config:
     max_lines_per_conversation: int = setting(
         "MAX_LINES_PER_CONVERSATION", _int(0), 1000,
         "lines a conversation may hold")
+    max_batch_lines: int = setting(
+        "MAX_BATCH_LINES", _int(1, 1000), 100,
+        "lines one request may create (POST .../lines/batch, POST /conversations with lines)")
     rate_limit_user_per_minute: int = setting(
         "RATE_LIMIT_USER_PER_MINUTE", _int(0), 600,
         "requests per minute per authenticated user (0 disables)")

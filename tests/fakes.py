@@ -152,6 +152,7 @@ class FakeConversations:
     def __init__(self, users: FakeUsers) -> None:
         self.users = users
         self.rows: dict[int, tuple[int, Conversation]] = {}  # rid -> (owner, conversation)
+        self.line_store: FakeLines | None = None  # set by FakeLines, for create_with_lines
 
     def mine(self, user_id: int) -> list[Conversation]:
         return [c for owner, c in self.rows.values() if owner == user_id]
@@ -166,6 +167,20 @@ class FakeConversations:
         convo = Conversation(next(_NUMBERS), heading, _now(), ())
         self.rows[convo.id] = (user_id, convo)
         return convo
+
+    def create_with_lines(self, user_id, heading, cap, lines, line_cap,
+                          uow: UnitOfWork | None = None) -> Conversation:
+        """create() and then create_many(), undone if the lines are refused."""
+        from app.domain.errors import LimitReached, MoodMissing
+
+        missing = self.line_store.missing_moods(user_id, lines)
+        if self.users.exists(user_id) and missing:
+            raise MoodMissing(missing)
+        if len(lines) > line_cap:
+            raise LimitReached(LimitReached.LINES, line_cap)
+        convo = self.create(user_id, heading, cap, uow)
+        self.line_store.create_many(user_id, convo.id, lines, line_cap, uow)
+        return self.get(user_id, convo.id)
 
     def get(self, user_id: int, rid: int) -> Conversation | None:
         owner, convo = self.rows.get(rid, (None, None))
@@ -193,6 +208,34 @@ class FakeLines:
     def __init__(self, users: FakeUsers, moods: FakeMoods,
                  conversations: FakeConversations) -> None:
         self.users, self.moods, self.conversations = users, moods, conversations
+        conversations.line_store = self  # create_with_lines adds lines through this
+        self.batches = 0  # create_many calls (each one statement in PostgreSQL)
+
+    def missing_moods(self, user_id: int, lines) -> tuple[int, ...]:
+        return tuple(i for i, line in enumerate(lines)
+                     if self.moods.get(user_id, line.mood) is None)
+
+    def create_many(self, user_id, conversation, lines, cap,
+                    uow: UnitOfWork | None = None) -> list[Line]:
+        """All of `lines` or none: every refusal is decided before anything is added."""
+        from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
+
+        self.batches += 1
+        if not self.users.exists(user_id):
+            raise UserGone()
+        convo = self.conversations.get(user_id, conversation)
+        if convo is None:
+            raise ConversationMissing()
+        missing = self.missing_moods(user_id, lines)
+        if missing:
+            raise MoodMissing(missing)
+        if len(convo.lines) + len(lines) > cap:
+            raise LimitReached(LimitReached.LINES, cap)
+        return [self.create(user_id, conversation, line.animal, line.think, line.mood,
+                            line.text, cap, uow) for line in lines]
+
+    def known_moods(self, user_id: int, names, uow: UnitOfWork | None = None) -> set[str]:
+        return {name.lower() for name in names if self.moods.get(user_id, name) is not None}
 
     def create(self, user_id, conversation, animal, think, mood, text, cap,
                uow: UnitOfWork | None = None) -> Line:

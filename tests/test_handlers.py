@@ -31,7 +31,7 @@ class Caller:
 @pytest.fixture
 def deps():
     return fake_deps(MAX_CONVERSATIONS_PER_USER="3", MAX_MOODS_PER_USER="2",
-                     MAX_LINES_PER_CONVERSATION="2")
+                     MAX_LINES_PER_CONVERSATION="2", MAX_BATCH_LINES="4")
 
 
 @pytest.fixture
@@ -224,3 +224,143 @@ def test_a_4xx_outcome_is_recorded_and_replayed(ada):
     again = ada.call("POST", "/conversations", json={"heading": ""}, headers=key)
     assert first.status_code == again.status_code == 400
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+# --- batches, conversations with lines, rendering -----------------------------------------
+def new_conversation(caller: Caller) -> str:
+    return caller.call("POST", "/conversations", json={"heading": "h"}).get_json()["id"]
+
+
+def lines_of(caller: Caller, convo: str) -> list[dict]:
+    return caller.call("GET", f"/conversations/{convo}/lines").get_json()["data"]
+
+
+def test_a_batch_names_every_bad_element_by_index_and_creates_nothing(ada, deps):
+    assert ada.call("PUT", "/moods/Calm", json={}).status_code == 201
+    convo = new_conversation(ada)
+    response = ada.call("POST", f"/conversations/{convo}/lines/batch", json={"lines": [
+        {"text": "fine", "mood": "calm"}, {"mood": "nope", "text": 5}, "x",
+        {"animal": "no-such-animal", "think": "yes", "extra": 1}]})
+    status, code, data = error_of(response)
+    assert (status, code) == (400, "invalid_params")
+    assert [p["params"] for p in data] == [["lines[1].mood"], ["lines[1].text"], ["lines[2]"],
+                                           ["lines[3].animal"], ["lines[3].think"]]
+    assert "Parameter `lines[2]` must be an object." in response.get_json()["message"]
+    assert lines_of(ada, convo) == [] and deps.lines.batches == 0
+
+
+@pytest.mark.parametrize("body", [{}, {"lines": None}, {"lines": []}, {"lines": {"text": "a"}},
+                                  {"lines": "[]"}, {"lines": [{}] * 5}])
+def test_a_missing_empty_long_or_non_list_batch_is_invalid_on_lines(ada, body):
+    convo = new_conversation(ada)
+    status, code, data = error_of(ada.call("POST", f"/conversations/{convo}/lines/batch",
+                                           json=body))
+    message = "is required" if body.get("lines") is None else \
+        "must be a list of 1 to 4 objects"
+    assert (status, code, data) == (400, "invalid_params",
+                                    [{"params": ["lines"], "message": message}])
+
+
+def test_a_batch_is_created_in_order_in_the_list_format(ada, deps):
+    convo = new_conversation(ada)
+    response = ada.call("POST", f"/conversations/{convo}/lines/batch", json={"lines": [
+        {"text": "one", "mood": "BORG"}, {"text": "two", "think": True, "animal": "default"}]})
+    assert response.status_code == 201
+    assert response.headers["Location"] == f"/conversations/{convo}/lines"
+    body = response.get_json()
+    assert body["type"] == "line" and body["has_more"] is False
+    assert [(line["text"], line["mood"], line["think"]) for line in body["data"]] == \
+        [("one", "borg", False), ("two", "default", True)]
+    assert body["data"] == lines_of(ada, convo)
+    assert deps.lines.batches == 1
+
+
+def test_a_batch_over_the_line_cap_creates_nothing(ada):
+    convo = new_conversation(ada)
+    ada.call("POST", f"/conversations/{convo}/lines", json={"text": "first"})
+    response = ada.call("POST", f"/conversations/{convo}/lines/batch",
+                        json={"lines": [{"text": "a"}, {"text": "b"}]})
+    assert error_of(response) == (409, "action_not_allowed",
+                                  {"action": "add more than 2 lines to a conversation"})
+    assert [line["text"] for line in lines_of(ada, convo)] == ["first"]
+
+
+def test_a_batch_refused_for_a_missing_own_mood_names_its_elements(ada, deps):
+    convo = new_conversation(ada)
+    # Only user moods are missing: the write finds them (one statement in PostgreSQL).
+    response = ada.call("POST", f"/conversations/{convo}/lines/batch",
+                        json={"lines": [{"mood": "tired"}, {"mood": "gone"}]})
+    assert error_of(response)[2] == [{"params": ["lines[1].mood"],
+                                      "message": "must name a built-in mood or one of yours"}]
+    assert deps.lines.batches == 1 and lines_of(ada, convo) == []
+
+
+def test_a_batch_to_another_users_conversation_is_not_found(deps, client, ada):
+    convo = new_conversation(ada)
+    bob = user_of(deps, client, "Bob")
+    response = bob.call("POST", f"/conversations/{convo}/lines/batch",
+                        json={"lines": [{"text": "hi"}]})
+    assert error_of(response)[:2] == (404, "not_found")
+    assert error_of(bob.call("POST", "/conversations/cv_nonsense/lines/batch",
+                             json={"lines": [{}]}))[:2] == (404, "not_found")
+
+
+def test_a_batch_replays_with_its_idempotency_key(ada):
+    convo = new_conversation(ada)
+    key = {"Idempotency-Key": "batch-1"}
+    path = f"/conversations/{convo}/lines/batch"
+    first = ada.call("POST", path, json={"lines": [{"text": "a"}]}, headers=key)
+    again = ada.call("POST", path, json={"lines": [{"text": "a", "unknown": True}]},
+                     headers=key)
+    assert again.status_code == 201 and again.get_data() == first.get_data()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert len(lines_of(ada, convo)) == 1
+    changed = ada.call("POST", path, json={"lines": [{"text": "b"}]}, headers=key)
+    assert error_of(changed)[:2] == (422, "idempotency_key_reused")
+
+
+def test_a_conversation_is_created_with_its_lines_or_not_at_all(ada):
+    made = ada.call("POST", "/conversations", json={"heading": "with lines", "lines": [
+        {"text": "moo"}, {"text": "hoo", "animal": "default", "mood": "dead"}]})
+    assert made.status_code == 201
+    body = made.get_json()
+    assert [line["text"] for line in body["lines"]] == ["moo", "hoo"]
+    assert ada.call("GET", f"/conversations/{body['id']}").get_json() == body
+    bad = ada.call("POST", "/conversations", json={"heading": "", "lines": [{"mood": "x"}]})
+    assert [p["params"] for p in error_of(bad)[2]] == [["heading"], ["lines[0].mood"]]
+    too_many = ada.call("POST", "/conversations", json={"heading": "h", "lines": [{}] * 3})
+    assert error_of(too_many) == (409, "action_not_allowed",
+                                  {"action": "add more than 2 lines to a conversation"})
+    assert [c["heading"] for c in ada.call("GET", "/conversations").get_json()["data"]] == \
+        ["with lines"]
+
+
+def test_a_conversation_without_lines_still_answers_an_empty_list(ada, deps):
+    body = ada.call("POST", "/conversations", json={"heading": "plain", "lines": None}).get_json()
+    assert body["lines"] == [] and deps.lines.batches == 0
+
+
+def test_render_uses_built_in_and_own_moods_and_stores_nothing(ada, deps):
+    expected = deps.renderer.render("default", "==", "  ", True, "Resistance")
+    response = ada.call("POST", "/render", json={"text": "Resistance", "mood": "Borg",
+                                                 "think": True})
+    assert response.status_code == 200 and "ETag" not in response.headers
+    assert response.get_json() == {"output": expected}
+    ada.call("PUT", "/moods/Sleepy", json={"eyes": "-.", "tongue": "U "})
+    own = ada.call("POST", "/render", json={"text": "zz", "mood": "SLEEPY"}).get_json()
+    assert own == {"output": deps.renderer.render("default", "-.", "U ", False, "zz")}
+    text = ada.call("POST", "/render", json={"text": "zz", "mood": "sleepy"},
+                    headers={"Accept": "text/plain"})
+    assert text.content_type == "text/plain; charset=utf-8"
+    assert text.get_data(as_text=True) == own["output"]
+    assert ada.call("GET", "/conversations").get_json()["data"] == []
+    assert deps.moods.used == {}
+
+
+def test_render_reports_what_a_line_would_report(ada):
+    response = ada.call("POST", "/render", json={"animal": "no-such-animal", "mood": "nope",
+                                                 "think": "true", "text": "x" * 1001})
+    status, code, data = error_of(response)
+    assert (status, code) == (400, "invalid_params")
+    assert [p["params"] for p in data] == [["animal"], ["mood"], ["text"], ["think"]]
+    assert {"params": ["mood"], "message": "must name a built-in mood or one of yours"} in data

@@ -40,9 +40,21 @@ hostile_value = st.recursive(
                             st.dictionaries(st.text(max_size=8), inner, max_size=4)),
     max_leaves=10,
 )
-PARAMS = ["name", "email", "heading", "animal", "think", "mood", "text", "eyes", "tongue"]
+PARAMS = ["name", "email", "heading", "animal", "think", "mood", "text", "eyes", "tongue",
+          "lines"]
+LINE_PARAMS = ["animal", "think", "mood", "text"]
+# A batch's `lines`: lists of line-like objects with hostile values, or anything else.
+hostile_lines = st.one_of(
+    st.lists(st.one_of(st.dictionaries(st.sampled_from(LINE_PARAMS), hostile_value, max_size=4),
+                       hostile_value), max_size=8),
+    st.integers(min_value=0, max_value=150).map(lambda n: [{"text": "moo"}] * n),
+    hostile_value,
+)
 bodies = st.one_of(
     st.dictionaries(st.sampled_from(PARAMS), hostile_value, max_size=6).map(
+        lambda d: ("application/json", json.dumps(d).encode())),
+    st.fixed_dictionaries({"lines": hostile_lines},
+                          optional={"heading": hostile_text}).map(
         lambda d: ("application/json", json.dumps(d).encode())),
     st.binary(max_size=200).map(lambda b: ("application/json", b)),
     st.binary(max_size=200).map(lambda b: ("application/x-www-form-urlencoded", b)),
@@ -68,6 +80,7 @@ ENDPOINTS = [
     ("PATCH", "/conversations/{a}"), ("DELETE", "/conversations/{a}"),
     ("GET", "/conversations/{a}/lines"), ("POST", "/conversations/{a}/lines"),
     ("GET", "/conversations/{a}/lines/{b}"), ("DELETE", "/conversations/{a}/lines/{b}"),
+    ("POST", "/conversations/{a}/lines/batch"), ("POST", "/render"),
 ]
 
 

@@ -24,7 +24,7 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
-from app.api import conversations, lines, moods, users
+from app.api import conversations, lines, moods, render, users
 from app.config import Config
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
 from app.http import request_state, routing
@@ -53,6 +53,7 @@ CONTRACT = {
     ("POST", "/conversations/{conversation_id}/lines"),
     ("GET", "/conversations/{conversation_id}/lines/{line_id}"),
     ("DELETE", "/conversations/{conversation_id}/lines/{line_id}"),
+    ("POST", "/conversations/{conversation_id}/lines/batch"), ("POST", "/render"),
     ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/quick"),
     ("GET", "/health/detailed"), ("GET", "/metrics"),
 }
@@ -83,6 +84,9 @@ CONTRACT_STATUSES = {
     ("GET", "/conversations/{conversation_id}/lines/{line_id}"):
         {"200", "304", "404"} | AUTHED,
     ("DELETE", "/conversations/{conversation_id}/lines/{line_id}"): {"204", "404"} | AUTHED,
+    ("POST", "/conversations/{conversation_id}/lines/batch"):
+        {"201", "404", "409"} | BODY | IDEMPOTENT | AUTHED,
+    ("POST", "/render"): {"200"} | BODY | AUTHED,
     ("GET", "/health/live"): {"200", "500"},
     ("GET", "/health/ready"): {"200", "503", "500"},
     ("GET", "/health/quick"): {"200", "503", "500"},
@@ -335,7 +339,9 @@ def test_parameters_of_lists_posts_and_gets(spec):
         refs = {p.get("$ref", "").rsplit("/", 1)[-1] for p in operation["parameters"]}
         route = route_of(method, path)
         assert ({"limit", "starting_after", "ending_before"} <= refs) == route.doc.paginated
-        assert ("Idempotency-Key" in refs) == (method == "POST"), (method, path)
+        creates = any(success.status == 201 for success in route.doc.success)
+        # Every POST that creates takes one; POST /render stores nothing, so it takes none.
+        assert ("Idempotency-Key" in refs) == (method == "POST" and creates), (method, path)
         assert ("If-None-Match" in refs) == route.doc.etag
         path_params = [p["name"] for p in operation["parameters"] if p.get("in") == "path"]
         assert path_params == re.findall(r"\{(\w+)\}", path)
@@ -363,15 +369,21 @@ def test_error_components_are_the_error_classes(spec):
 
 def test_schemas_come_from_the_handlers_marshmallow_schemas(spec):
     schemas = spec["components"]["schemas"]
+    routed = {route.body for route in DOCUMENTED if route.body is not None}
+    for schema in routed:
+        assert schemas[schema.__name__]["properties"].keys() == schema().fields.keys()
     for schema in (users.CreateUser, users.UpdateUser, moods.PutMood, lines.CreateLine,
-                   conversations.CreateConversation, conversations.UpdateConversation):
+                   conversations.create_conversation_body(CONFIG.max_batch_lines),
+                   lines.create_lines_body(CONFIG.max_batch_lines),
+                   conversations.UpdateConversation):
         component = schemas[schema.__name__]
         assert set(component["properties"]) == set(schema().fields)
         assert set(component.get("required", [])) == \
             {name for name, f in schema().fields.items() if f.required}
         assert "additionalProperties" not in component  # unknown parameters are ignored
     for schema in (users.UserOut, users.CreatedUserOut, moods.MoodOut, lines.LineOut,
-                   conversations.ConversationListItemOut, conversations.ConversationOut):
+                   render.RenderOut, conversations.ConversationListItemOut,
+                   conversations.ConversationOut):
         component = schemas[schema.__name__]
         assert set(component["properties"]) == set(component["required"]) == \
             set(schema().fields)
@@ -382,6 +394,13 @@ def test_schemas_come_from_the_handlers_marshmallow_schemas(spec):
     assert "clears" in schemas["UpdateUser"]["properties"]["email"]["description"]
     assert schemas["LineOut"]["properties"]["think"] == {"type": "boolean"}
     assert schemas["UserOut"]["properties"]["name"]["nullable"] is True
+    batch = schemas["CreateLines"]["properties"]["lines"]
+    assert (batch["minItems"], batch["maxItems"], batch["items"]) == (
+        1, CONFIG.max_batch_lines, {"$ref": "#/components/schemas/CreateLine"})
+    assert schemas["CreateLines"]["required"] == ["lines"]
+    first_lines = schemas["CreateConversation"]["properties"]["lines"]
+    assert first_lines["nullable"] is True and first_lines["items"] == batch["items"]
+    assert schemas["CreateConversation"]["required"] == ["heading"]
 
 
 def test_patterns_agree_with_the_fields():

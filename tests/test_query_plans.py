@@ -69,3 +69,20 @@ def test_mood_list_and_conversation_read_use_indexes(big_db):
     text = plan(big_db, conversations._GET_WITH_LINES.replace("%s", "%(v)s", 1)
                 .replace("%s", "%(u)s", 1), {"v": 7, "u": 8})
     assert "Seq Scan on conversations" not in text and "Seq Scan on lines" not in text, text
+
+
+def test_batch_statements_resolve_moods_and_conversations_by_index(big_db):
+    from app.domain.models import NewLine
+    from app.repo.new_lines import line_params
+
+    batch = line_params(USER, [NewLine("default", False, mood, "x")
+                               for mood in ("m42", "borg", "M1042", "nope")])
+    with psycopg.connect(big_db) as conn:
+        rid = conn.execute("SELECT rid FROM conversations WHERE user_id = %s LIMIT 1",
+                           (USER,)).fetchone()[0]
+    text = plan(big_db, lines._CREATE_MANY, {**batch, "conversation": rid, "cap": 1000})
+    assert "Seq Scan on moods" not in text and "Seq Scan on conversations" not in text, text
+    assert "moods_owner_name_key" in text and "conversations_rid_key" in text, text
+    text = plan(big_db, conversations._CREATE_WITH_LINES,
+                {**batch, "cap": 1000, "line_cap": 1000, "rid": 1, "heading": "h"})
+    assert "Seq Scan on moods" not in text and "Seq Scan on users" not in text, text

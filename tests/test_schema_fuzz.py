@@ -53,6 +53,7 @@ LINK_TARGETS = {
     "GET /conversations/{conversation_id}", "PATCH /conversations/{conversation_id}",
     "DELETE /conversations/{conversation_id}", "GET /conversations/{conversation_id}/lines",
     "POST /conversations/{conversation_id}/lines",
+    "POST /conversations/{conversation_id}/lines/batch",
     "GET /conversations/{conversation_id}/lines/{line_id}",
     "DELETE /conversations/{conversation_id}/lines/{line_id}", "DELETE /moods/{name}",
 }
@@ -186,6 +187,8 @@ def api_schema(shared_server, fuzz_user):
                  conversation_id="cv_0000000000000000"),
         *_pinned("/conversations/{conversation_id}/lines", ["GET", "POST"],
                  conversation_id=own_convo),
+        *_pinned("/conversations/{conversation_id}/lines/batch", ["POST"],
+                 conversation_id=own_convo),
     ])
 
 
@@ -260,6 +263,10 @@ HAND_PICKED = [
     ("PATCH", "/users/{user_id}", {"body": {"email": "a\ud800@b.cd"}}, 400),
     ("POST", "/conversations", {"body": {"heading": "\ud800"}}, 400),
     ("POST", "/conversations/{conversation_id}/lines", {"body": {"text": "Moo \ud83d"}}, 400),
+    ("POST", "/conversations/{conversation_id}/lines/batch",
+     {"body": {"lines": [{"text": "Moo"}, {"mood": "a\udc00"}]}}, 400),
+    ("POST", "/conversations", {"body": {"heading": "h", "lines": [{"animal": "\ud800"}]}}, 400),
+    ("POST", "/render", {"body": {"text": "\udfff"}}, 400),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Response
 from marshmallow import Schema
 
@@ -11,7 +13,15 @@ from app.api.encoders import ConversationOut as ConversationOut
 from app.api.encoders import conversation_body, conversation_text, item_json
 from app.api.encoders import conversation_json as conversation_json
 from app.api.fields import Text
-from app.api.lines import handle_create_line, handle_list_lines
+from app.api.lines import (
+    LINES_NOTE,
+    decode_with_lines,
+    handle_create_line,
+    handle_create_lines,
+    handle_list_lines,
+    line_list,
+    new_line,
+)
 from app.domain import ids
 from app.http import respond
 from app.http.auth import current_user
@@ -22,6 +32,14 @@ from app.platform.db import UnitOfWork
 
 class CreateConversation(Schema):
     heading = Text(min_length=1, max_length=100, required=True)
+
+
+@functools.cache
+def create_conversation_body(max_lines: int) -> type[Schema]:
+    """The body of POST /conversations: a heading and optionally up to `max_lines` lines
+    (MAX_BATCH_LINES); one class per value, so the route and its handler share it."""
+    return CreateConversation.from_dict({"lines": line_list(max_lines)},
+                                        name="CreateConversation")
 
 
 class UpdateConversation(Schema):
@@ -41,16 +59,24 @@ def handle_list_conversations(conversations, users):
     return handler
 
 
-def handle_create_conversation(conversations, max_conversations: int):
-    """POST /conversations: start a conversation with a heading."""
-    schema = CreateConversation()
+def handle_create_conversation(conversations, lines, renderer, max_conversations: int,
+                               max_lines: int, max_batch: int):
+    """POST /conversations: start a conversation with a heading; `lines` adds its first lines
+    with it, atomically."""
+    schema = create_conversation_body(max_batch)()
 
     def handler(uow: UnitOfWork | None) -> Response:
-        params = respond.decode(schema)
-        convo = conversations.create(current_user(), params["heading"], max_conversations,
-                                     uow=uow)
-        body = item_json(convo)
-        body["lines"] = []
+        user = current_user()
+        params = decode_with_lines(schema, renderer.library, lines, user, uow)
+        if "lines" not in params:
+            convo = conversations.create(user, params["heading"], max_conversations, uow=uow)
+            body = item_json(convo)
+            body["lines"] = []
+        else:
+            convo = conversations.create_with_lines(
+                user, params["heading"], max_conversations,
+                [new_line(item) for item in params["lines"]], max_lines, uow=uow)
+            body = conversation_json(convo, renderer)
         return respond.created(body, location=f"/conversations/{body['id']}")
 
     return handler
@@ -104,7 +130,8 @@ LIST_CONVERSATIONS_DOC = Doc(
     success=(Success(200, "One page of the list, oldest first.", "ConversationList"),))
 CREATE_CONVERSATION_DOC = Doc(
     handle_create_conversation, "Conversations",
-    success=(Success(201, "The new conversation, with `\"lines\": []`.", "ConversationOut",
+    success=(Success(201, "The new conversation, with its `lines` (`[]` when none were given).",
+                     "ConversationOut",
                      links={
                          "GetConversation": Link(handle_get_conversation,
                                                  {"conversation_id": "$response.body#/id"},
@@ -118,12 +145,22 @@ CREATE_CONVERSATION_DOC = Doc(
                          "CreateLine": Link(handle_create_line,
                                             {"conversation_id": "$response.body#/id"},
                                             "Add a line to it."),
+                         "CreateLines": Link(handle_create_lines,
+                                             {"conversation_id": "$response.body#/id"},
+                                             "Add several lines to it at once."),
                          "ListLines": Link(handle_list_lines,
                                            {"conversation_id": "$response.body#/id"},
                                            "List its lines."),
                      }),),
-    conflicts=("create more than {max_conversations} conversations",),
-    request_example={"heading": "Morning on the farm"})
+    conflicts=("create more than {max_conversations} conversations",
+               "add more than {max_lines} lines to a conversation"),
+    request_example={"heading": "Morning on the farm"},
+    body_notes={"lines": "Optional: the conversation's first lines, created with it in one "
+                         "transaction (all of them and the conversation, or nothing). "
+                         + LINES_NOTE},
+    notes="Each of `lines` is validated as `POST /conversations/{conversation_id}/lines` "
+          "validates a line, and every problem is reported at once, named by its element: "
+          "`lines[3].mood`. More than {max_lines} lines is `409` and creates nothing.")
 GET_CONVERSATION_DOC = Doc(
     handle_get_conversation, "Conversations", etag=True, errors=(NotFound,),
     success=(Success(200, "The conversation with all its lines, oldest first.",

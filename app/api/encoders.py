@@ -104,6 +104,10 @@ def render_line(line, renderer) -> dict:
     return line_json(line, output)
 
 
+class RenderOut(Schema):
+    output = Text()
+
+
 # --- conversations ------------------------------------------------------------------------
 class ConversationListItemOut(Schema):
     id = PublicId(ids.CONVERSATION)

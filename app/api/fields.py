@@ -12,7 +12,7 @@ import re
 from datetime import UTC
 from typing import Any
 
-from marshmallow import ValidationError, fields
+from marshmallow import EXCLUDE, Schema, ValidationError, fields
 
 from app.domain import ids
 from app.http.patterns import (
@@ -110,6 +110,69 @@ class Bool(fields.Field):
 
     def _serialize(self, value, attr, obj, **kwargs):
         return value
+
+
+def load_params(schema: Schema, params: dict[str, Any], from_form: bool = False
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a body's parameters (or one object of a list of them) with `schema`.
+
+    Unknown parameters are ignored, a null means "not given" unless the field
+    clears with it, and form values of Bool fields are converted first.
+    Returns what loaded and marshmallow's messages for what did not (empty
+    when everything is valid).
+    """
+    cleaned: dict[str, Any] = {}
+    for name, value in params.items():
+        field = schema.fields.get(name)
+        if field is None:
+            continue  # unknown parameters are ignored
+        if value is None and not field.allow_none:
+            continue  # JSON null means "not given" unless the field clears with it
+        if from_form and isinstance(field, Bool) and isinstance(value, str):
+            value = Bool.form_values.get(value.strip().lower(), value)
+        cleaned[name] = value
+    try:
+        return schema.load(cleaned, unknown=EXCLUDE), {}
+    except ValidationError as exc:
+        return exc.valid_data or {}, exc.messages if isinstance(exc.messages, dict) else {}
+
+
+class ObjectList(fields.Field):
+    """A JSON array of 1 to `max_items` objects, each loaded by `schema` as a body is.
+
+    Problems are reported per element (`lines[3].mood`, `lines[0]` for an
+    element that is not an object). What did load stays at its index, None
+    for an element that is not an object, so later checks can name elements
+    by position too.
+    """
+
+    def __init__(self, schema: type[Schema], *, max_items: int, **kwargs: Any):
+        kwargs["error_messages"] = {**MESSAGES, **kwargs.get("error_messages", {})}
+        super().__init__(**kwargs)
+        self.schema = schema
+        self.max_items = max_items
+        self._loader = schema()
+
+    def describe(self) -> str:
+        return f"must be a list of 1 to {self.max_items} objects"
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> list[dict[str, Any] | None]:
+        if not isinstance(value, list) or not 1 <= len(value) <= self.max_items:
+            raise ValidationError(self.describe())
+        loaded: list[dict[str, Any] | None] = []
+        errors: dict[int, Any] = {}
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                loaded.append(None)
+                errors[index] = ["must be an object"]
+                continue
+            valid, messages = load_params(self._loader, item)
+            loaded.append(valid)
+            if messages:
+                errors[index] = messages
+        if errors:
+            raise ValidationError(errors, valid_data=loaded)
+        return loaded
 
 
 class PublicId(fields.Field):

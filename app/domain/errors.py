@@ -32,7 +32,15 @@ class ConversationMissing(DomainError):
 
 
 class MoodMissing(DomainError):
-    """The mood is neither built in nor the user's."""
+    """The mood is neither built in nor the user's.
+
+    For several new lines at once, `positions` are the (0-based) places of
+    those whose mood is missing; empty for a single line.
+    """
+
+    def __init__(self, positions: tuple[int, ...] = ()):
+        super().__init__(positions)
+        self.positions = tuple(positions)
 
 
 class MoodInUse(DomainError):

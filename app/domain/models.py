@@ -34,6 +34,15 @@ class Line(NamedTuple):
     created_at: datetime
 
 
+class NewLine(NamedTuple):
+    """A line's parameters before it is stored: the mood is still a name, as given."""
+
+    animal: str
+    think: bool
+    mood: str
+    text: str
+
+
 class Conversation(NamedTuple):
     id: int
     heading: str
@@ -52,3 +61,4 @@ BUILTIN_MOODS: tuple[Mood, ...] = (
     Mood("young", "..", "  ", False),
 )
 BUILTIN_MOOD_NAMES = {m.name for m in BUILTIN_MOODS}
+BUILTIN_MOODS_BY_NAME = {m.name: m for m in BUILTIN_MOODS}

@@ -16,6 +16,7 @@ wrapper apply it through `from_domain`, so no handler translates them itself.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,13 @@ def _params_message(error: Any) -> str:
         for problem in error.problems)
 
 
+def _natural(params: tuple[str, ...]) -> tuple[tuple[Any, ...], ...]:
+    """A sort key that puts `lines[2].mood` before `lines[10].mood`."""
+    return tuple(tuple(int(part) if i % 2 else part  # split() puts the numbers at odd places
+                       for i, part in enumerate(re.split(r"([0-9]+)", name)))
+                 for name in params)
+
+
 def _params_data(error: Any) -> list[dict[str, Any]]:
     return [{"params": list(p.params), "message": p.message} for p in error.problems]
 
@@ -98,7 +106,8 @@ CODES: dict[str, ErrorCode] = {row.code: row for row in (
               "The request could not be read: {reason}."),
     ErrorCode("invalid_params", 400, "InvalidParams", ("problems",), _params_message,
               data=_params_data,
-              convert={"problems": lambda problems: sorted(problems, key=lambda p: p.params)}),
+              convert={"problems": lambda problems: sorted(problems,
+                                                        key=lambda p: _natural(p.params))}),
     ErrorCode("auth_required", 401, "AuthRequired", (),
               "This endpoint requires a bearer token in the Authorization header.",
               headers={"WWW-Authenticate": "Bearer"}),
@@ -239,10 +248,18 @@ def _mood_in_use(error: MoodInUse) -> ApiError:
     return ActionNotAllowed(f"delete a mood associated with {error.count} conversation {noun}")
 
 
+def _mood_missing(error: MoodMissing) -> ApiError:
+    """A line's `mood`, or the elements of a `lines` list whose mood is missing."""
+    if not error.positions:
+        return InvalidParams.one("mood", MOOD_MISSING)
+    return InvalidParams([ParamProblem((f"lines[{i}].mood",), MOOD_MISSING)
+                          for i in error.positions])
+
+
 DOMAIN_ERRORS: dict[type[DomainError], Callable[[Any], ApiError]] = {
     UserGone: lambda _: AuthInvalid(),  # the token's user was deleted
     ConversationMissing: lambda _: NotFound(),
-    MoodMissing: lambda _: InvalidParams.one("mood", MOOD_MISSING),
+    MoodMissing: _mood_missing,
     LimitReached: lambda e: ActionNotAllowed(LIMIT_ACTIONS[e.kind].format(cap=e.cap)),
     MoodInUse: _mood_in_use,
     EmailTaken: lambda e: ActionNotAllowed(f"use email {e.email}, which is already registered"),

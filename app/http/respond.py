@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Request, Response, request
-from marshmallow import EXCLUDE, Schema, ValidationError
+from marshmallow import Schema
 from xxhash import xxh3_128_hexdigest
 
-from app.api.fields import Bool
+from app.api.fields import load_params
 from app.http.errors import (
     CODES,
     ApiError,
@@ -86,20 +86,8 @@ def validate(schema: Schema, params: Mapping[str, Any], check: Check | None = No
     """
     params = dict(params)
     from_form = params.pop("__form__", False)
-    cleaned: dict[str, Any] = {}
-    for name, value in params.items():
-        field = schema.fields.get(name)
-        if field is None:
-            continue  # unknown parameters are ignored
-        if value is None and not field.allow_none:
-            continue  # JSON null means "not given" unless the field clears with it
-        if from_form and isinstance(field, Bool) and isinstance(value, str):
-            value = Bool.form_values.get(value.strip().lower(), value)
-        cleaned[name] = value
-    try:
-        loaded, problems = schema.load(cleaned, unknown=EXCLUDE), []
-    except ValidationError as exc:
-        loaded, problems = exc.valid_data or {}, _problems(exc.messages)
+    loaded, messages = load_params(schema, params, from_form)
+    problems = _problems(messages)
     if check is not None:
         problems += check(loaded)
     if problems:
@@ -107,17 +95,26 @@ def validate(schema: Schema, params: Mapping[str, Any], check: Check | None = No
     return loaded
 
 
-def _problems(messages: Any) -> list[ParamProblem]:
+def _problems(messages: Any, prefix: str = "") -> list[ParamProblem]:
+    """marshmallow's messages as problems; nested ones (a list of objects) are named by
+    path: `lines[3].mood`."""
     problems = []
     if isinstance(messages, dict):
         for name, value in messages.items():
-            if name == "_schema":
+            if name == "_schema" and not prefix:
                 for item in _flatten(value):
                     params, _, message = item.partition(":")
                     problems.append(ParamProblem(tuple(params.split(",")), message))
                 continue
+            if isinstance(name, int):
+                path = f"{prefix}[{name}]"
+            else:
+                path = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, dict):
+                problems += _problems(value, path)
+                continue
             for message in _flatten(value):
-                problems.append(ParamProblem((name,), message))
+                problems.append(ParamProblem((path,), message))
     return problems
 
 

@@ -94,10 +94,12 @@ def _summary_and_description(doc: Doc, config) -> tuple[str, str]:
 
 
 def _format(text: str, config) -> str:
-    """Fill in this server's limits: `{max_moods}`, `{max_conversations}`, `{max_lines}`."""
+    """Fill in this server's limits: `{max_moods}`, `{max_conversations}`, `{max_lines}`,
+    `{max_batch_lines}`."""
     for name, value in (("max_moods", config.max_moods_per_user),
                         ("max_conversations", config.max_conversations_per_user),
-                        ("max_lines", config.max_lines_per_conversation)):
+                        ("max_lines", config.max_lines_per_conversation),
+                        ("max_batch_lines", config.max_batch_lines)):
         text = text.replace("{" + name + "}", str(value))
     return text
 
@@ -313,7 +315,8 @@ is `429` with `Retry-After`. {limits} Health, metrics and docs are never limited
 
 **Object limits** on this server: {config.max_conversations_per_user} conversations and
 {config.max_moods_per_user} moods per user, {config.max_lines_per_conversation} lines per
-conversation; more is `409 action_not_allowed`.
+conversation; more is `409 action_not_allowed`. One request creates at most
+{config.max_batch_lines} lines (`MAX_BATCH_LINES`: a batch, or a new conversation's `lines`).
 
 **Decisions where the contract is silent** are stated in each operation's description:
 malformed ids are `404 not_found` (they name nothing), not `400`; `PATCH

@@ -19,8 +19,8 @@ from typing import Any
 from apispec import APISpec
 from marshmallow import Schema
 
-from app.api import conversations, lines, moods, users
-from app.api.fields import Bool, Email, PublicId, Text, Timestamp
+from app.api import conversations, lines, moods, render, users
+from app.api.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.domain import ids
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
 from app.http import errors as api
@@ -149,6 +149,9 @@ def field_properties(self, field, ret: dict, **kwargs: Any) -> dict:
         return props
     if isinstance(field, Bool):
         return {"type": "boolean"}
+    if isinstance(field, ObjectList):
+        return {"type": "array", "minItems": 1, "maxItems": field.max_items,
+                "items": ref("schemas", field.schema.__name__)}
     if isinstance(field, PublicId):
         return {"type": "string", "pattern": f"^{field.prefix}_[0-9a-f]{{16}}$",
                 "description": f"`{field.prefix}_` and 16 hex digits."}
@@ -168,6 +171,8 @@ def _text_fields(schema: type[Schema]) -> dict[str, Any]:
 def _describe(field) -> str:
     if isinstance(field, Bool):
         return "A boolean; in a form body `true` or `false` (also `1` or `0`)."
+    if isinstance(field, ObjectList):
+        return f"A list of 1 to {field.max_items} `{field.schema.__name__}` objects."
     text = field.describe().removeprefix("must be ")
     text = text[:1].upper() + text[1:]
     if isinstance(field, Email):
@@ -414,6 +419,8 @@ def example_objects(config) -> dict[str, Any]:
                            '42.0\n'),
         "text:ConversationOut": conversations.conversation_text(convo, renderer),
         "text:LineOut": line_json["output"],
+        "RenderOut": render.RenderOut().dump({"output": line_json["output"]}),
+        "text:RenderOut": line_json["output"],
     }
 
 
@@ -428,6 +435,9 @@ RESPONSE_NOTES: dict[type[Schema], tuple[str, dict[str, str]]] = {
         "user_defined": "`false` for the eight built-ins."}),
     lines.LineOut: ("A line: what an animal says or thinks.", {
         "mood": "The mood's own name.",
+        "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
+    render.RenderOut: ("What a line with the given parameters would show; nothing is "
+                       "stored.", {
         "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
     conversations.ConversationListItemOut: ("A conversation as lists show it (no `lines`).",
                                             {}),

@@ -47,7 +47,7 @@ class Doc:
     `maker` is the maker function of the route's handler: its docstring gives
     the summary and description, its name the operationId. `notes` and
     `conflicts` may name this server's limits as `{max_moods}`,
-    `{max_conversations}` and `{max_lines}`.
+    `{max_conversations}`, `{max_lines}` and `{max_batch_lines}`.
     """
 
     maker: Callable

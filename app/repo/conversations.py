@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from app.domain import ids
-from app.domain.errors import LimitReached, UserGone
-from app.domain.models import Conversation, Line, Mood
+from app.domain.errors import LimitReached, MoodMissing, UserGone
+from app.domain.models import Conversation, Line, Mood, NewLine
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
+from app.repo.new_lines import (
+    ALL_RESOLVED,
+    INSERT_RESOLVED,
+    INSERTED_COLUMNS,
+    MISSING_MOODS,
+    RESOLVED_LINES,
+    line_params,
+)
 
 # One statement: the conversation and its lines with their moods, oldest first.
 _GET_WITH_LINES = """
@@ -24,6 +34,25 @@ ORDER BY l.id
 _LIST_ITEMS = ("SELECT id, rid, heading, created_at FROM conversations "
                "WHERE user_id = %(user_id)s {bound}")
 _LIST_CURSOR = "SELECT id FROM conversations WHERE rid = %(cursor)s AND user_id = %(user_id)s"
+
+# One statement: a conversation and its first lines. The owner's conversation
+# counter goes up under its cap only when every mood resolved and the lines fit
+# the line cap; the conversation starts with their count.
+_CREATE_WITH_LINES = f"""
+WITH {RESOLVED_LINES},
+owner AS (UPDATE users SET conversation_count = conversation_count + 1
+          WHERE id = %(user_id)s AND conversation_count < %(cap)s
+            AND %(n)s <= %(line_cap)s AND {ALL_RESOLVED}
+          RETURNING id),
+convo AS (INSERT INTO conversations (rid, user_id, heading, line_count)
+          SELECT %(rid)s, owner.id, %(heading)s, %(n)s FROM owner
+          RETURNING id, rid, heading, created_at),
+{INSERT_RESOLVED}
+SELECT convo.rid, convo.heading, convo.created_at, {INSERTED_COLUMNS}
+FROM convo
+LEFT JOIN (inserted JOIN resolved ON resolved.rid = inserted.rid) ON true
+ORDER BY inserted.id
+"""
 
 
 def line_from_row(row: tuple) -> Line:
@@ -53,6 +82,33 @@ class ConversationRepository:
                     raise LimitReached(LimitReached.CONVERSATIONS, cap)
                 raise UserGone()
         return Conversation(row[0], row[1], row[2], ())
+
+    def create_with_lines(self, user_id: int, heading: str, cap: int, lines: Sequence[NewLine],
+                          line_cap: int, uow: UnitOfWork | None = None) -> Conversation:
+        """A conversation and its first `lines`, all or nothing (one statement).
+
+        Refused: UserGone, MoodMissing(positions) naming every line whose mood
+        is missing, LimitReached for more than `line_cap` lines, or for a
+        user who already owns `cap` conversations.
+        """
+        params = {**line_params(user_id, lines), "cap": cap, "line_cap": line_cap,
+                  "rid": ids.new_number(), "heading": heading}
+        with self.db.connection(uow) as conn:
+            rows = conn.execute(_CREATE_WITH_LINES, params).fetchall()
+            if not rows:
+                user, missing = conn.execute(
+                    f"SELECT (SELECT 1 FROM users WHERE id = %(user_id)s), {MISSING_MOODS}",
+                    params).fetchone()
+                if user is None:
+                    raise UserGone()
+                if missing:
+                    raise MoodMissing(tuple(missing))
+                if len(lines) > line_cap:
+                    raise LimitReached(LimitReached.LINES, line_cap)
+                raise LimitReached(LimitReached.CONVERSATIONS, cap)
+        first = rows[0]
+        return Conversation(first[0], first[1], first[2],
+                            tuple(line_from_row(row[3:]) for row in rows if row[3] is not None))
 
     def get(self, user_id: int, rid: int) -> Conversation | None:
         with self.db.connection() as conn:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from app.domain import ids
 from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
-from app.domain.models import Line
+from app.domain.models import Line, NewLine
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
 from app.repo.conversations import line_from_row
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
+from app.repo.new_lines import (
+    ALL_RESOLVED,
+    INSERT_RESOLVED,
+    INSERTED_COLUMNS,
+    MISSING_MOODS,
+    RESOLVED_LINES,
+    line_params,
+)
 
 _LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
                  "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")
@@ -37,6 +47,23 @@ WITH mood AS ({_MOOD_OF_USER}),
 SELECT line.rid, line.animal, line.think, line.text, line.created_at,
        mood.name, mood.eyes, mood.tongue, mood.user_defined
 FROM line, mood
+"""
+
+# One statement for a batch: resolve every line's mood, bump the conversation's
+# line counter by the batch's size under its cap (only when every mood
+# resolved), insert the lines in order, and return them with their moods.
+# The counter's row lock serialises concurrent batches: the second one
+# re-checks the cap against the first's count.
+_CREATE_MANY = f"""
+WITH {RESOLVED_LINES},
+convo AS (UPDATE conversations SET line_count = line_count + %(n)s
+          WHERE rid = %(conversation)s AND user_id = %(user_id)s
+            AND line_count + %(n)s <= %(cap)s AND {ALL_RESOLVED}
+          RETURNING id),
+{INSERT_RESOLVED}
+SELECT {INSERTED_COLUMNS}
+FROM inserted JOIN resolved ON resolved.rid = inserted.rid
+ORDER BY inserted.id
 """
 
 
@@ -69,6 +96,43 @@ class LineRepository:
         if not mood:
             raise MoodMissing()
         raise LimitReached(LimitReached.LINES, params["cap"])
+
+    def create_many(self, user_id: int, conversation: int, lines: Sequence[NewLine], cap: int,
+                    uow: UnitOfWork | None = None) -> list[Line]:
+        """Insert all of `lines`, in order, or none (one statement, one round trip).
+
+        Refused (nothing inserted): UserGone, ConversationMissing,
+        MoodMissing(positions) naming every line whose mood is missing, or
+        LimitReached when the conversation would hold more than `cap` lines.
+        """
+        params = {**line_params(user_id, lines), "conversation": conversation, "cap": cap}
+        with self.db.connection(uow) as conn:
+            rows = conn.execute(_CREATE_MANY, params).fetchall()
+            if not rows:
+                self._explain_batch_refusal(conn, params)
+        return [line_from_row(row) for row in rows]
+
+    def _explain_batch_refusal(self, conn, params: dict) -> None:
+        user, conversation, missing = conn.execute(
+            "SELECT (SELECT 1 FROM users WHERE id = %(user_id)s), "
+            f"({_OWNED_CONVERSATION}), {MISSING_MOODS}", params).fetchone()
+        if user is None:
+            raise UserGone()
+        if conversation is None:
+            raise ConversationMissing()
+        if missing:
+            raise MoodMissing(tuple(missing))
+        raise LimitReached(LimitReached.LINES, params["cap"])
+
+    def known_moods(self, user_id: int, names: Sequence[str],
+                    uow: UnitOfWork | None = None) -> set[str]:
+        """Which of `names` are built-in moods or the user's, as lower-case names."""
+        with self.db.connection(uow) as conn:
+            rows = conn.execute(
+                "SELECT lower(name) FROM moods WHERE coalesce(user_id, 0) IN (0, %(user_id)s) "
+                "AND lower(name) = ANY(%(names)s::text[])",
+                {"user_id": user_id, "names": [name.lower() for name in names]}).fetchall()
+        return {row[0] for row in rows}
 
     def mood_exists(self, user_id: int, mood: str, uow: UnitOfWork | None = None) -> bool:
         with self.db.connection(uow) as conn:

@@ -15,10 +15,10 @@ transaction.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from app.domain.models import Conversation, Line, Mood, User
+from app.domain.models import Conversation, Line, Mood, NewLine, User
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
 from app.repo.keyset import KeysetResult
@@ -55,6 +55,9 @@ class Conversations(Protocol):
     def create(self, user_id: int, heading: str, cap: int,
                uow: UnitOfWork | None = None) -> Conversation: ...
 
+    def create_with_lines(self, user_id: int, heading: str, cap: int, lines: Sequence[NewLine],
+                          line_cap: int, uow: UnitOfWork | None = None) -> Conversation: ...
+
     def get(self, user_id: int, rid: int) -> Conversation | None: ...
 
     def list(self, user_id: int, page: Page) -> KeysetResult: ...
@@ -68,7 +71,13 @@ class Lines(Protocol):
     def create(self, user_id: int, conversation: int, animal: str, think: bool, mood: str,
                text: str, cap: int, uow: UnitOfWork | None = None) -> Line: ...
 
+    def create_many(self, user_id: int, conversation: int, lines: Sequence[NewLine], cap: int,
+                    uow: UnitOfWork | None = None) -> list[Line]: ...
+
     def mood_exists(self, user_id: int, mood: str, uow: UnitOfWork | None = None) -> bool: ...
+
+    def known_moods(self, user_id: int, names: Sequence[str],
+                    uow: UnitOfWork | None = None) -> set[str]: ...
 
     def get(self, user_id: int, conversation: int, rid: int) -> Line | None: ...
 

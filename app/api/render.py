@@ -1,0 +1,59 @@
+"""Rendering without storing: what a line with these parameters would look like."""
+
+from __future__ import annotations
+
+from flask import Response
+
+from app.api.encoders import RenderOut as RenderOut
+from app.api.lines import (
+    LINE_BODY_DEFAULTS,
+    LINE_BODY_NOTES,
+    LINE_EXAMPLE,
+    CreateLine,
+    line_problems,
+    new_line,
+)
+from app.domain.models import BUILTIN_MOODS_BY_NAME, Mood
+from app.http import respond
+from app.http.auth import current_user
+from app.openapi.doc import Doc, Success
+
+
+def handle_render(moods, renderer, presence):
+    """POST /render: render a line's parameters as cowsay art, storing nothing."""
+    schema = CreateLine()
+
+    def handler() -> Response:
+        presence.ensure()  # a deleted user's token is refused, even for built-in moods
+        user = current_user()
+        own: dict[str, Mood] = {}
+
+        def mood_known(name: str) -> bool:
+            mood = moods.get(user, name)
+            if mood is not None:
+                own[name] = mood
+            return mood is not None
+
+        line = new_line(respond.decode(
+            schema, check=lambda valid: line_problems(valid, renderer.library, mood_known)))
+        mood = BUILTIN_MOODS_BY_NAME.get(line.mood.lower()) or own[line.mood]
+        output = renderer.render(line.animal, mood.eyes, mood.tongue, line.think, line.text)
+        if respond.wants_text():
+            return respond.text(output)
+        return respond.ok({"output": output})
+
+    return handler
+
+
+# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+
+RENDER_DOC = Doc(
+    handle_render, "Lines",
+    success=(Success(200, "The rendered art.", "RenderOut",
+                     text="With `Accept: text/plain`: the rendered text itself."),),
+    request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
+    notes="The parameters are validated exactly as `POST /conversations/{conversation_id}/lines` "
+          "validates them (a built-in mood or one of yours, case-insensitively), and the "
+          "output is what that line's `output` would be. Nothing is stored, so the request "
+          "takes no `Idempotency-Key` (repeating it is harmless) and the response carries no "
+          "`Location`.")

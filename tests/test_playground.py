@@ -70,7 +70,9 @@ def test_assets_are_served_with_their_types_and_etags(shared_server):
 
 
 def test_scripts_load_only_from_this_origin(shared_server):
-    for name in ("playground.js", "api.js"):
+    scripts = sorted(path.name for path in PLAYGROUND_DIR.glob("*.js"))
+    assert {"playground.js", "api.js", "art.js"} <= set(scripts)
+    for name in scripts:
         script = httpx.get(f"{shared_server.url}/playground/{name}").text
         assert "innerHTML" not in script and "eval(" not in script, name
         assert not re.search(r"""["'`](?:https?:)?//""", script), name

@@ -4,6 +4,7 @@
 import {
   ApiError, call, clearSession, listAll, loadSession, newestPage, olderPage, saveSession,
 } from "./api.js";
+import {showArt} from "./art.js";
 
 const PAGE_SIZE = 10;
 const REFRESH_MS = 2000;
@@ -212,7 +213,8 @@ function renderConversation() {
   for (const line of open.lines) {
     const item = element("li", undefined, "line");
     item.dataset.id = line.id;
-    const art = element("pre", line.output, "art");
+    const art = element("pre", undefined, "art");
+    showArt(art, line.output);
     art.tabIndex = 0;
     art.setAttribute("aria-label", `${line.animal} ${line.think ? "thinks" : "says"}: ${line.text}`);
     const meta = element("p", `${line.animal}, ${line.mood}, ${line.think ? "thought" : "said"}`
@@ -313,7 +315,7 @@ async function updatePreview() {
   try {
     const {body} = await api("POST", "render", {body: lineParams()});
     if (seq !== state.previewSeq) return;
-    preview.textContent = body.output;
+    showArt(preview, body.output);
     preview.classList.remove("stale");
   } catch (error) {
     if (seq !== state.previewSeq) return;

@@ -15,7 +15,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.api import animals, conversations, debug, docs, lines, moods, ops, render, users
+from app.api import (
+    animals,
+    conversations,
+    debug,
+    docs,
+    lines,
+    moods,
+    ops,
+    playground,
+    render,
+    users,
+)
 from app.http.routing import AUTHED, BY_CLIENT, BY_USER, OPEN, PUBLIC, Route
 from app.openapi.builder import spec_json
 
@@ -24,7 +35,7 @@ if TYPE_CHECKING:
 
 
 def documented_routes(d: Deps) -> list[Route]:
-    """The routes the OpenAPI document describes: all but the docs' own and debug's."""
+    """The routes the OpenAPI document describes: all but the docs', playground's, debug's."""
     return [
         Route("POST", "/users", users.handle_create_user(d.users, d.auth.tokens),
               guard=PUBLIC, body=users.CreateUser, idempotent=BY_CLIENT,
@@ -115,6 +126,9 @@ def routes(d: Deps) -> list[Route]:
               guard=OPEN),
         Route("GET", "/docs", docs.handle_docs(), guard=OPEN),
         Route("GET", "/docs/<asset>", docs.handle_docs_asset(), guard=OPEN),
+        Route("GET", "/playground", playground.handle_playground(), guard=OPEN),
+        Route("GET", "/playground/<asset>", playground.handle_playground_asset(), guard=OPEN),
+        Route("GET", "/", playground.handle_root(), guard=OPEN),
 
         *([Route("GET", "/debug/sleep", debug.handle_debug_sleep(), guard=OPEN),
            Route("GET", "/debug/fail", debug.handle_debug_fail(), guard=OPEN),

@@ -170,7 +170,9 @@ def test_a_broken_spec_is_rejected_by_the_validator(spec):
 def test_every_contract_endpoint_is_described_and_nothing_else(spec):
     described = {(method, path) for method, path, _ in operations(spec)}
     assert described == CONTRACT
-    assert not any(path.startswith(("/docs", "/openapi", "/debug")) for path in spec["paths"])
+    assert not any(path.startswith(("/docs", "/openapi", "/debug", "/playground"))
+                   for path in spec["paths"])
+    assert "/" not in spec["paths"]
 
 
 @pytest.mark.parametrize(("method", "path"), sorted(CONTRACT_STATUSES))
@@ -188,7 +190,8 @@ def registered(app: Flask) -> set[tuple[str, str]]:
 
 def test_the_spec_has_exactly_the_registered_operations(app, spec):
     undocumented = {(m, r) for m, r in registered(app)
-                    if r in ("/openapi.json", "/docs", "/docs/<asset>") or r.startswith("/debug/")}
+                    if r in ("/openapi.json", "/docs", "/docs/<asset>", "/playground",
+                             "/playground/<asset>", "/") or r.startswith("/debug/")}
     assert {(method, openapi_path(rule)) for method, rule in registered(app) - undocumented} == \
         {(method, path) for method, path, _ in operations(spec)}
     assert {rule for _, rule in undocumented if rule.startswith("/debug/")}, \

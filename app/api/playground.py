@@ -1,0 +1,67 @@
+"""The playground: GET /playground, a page where a person tries the API in a browser.
+
+The page and its files are plain HTML, CSS and JavaScript modules in
+app/static/playground/ (package data, no build step), read once when the app
+is constructed and served with ETags, like /docs. Its Content-Security-Policy
+allows only this origin's scripts, styles, images and fetches: the page has
+no inline script or style, and nothing comes from another host. Like /docs,
+it is not part of the OpenAPI description.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Response
+
+from app.http.errors import NotFound
+from app.http.respond import Static
+
+PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "static" / "playground"
+
+PLAYGROUND_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                  "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+                  "form-action 'none'; frame-ancestors 'none'")
+
+NO_CACHE = {"Cache-Control": "no-cache"}  # revalidate with the ETag every time
+
+# The page's files by suffix; any other file in the folder is not served.
+ASSET_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+
+
+def handle_playground(folder: Path = PLAYGROUND_DIR):
+    """GET /playground: the page, with its own strict Content-Security-Policy."""
+    static = Static((folder / "index.html").read_bytes(), "text/html; charset=utf-8",
+                    {**NO_CACHE, "Content-Security-Policy": PLAYGROUND_CSP})
+
+    def handler() -> Response:
+        return static.response()
+
+    return handler
+
+
+def handle_playground_asset(folder: Path = PLAYGROUND_DIR):
+    """GET /playground/{asset}: the page's scripts, stylesheet and icon."""
+    assets = {path.name: Static(path.read_bytes(), ASSET_TYPES[path.suffix], NO_CACHE)
+              for path in sorted(folder.iterdir()) if path.suffix in ASSET_TYPES}
+
+    def handler(asset: str) -> Response:
+        static = assets.get(asset)
+        if static is None:
+            raise NotFound()
+        return static.response()
+
+    return handler
+
+
+def handle_root():
+    """GET /: a redirect to the playground."""
+
+    def handler() -> Response:
+        return Response(status=302, headers={"Location": "/playground"})
+
+    return handler

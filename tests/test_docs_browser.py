@@ -7,6 +7,7 @@ A screenshot is saved to test-artifacts/ for people to look at.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -27,6 +28,20 @@ pytestmark = [
                        reason=f"the system Chromium ({CHROMIUM}) is not installed"),
 ]
 
+@contextlib.contextmanager
+def chromium():
+    """The system's headless Chromium, driven by Playwright, closed afterwards."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                             args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
 # Collected in the page before any of its scripts run.
 RECORD_CSP_VIOLATIONS = """
 window.__cspViolations = [];
@@ -37,8 +52,6 @@ document.addEventListener("securitypolicyviolation", (event) => {
 
 
 def test_docs_render_every_operation_from_this_origin_only(shared_server):
-    from playwright.sync_api import sync_playwright
-
     origin = urlsplit(shared_server.url).netloc
     requested: list[str] = []
     elsewhere: list[str] = []
@@ -54,30 +67,25 @@ def test_docs_render_every_operation_from_this_origin_only(shared_server):
         else:
             route.continue_()
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                             args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.add_init_script(RECORD_CSP_VIOLATIONS)
-            page.route("**/*", on_route)
-            page.on("console", lambda message: console_errors.append(message.text)
-                    if message.type == "error" else None)
-            response = page.goto(shared_server.url + "/docs")
-            assert response is not None and response.status == 200
-            page.wait_for_selector(".opblock .opblock-summary-path", timeout=30_000)
-            page.wait_for_load_state("networkidle")
-            rendered = page.eval_on_selector_all(
-                ".opblock",
-                """blocks => blocks.map(b => [
-                     b.querySelector('.opblock-summary-method').textContent.trim(),
-                     b.querySelector('.opblock-summary-path').getAttribute('data-path')])""")
-            title = page.text_content(".information-container .title")
-            violations = page.evaluate("window.__cspViolations")
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.add_init_script(RECORD_CSP_VIOLATIONS)
+        page.route("**/*", on_route)
+        page.on("console", lambda message: console_errors.append(message.text)
+                if message.type == "error" else None)
+        response = page.goto(shared_server.url + "/docs")
+        assert response is not None and response.status == 200
+        page.wait_for_selector(".opblock .opblock-summary-path", timeout=30_000)
+        page.wait_for_load_state("networkidle")
+        rendered = page.eval_on_selector_all(
+            ".opblock",
+            """blocks => blocks.map(b => [
+                 b.querySelector('.opblock-summary-method').textContent.trim(),
+                 b.querySelector('.opblock-summary-path').getAttribute('data-path')])""")
+        title = page.text_content(".information-container .title")
+        violations = page.evaluate("window.__cspViolations")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     assert {(method, path) for method, path in rendered} == CONTRACT
     assert len(rendered) == len(CONTRACT)

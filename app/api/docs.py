@@ -12,7 +12,6 @@ from __future__ import annotations
 from flask import Response
 
 from app.http import respond
-from app.http.errors import NotFound
 from app.http.respond import Static
 
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -101,10 +100,4 @@ def handle_docs_asset():
     assets["saypi-docs.js"] = Static(DOCS_JS.encode(), "text/javascript; charset=utf-8",
                                      NO_CACHE)
 
-    def handler(asset: str) -> Response:
-        static = assets.get(asset)
-        if static is None:
-            raise NotFound()
-        return static.response()
-
-    return handler
+    return respond.serve_named(assets)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 from flask import Response
 
-from app.http.errors import NotFound
-from app.http.respond import Static
+from app.http.respond import Static, serve_named
 
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "static" / "playground"
 
@@ -49,13 +48,7 @@ def handle_playground_asset(folder: Path = PLAYGROUND_DIR):
     assets = {path.name: Static(path.read_bytes(), ASSET_TYPES[path.suffix], NO_CACHE)
               for path in sorted(folder.iterdir()) if path.suffix in ASSET_TYPES}
 
-    def handler(asset: str) -> Response:
-        static = assets.get(asset)
-        if static is None:
-            raise NotFound()
-        return static.response()
-
-    return handler
+    return serve_named(assets)
 
 
 def handle_root():

@@ -24,6 +24,7 @@ from app.http.errors import (
     ApiError,
     InvalidParams,
     InvalidRequest,
+    NotFound,
     ParamProblem,
     UnsupportedMediaType,
 )
@@ -188,6 +189,18 @@ class Static:
         if self.headers:
             response.headers.update(self.headers)
         return response
+
+
+def serve_named(assets: Mapping[str, Static]) -> Callable[[str], Response]:
+    """A handler for `/<asset>` routes: the named Static body, or 404 for any other name."""
+
+    def handler(asset: str) -> Response:
+        static = assets.get(asset)
+        if static is None:
+            raise NotFound()
+        return static.response()
+
+    return handler
 
 
 def ok(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

@@ -9,16 +9,9 @@ from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, Us
 from app.domain.models import Line, NewLine
 from app.http.pagination import Page
 from app.platform.db import UnitOfWork
+from app.repo import new_lines
 from app.repo.conversations import line_from_row
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
-from app.repo.new_lines import (
-    ALL_RESOLVED,
-    INSERT_RESOLVED,
-    INSERTED_COLUMNS,
-    MISSING_MOODS,
-    RESOLVED_LINES,
-    line_params,
-)
 
 _LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
                  "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")
@@ -55,13 +48,13 @@ FROM line, mood
 # The counter's row lock serialises concurrent batches: the second one
 # re-checks the cap against the first's count.
 _CREATE_MANY = f"""
-WITH {RESOLVED_LINES},
+WITH {new_lines.RESOLVED_LINES},
 convo AS (UPDATE conversations SET line_count = line_count + %(n)s
           WHERE rid = %(conversation)s AND user_id = %(user_id)s
-            AND line_count + %(n)s <= %(cap)s AND {ALL_RESOLVED}
+            AND line_count + %(n)s <= %(cap)s AND {new_lines.ALL_RESOLVED}
           RETURNING id),
-{INSERT_RESOLVED}
-SELECT {INSERTED_COLUMNS}
+{new_lines.INSERT_RESOLVED}
+SELECT {new_lines.INSERTED_COLUMNS}
 FROM inserted JOIN resolved ON resolved.rid = inserted.rid
 ORDER BY inserted.id
 """
@@ -105,7 +98,7 @@ class LineRepository:
         MoodMissing(positions) naming every line whose mood is missing, or
         LimitReached when the conversation would hold more than `cap` lines.
         """
-        params = {**line_params(user_id, lines), "conversation": conversation, "cap": cap}
+        params = {**new_lines.line_params(user_id, lines), "conversation": conversation, "cap": cap}
         with self.db.connection(uow) as conn:
             rows = conn.execute(_CREATE_MANY, params).fetchall()
             if not rows:
@@ -115,7 +108,7 @@ class LineRepository:
     def _explain_batch_refusal(self, conn, params: dict) -> None:
         user, conversation, missing = conn.execute(
             "SELECT (SELECT 1 FROM users WHERE id = %(user_id)s), "
-            f"({_OWNED_CONVERSATION}), {MISSING_MOODS}", params).fetchone()
+            f"({_OWNED_CONVERSATION}), {new_lines.MISSING_MOODS}", params).fetchone()
         if user is None:
             raise UserGone()
         if conversation is None:

@@ -45,13 +45,13 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
         dsn = embedded.dsn
         logger.info("Using embedded PostgreSQL: %s", dsn)
     try:
-        return _run_command(config, logger, dsn, data_dir, stdout)
+        return _run_command(config, logger, dsn)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _run_command(config, logger, dsn: str, data_dir: Path, stdout: IO[str]) -> int:
+def _run_command(config, logger, dsn: str) -> int:
     import psycopg
 
     from app.platform.db import migrate

@@ -127,7 +127,7 @@ class ReferenceServer(BaseApplication):
         return self.build()
 
 
-def reference_options(config, stdout) -> dict:
+def reference_options(config) -> dict:
     """SayPI's gunicorn options for this config, without SayPI's lifecycle hooks."""
     from app.platform.serve import gunicorn_options
 
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> int:
     def build():
         return hello_app() if kind == "hello" else read_app(config, dsn)
 
-    ReferenceServer(reference_options(config, sys.stdout), build).run()
+    ReferenceServer(reference_options(config), build).run()
     return 0
 
 

@@ -362,7 +362,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         c.response_component(spec, schema, notes, description)
     for schema, doc in _bodies(routes).items():
         c.request_component(spec, schema, doc.body_defaults, doc.body_notes)
-    examples = c.example_objects(config)
+    examples = c.example_objects()
     for name, item, kind in (("MoodList", "MoodOut", "mood"),
                              ("ConversationList", "ConversationListItemOut", "conversation"),
                              ("LineList", "LineOut", "line")):

@@ -378,7 +378,7 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
 
 
 # --- examples ---------------------------------------------------------------------------------
-def example_objects(config) -> dict[str, Any]:
+def example_objects() -> dict[str, Any]:
     """Response examples, dumped by the handlers' own schemas from domain objects."""
     from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
     from app.http.tokens import TokenSigner

@@ -57,7 +57,10 @@ def _run_command(config, logger, dsn: str) -> int:
     from app.platform.db import migrate
 
     try:
-        applied = migrate(dsn, logger, connect_timeout=config.db_connect_timeout)
+        # Migrations hold a session-level advisory lock across statements: they
+        # need a session of their own, not a transaction-pooling proxy.
+        applied = migrate(config.database_direct_url or dsn, logger,
+                          connect_timeout=config.db_connect_timeout)
     except psycopg.Error as exc:
         logger.error("migrations failed: %s", exc)
         return 1

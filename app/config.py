@@ -262,6 +262,31 @@ class Config:
     health_threads: int = setting(
         "HEALTH_THREADS", _int(1, 16), 2,
         "threads per worker reserved for /health/*, so probes never wait behind the API")
+    database_replica_urls: tuple[str, ...] = setting(
+        "DATABASE_REPLICA_URLS", _csv, (),
+        "comma separated DSNs of PostgreSQL streaming replicas that serve reads (unset: every "
+        "read goes to DATABASE_URL)", secret=True)
+    replica_max_lag_seconds: float = setting(
+        "REPLICA_MAX_LAG_SECONDS", _float(0.1, 3600), 5.0,
+        "a replica further behind the primary than this is taken out of rotation")
+    replica_check_interval: float = setting(
+        "REPLICA_CHECK_INTERVAL", _float(0.05, 60), 0.25,
+        "seconds between each worker's reads of every replica's replay position and lag")
+    redis_url: str | None = setting(
+        "REDIS_URL", _optional_str, None,
+        "Redis for per-request hot state: rate limits and the users' last-write positions "
+        "(unset: both live in PostgreSQL)", secret=True)
+    redis_timeout: float = setting(
+        "REDIS_TIMEOUT", _float(0.005, 10), 0.1,
+        "seconds one Redis call may take before it counts as failed")
+    database_direct_url: str | None = setting(
+        "DATABASE_DIRECT_URL", _optional_str, None,
+        "DSN that reaches the primary without a transaction-pooling proxy, for migrations "
+        "and LISTEN (unset: DATABASE_URL)", secret=True)
+    db_prepare: bool = setting(
+        "DB_PREPARE", _bool, True,
+        "server-side prepared statements and per-connection settings; false behind PgBouncer "
+        "in transaction pooling mode")
 
     @property
     def production(self) -> bool:

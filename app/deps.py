@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg
 from flask import Flask
 
 from app.config import Config
@@ -24,18 +25,22 @@ from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
+from app.platform.cluster import Cluster, Replica, ReplicaSettings
 from app.platform.db import Database, expected_schema_version, pool_settings
 from app.platform.logs import AccessLog
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
+from app.platform.redis_link import RedisLink
 from app.repo.conversations import ConversationRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
 from app.repo.protocols import Conversations, Lines, Moods, Users
 from app.repo.ratelimits import RateLimitRepository
+from app.repo.redis_ratelimits import RedisRateLimitStore
 from app.repo.slow_queries import SlowQueryRepository
 from app.repo.users import UserRepository
+from app.repo.write_positions import PostgresWritePositions, RedisWritePositions
 
 VERSION = "0.1.0"
 
@@ -52,6 +57,8 @@ class Deps:
     lifecycle: health_mod.Lifecycle
     health: health_mod.HealthManager
     db: Database | None  # None in the in-process test layer, which has no PostgreSQL
+    cluster: Cluster | None  # the primary and its replicas: where repository calls run
+    redis: RedisLink | None  # with REDIS_URL: rate limits and write positions live there
     auth: Authenticator
     idempotency: Idempotency
     presence: UserPresence
@@ -69,6 +76,8 @@ class Deps:
         self.health.start(interval=max(0.1, self.config.health_cache_seconds))
         if self.db is not None:
             self.db.watch(self.health.wake)
+        if self.cluster is not None:
+            self.cluster.start()
         for job in self.jobs:
             job.start()
         self.presence.start()
@@ -80,20 +89,31 @@ class Deps:
         for job in self.jobs:
             job.stop()
         self.health.close()
+        if self.cluster is not None:
+            self.cluster.close()
         if self.db is not None:
             self.db.close()
+        if self.redis is not None:
+            self.redis.close()
         self.metrics.flush_requests()
         self.access_log.flush()
 
 
 def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     """Open the pool (pre-warmed) and build everything else on it; nothing is started yet."""
-    db = Database(dsn, pool_settings(config), logger.getChild("db"))
+    db = Database(dsn, pool_settings(config), logger.getChild("db"),
+                  direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     lifecycle = health_mod.Lifecycle()
     metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
+    redis = None
+    if config.redis_url:
+        redis = RedisLink(config.redis_url, config.redis_timeout,
+                          max_connections=config.threads + config.health_threads + 4,
+                          logger=logger.getChild("redis"))
+    cluster = build_cluster(config, logger, db, redis)
 
-    rate_limit_state = RateLimitRepository(db)
+    rate_limit_state = RedisRateLimitStore(redis) if redis else RateLimitRepository(db)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
                           logger.getChild("ratelimit"))
     checkers = {
@@ -107,16 +127,22 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     if limiter.enabled:
         checkers["rate_limit_store"] = health_mod.rate_limit_store_checker(
             limiter, config.health_details)
+    if cluster.routing:
+        checkers["replicas"] = health_mod.replicas_checker(cluster, config.health_details)
+    if redis is not None:
+        checkers["redis"] = health_mod.redis_checker(redis)
     health = health_mod.HealthManager(checkers, config.health_check_timeout,
                                       config.health_cache_seconds, logger.getChild("health"))
 
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
     renderer = Renderer(library, max_entries=config.render_cache_size)
-    users = UserRepository(db)
+    users = UserRepository(cluster)
     idempotency_keys = IdempotencyRepository(db)
-    janitor = Periodic("janitor", config.purge_interval_seconds,
-                       [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
-                        rate_limit_state.purge_expired],
+    purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
+              rate_limit_state.purge_expired]
+    if isinstance(cluster.positions, PostgresWritePositions):
+        purges.append(cluster.positions.purge_expired)
+    janitor = Periodic("janitor", config.purge_interval_seconds, purges,
                        logger.getChild("janitor"))
     access_log = AccessLog(logger)
 
@@ -124,6 +150,11 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         metrics.flush_requests()
         metrics.sample_pool(db.stats())
         metrics.sample_render_cache(*renderer.cache_stats())
+        if cluster.routing:
+            metrics.sample_cluster(cluster.tally.totals(), cluster.lags(),
+                                   {r.name: r.in_rotation for r in cluster.replicas})
+        if redis is not None:
+            metrics.sample_redis(redis.failures)
 
     def sample_health() -> None:
         metrics.sample_health(health.last())
@@ -133,13 +164,44 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     return Deps(
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
+        cluster=cluster, redis=redis,
         auth=Authenticator(TokenSigner(config.user_secrets), limiter),
-        idempotency=Idempotency(db, idempotency_keys, metrics, config.fault_injection),
+        idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
-        users=users, moods=MoodRepository(db), conversations=ConversationRepository(db),
-        lines=LineRepository(db), slow_queries=SlowQueryRepository(db),
+        users=users, moods=MoodRepository(cluster),
+        conversations=ConversationRepository(cluster),
+        lines=LineRepository(cluster), slow_queries=SlowQueryRepository(db),
         jobs=(sampler, janitor),
     )
+
+
+def build_cluster(config: Config, logger: logging.Logger, primary: Database,
+                  redis: RedisLink | None) -> Cluster:
+    """The primary plus a pre-warmed pool per DATABASE_REPLICA_URLS entry, and the store of
+    the users' write positions (Redis when configured, else the primary)."""
+    if not config.database_replica_urls:
+        return Cluster(primary)
+    settings = ReplicaSettings(config.replica_max_lag_seconds, config.replica_check_interval)
+    replicas = []
+    for number, url in enumerate(config.database_replica_urls, start=1):
+        name = f"replica{number}"
+        db = Database(url, pool_settings(config), logger.getChild(f"db.{name}"),
+                      name=f"saypi-{name}")
+        # A replica that is down at start must not hold the worker back: its
+        # reads go to the primary until the monitor sees it serve.
+        db.open(wait_seconds=min(1.0, config.db_connect_timeout))
+        replicas.append(Replica(name, db, psycopg.conninfo.conninfo_to_dict(url).get(
+            "host", "") or ""))
+    # A position matters while a replica in rotation may lag behind it: at most
+    # REPLICA_MAX_LAG_SECONDS plus a check interval; kept twice as long, and more.
+    ttl = 2 * config.replica_max_lag_seconds + 4 * config.replica_check_interval + 5
+    if redis is not None:
+        hold = config.replica_max_lag_seconds + 2 * config.replica_check_interval + 1
+        positions = RedisWritePositions(redis, ttl, hold_seconds=hold,
+                                        logger=logger.getChild("positions"))
+    else:
+        positions = PostgresWritePositions(primary, ttl)
+    return Cluster(primary, replicas, positions, settings, logger.getChild("cluster"))
 
 
 def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:

@@ -337,6 +337,7 @@ def fake_deps(**settings: str) -> Deps:
     return Deps(
         config=config, logger=logger, access_log=AccessLog(logger), metrics=metrics,
         sample_metrics=metrics.flush_requests, lifecycle=lifecycle, health=health, db=None,
+        cluster=None, redis=None,
         auth=Authenticator(TokenSigner(config.user_secrets)),
         idempotency=Idempotency(FakeTransactions(), FakeIdempotencyKeys(), metrics),
         presence=UserPresence(users, logger), renderer=Renderer(cow_library()),

@@ -85,26 +85,60 @@ class PoolSettings:
     connect_timeout: int
     statement_timeout_ms: int
     check_interval: float
+    prepare: bool = True  # False behind a transaction-pooling proxy (PgBouncer)
+
+
+def connect_kwargs(settings: PoolSettings, application_name: str) -> dict:
+    """psycopg.connect() arguments for every connection of a pool.
+
+    Directly on PostgreSQL, each connection's settings travel in the startup
+    packet (`options`) and statements are prepared after a few executions.
+    Behind PgBouncer in transaction pooling mode (`prepare` False) neither
+    may be used: a prepared statement lives in one server session while the
+    next transaction may run on another, and PgBouncer refuses the `options`
+    startup parameter. There the settings belong on the role or database
+    (deploy/pgbouncer/README.md), and statements are sent unprepared.
+    """
+    kwargs: dict = {"autocommit": True, "connect_timeout": settings.connect_timeout,
+                    "application_name": application_name}
+    if not settings.prepare:
+        kwargs["prepare_threshold"] = None
+        return kwargs
+    # Generic plans: every statement here is parameterised keyset access whose
+    # best plan does not depend on the values, and custom plans were replanned
+    # on every execution once tables grew (measured by the benchmark).
+    options = "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
+    if settings.statement_timeout_ms:
+        options += f" -c statement_timeout={settings.statement_timeout_ms}"
+    kwargs["options"] = options
+    return kwargs
 
 
 class UnitOfWork:
-    """One open transaction that the repository calls given it join (see the module docstring)."""
+    """One open transaction that the repository calls given it join (see the module docstring).
 
-    __slots__ = ("conn",)
+    `writers` collects the users whose data the transaction changed, so their
+    read-your-writes positions are recorded once it commits
+    (app/platform/cluster.py).
+    """
+
+    __slots__ = ("conn", "writers")
 
     def __init__(self, conn: psycopg.Connection | None):
         self.conn = conn
+        self.writers: set[int] = set()
 
 
 class Database:
     """A connection pool, its checker thread, and the transactions and units of work on it."""
 
     def __init__(self, dsn: str, settings: PoolSettings, logger: logging.Logger,
-                 name: str = "saypi"):
+                 name: str = "saypi", direct_dsn: str | None = None):
         self.settings = settings
         self.logger = logger
         self.name = name
         self._dsn = dsn
+        self._direct_dsn = direct_dsn or dsn
         self._returned_at: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._wake_checker = threading.Event()
         self._stopping = threading.Event()
@@ -112,15 +146,7 @@ class Database:
         self._reachable = True
         self._unreachable_since: float | None = None
         self._watchers: list[Callable[[], None]] = []
-        # Generic plans: every statement here is parameterised keyset access whose
-        # best plan does not depend on the values, and custom plans were replanned
-        # on every execution once tables grew (measured by the benchmark).
-        options = (f"-c application_name={name}-worker-{os.getpid()} -c TimeZone=UTC "
-                   "-c plan_cache_mode=force_generic_plan")
-        if settings.statement_timeout_ms:
-            options += f" -c statement_timeout={settings.statement_timeout_ms}"
-        self._connect_kwargs = {"autocommit": True, "connect_timeout": settings.connect_timeout,
-                                "options": options}
+        self._connect_kwargs = connect_kwargs(settings, f"{name}-worker-{os.getpid()}")
         self.pool = self._new_pool()
 
     def _new_pool(self) -> ConnectionPool:
@@ -312,8 +338,12 @@ class Database:
             yield UnitOfWork(conn)
 
     def dedicated_connection(self) -> psycopg.Connection:
-        """A connection outside the pool, for a long-lived LISTEN; the caller closes it."""
-        return psycopg.connect(self.pool.conninfo, **self.pool.kwargs)
+        """A session of its own outside the pool, for a long-lived LISTEN; the caller closes it.
+
+        It goes to DATABASE_DIRECT_URL when set: a transaction-pooling proxy
+        would hand each statement to another server session.
+        """
+        return psycopg.connect(self._direct_dsn, **self._connect_kwargs)
 
     def stats(self) -> dict[str, int]:
         return self.pool.get_stats()
@@ -393,6 +423,7 @@ def pool_settings(config) -> PoolSettings:
         connect_timeout=config.db_connect_timeout,
         statement_timeout_ms=config.db_statement_timeout,
         check_interval=config.db_pool_check_interval,
+        prepare=config.db_prepare,
     )
 
 

@@ -356,6 +356,41 @@ def rate_limit_store_checker(limiter, show_details: bool = False) -> Checker:
     return check
 
 
+def replicas_checker(cluster, show_details: bool = False) -> Checker:
+    """Each replica's state and lag as the replica monitor last saw them.
+
+    Degraded at worst: while a replica is out of rotation its reads go to
+    the primary, so the instance still serves (readiness stays 200).
+    """
+
+    def check() -> CheckResult:
+        details = public_details(cluster.describe(show_details), show_details)
+        out = sorted(name for name, replica in details.items() if not replica["in_rotation"])
+        if not out:
+            return CheckResult(HEALTHY, f"{len(details)} replica(s) in rotation", details)
+        return CheckResult(DEGRADED, f"out of rotation, reads go to the primary: "
+                                     f"{', '.join(out)}", details)
+
+    return check
+
+
+def redis_checker(link) -> Checker:
+    """A PING through the worker's Redis link; degraded when it fails (callers fall back)."""
+
+    def check() -> CheckResult:
+        details: dict[str, Any] = {"failures": link.failures}
+        since = link.seconds_since_failure()
+        if since is not None:
+            details["last_failure"] = link.last_failure
+            details["last_failure_seconds_ago"] = round(since, 1)
+        if link.ping():
+            return CheckResult(HEALTHY, "redis answers", details)
+        return CheckResult(DEGRADED, "redis does not answer: rate limits fail open and reads "
+                                     "go to the primary", details)
+
+    return check
+
+
 def lifecycle_checker(lifecycle) -> Checker:
     def check() -> CheckResult:
         if lifecycle.shutting_down:

@@ -98,6 +98,22 @@ class Metrics:
         self.pool_connections_lost = Counter(
             "db_pool_connections_lost_total", "Connections found broken and discarded.",
             registry=registry)
+        self.db_reads = Counter(
+            "db_reads_total", "Users' reads, by the pool that served them (primary, replicaN).",
+            ["pool"], registry=registry)
+        self.db_replica_fallbacks = Counter(
+            "db_replica_fallbacks_total",
+            "Reads that went to the primary although replicas are configured, by reason "
+            "(no_replica in rotation, replicas behind the user's last write, "
+            "positions_unavailable, replica_failed mid-read).", ["reason"], registry=registry)
+        self.db_replica_lag = Gauge(
+            "db_replica_lag_seconds", "How far each replica's replay trails the primary.",
+            ["replica"], multiprocess_mode="livemax", registry=registry)
+        self.db_replica_in_rotation = Gauge(
+            "db_replica_in_rotation", "1 while the replica serves reads (the worst worker wins).",
+            ["replica"], multiprocess_mode="livemin", registry=registry)
+        self.redis_errors = Counter(
+            "redis_errors_total", "Redis calls that failed or timed out.", registry=registry)
         self.health_status = Gauge(
             "health_status",
             "Last health check per component (0 healthy, 1 degraded, 2 unhealthy, "
@@ -110,6 +126,8 @@ class Metrics:
         self._sample_lock = threading.Lock()
         self._last_pool: dict[str, int] = {}
         self._last_render = (0, 0)
+        self._last_reads: dict[str, int] = {}
+        self._last_redis_errors = 0
         self.request_tally = RequestTally(self.requests, self.duration)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -155,6 +173,32 @@ class Metrics:
             if misses > last_misses:
                 self.render_cache_misses.inc(misses - last_misses)
             self._last_render = (hits, misses)
+
+    def sample_cluster(self, reads: dict[str, int], lags: dict[str, float | None],
+                       in_rotation: dict[str, bool]) -> None:
+        """Fold the read tallies (totals since start) and each replica's state into metrics."""
+        with self._sample_lock:
+            for name, total in reads.items():
+                delta = total - self._last_reads.get(name, 0)
+                self._last_reads[name] = total
+                if delta <= 0:
+                    continue
+                kind, _, reason = name.partition(":")
+                if kind == "fallback":
+                    self.db_replica_fallbacks.labels(reason).inc(delta)
+                else:
+                    self.db_reads.labels(name).inc(delta)
+            for name, lag in lags.items():
+                if lag is not None:
+                    self.db_replica_lag.labels(name).set(lag)
+            for name, serving in in_rotation.items():
+                self.db_replica_in_rotation.labels(name).set(1 if serving else 0)
+
+    def sample_redis(self, failures: int) -> None:
+        with self._sample_lock:
+            if failures > self._last_redis_errors:
+                self.redis_errors.inc(failures - self._last_redis_errors)
+            self._last_redis_errors = failures
 
     def sample_health(self, report) -> None:
         """Export the last health report (a HealthReport or None) as health_status gauges."""

@@ -18,6 +18,7 @@ from app.repo.new_lines import (
     RESOLVED_LINES,
     line_params,
 )
+from app.repo.reading import fetch_all
 
 # One statement: the conversation and its lines with their moods, oldest first.
 _GET_WITH_LINES = """
@@ -68,7 +69,7 @@ class ConversationRepository:
     def create(self, user_id: int, heading: str, cap: int,
                uow: UnitOfWork | None = None) -> Conversation:
         """Insert unless the user already owns `cap` conversations (race-free counter)."""
-        with self.db.connection(uow) as conn:  # one atomic statement
+        with self.db.write(user_id, uow) as conn:  # one atomic statement
             row = conn.execute(
                 "WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1 "
                 "  WHERE id = %(user_id)s AND conversation_count < %(cap)s RETURNING id) "
@@ -93,7 +94,7 @@ class ConversationRepository:
         """
         params = {**line_params(user_id, lines), "cap": cap, "line_cap": line_cap,
                   "rid": ids.new_number(), "heading": heading}
-        with self.db.connection(uow) as conn:
+        with self.db.write(user_id, uow) as conn:
             rows = conn.execute(_CREATE_WITH_LINES, params).fetchall()
             if not rows:
                 user, missing = conn.execute(
@@ -111,8 +112,7 @@ class ConversationRepository:
                             tuple(line_from_row(row[3:]) for row in rows if row[3] is not None))
 
     def get(self, user_id: int, rid: int) -> Conversation | None:
-        with self.db.connection() as conn:
-            rows = conn.execute(_GET_WITH_LINES, (rid, user_id)).fetchall()
+        rows = self.db.read(user_id, fetch_all, _GET_WITH_LINES, (rid, user_id))
         if not rows:
             return None
         first = rows[0]
@@ -125,21 +125,21 @@ class ConversationRepository:
             cursor = _LIST_CURSOR
         sql = keyset_sql(_LIST_ITEMS, cursor, page)
         rid = ids.decode(ids.CONVERSATION, page.cursor) if page.cursor is not None else None
-        with self.db.connection() as conn:
-            result = run_keyset(conn, sql, {"user_id": user_id, "cursor": rid or 0}, page)
+        result = self.db.read(user_id, run_keyset, sql,
+                              {"user_id": user_id, "cursor": rid or 0}, page)
         return KeysetResult(result.scope_exists, result.cursor_found,
                             [Conversation(r[1], r[2], r[3]) for r in result.rows],
                             result.has_more)
 
     def update_heading(self, user_id: int, rid: int, heading: str) -> Conversation | None:
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             row = conn.execute(
                 "UPDATE conversations SET heading = %s WHERE rid = %s AND user_id = %s "
                 "RETURNING rid", (heading, rid, user_id)).fetchone()
         return self.get(user_id, row[0]) if row else None
 
     def delete(self, user_id: int, rid: int) -> bool:
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             row = conn.execute(
                 "WITH gone AS (DELETE FROM conversations WHERE rid = %s AND user_id = %s "
                 "  RETURNING user_id) "

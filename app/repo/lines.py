@@ -12,6 +12,7 @@ from app.platform.db import UnitOfWork
 from app.repo import new_lines
 from app.repo.conversations import line_from_row
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
+from app.repo.reading import fetch_one
 
 _LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
                  "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")
@@ -71,7 +72,7 @@ class LineRepository:
                   "rid": ids.new_number()}
         # One atomic statement: no BEGIN/COMMIT round trips unless it joins a
         # unit of work (an idempotent request's).
-        with self.db.connection(uow) as conn:
+        with self.db.write(user_id, uow) as conn:
             row = conn.execute(_CREATE, params).fetchone()
             if row is None:
                 self._explain_refusal(conn, params)
@@ -99,7 +100,7 @@ class LineRepository:
         LimitReached when the conversation would hold more than `cap` lines.
         """
         params = {**new_lines.line_params(user_id, lines), "conversation": conversation, "cap": cap}
-        with self.db.connection(uow) as conn:
+        with self.db.write(user_id, uow) as conn:
             rows = conn.execute(_CREATE_MANY, params).fetchall()
             if not rows:
                 self._explain_batch_refusal(conn, params)
@@ -133,11 +134,11 @@ class LineRepository:
                                 {"user_id": user_id, "mood": mood}).fetchone()[0]
 
     def get(self, user_id: int, conversation: int, rid: int) -> Line | None:
-        with self.db.connection() as conn:
-            row = conn.execute(
-                f"SELECT {_LINE_COLUMNS} FROM lines l JOIN moods m ON m.id = l.mood_id "
-                f"WHERE l.rid = %(rid)s AND l.conversation_id = ({_OWNED_CONVERSATION})",
-                {"rid": rid, "conversation": conversation, "user_id": user_id}).fetchone()
+        row = self.db.read(
+            user_id, fetch_one,
+            f"SELECT {_LINE_COLUMNS} FROM lines l JOIN moods m ON m.id = l.mood_id "
+            f"WHERE l.rid = %(rid)s AND l.conversation_id = ({_OWNED_CONVERSATION})",
+            {"rid": rid, "conversation": conversation, "user_id": user_id})
         return line_from_row(row) if row else None
 
     def list(self, user_id: int, conversation: int, page: Page) -> KeysetResult:
@@ -146,14 +147,14 @@ class LineRepository:
         rid = ids.decode(ids.LINE, page.cursor) if page.cursor is not None else None
         sql = keyset_sql(_LIST_ITEMS, cursor, page, key="l.id",
                          scope_exists=f"EXISTS ({_OWNED_CONVERSATION})")
-        with self.db.connection() as conn:
-            result = run_keyset(conn, sql, {"user_id": user_id, "conversation": conversation,
-                                            "cursor": rid or 0}, page)
+        result = self.db.read(user_id, run_keyset, sql,
+                              {"user_id": user_id, "conversation": conversation,
+                               "cursor": rid or 0}, page)
         lines = [line_from_row(r[1:]) for r in result.rows]
         return KeysetResult(result.scope_exists, result.cursor_found, lines, result.has_more)
 
     def delete(self, user_id: int, conversation: int, rid: int) -> bool:
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             row = conn.execute(
                 "WITH gone AS (DELETE FROM lines WHERE rid = %(rid)s "
                 f"  AND conversation_id = ({_OWNED_CONVERSATION}) RETURNING conversation_id) "

@@ -8,6 +8,7 @@ from app.domain.errors import LimitReached, MoodInUse, UserGone
 from app.domain.models import Mood
 from app.http.pagination import Page
 from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
+from app.repo.reading import fetch_one
 
 _VISIBLE = "(user_id IS NULL OR user_id = %(user_id)s)"
 _LIST_ITEMS = (f"SELECT id, name, eyes, tongue, user_id IS NOT NULL FROM moods "
@@ -23,23 +24,23 @@ class MoodRepository:
     def list(self, user_id: int, page: Page) -> KeysetResult:
         cursor = _LIST_CURSOR if page.cursor is not None else None
         sql = keyset_sql(_LIST_ITEMS, cursor, page)
-        with self.db.connection() as conn:
-            result = run_keyset(conn, sql, {"user_id": user_id, "cursor": page.cursor}, page)
+        result = self.db.read(user_id, run_keyset, sql,
+                              {"user_id": user_id, "cursor": page.cursor}, page)
         return KeysetResult(result.scope_exists, result.cursor_found,
                             [Mood(*r[1:]) for r in result.rows], result.has_more)
 
     def get(self, user_id: int, name: str) -> Mood | None:
-        with self.db.connection() as conn:
-            row = conn.execute(
-                f"SELECT {_COLUMNS} FROM moods WHERE lower(name) = lower(%(name)s) "
-                f"AND (user_id = %(user_id)s OR (user_id IS NULL AND {USER_EXISTS}))",
-                {"user_id": user_id, "name": name}).fetchone()
+        row = self.db.read(
+            user_id, fetch_one,
+            f"SELECT {_COLUMNS} FROM moods WHERE lower(name) = lower(%(name)s) "
+            f"AND (user_id = %(user_id)s OR (user_id IS NULL AND {USER_EXISTS}))",
+            {"user_id": user_id, "name": name})
         return Mood(*row) if row else None
 
     def upsert(self, user_id: int, name: str, eyes: str | None, tongue: str | None,
                cap: int) -> tuple[Mood, bool]:
         """Create (True) or update (False) the user's mood; the user row serialises creates."""
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             owner = conn.execute("SELECT mood_count FROM users WHERE id = %s FOR UPDATE",
                                  (user_id,)).fetchone()
             if owner is None:
@@ -65,7 +66,7 @@ class MoodRepository:
     def delete(self, user_id: int, name: str) -> bool:
         """Delete the user's mood; MoodInUse when lines still use it."""
         try:
-            with self.db.transaction() as conn:
+            with self.db.write_transaction(user_id) as conn:
                 row = conn.execute(
                     "WITH gone AS (DELETE FROM moods WHERE user_id = %(user_id)s "
                     "  AND lower(name) = lower(%(name)s) RETURNING user_id) "

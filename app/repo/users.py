@@ -11,6 +11,7 @@ from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
 from app.platform.db import UnitOfWork
+from app.repo.reading import fetch_one
 
 _COLUMNS = "id, name, email, created_at"
 UPDATABLE = ("name", "email")  # the columns update() may set
@@ -23,25 +24,24 @@ class UserRepository:
 
     def create(self, name: str | None, email: str | None,
                uow: UnitOfWork | None = None) -> User:
-        with self.db.transaction(uow) as conn:
+        user_id = ids.new_number()
+        with self.db.write_transaction(user_id, uow) as conn:
             try:
                 row = conn.execute(
                     f"INSERT INTO users (id, name, email) VALUES (%s, %s, %s) "
-                    f"RETURNING {_COLUMNS}", (ids.new_number(), name, email)).fetchone()
+                    f"RETURNING {_COLUMNS}", (user_id, name, email)).fetchone()
             except pg_errors.UniqueViolation as exc:
                 raise EmailTaken(email) from exc
         return User(*row)
 
     def get(self, user_id: int) -> User | None:
-        with self.db.connection() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM users WHERE id = %s",
-                               (user_id,)).fetchone()
+        row = self.db.read(user_id, fetch_one, f"SELECT {_COLUMNS} FROM users WHERE id = %s",
+                           (user_id,))
         return User(*row) if row else None
 
     def exists(self, user_id: int) -> bool:
-        with self.db.connection() as conn:
-            return conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone() \
-                is not None
+        return self.db.read(user_id, fetch_one, "SELECT 1 FROM users WHERE id = %s",
+                            (user_id,)) is not None
 
     def update(self, user_id: int, changes: Mapping[str, str | None]) -> User | None:
         """Set the given columns (name, email); an empty change reads the user.
@@ -56,7 +56,7 @@ class UserRepository:
         if not columns:
             return self.get(user_id)
         assignments = ", ".join(f"{column} = %({column})s" for column in columns)
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             try:
                 row = conn.execute(
                     f"UPDATE users SET {assignments} WHERE id = %(id)s RETURNING {_COLUMNS}",
@@ -87,7 +87,7 @@ class UserRepository:
         lines that use them. The user row is locked first, so no conversation
         can be created in between (creation increments its counter).
         """
-        with self.db.transaction() as conn:
+        with self.db.write_transaction(user_id) as conn:
             if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE",
                             (user_id,)).fetchone() is None:
                 return False

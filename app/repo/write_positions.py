@@ -1,0 +1,161 @@
+"""Where each user's last write stands in the primary's WAL, shared by every worker and instance.
+
+Read-your-writes (app/platform/cluster.py): after a write commits, its
+user's position is recorded; a read of that user goes to a replica only if
+the replica has replayed that far. A position matters only while some
+replica in rotation may still lag behind it, so it expires after
+`ttl_seconds` (a few times REPLICA_MAX_LAG_SECONDS).
+
+Two stores with one interface. `PostgresWritePositions` keeps them in an
+UNLOGGED table on the primary: correct with no other service, but every
+routed read costs a primary lookup. `RedisWritePositions` keeps them in
+Redis (REDIS_URL): no primary work for the read. Both raise
+PositionsUnavailable when they cannot answer; the reader then goes to the
+primary, so a store failure never serves a stale read.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+
+from app.platform.redis_link import RedisDown, RedisLink
+from app.repo.replication import primary_position
+
+
+class PositionsUnavailable(Exception):
+    """The store cannot say where the user's last write stands."""
+
+
+class PostgresWritePositions:
+    """Positions in the primary's UNLOGGED write_positions table."""
+
+    def __init__(self, db, ttl_seconds: float):
+        self.db = db
+        self.ttl_seconds = ttl_seconds
+
+    def record(self, user_id: int, conn: psycopg.Connection) -> None:
+        """Note the primary's WAL position now (after the user's commit), in one statement."""
+        conn.execute(
+            "INSERT INTO write_positions (user_id, position, expires_at) "
+            "VALUES (%(user_id)s, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, "
+            "        now() + make_interval(secs => %(ttl)s)) "
+            "ON CONFLICT (user_id) DO UPDATE "
+            "SET position = greatest(write_positions.position, excluded.position), "
+            "    expires_at = excluded.expires_at",
+            {"user_id": user_id, "ttl": self.ttl_seconds})
+
+    def get(self, user_id: int) -> int | None:
+        try:
+            with self.db.connection() as conn:
+                row = conn.execute(
+                    "SELECT position FROM write_positions "
+                    "WHERE user_id = %s AND expires_at > now()", (user_id,)).fetchone()
+        except Exception as exc:
+            raise PositionsUnavailable(type(exc).__name__) from exc
+        return row[0] if row else None
+
+    def trusted(self) -> bool:
+        return True
+
+    def purge_expired(self) -> int:
+        with self.db.connection() as conn:
+            return conn.execute(
+                "DELETE FROM write_positions WHERE user_id = ANY (ARRAY("
+                "SELECT user_id FROM write_positions WHERE expires_at < now() LIMIT 10000))"
+            ).rowcount
+
+
+# KEYS[1]: the user's key; ARGV: position as 16 hex digits, ttl in ms. Keeps the
+# greater position (fixed-width hex compares as the numbers do).
+_RECORD = """
+local current = redis.call('GET', KEYS[1])
+if (not current) or current < ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+KEY_PREFIX = "saypi:wpos:"
+
+
+class RedisWritePositions:
+    """Positions in Redis, with this worker's unrecorded ones kept until Redis takes them.
+
+    A position that could not be recorded (Redis failed after the write
+    committed) is kept here and retried on every later call, and until it is
+    recorded, and for `hold_seconds` after Redis last failed, this worker
+    calls the store untrusted, so its reads go to the primary.
+    """
+
+    def __init__(self, link: RedisLink, ttl_seconds: float, hold_seconds: float,
+                 logger: logging.Logger):
+        self.link = link
+        self.ttl_ms = int(ttl_seconds * 1000)
+        self.ttl_seconds = ttl_seconds
+        self.hold_seconds = hold_seconds
+        self.logger = logger
+        self._record = link.client.register_script(_RECORD)
+        self._unrecorded: dict[int, tuple[int, float]] = {}  # user -> (position, when)
+        self._lock = threading.Lock()
+
+    def record(self, user_id: int, conn: psycopg.Connection) -> None:
+        position = primary_position(conn)
+        if self._unrecorded:
+            self._retry_unrecorded()
+        try:
+            self._store(user_id, position)
+        except RedisDown:
+            with self._lock:
+                known = self._unrecorded.get(user_id)
+                if known is None or known[0] < position:
+                    self._unrecorded[user_id] = (position, time.monotonic())
+
+    def _store(self, user_id: int, position: int) -> None:
+        self.link.call(lambda client: self._record(
+            keys=[f"{KEY_PREFIX}{user_id}"], args=[f"{position:016x}", self.ttl_ms],
+            client=client))
+
+    def _retry_unrecorded(self) -> None:
+        with self._lock:
+            pending = list(self._unrecorded.items())
+        now = time.monotonic()
+        for user_id, (position, when) in pending:
+            if now - when > self.ttl_seconds:  # every replica in rotation has it by now
+                self._forget(user_id, position)
+                continue
+            try:
+                self._store(user_id, position)
+            except RedisDown:
+                return
+            self._forget(user_id, position)
+
+    def _forget(self, user_id: int, position: int) -> None:
+        with self._lock:
+            if self._unrecorded.get(user_id, (None,))[0] == position:
+                del self._unrecorded[user_id]
+
+    def get(self, user_id: int) -> int | None:
+        if self._unrecorded:
+            self._retry_unrecorded()
+        try:
+            value = self.link.call(lambda client: client.get(f"{KEY_PREFIX}{user_id}"))
+        except RedisDown as exc:
+            raise PositionsUnavailable(str(exc)) from exc
+        return int(value, 16) if value is not None else None
+
+    def trusted(self) -> bool:
+        """False while positions may be missing: some unrecorded here, or Redis failed lately."""
+        if self._unrecorded:
+            return False
+        since = self.link.seconds_since_failure()
+        return since is None or since > self.hold_seconds
+
+    def purge_expired(self) -> int:
+        """Nothing to do: keys expire by themselves."""
+        return 0

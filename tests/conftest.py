@@ -221,3 +221,78 @@ def run_threads(target, arguments) -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator:
+    """A PostgreSQL primary with a streaming hot standby (tests/services.py), for the session."""
+    from tests.services import PgCluster
+
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator:
+    """A redis-server of the suite's own on a free port, for the session."""
+    from tests.services import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_cluster) -> Iterator:
+    """PgBouncer in transaction pooling mode in front of the cluster's primary."""
+    from tests.services import PgBouncer
+
+    bouncer = PgBouncer("127.0.0.1", pg_cluster.primary.port).start()
+    yield bouncer
+    bouncer.stop()
+
+
+def replicated_env(pg_cluster, redis_server) -> dict[str, str]:
+    """Settings for a SayPI on a fresh database of the cluster: reads on the standby,
+    hot state in Redis."""
+    primary, standby = pg_cluster.create_database(f"saypi_r_{uuid.uuid4().hex[:10]}")
+    return {"DATABASE_URL": primary, "DATABASE_REPLICA_URLS": standby,
+            "REDIS_URL": redis_server.url}
+
+
+def pgbouncer_env(pg_cluster, pgbouncer) -> dict[str, str]:
+    """Settings for a SayPI that reaches a fresh database only through PgBouncer, but for
+    migrations and LISTEN."""
+    name = f"saypi_b_{uuid.uuid4().hex[:10]}"
+    direct, _ = pg_cluster.create_database(name)
+    return {"DATABASE_URL": pgbouncer.dsn(name), "DATABASE_DIRECT_URL": direct,
+            "DB_PREPARE": "false"}
+
+
+def metric_total(server: Server, name: str, **labels: str) -> float:
+    """The sum of a metric's samples on one instance's /metrics whose labels include `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    text = httpx.get(server.url + "/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def wait_for_replica_reads(server: Server, seconds: float = 60.0) -> None:
+    """Block until the instance serves a user's reads from its replica (after start, reads
+    stay on the primary while the write-position store is new)."""
+    user = httpx.post(server.url + "/users", json={"name": "probe"}, timeout=5).json()
+    headers = {"Authorization": f"Bearer {user['token']}"}
+
+    def served_by_replica() -> bool:
+        httpx.get(server.url + "/conversations", headers=headers, timeout=5)
+        return metric_total(server, "db_reads_total", pool="replica1") > 0
+
+    if not eventually(served_by_replica, seconds, every=0.2):
+        raise RuntimeError(f"the replica served no read in {seconds}s:\n{server.logs()}")

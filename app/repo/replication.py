@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import psycopg
 
-_PRIMARY_POSITION = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
+# The insert position, not pg_current_wal_lsn() (the write position): with
+# synchronous_commit off a commit returns before its record is written, so
+# only the insert position is sure to be past it.
+_PRIMARY_POSITION = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
 # A replica that is no longer in recovery was promoted: it is a primary of its
 # own and must not serve this primary's reads.
 _REPLICA_STATUS = ("SELECT pg_is_in_recovery(), "

@@ -41,7 +41,7 @@ class PostgresWritePositions:
         """Note the primary's WAL position now (after the user's commit), in one statement."""
         conn.execute(
             "INSERT INTO write_positions (user_id, position, expires_at) "
-            "VALUES (%(user_id)s, (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, "
+            "VALUES (%(user_id)s, (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, "
             "        now() + make_interval(secs => %(ttl)s)) "
             "ON CONFLICT (user_id) DO UPDATE "
             "SET position = greatest(write_positions.position, excluded.position), "
@@ -82,6 +82,10 @@ return 1
 """
 
 KEY_PREFIX = "saypi:wpos:"
+# When this Redis began keeping positions (seconds since the epoch): a Redis
+# that restarted empty has lost the positions recorded before, so nobody
+# trusts it until every replica in rotation must have replayed those writes.
+EPOCH_KEY = "saypi:wpos:epoch"
 
 
 class RedisWritePositions:
@@ -91,10 +95,16 @@ class RedisWritePositions:
     committed) is kept here and retried on every later call, and until it is
     recorded, and for `hold_seconds` after Redis last failed, this worker
     calls the store untrusted, so its reads go to the primary.
+
+    Every lookup reads the store's epoch key in the same round trip (MGET).
+    Missing, Redis lost its data (a restart): the first reader sets it to
+    now, and until `hold_seconds` after that time every worker of every
+    instance sends the reads to the primary, since positions recorded before
+    the restart are gone while replicas may still lag behind them.
     """
 
     def __init__(self, link: RedisLink, ttl_seconds: float, hold_seconds: float,
-                 logger: logging.Logger):
+                 logger: logging.Logger, wall_clock=time.time):
         self.link = link
         self.ttl_ms = int(ttl_seconds * 1000)
         self.ttl_seconds = ttl_seconds
@@ -103,6 +113,7 @@ class RedisWritePositions:
         self._record = link.client.register_script(_RECORD)
         self._unrecorded: dict[int, tuple[int, float]] = {}  # user -> (position, when)
         self._lock = threading.Lock()
+        self._wall_clock = wall_clock
 
     def record(self, user_id: int, conn: psycopg.Connection) -> None:
         position = primary_position(conn)
@@ -144,10 +155,21 @@ class RedisWritePositions:
         if self._unrecorded:
             self._retry_unrecorded()
         try:
-            value = self.link.call(lambda client: client.get(f"{KEY_PREFIX}{user_id}"))
+            epoch, value = self.link.call(
+                lambda client: client.mget(EPOCH_KEY, f"{KEY_PREFIX}{user_id}"))
+            if epoch is None:
+                self._new_epoch()
         except RedisDown as exc:
             raise PositionsUnavailable(str(exc)) from exc
+        if epoch is None or self._wall_clock() < float(epoch) + self.hold_seconds:
+            raise PositionsUnavailable("redis began keeping positions too recently")
         return int(value, 16) if value is not None else None
+
+    def _new_epoch(self) -> None:
+        now = self._wall_clock()
+        if self.link.call(lambda client: client.set(EPOCH_KEY, f"{now:.3f}", nx=True)):
+            self.logger.warning("redis holds no write positions (new or restarted); reads "
+                                "go to the primary for %.1fs", self.hold_seconds)
 
     def trusted(self) -> bool:
         """False while positions may be missing: some unrecorded here, or Redis failed lately."""

@@ -23,6 +23,8 @@ import psycopg
 from bench import report
 from bench.pgcount import RoundTripCounter
 from bench.postgres import BenchDatabase, open_database
+from bench.scale import markdown as scale_markdown
+from bench.scale import scale
 from bench.scenarios import SCENARIOS, build_request_files, read_requests, replay
 from bench.seed import Seeded, grow_conversations, seed
 from bench.servers import ROOT, CpuSnapshot, Server, ServerFailed, python
@@ -42,9 +44,13 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|sweep|profile|report]
+USAGE = """usage: python -m bench [run|scale|sweep|profile|report]
 
-  run      (default) every scenario, references included; writes bench-results/latest.*
+  run      (default) every scenario, references included, and scale's rows;
+           writes bench-results/latest.*
+  scale    GET with the production rate limits on: state in PostgreSQL or Redis, and
+           reads on a streaming replica (its own primary, standby and redis-server);
+           writes bench-results/scale.md and scale.json
   sweep    GET/list/POST throughput and p99 for several WEB_CONCURRENCY x THREADS
            (pool max = threads); writes bench-results/sweep.md and sweep.json
   profile  py-spy on the SayPI workers while scenario 2 runs; writes
@@ -472,6 +478,8 @@ def run(env: Mapping[str, str]) -> int:
         bench.say(f"counting database round trips ({s.count_requests} requests per scenario, "
                   f"through the counting proxy, untimed)")
         data["round_trips"] = count_round_trips(bench, results)
+        bench.say("scaling past one database: rate-limit stores and a replica")
+        data["scale"] = scale(bench)
         data["scenarios"] = results
         data["elapsed_seconds"] = round(time.monotonic() - bench.started, 1)
         data["notes"] = bench.notes
@@ -480,6 +488,19 @@ def run(env: Mapping[str, str]) -> int:
         bench.say(f"written: bench-results/latest.md, latest.json, latest.png "
                   f"({data['elapsed_seconds']}s in all)")
         return 0
+
+    return with_bench(env, settings, measure)
+
+
+def run_scale(env: Mapping[str, str]) -> int:
+    """`python -m bench scale`: only the rows of scaling past one database."""
+    settings = BenchSettings.from_env(env)
+
+    def measure(bench: Bench) -> int:
+        result = scale(bench)
+        result["generated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        result["quick"] = settings.quick
+        return publish("scale", result, "\n".join(scale_markdown(result)) + "\n")
 
     return with_bench(env, settings, measure)
 
@@ -579,6 +600,8 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return run(env)
     if command == "report":
         return report.rerender(RESULTS)
+    if command == "scale":
+        return run_scale(env)
     if command == "sweep":
         from bench.sweep import sweep
 

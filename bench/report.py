@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.scale import markdown as scale_markdown
+
 ORDER = ("hello", "ref_get", "ref_get_cap", "animals", "get", "list", "post_line", "post_batch",
          "mix",
          "get_paced", "list_paced", "get_cap", "list_large")
@@ -191,6 +193,7 @@ def markdown(data: dict) -> str:
                    f"| {t['note']} |")
     out.append("")
     out += _scaling(data)
+    out += scale_markdown(data.get("scale", {}))
     out += _memory(data)
     out += _cache(data)
     out += _statements(data)

@@ -191,8 +191,8 @@ class CpuSnapshot:
         self.pids: dict[int, tuple[str, float, float]] = {}
         for pid, (u, sy) in times.items():
             group = _group_of(pid, roots, parent)
-            if group == "postgres" and _postgres_background(pid):
-                group = "postgres_background"
+            if group in ("postgres", "primary", "replica") and _postgres_background(pid):
+                group = f"{group}_background"
             if group is not None:
                 self.pids[pid] = (group, u, sy)
 

@@ -97,7 +97,7 @@ def test_a_dead_redis_fails_open_at_once_and_is_counted():
     assert metrics.rate_limit_store_errors.value == 20
     assert dead.failures == 1  # the breaker held the other 19 back without a call
     with pytest.raises(RedisDown):
-        dead.call(lambda client: client.ping())
+        dead.execute("PING")
     assert limiter.health()[0] == "degraded"
 
 

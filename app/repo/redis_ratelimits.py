@@ -10,11 +10,11 @@ which is the fresh state, so nothing needs purging.
 
 from __future__ import annotations
 
-from app.platform.redis_link import RedisLink
+from app.platform.redis_link import LuaScript, RedisLink
 
 # KEYS[1]: the key; ARGV: interval_us (T), tolerance_us (tau).
 # Returns {admitted (1/0), TAT after the decision - now}.
-_DECIDE = """
+_DECIDE = LuaScript("""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local interval = tonumber(ARGV[1])
@@ -31,7 +31,7 @@ local after = base + interval
 redis.call('SET', KEYS[1], string.format('%.0f', after),
            'PX', math.floor((after - now) / 1000) + 1)
 return {1, string.format('%.0f', after - now)}
-"""
+""")
 
 KEY_PREFIX = "saypi:rl:"
 
@@ -41,12 +41,10 @@ class RedisRateLimitStore:
 
     def __init__(self, link: RedisLink):
         self.link = link
-        self._decide = link.client.register_script(_DECIDE)
 
     def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
-        allowed, tat_after = self.link.call(
-            lambda client: self._decide(keys=[KEY_PREFIX + key],
-                                        args=[interval_us, tolerance_us], client=client))
+        allowed, tat_after = self.link.run_script(_DECIDE, (KEY_PREFIX + key,),
+                                                  (interval_us, tolerance_us))
         return allowed == 1, int(tat_after)
 
     def purge_expired(self) -> int:

@@ -22,7 +22,7 @@ import time
 
 import psycopg
 
-from app.platform.redis_link import RedisDown, RedisLink
+from app.platform.redis_link import LuaScript, RedisDown, RedisLink
 from app.repo.replication import primary_position
 
 
@@ -71,7 +71,7 @@ class PostgresWritePositions:
 
 # KEYS[1]: the user's key; ARGV: position as 16 hex digits, ttl in ms. Keeps the
 # greater position (fixed-width hex compares as the numbers do).
-_RECORD = """
+_RECORD = LuaScript("""
 local current = redis.call('GET', KEYS[1])
 if (not current) or current < ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -79,7 +79,7 @@ else
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 1
-"""
+""")
 
 KEY_PREFIX = "saypi:wpos:"
 # When this Redis began keeping positions (seconds since the epoch): a Redis
@@ -110,7 +110,6 @@ class RedisWritePositions:
         self.ttl_seconds = ttl_seconds
         self.hold_seconds = hold_seconds
         self.logger = logger
-        self._record = link.client.register_script(_RECORD)
         self._unrecorded: dict[int, tuple[int, float]] = {}  # user -> (position, when)
         self._lock = threading.Lock()
         self._wall_clock = wall_clock
@@ -128,9 +127,8 @@ class RedisWritePositions:
                     self._unrecorded[user_id] = (position, time.monotonic())
 
     def _store(self, user_id: int, position: int) -> None:
-        self.link.call(lambda client: self._record(
-            keys=[f"{KEY_PREFIX}{user_id}"], args=[f"{position:016x}", self.ttl_ms],
-            client=client))
+        self.link.run_script(_RECORD, (f"{KEY_PREFIX}{user_id}",),
+                             (f"{position:016x}", self.ttl_ms))
 
     def _retry_unrecorded(self) -> None:
         with self._lock:
@@ -155,8 +153,7 @@ class RedisWritePositions:
         if self._unrecorded:
             self._retry_unrecorded()
         try:
-            epoch, value = self.link.call(
-                lambda client: client.mget(EPOCH_KEY, f"{KEY_PREFIX}{user_id}"))
+            epoch, value = self.link.execute("MGET", EPOCH_KEY, f"{KEY_PREFIX}{user_id}")
             if epoch is None:
                 self._new_epoch()
         except RedisDown as exc:
@@ -167,7 +164,7 @@ class RedisWritePositions:
 
     def _new_epoch(self) -> None:
         now = self._wall_clock()
-        if self.link.call(lambda client: client.set(EPOCH_KEY, f"{now:.3f}", nx=True)):
+        if self.link.execute("SET", EPOCH_KEY, f"{now:.3f}", "NX"):
             self.logger.warning("redis holds no write positions (new or restarted); reads "
                                 "go to the primary for %.1fs", self.hold_seconds)
 

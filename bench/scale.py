@@ -1,0 +1,279 @@
+"""`python -m bench scale`: GET /conversations/{id} with the production rate limits on,
+the rate-limit state in PostgreSQL or in Redis, and reads on a streaming replica.
+
+It needs what the issue of scaling past one database added, so it brings its
+own: a PostgreSQL primary with a hot standby (PostgreSQL's own tools, as the
+test suite makes them: tests/services.py) and a redis-server, on free
+loopback ports, stopped at the end. The same seeded data go to the primary
+and reach the standby by streaming; the reference app reads the primary.
+
+Rows, interleaved run by run:
+
+- reference: bare Flask + pool, the same query (no rate limiting at all);
+- SayPI, rate limits on, state in PostgreSQL (two statements per request);
+- SayPI, rate limits on, state in Redis (one statement, one Redis script);
+- SayPI, rate limits on, Redis, and a replica: the reads of users with no
+  recent write go to the standby, so the primary does no work for them.
+
+The limits are the production policies with a rate no run can exhaust, so
+every request pays for its decision and none is refused. CPU per request is
+split by process group: SayPI's workers, the primary's backends, the
+standby's backends, redis-server. Round trips per request to the primary
+are counted by the wire proxy (bench/pgcount.py) in front of it.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import psycopg
+
+from app.platform.db import migrate
+from bench.pgcount import RoundTripCounter
+from bench.scenarios import build_request_files, read_requests, replay
+from bench.seed import seed
+from bench.servers import CpuSnapshot, Server
+from bench.wrk import WrkResult, run_wrk
+from tests.services import PgCluster, RedisServer, wait_until
+
+UNBOUNDED_LIMITS = {  # policies on, at a rate no benchmark run can exhaust
+    "RATE_LIMIT_USER_PER_MINUTE": "60000000", "RATE_LIMIT_USER_BURST": "1000000",
+    "RATE_LIMIT_IP_PER_MINUTE": "60000000", "RATE_LIMIT_IP_BURST": "1000000",
+}
+ROWS = (
+    ("scale_ref", "reference: bare Flask + pool, same query, no rate limiting"),
+    ("scale_pg", "GET /conversations/{id}, rate limits on, state in PostgreSQL"),
+    ("scale_redis", "GET /conversations/{id}, rate limits on, state in Redis"),
+    ("scale_replica", "GET /conversations/{id}, rate limits on, Redis, reads on a replica"),
+)
+GROUPS = ("app", "primary", "replica", "redis")
+
+
+def _postmaster(pgdata: Path) -> int | None:
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _replayed(cluster: PgCluster) -> bool:
+    target = cluster.primary.execute(
+        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")[0][0]
+    replayed = cluster.standby.execute(
+        "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")[0][0]
+    return replayed >= target
+
+
+def _replica_reads(server: Server) -> float:
+    _status, body = server.get("/metrics")
+    total = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith('db_reads_total{pool="replica1"}'):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _wait_for_replica_reads(server: Server, requests) -> None:
+    """A fresh Redis holds no write positions: reads stay on the primary for a while."""
+
+    def served_by_replica() -> bool:
+        replay(server.port, requests, 20)
+        return _replica_reads(server) > 0
+
+    wait_until(served_by_replica, 60, "reads on the replica")
+
+
+def scale(bench) -> dict:
+    """Run the rows on a bench whose database, data and wrk are ready; the results."""
+    s = bench.settings
+    cluster = PgCluster().start()
+    redis = RedisServer().start()
+    try:
+        primary, standby = cluster.create_database("saypi_bench_scale")
+        migrate(primary, bench.logger)
+        bench.say(f"scale: seeding the primary ({s.users} users, {s.conversations} "
+                  f"conversations x {s.lines} lines)")
+        seeded = seed(primary, s.users, s.conversations, s.lines, s.cap_lines, s.phrases,
+                      bench.secret)
+        with psycopg.connect(primary, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE")
+        wait_until(lambda: _replayed(cluster), 120, "the standby's replay of the seed")
+        work = bench.work / "scale"
+        work.mkdir(exist_ok=True)
+        files = build_request_files(work, seeded)
+        get_file = files["get"]
+
+        ref = bench.start("read", dsn=primary)
+        servers = {
+            "scale_ref": ref,
+            "scale_pg": bench.start("saypi", dsn=primary, extra=UNBOUNDED_LIMITS),
+            "scale_redis": bench.start("saypi", dsn=primary,
+                                       extra={**UNBOUNDED_LIMITS, "REDIS_URL": redis.url}),
+            "scale_replica": bench.start("saypi", dsn=primary, extra={
+                **UNBOUNDED_LIMITS, "REDIS_URL": redis.url, "DATABASE_REPLICA_URLS": standby}),
+        }
+        requests = read_requests(get_file)
+        for key, server in servers.items():
+            statuses = replay(server.port, requests, 20)
+            if set(statuses) != {200}:
+                raise RuntimeError(f"scale: {key} answered {dict(statuses)}:\n"
+                                   f"{server.log_tail()}")
+        replica_server = servers["scale_replica"]
+        # a fresh Redis holds no write positions: reads stay on the primary for a while
+        _wait_for_replica_reads(replica_server, requests)
+
+        roots_base = {os.getpid(): "wrk", redis.process.pid: "redis"}
+        for node, group in ((cluster.primary, "primary"), (cluster.standby, "replica")):
+            pid = _postmaster(node.pgdata)
+            if pid:
+                roots_base[pid] = group
+        if bench.postmaster:
+            roots_base[bench.postmaster] = "bench_postgres"
+
+        def measure(server: Server, seconds: int) -> WrkResult:
+            roots = {**roots_base, **{other.process.pid: "idle_servers"
+                                      for other in bench.servers}}
+            roots[server.process.pid] = "app"
+            before = CpuSnapshot(roots)
+            result = run_wrk(bench.wrk, server.url, get_file, seconds, s.connections,
+                             s.wrk_threads)
+            result.cpu_seconds = CpuSnapshot(roots).since(before)
+            result.foreign_cpu_seconds = result.cpu_seconds["other"]
+            return result
+
+        bench.say("scale: warm-ups")
+        for server in servers.values():
+            measure(server, s.warmup_seconds)
+        collected: dict[str, list[WrkResult]] = {key: [] for key in servers}
+        for run in range(s.runs):
+            for key, server in servers.items():
+                result = measure(server, s.seconds)
+                collected[key].append(result)
+                bench.say(f"  {key:<14} run {run + 1}/{s.runs}: {result.rps:8.1f} req/s  "
+                          f"p99 {result.latency_ms['p99']:6.2f} ms  errors {result.failed}")
+        rows = {}
+        cpus = os.cpu_count() or 1
+        for key, title in ROWS:
+            runs = collected[key]
+            rows[key] = {"title": title, "rps": round(statistics.median(r.rps for r in runs), 1),
+                         "p50_ms": round(statistics.median(r.latency_ms["p50"] for r in runs), 3),
+                         "p99_ms": round(statistics.median(r.latency_ms["p99"] for r in runs), 3),
+                         "errors": sum(r.failed for r in runs),
+                         "foreign_cpu_pct": round(max(100 * r.foreign_cpu_seconds
+                                                      / (r.seconds * cpus) for r in runs), 1),
+                         "cpu_us_per_request": _cpu_per_request(runs)}
+        for server in servers.values():
+            bench.stop(server)
+
+        bench.say("scale: counting round trips to the primary")
+        counts = _round_trips(bench, primary, standby, redis.url, requests)
+        for key, value in counts.items():
+            rows[key]["primary_round_trips"] = value
+        ref_rps = rows["scale_ref"]["rps"]
+        for row in rows.values():
+            row["x_ref"] = round(row["rps"] / ref_rps, 3) if ref_rps else None
+        return {"rows": rows, "postgres": cluster.primary.execute("SHOW server_version")[0][0],
+                "where": "a primary and a hot standby made with the system's PostgreSQL "
+                         "tools (or pgserver's), and a redis-server, on loopback"}
+    finally:
+        redis.stop()
+        cluster.close()
+
+
+def _cpu_per_request(runs: list[WrkResult]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for group in GROUPS:
+        values = [1e6 * (r.cpu_seconds.get(f"{group}_user", 0.0)
+                         + r.cpu_seconds.get(f"{group}_system", 0.0)) / r.requests
+                  for r in runs if r.requests]
+        out[group] = round(statistics.median(values), 1) if values else None
+    return out
+
+
+def _round_trips(bench, primary: str, standby: str, redis_url: str, requests) -> dict:
+    """Statements per request the primary receives (second pass of N GETs, one worker)."""
+    counter = RoundTripCounter(primary)
+    n = bench.settings.count_requests
+    one_worker = {"WEB_CONCURRENCY": "1", "DB_POOL_CHECK_INTERVAL": "3600",
+                  "REPLICA_CHECK_INTERVAL": "60"}
+    variants = {
+        "scale_ref": ("read", {}),
+        "scale_pg": ("saypi", {**UNBOUNDED_LIMITS}),
+        "scale_redis": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url}),
+        "scale_replica": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url,
+                                    "DATABASE_REPLICA_URLS": standby,
+                                    "REPLICA_CHECK_INTERVAL": "0.25"}),
+    }
+    out = {}
+    try:
+        for key, (kind, extra) in variants.items():
+            server = bench.start(kind, dsn=counter.dsn, extra={**one_worker, **extra})
+            if key == "scale_replica":
+                _wait_for_replica_reads(server, requests)
+            replay(server.port, requests, n)  # warm: statements prepared, caches full
+            time.sleep(0.3)
+            before = counter.snapshot()
+            replay(server.port, requests, n)
+            time.sleep(0.3)
+            out[key] = round(sum((counter.snapshot() - before).values()) / n, 3)
+            bench.stop(server)
+    finally:
+        counter.close()
+    return out
+
+
+def markdown(result: dict) -> list[str]:
+    rows = result.get("rows", {})
+    if not rows:
+        return []
+    out = ["## Scaling past one database", "",
+           f"On {result.get('where')}, PostgreSQL {result.get('postgres')}. CPU us per "
+           "request by process group; round trips are statements the primary received per "
+           "request (wire proxy, one worker, second pass).", "",
+           "| scenario | req/s | x same-query ref | p50 ms | p99 ms | primary round trips/req "
+           "| app CPU us/req | primary PG CPU us/req | replica PG CPU us/req | redis CPU us/req "
+           "| errors | other CPU |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, _title in ROWS:
+        if key not in rows:
+            continue
+        v = rows[key]
+        cpu = v["cpu_us_per_request"]
+
+        def fmt(value):
+            return "-" if value is None else f"{value:,.0f}"
+
+        out.append(f"| {v['title']} | {v['rps']:,.1f} | {v['x_ref']:.2f} | {v['p50_ms']:.2f} "
+                   f"| {v['p99_ms']:.2f} | {v.get('primary_round_trips', '-')} "
+                   f"| {fmt(cpu['app'])} | {fmt(cpu['primary'])} | {fmt(cpu['replica'])} "
+                   f"| {fmt(cpu['redis'])} | {v['errors']} | {v['foreign_cpu_pct']:.0f} % |")
+    out.append("")
+    targets = scale_targets(result)
+    if targets:
+        out += ["| target | measured | wanted | status |", "|---|---:|---|---|"]
+        for name, measured, wanted, ok in targets:
+            out.append(f"| {name} | {measured} | {wanted} | {'PASS' if ok else 'FAIL'} |")
+        out.append("")
+    return out
+
+
+def scale_targets(result: dict) -> list[tuple[str, str, str, bool]]:
+    rows = result.get("rows", {})
+    if not {"scale_redis", "scale_replica", "scale_ref"} <= set(rows):
+        return []
+    redis, replica = rows["scale_redis"], rows["scale_replica"]
+    ref_pg = rows["scale_ref"]["cpu_us_per_request"]["primary"] or 0.0
+    replica_pg = replica["cpu_us_per_request"]["primary"] or 0.0
+    return [
+        ("GET with rate limits on, Redis store, vs the same-query reference",
+         f"{redis['x_ref']:.2f}x", ">= 0.90x", redis["x_ref"] >= 0.90),
+        ("PostgreSQL round trips per GET, Redis store", f"{redis.get('primary_round_trips')}",
+         "1.00", redis.get("primary_round_trips") == 1.0),
+        ("primary PG CPU per GET with a replica (users with no recent write)",
+         f"{replica_pg:.0f} us (reference on the primary: {ref_pg:.0f} us)",
+         "about 0 (under 5 % of the reference's)",
+         ref_pg > 0 and replica_pg < 0.05 * ref_pg),
+    ]

@@ -59,14 +59,6 @@ def _postmaster(pgdata: Path) -> int | None:
         return None
 
 
-def _replayed(cluster: PgCluster) -> bool:
-    target = cluster.primary.execute(
-        "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")[0][0]
-    replayed = cluster.standby.execute(
-        "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")[0][0]
-    return replayed >= target
-
-
 def _replica_reads(server: Server) -> float:
     _status, body = server.get("/metrics")
     total = 0.0
@@ -100,7 +92,7 @@ def scale(bench) -> dict:
                       bench.secret)
         with psycopg.connect(primary, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-        wait_until(lambda: _replayed(cluster), 120, "the standby's replay of the seed")
+        cluster.wait_replayed(120)
         work = bench.work / "scale"
         work.mkdir(exist_ok=True)
         files = build_request_files(work, seeded)

@@ -151,6 +151,14 @@ class PgCluster:
             f"SELECT 1 FROM pg_database WHERE datname = '{name}'"), 30, "the replicated database")
         return self.primary.dsn(name), self.standby.dsn(name)
 
+    def wait_replayed(self, seconds: float = 30.0) -> None:
+        """Until the standby has replayed everything the primary had written when called."""
+        target = self.primary.execute(
+            "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")[0][0]
+        wait_until(lambda: self.standby.execute(
+            "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint")[0][0] >= target,
+            seconds, "the standby's replay")
+
     def pause_replay(self) -> None:
         self.standby.execute("SELECT pg_wal_replay_pause()")
 

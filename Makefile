@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint migrate bench fuzz venv clean
+.PHONY: run test lint migrate bench fleet fuzz venv clean
 
 run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/python run.py serve
@@ -20,6 +20,9 @@ migrate: $(STAMP)    ## apply migrations and exit
 
 bench: $(STAMP)      ## throughput and latency against reference apps; see bench-results/
 	$(BIN)/python -m bench
+
+fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
+	$(BIN)/python -m bench fleet
 
 fuzz: $(STAMP)       ## a longer schema-driven fuzzing campaign than the test suite runs
 	SAYPI_FUZZ_EXAMPLES=$${SAYPI_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest -q tests/test_schema_fuzz.py

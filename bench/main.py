@@ -42,7 +42,7 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|sweep|profile|report]
+USAGE = """usage: python -m bench [run|sweep|profile|report|fleet]
 
   run      (default) every scenario, references included; writes bench-results/latest.*
   sweep    GET/list/POST throughput and p99 for several WEB_CONCURRENCY x THREADS
@@ -50,6 +50,9 @@ USAGE = """usage: python -m bench [run|sweep|profile|report]
   profile  py-spy on the SayPI workers while scenario 2 runs; writes
            bench-results/profile-get.md (+ .svg when py-spy can)
   report   re-render latest.md and latest.png from bench-results/latest.json
+  fleet    N instances behind HAProxy under load through a rolling restart, a crash and
+           a database restart; writes bench-results/fleet.md and fleet.json
+           (`python -m bench fleet --help` lists its knobs)
 
 environment (BENCH_QUICK=1 for a smoke run; explicit values win):
 """
@@ -583,6 +586,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.sweep import sweep
 
         return sweep(env)
+    if command == "fleet":
+        from bench.fleet import fleet
+
+        return fleet(env, argv[1:])
     if command == "profile":
         from bench.profile import profile
 

@@ -8,11 +8,14 @@ drops it afterwards.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import psycopg
 
@@ -24,6 +27,8 @@ class BenchDatabase:
     dsn: str  # the migrated database SayPI and the reference app use
     where: str  # a description for the report (no credentials)
     _cleanup: list = field(default_factory=list, repr=False)
+    # `pg_ctl restart` of the server, when the benchmark started it (embedded) itself.
+    restart: Callable[[], None] | None = field(default=None, repr=False)
 
     def close(self) -> None:
         while self._cleanup:
@@ -54,11 +59,27 @@ def _embedded(logger: logging.Logger) -> BenchDatabase:
     except EmbeddedUnavailable as exc:
         shutil.rmtree(directory, ignore_errors=True)
         raise SystemExit(f"bench: {exc}") from None
-    db = BenchDatabase(embedded.dsn, "embedded PostgreSQL (pgserver), fresh data directory")
+    db = BenchDatabase(embedded.dsn, "embedded PostgreSQL (pgserver), fresh data directory",
+                       restart=_restarter(embedded.dsn, directory / "postgres"))
     db._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
     db._cleanup.append(embedded.stop)
     migrate(db.dsn, logger)
     return db
+
+
+def _restarter(dsn: str, pgdata: Path) -> Callable[[], None]:
+    """`pg_ctl restart -m fast` of the embedded server, on the same socket directory."""
+    socket_dir = parse_qs(urlparse(dsn).query)["host"][0]
+    user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs it unprivileged as root
+
+    def restart() -> None:
+        import pgserver
+
+        pgserver.pg_ctl(["-w", "-m", "fast", "-o", '-h ""', "-o", f"-k {socket_dir}",
+                         "-l", str(pgdata.resolve() / "log"), "restart"],
+                        pgdata=pgdata.resolve(), user=user, timeout=60)
+
+    return restart
 
 
 def _on_server(admin: str, logger: logging.Logger) -> BenchDatabase:

@@ -57,7 +57,8 @@ def _run_command(config, logger, dsn: str) -> int:
     from app.platform.db import migrate
 
     try:
-        applied = migrate(dsn, logger, connect_timeout=config.db_connect_timeout)
+        applied = migrate(dsn, logger, connect_timeout=config.db_connect_timeout,
+                          contract=config.contract)
     except psycopg.Error as exc:
         logger.error("migrations failed: %s", exc)
         return 1

@@ -31,7 +31,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,client,test,bench]'
 	touch $(STAMP)
 
 clean:

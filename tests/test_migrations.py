@@ -142,3 +142,101 @@ def test_breaking_statements_are_recognised(sql):
     assert BREAKING.search(sql)
     assert not BREAKING.search("ALTER TABLE lines ADD COLUMN colour text; "
                                "CREATE INDEX CONCURRENTLY lines_colour ON lines (colour);")
+
+
+# --- the previous release against the new schema -----------------------------------------
+def git(*args: str) -> str:
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise LookupError(done.stderr.strip())
+    return done.stdout.strip()
+
+
+def previous_release() -> tuple[str, str]:
+    """The commit before the newest migration was added, and why it is the one (or skip)."""
+    import shutil
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    newest = load_migrations()[-1]
+    try:
+        added = git("log", "--diff-filter=A", "--format=%H", "--",
+                    f":(glob)**/migrations/{newest.version:04d}_*.sql").split()
+    except LookupError as exc:
+        pytest.skip(f"not a git checkout with history: {exc}")
+    if not added:
+        pytest.skip(f"{newest.label} is not in this checkout's history yet")
+    first = added[-1]  # the oldest commit adding it (files moved since are re-added)
+    try:
+        parent = git("rev-parse", "--verify", "-q", f"{first}^")
+        before = git("ls-tree", "-r", "--name-only", parent)
+    except LookupError:
+        pytest.skip(f"{newest.label} came with the first commit")
+    if not re.search(r"migrations/\d{4}_[^/]*\.sql$", before, re.MULTILINE):
+        pytest.skip(f"{newest.label} is the first migration: no release before it had a schema")
+    return parent, f"the parent of {first[:12]}, which added {newest.label}"
+
+
+@pytest.mark.slow
+def test_the_previous_release_serves_from_the_new_schema(postgres, tmp_path):
+    """Expand/contract for real: the release before the newest migration, run from its own
+    source (git archive), against a database the current code migrated (expand steps only,
+    as during a rollout). It starts, is ready, and creates and reads users, conversations
+    and lines."""
+    import signal
+    import subprocess
+    import sys
+    import tarfile
+
+    import httpx
+
+    from tests.conftest import eventually
+
+    commit, why = previous_release()
+    source = tmp_path / "previous"
+    source.mkdir()
+    archive = tmp_path / "previous.tar"
+    git("archive", "--format=tar", "-o", str(archive), commit)
+    with tarfile.open(archive) as tar:
+        tar.extractall(source, filter="data")
+    dsn = postgres.new_database(migrated=False)
+    migrate(dsn, LOGGER)  # the current release's expand migrations
+    env = server_env(dsn, tmp_path)
+    url = f"http://127.0.0.1:{env['PORT']}"
+    log_path = tmp_path / "previous.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, str(source / "run.py"), "serve"],
+                                   cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+
+    def ready() -> bool:
+        assert process.poll() is None, (why, log_path.read_text())
+        return httpx.get(f"{url}/health/ready", timeout=2).status_code == 200
+
+    try:
+        assert eventually(ready, seconds=90), (why, log_path.read_text())
+        user = httpx.post(f"{url}/users", data={"name": "Previous"}, timeout=10)
+        assert user.status_code == 201, (why, user.text)
+        auth = {"Authorization": f"Bearer {user.json()['token']}"}
+        convo = httpx.post(f"{url}/conversations", data={"heading": "Old code"}, headers=auth,
+                           timeout=10)
+        assert convo.status_code == 201, (why, convo.text)
+        cid = convo.json()["id"]
+        line = httpx.post(f"{url}/conversations/{cid}/lines", headers=auth, timeout=10,
+                          json={"text": "still here", "animal": "default", "mood": "default"})
+        assert line.status_code == 201, (why, line.text)
+        read = httpx.get(f"{url}/conversations/{cid}", headers=auth, timeout=10)
+        assert read.status_code == 200 and "still here" in read.text, (why, read.text)
+        assert "Traceback" not in log_path.read_text(), why
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)

@@ -613,6 +613,8 @@ def summarize(phases: list[Phase], load: LoadGenerator, rows: dict[str, int],
             "haproxy_requests": len(logged),
             "haproxy_retried": sum(1 for r in logged if r["retries"] > 0),
             "haproxy_redispatched": sum(1 for r in logged if r["redispatched"]),
+            # Answered by HAProxy itself: no server was UP (or the queue timed out).
+            "haproxy_no_server": sum(1 for r in logged if r["server"] == "<NOSRV>"),
             "haproxy_terminations": dict(Counter(r["term"] for r in logged
                                                  if r["term"] != "----")),
             "events": phase.events,
@@ -704,8 +706,9 @@ def markdown(data: dict) -> str:
            f"20 % list, 20 % POST line with Idempotency-Key, retried with the same key); "
            f"{data['elapsed_seconds']} s in all.", "",
            "| phase | s | requests | 2xx | non-2xx | conn errors | p50 ms | p99 ms | max ms "
-           "| writes acked | rows (acked) | lost | dup keys | HAProxy retried |",
-           "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| writes acked | rows (acked) | lost | dup keys | writes retried by clients "
+           "| HAProxy retried |",
+           "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in data["phases"]:
         non2xx = ", ".join(f"{code}: {n}" for code, n in r["statuses"].items()) or "-"
         conn = ", ".join(f"{name}: {n}" for name, n in r["connection_errors"].items()) or "-"
@@ -713,7 +716,7 @@ def markdown(data: dict) -> str:
                    f"| {conn} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
                    f"| {r['writes_acknowledged']} | {r['rows_for_acknowledged']} "
                    f"| {r['acknowledged_lost']} | {r['keys_with_several_rows']} "
-                   f"| {r['haproxy_retried']} |")
+                   f"| {r['writes_retried']} | {r['haproxy_retried']} |")
     out += ["", "| phase | target | met | figure |", "|---|---|---|---|"]
     for t in data["targets"]:
         out.append(f"| {t['phase']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
@@ -724,6 +727,9 @@ def markdown(data: dict) -> str:
         extra = ""
         if r["haproxy_terminations"]:
             extra = f" HAProxy termination states: {r['haproxy_terminations']}."
+        if r["haproxy_no_server"]:
+            extra += (f" {r['haproxy_no_server']} answered by HAProxy itself (no server UP: "
+                      f"its JSON 503 with Retry-After).")
         if r["unacknowledged"]:
             extra += (f" {r['unacknowledged']} writes given up unacknowledged, "
                       f"{r['unacknowledged_with_a_row']} of them with a row.")

@@ -152,3 +152,4 @@ def test_the_phase_table_counts_what_happened():
         "haproxy_version": "2.6", "database": "db", "elapsed_seconds": 1.0,
         "phases": [row], "targets": targets([row])})
     assert "| crash | 10 | 4 | 2 | 503: 1 | RemoteDisconnected: 1 |" in text
+    assert "| 2 | 1 |" in text  # writes retried by clients, HAProxy retried

@@ -49,6 +49,7 @@ import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -61,7 +62,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy
+from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
 from bench.postgres import BenchDatabase, open_database
 from bench.seed import Seeded, line_params, seed
 from bench.servers import ROOT, Server, ServerFailed, python
@@ -162,7 +163,7 @@ class Instance:
     def wait_exit(self, timeout: float) -> int | None:
         try:
             return self.server.process.wait(timeout)
-        except Exception:
+        except subprocess.TimeoutExpired:
             return None
 
 
@@ -452,6 +453,7 @@ class Phase:
     started: float = 0.0  # time.time()
     ended: float = 0.0
     events: list[dict] = field(default_factory=list)
+    database_back: float | None = None  # time.time() when pg_ctl restart returned
 
 
 def run_phases(fleet: Fleet, load: LoadGenerator) -> list[Phase]:
@@ -519,8 +521,8 @@ def run_phases(fleet: Fleet, load: LoadGenerator) -> list[Phase]:
         time.sleep(min(3.0, s.settle_seconds))
         event(database, "pg_ctl restart -m fast")
         fleet.db.restart()
+        database.database_back = time.time()
         event(database, "database back (pg_ctl -w returned)")
-        database.events[-1]["back_at"] = time.time()
         time.sleep(max(8.0, s.settle_seconds))
     database.ended = time.time()
     load.phase = "after"
@@ -626,7 +628,7 @@ def summarize(phases: list[Phase], load: LoadGenerator, rows: dict[str, int],
 
 
 def database_figures(phase: Phase, attempts: list[Attempt], db_pool_timeout: float) -> dict:
-    back = next((e.get("back_at") for e in phase.events if "back_at" in e), None)
+    back = phase.database_back
     failed = [a for a in attempts if a.status is None or not 200 <= a.status < 300]
     figures = {
         "status_500": sum(1 for a in attempts if a.status == 500),
@@ -637,8 +639,6 @@ def database_figures(phase: Phase, attempts: list[Attempt], db_pool_timeout: flo
         "slower_than_budget": sum(1 for a in attempts if a.seconds > db_pool_timeout + 1),
     }
     if back is not None:
-        for event in phase.events:
-            event.pop("back_at", None)
         last_failure_end = max((a.started + a.seconds for a in failed), default=None)
         figures["full_service_after_s"] = (
             0.0 if last_failure_end is None else round(max(0.0, last_failure_end - back), 2))
@@ -785,10 +785,6 @@ def fleet(env: Mapping[str, str], argv: list[str] | None = None) -> int:
 
 
 def _haproxy_version() -> str:
-    import subprocess
-
-    from bench.haproxy import find_haproxy
-
     try:
         first = subprocess.run([find_haproxy(), "-v"], capture_output=True, text=True,
                                timeout=10).stdout.splitlines()[0]

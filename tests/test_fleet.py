@@ -129,8 +129,8 @@ def test_the_phase_table_counts_what_happened():
     acked = Write("crash", "k1", "cv_1", attempts=2, status=201, line_id="ln_0000000000000001")
     lost = Write("crash", "k2", "cv_1", attempts=1, status=201, line_id="ln_0000000000000002")
     twice = Write("crash", "k3", "cv_1", attempts=3, status=503)
-    load = LoadGenerator.__new__(LoadGenerator)
-    load.attempts, load.writes = attempts, [acked, lost, twice]
+    load = LoadGenerator(port=1, seeded=None, clients=1, rate=1.0, write_give_up_seconds=1.0)
+    load.attempts, load.writes = attempts, [acked, lost, twice]  # never started
     rows = {acked.marker: 1, twice.marker: 2}
     proxy_log = [{"time": 101.5, "server": "saypi1", "status": 200, "term": "----",
                   "retries": 1, "redispatched": True, "request": "GET /x HTTP/1.1"}]

@@ -663,6 +663,11 @@ def targets(rows: list[dict]) -> list[dict]:
                f"without their row")
         target(row["phase"], "nothing duplicated", row["keys_with_several_rows"] == 0,
                f"{row['keys_with_several_rows']} keys with more than one row")
+        if row["writes_retried"] and row["phase"] != "crash":
+            target(row["phase"], "writes retried with the same key end with exactly one row",
+                   row["retried_writes_not_one_row"] == 0,
+                   f"{row['writes_retried']} writes retried by their clients, "
+                   f"{row['retried_writes_not_one_row']} acknowledged without exactly one row")
     if "rolling restart" in by:
         r = by["rolling restart"]
         failed = r["requests"] - r["ok"]
@@ -678,7 +683,8 @@ def targets(rows: list[dict]) -> list[dict]:
                f"requests: its maxconn)")
         target("crash", "writes retried with the same key end with exactly one row",
                r["retried_writes_not_one_row"] == 0,
-               f"{r['writes_retried']} writes retried, {r['retried_writes_not_one_row']} "
+               f"{r['writes_retried']} writes retried by their clients (HAProxy retried "
+               f"{r['haproxy_retried']} requests itself), {r['retried_writes_not_one_row']} "
                f"acknowledged without exactly one row")
     r = by.get("database restart")
     if r and "full_service_after_s" in r:

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint migrate bench fuzz venv clean
+.PHONY: run test lint migrate bench fleet fuzz venv clean
 
 run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/python run.py serve
@@ -21,6 +21,9 @@ migrate: $(STAMP)    ## apply migrations and exit
 bench: $(STAMP)      ## throughput and latency against reference apps; see bench-results/
 	$(BIN)/python -m bench
 
+fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
+	$(BIN)/python -m bench fleet
+
 fuzz: $(STAMP)       ## a longer schema-driven fuzzing campaign than the test suite runs
 	SAYPI_FUZZ_EXAMPLES=$${SAYPI_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest -q tests/test_schema_fuzz.py
 
@@ -28,7 +31,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[embedded,client,test,bench]'
 	touch $(STAMP)
 
 clean:

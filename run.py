@@ -60,7 +60,7 @@ def _run_command(config, logger, dsn: str) -> int:
         # Migrations hold a session-level advisory lock across statements: they
         # need a session of their own, not a transaction-pooling proxy.
         applied = migrate(config.database_direct_url or dsn, logger,
-                          connect_timeout=config.db_connect_timeout)
+                          connect_timeout=config.db_connect_timeout, contract=config.contract)
     except psycopg.Error as exc:
         logger.error("migrations failed: %s", exc)
         return 1

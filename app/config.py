@@ -142,6 +142,9 @@ class Config:
     """
 
     command: str
+    # `migrate --contract`: also apply migrations flagged `-- saypi: contract`
+    # (app/platform/db.py), once no instance of the previous release is left.
+    contract: bool = False
     app_env: str = setting(
         "APP_ENV", _choice("development", "production"), "development",
         "development or production; production requires DATABASE_URL and USER_SECRETS")
@@ -301,7 +304,11 @@ class Config:
         """Build from flags (which win) and environment; raise ConfigError listing every problem."""
         args = build_parser(stdout).parse_args(list(argv))
         problems: list[str] = []
-        values: dict[str, Any] = {"command": args.command or "serve"}
+        values: dict[str, Any] = {"command": args.command or "serve",
+                                  "contract": args.contract}
+        if args.contract and values["command"] != "migrate":
+            problems.append("--contract: only with the migrate command (run.py migrate "
+                            "--contract)")
         for setting in SETTINGS:
             raw = getattr(args, setting.attr)
             source = setting.flag
@@ -369,6 +376,10 @@ def build_parser(stream: IO[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="serve",
                         help="serve (default): migrate, then serve HTTP; "
                              "migrate: apply migrations and exit")
+    parser.add_argument("--contract", action="store_true",
+                        help="with migrate: also apply contract migrations (those that remove "
+                             "what the previous release uses); run it once no instance of the "
+                             "previous release is left")
     group = parser.add_argument_group("settings (flag / environment variable)")
     for setting in SETTINGS:
         default = "(unset)" if setting.default in (None, ()) else setting.default

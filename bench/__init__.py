@@ -18,5 +18,7 @@ Modules: `settings` (environment knobs), `postgres` and `seed` (the database
 and its data), `servers` (processes, readiness, RSS), `reference_apps`,
 `wrk` (load generation; `requests.lua`), `pgcount` (round-trip counting),
 `scenarios` (what is measured), `report` (Markdown, JSON, PNG), `profile`
-(py-spy on a worker under load), `main` (orchestration).
+(py-spy on a worker under load), `main` (orchestration); `fleet` and
+`haproxy` (`python -m bench fleet`: instances behind HAProxy through a
+rolling restart, a crash and a database restart).
 """

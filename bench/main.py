@@ -44,7 +44,7 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|scale|sweep|profile|report]
+USAGE = """usage: python -m bench [run|scale|sweep|profile|report|fleet]
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -56,6 +56,9 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|report]
   profile  py-spy on the SayPI workers while scenario 2 runs; writes
            bench-results/profile-get.md (+ .svg when py-spy can)
   report   re-render latest.md and latest.png from bench-results/latest.json
+  fleet    N instances behind HAProxy under load through a rolling restart, a crash and
+           a database restart; writes bench-results/fleet.md and fleet.json
+           (`python -m bench fleet --help` lists its knobs)
 
 environment (BENCH_QUICK=1 for a smoke run; explicit values win):
 """
@@ -606,6 +609,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.sweep import sweep
 
         return sweep(env)
+    if command == "fleet":
+        from bench.fleet import fleet
+
+        return fleet(env, argv[1:])
     if command == "profile":
         from bench.profile import profile
 

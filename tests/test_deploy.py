@@ -389,3 +389,219 @@ def test_gunicorn_conf_serves_with_the_same_hooks(postgres, tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+# --- Kubernetes, validated against its OpenAPI schemas ----------------------------------------
+# One Kubernetes minor version, pinned: the schemas come with the pinned
+# kubernetes-validate (pyproject.toml); move both together.
+KUBERNETES_VERSION = "1.33.0"
+
+
+def validation_errors(doc: dict) -> str | None:
+    import kubernetes_validate
+
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        return f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}"
+    return None
+
+
+def test_every_manifest_is_valid_for_the_pinned_kubernetes_version():
+    docs = manifests()
+    assert len(docs) >= 9
+    errors = [e for e in map(validation_errors, docs) if e]
+    assert not errors, errors
+
+
+def test_the_schema_validation_catches_what_parsing_does_not():
+    import copy
+
+    broken = copy.deepcopy(deployment())
+    container = broken["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"]["httpGet"]["paht"] = "/health/ready"  # unknown field
+    assert validation_errors(broken)
+    broken = copy.deepcopy(deployment())
+    broken["spec"]["replicas"] = "three"
+    assert validation_errors(broken)
+    broken = copy.deepcopy(one("PodDisruptionBudget"))
+    broken["spec"]["selector"] = ["app.kubernetes.io/name"]
+    assert validation_errors(broken)
+
+
+def pod_specs() -> dict[str, dict]:
+    return {"Deployment": deployment()["spec"]["template"]["spec"],
+            "Job": one("Job")["spec"]["template"]["spec"]}
+
+
+def test_every_container_runs_unprivileged_on_a_read_only_root():
+    for kind, pod in pod_specs().items():
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0, kind
+        assert security["seccompProfile"]["type"] == "RuntimeDefault", kind
+        assert pod["automountServiceAccountToken"] is False, kind
+        for container in pod["containers"] + pod.get("initContainers", []):
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, (kind, container["name"])
+            assert context["readOnlyRootFilesystem"] is True, (kind, container["name"])
+            assert context["capabilities"]["drop"] == ["ALL"], (kind, container["name"])
+            assert "add" not in context["capabilities"], (kind, container["name"])
+            assert not context.get("privileged"), (kind, container["name"])
+            # A read-only root: what is written goes to an emptyDir on /tmp.
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], (kind, container["name"])
+            resources = container["resources"]
+            assert {"cpu", "memory"} <= set(resources["requests"]), (kind, container["name"])
+            assert {"cpu", "memory"} <= set(resources["limits"]), (kind, container["name"])
+
+
+def test_graceful_shutdown_outlasts_the_drain_and_prestop_pauses_first():
+    pod = deployment()["spec"]["template"]["spec"]
+    graceful = float(config_env()["GRACEFUL_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] > graceful
+    pre_stop = api_container()["lifecycle"]["preStop"]
+    # A pause while the endpoint removal reaches every proxy, before SIGTERM.
+    assert pre_stop["exec"]["command"][0] == "sleep" and float(pre_stop["exec"]["command"][1]) > 0
+    readiness = api_container()["readinessProbe"]
+    # Readiness (503 from SIGTERM on) is seen failed well within the drain.
+    assert readiness["periodSeconds"] * readiness["failureThreshold"] < graceful
+
+
+def test_replicas_autoscaler_and_disruption_budget_agree():
+    replicas = deployment()["spec"]["replicas"]
+    hpa = one("HorizontalPodAutoscaler")["spec"]
+    pdb = one("PodDisruptionBudget")["spec"]
+    assert hpa["minReplicas"] <= replicas <= hpa["maxReplicas"]
+    assert hpa["minReplicas"] >= 2  # one pod down must never mean no service
+    # The budget lets a node drain go on (one pod at a time) and keeps the rest.
+    if "maxUnavailable" in pdb:
+        assert 1 <= int(pdb["maxUnavailable"]) < hpa["minReplicas"]
+    else:
+        assert 1 <= int(pdb["minAvailable"]) < hpa["minReplicas"]
+    # CPU utilisation is measured against the request, so there must be one.
+    (metric,) = hpa["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    assert "cpu" in api_container()["resources"]["requests"]
+    # A rollout never lowers serving capacity: a new pod first, an old one when it is ready.
+    rolling = deployment()["spec"]["strategy"]["rollingUpdate"]
+    assert rolling["maxUnavailable"] == 0 and rolling["maxSurge"] >= 1
+    # Connections at full scale stay below what PostgreSQL allows (default max_connections 100
+    # is raised to at least this in production; the README's sizing rule).
+    env = config_env()
+    assert hpa["maxReplicas"] * int(env["WEB_CONCURRENCY"]) * int(env["DB_POOL_MAX"]) <= 160
+
+
+def test_migrations_run_before_the_rollout():
+    """The Job is applied and waited for first; `apply -k` does not include it; a pod of a
+    release whose expand migrations did not run is never ready, so the rollout stops."""
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert "migrate-job.yaml" not in kustomization["resources"]
+    assert "networkpolicy.yaml" in kustomization["resources"]
+    job = one("Job")
+    tag = api_container()["image"].rsplit(":", 1)[1]
+    assert job["metadata"]["name"].endswith(tag.replace(".", "-"))  # a new Job per release
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    readme = (DEPLOY / "README.md").read_text()
+    readme = readme[readme.index("## A release"):]
+    job_name = job["metadata"]["name"]
+    order = [readme.index("kubectl apply -f deploy/kubernetes/migrate-job.yaml"),
+             readme.index(f"kubectl wait --for=condition=complete job/{job_name}"),
+             readme.index("kubectl apply -k deploy/kubernetes")]
+    assert order == sorted(order)
+    assert api_container()["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+
+
+def test_network_policies_admit_http_only_and_reach_postgres_and_dns():
+    policies = {d["metadata"]["name"]: d["spec"] for d in manifests()
+                if d["kind"] == "NetworkPolicy"}
+    api = policies["saypi"]
+    pod_labels = deployment()["spec"]["template"]["metadata"]["labels"]
+    assert api["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert set(api["policyTypes"]) == {"Ingress", "Egress"}
+    ports = {p["name"] for p in api_container()["ports"]}
+    for rule in api["ingress"]:
+        assert rule["from"], "ingress from anywhere"
+        assert {p["port"] for p in rule["ports"]} <= ports
+    database_port = psycopg.conninfo.conninfo_to_dict(
+        config_env()["DATABASE_URL"]).get("port", "5432")
+    for name, policy in policies.items():
+        egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"]
+                        for p in rule["ports"]}
+        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP")}, name
+    migrate_labels = one("Job")["spec"]["template"]["metadata"]["labels"]
+    assert policies["saypi-migrate"]["podSelector"]["matchLabels"].items() \
+        <= migrate_labels.items()
+    assert "ingress" not in policies["saypi-migrate"]  # takes no traffic
+
+
+# --- the image: runtime dependencies only -------------------------------------------------
+def pyproject() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_dockerfile_is_multi_stage_with_stop_signal_and_runtime_dependencies_only():
+    text = dockerfile()
+    stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE)
+    assert len(stages) >= 2 and stages[0][1] == "build"
+    final = text[text.rindex("\nFROM "):]
+    assert "COPY --from=build /opt/saypi /opt/saypi" in final
+    assert "pip" not in final and "apt-get" not in final  # nothing installed at run time
+    assert re.search(r"^STOPSIGNAL\s+SIGTERM\s*$", text, re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK ", text, re.MULTILINE)
+    install = re.search(r"pip install (.*?) \.(\s|$)", text)
+    assert install and "[" not in install.group(0)  # no extras: no pgserver, httpx, tests
+    user = re.findall(r"^USER\s+(\S+)", final, re.MULTILINE)
+    assert user and user[-1].split(":")[0] not in ("root", "0")
+
+    project = pyproject()["project"]
+    runtime = " ".join(project["dependencies"]).lower()
+    for name in ("pgserver", "httpx", "pytest", "hypothesis", "schemathesis", "playwright",
+                 "ruff", "kubernetes-validate", "matplotlib", "py-spy"):
+        assert name not in runtime, name
+    extras = project["optional-dependencies"]
+    assert any("pgserver" in d for d in extras["embedded"])
+    assert any("httpx" in d for d in extras["client"])
+    assert "kubernetes-validate==" in " ".join(extras["test"])  # pinned
+    makefile = (ROOT / "Makefile").read_text()
+    assert "'.[embedded,client,test,bench]'" in makefile
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_server_imports_no_optional_dependency():
+    """httpx only in the client, pgserver only in the embedded PostgreSQL (lazily)."""
+    sources = [ROOT / "run.py", ROOT / "routes.py", DEPLOY / "gunicorn.conf.py",
+               *sorted((ROOT / "app").rglob("*.py"))]
+    allowed = {"httpx": {ROOT / "app" / "client.py"},
+               "pgserver": {ROOT / "app" / "platform" / "embedded_pg.py"}}
+    for path in sources:
+        for name, where in allowed.items():
+            if name in imported_modules(path):
+                assert path in where, (path, name)
+    embedded = (ROOT / "app" / "platform" / "embedded_pg.py").read_text()
+    assert not re.search(r"^import pgserver", embedded, re.MULTILINE)  # only inside a function
+
+
+def test_run_without_database_url_or_pgserver_says_what_to_do(tmp_path):
+    """As in the image: pgserver absent (here: its import blocked), DATABASE_URL unset."""
+    script = ("import sys; sys.modules['pgserver'] = None\n"
+              "from run import run\n"
+              "sys.exit(run(['run.py', 'migrate'], {'DATA_DIR': sys.argv[1]}, sys.stdout))\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "data")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "DATABASE_URL is unset" in done.stdout
+    assert "pip install '.[embedded]'" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

@@ -428,11 +428,37 @@ def pool_settings(config) -> PoolSettings:
 
 
 # --- migrations -----------------------------------------------------------------
+# A rolling deploy runs the previous release next to the new schema, so every
+# migration must keep the previous release working ("expand": add tables,
+# nullable or defaulted columns, indexes). One that removes or changes what
+# the previous release still uses ("contract": drop, rename, retype, a new NOT
+# NULL) says so in its leading comment lines, and runs only as a later step,
+# `run.py migrate --contract`, once no instance of the previous release is left.
+CONTRACT_HEADER = "-- saypi: contract"
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     sql: str
+
+    @property
+    def contract(self) -> bool:
+        """Whether a leading comment line is `-- saypi: contract` (see above)."""
+        for line in self.sql.splitlines():
+            text = line.strip()
+            if not text:
+                continue
+            if not text.startswith("--"):
+                return False
+            if " ".join(text.removeprefix("--").split()).lower() == "saypi: contract":
+                return True
+        return False
+
+    @property
+    def label(self) -> str:
+        return f"{self.version:04d}_{self.name}"
 
 
 def load_migrations() -> list[Migration]:
@@ -447,15 +473,29 @@ def load_migrations() -> list[Migration]:
     return sorted(migrations, key=lambda m: m.version)
 
 
-def expected_schema_version() -> int:
-    return max(m.version for m in load_migrations())
+def expected_schema_version(migrations: list[Migration] | None = None) -> int:
+    """The newest migration this build ships."""
+    return max(m.version for m in (migrations or load_migrations()))
 
 
-def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10) -> list[int]:
+def required_schema_version(migrations: list[Migration] | None = None) -> int:
+    """The schema this build needs to serve: its newest expand migration.
+
+    A contract migration only removes what the previous release used, so a
+    build serves before its own contract step ran.
+    """
+    return max((m.version for m in (migrations or load_migrations()) if not m.contract),
+               default=0)
+
+
+def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10, contract: bool = False,
+            migrations: list[Migration] | None = None) -> list[int]:
     """Apply pending migrations once each, in a transaction each, under an advisory lock.
 
     Several instances starting together on one database serialise on the lock;
-    the later ones find nothing left to do.
+    the later ones find nothing left to do. Without `contract` the first
+    pending contract migration stops the run there (it and every later one
+    wait for `run.py migrate --contract`), with a warning naming it.
     """
     applied_now = []
     with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
@@ -467,14 +507,21 @@ def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10) -> list
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for migration in load_migrations():
-                if migration.version in done:
-                    continue
+            pending = [m for m in (migrations or load_migrations()) if m.version not in done]
+            for i, migration in enumerate(pending):
+                if migration.contract and not contract:
+                    waiting = ", ".join(m.label for m in pending[i:])
+                    logger.warning(
+                        "migration %s is a contract step: not applied (waiting: %s). Run "
+                        "`python run.py migrate --contract` once no instance of the previous "
+                        "release is left", migration.label, waiting,
+                        extra={"migration": migration.version})
+                    break
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
                     conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
                                  (migration.version, migration.name))
-                logger.info("applied migration %04d_%s", migration.version, migration.name,
+                logger.info("applied migration %s", migration.label,
                             extra={"migration": migration.version})
                 applied_now.append(migration.version)
         finally:

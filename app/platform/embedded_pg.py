@@ -38,9 +38,9 @@ def start_embedded(data_dir: Path, logger: logging.Logger) -> EmbeddedPostgres:
             import pgserver
     except ImportError as exc:
         raise EmbeddedUnavailable(
-            "DATABASE_URL is unset and the embedded PostgreSQL (the `pgserver` package) is "
-            "not installed: run `make run` (which installs it), `pip install pgserver`, or set "
-            "DATABASE_URL to a PostgreSQL you run."
+            "DATABASE_URL is unset and the embedded PostgreSQL (the `pgserver` package, the "
+            "`embedded` extra) is not installed: run `make run` (which installs it), "
+            "`pip install '.[embedded]'`, or set DATABASE_URL to a PostgreSQL you run."
         ) from exc
     pgdata = (data_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

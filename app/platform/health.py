@@ -269,20 +269,30 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
     return check
 
 
-def migrations_checker(db, expected_version: int, timeout: float = 1.0) -> Checker:
+def migrations_checker(db, expected_version: int, timeout: float = 1.0,
+                       required_version: int | None = None) -> Checker:
     """The database's schema version against the newest migration this build ships.
+
+    Below `required_version` (the newest expand migration) the build cannot
+    serve; between it and `expected_version` only this build's contract
+    migrations are pending, which wait until the previous release is gone.
 
     When every connection is busy the check reuses the version it read last
     (saying so): a saturated pool must not take a worker out of service for a
     fact that has not changed. The database check reports the saturation.
     """
     last_read: list[int] = []
+    required = expected_version if required_version is None else required_version
 
     def verdict(current: int, message_suffix: str = "") -> CheckResult:
         details = {"current": current, "expected": expected_version}
-        if current < expected_version:
+        if current < required:
             return CheckResult(UNHEALTHY, "database schema is behind this build; run the "
                                           "migrations" + message_suffix, details)
+        if current < expected_version:
+            return CheckResult(HEALTHY, "contract migrations pending (`run.py migrate "
+                                        "--contract` once the previous release is gone)"
+                                        + message_suffix, details)
         if current > expected_version:
             return CheckResult(HEALTHY, "schema is ahead of this build (a newer release "
                                         "migrated it)" + message_suffix, details)

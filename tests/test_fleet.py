@@ -1,0 +1,155 @@
+"""The pieces of `python -m bench fleet` (the whole run is `make fleet`, not part of the suite).
+
+- deploy/haproxy/haproxy.cfg renders into a fleet (one server line per
+  instance, a stats socket) that `haproxy -c` accepts;
+- a real HAProxy with that configuration in front of two real SayPIs: both
+  UP on the stats socket, and one of them stopped with SIGTERM while
+  requests go on costs none of them (the retry and redispatch settings);
+- the phase table's arithmetic on made-up attempts.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+import threading
+import uuid
+
+import pytest
+
+from bench.fleet import Attempt, LoadGenerator, Phase, Write, markdown, summarize, targets
+from bench.haproxy import CONFIG, Backend, HAProxy, check_config, find_haproxy, render_config
+from tests.conftest import eventually, free_port
+
+HAPROXY = find_haproxy()
+needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
+
+
+def test_the_fleet_config_is_the_deployed_one_with_a_server_line_per_instance(tmp_path):
+    backends = [Backend(f"saypi{i}", f"127.0.0.1:{9000 + i}", 8) for i in (1, 2, 3)]
+    text = render_config(backends, tmp_path / "haproxy.sock")
+    deployed = CONFIG.read_text()
+    servers = [line.split() for line in text.splitlines() if line.strip().startswith("server ")]
+    assert [s[1:3] for s in servers] == [["saypi1", "127.0.0.1:9001"],
+                                          ["saypi2", "127.0.0.1:9002"],
+                                          ["saypi3", "127.0.0.1:9003"]]
+    assert all(s[3:] == ["maxconn", "8"] for s in servers)
+    assert f"stats socket {tmp_path / 'haproxy.sock'} mode 600 level admin" in text
+    # Everything else is the deployed file, line for line.
+    rest = [line for line in text.splitlines()
+            if not line.strip().startswith(("server ", "stats socket"))]
+    assert rest == [line for line in deployed.splitlines()
+                    if not line.strip().startswith("server ")]
+    for directive in ("option redispatch", "retry-on conn-failure empty-response",
+                      "disable-l7-retry", "http-check send meth GET uri /health/ready",
+                      "default-server check inter 500ms", "slowstart", "option forwardfor"):
+        assert directive in text, directive
+    if HAPROXY:
+        path = tmp_path / "fleet.cfg"
+        path.write_text(text)
+        checked = check_config(HAPROXY, path)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_rendering_needs_exactly_one_template_line():
+    with pytest.raises(ValueError, match="exactly one"):
+        render_config([Backend("saypi1", "127.0.0.1:1")], template="global\n")
+    with pytest.raises(ValueError, match="unusable"):
+        render_config([Backend("saypi1", "127.0.0.1:1 backup")])
+    with pytest.raises(ValueError, match="at least one"):
+        render_config([])
+
+
+@needs_haproxy
+@pytest.mark.slow
+def test_a_stopping_instance_costs_no_request_through_haproxy(start_server, postgres,
+                                                                 tmp_path):
+    from app.client import Client
+
+    database = postgres.new_database()  # one database: a key's replay is seen by either
+    servers = [start_server(database, TRUSTED_PROXIES="127.0.0.1/32") for _ in range(2)]
+    backends = [Backend(f"saypi{i + 1}", f"127.0.0.1:{s.port}", 8)
+                for i, s in enumerate(servers)]
+    proxy = HAProxy(HAPROXY, backends, free_port(), tmp_path)
+    try:
+        assert eventually(lambda: set(proxy.server_states().values()) == {"UP"}, seconds=15), \
+            proxy.server_states()
+        token = Client(proxy.url).create_user()["token"]
+        convo = Client(proxy.url, token).create_conversation("fleet")["id"]
+        results: list[tuple[str, int | None]] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            while not stop.is_set() and len(results) < 2000:
+                for method, target, body, extra in (
+                        ("GET", f"/conversations/{convo}", None, {}),
+                        ("POST", f"/conversations/{convo}/lines",
+                         b'{"text": "moo", "animal": "default", "mood": "default"}',
+                         {"Idempotency-Key": uuid.uuid4().hex})):
+                    try:
+                        conn.request(method, target, body=body, headers={**headers, **extra})
+                        response = conn.getresponse()
+                        response.read()
+                        results.append((method, response.status))
+                    except (OSError, http.client.HTTPException):
+                        conn.close()
+                        results.append((method, None))
+
+        threads = [threading.Thread(target=traffic) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert eventually(lambda: len(results) > 20, seconds=10)
+            servers[0].signal(signal.SIGTERM)
+            assert servers[0].process.wait(30) == 0
+            assert eventually(lambda: proxy.server_states()["saypi1"] == "DOWN", seconds=10)
+            seen = len(results)
+            assert eventually(lambda: len(results) > seen + 20, seconds=10)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        failed = [r for r in results if r[1] not in (200, 201)]
+        print(f"\n{len(results)} requests through HAProxy, saypi1 stopped meanwhile: "
+              f"{len(failed)} failed")
+        assert not failed, (failed[:10], len(results), proxy.log_tail())
+    finally:
+        proxy.stop()
+
+
+def test_the_phase_table_counts_what_happened():
+    phase = Phase("crash", started=100.0, ended=110.0)
+    attempts = [Attempt("crash", "get", 101.0, 0.002, 200),
+                Attempt("crash", "get", 102.0, 0.010, 503, retry_after=True),
+                Attempt("crash", "write", 103.0, 0.004, None, "RemoteDisconnected"),
+                Attempt("crash", "write", 103.5, 0.006, 201),
+                Attempt("other", "get", 104.0, 9.0, 500)]
+    acked = Write("crash", "k1", "cv_1", attempts=2, status=201, line_id="ln_0000000000000001")
+    lost = Write("crash", "k2", "cv_1", attempts=1, status=201, line_id="ln_0000000000000002")
+    twice = Write("crash", "k3", "cv_1", attempts=3, status=503)
+    load = LoadGenerator(port=1, seeded=None, clients=1, rate=1.0, write_give_up_seconds=1.0)
+    load.attempts, load.writes = attempts, [acked, lost, twice]  # never started
+    rows = {acked.marker: 1, twice.marker: 2}
+    proxy_log = [{"time": 101.5, "server": "saypi1", "status": 200, "term": "----",
+                  "retries": 1, "redispatched": True, "request": "GET /x HTTP/1.1"}]
+    (row,) = summarize([phase], load, rows, {acked.line_id}, proxy_log, 3.0)
+    row["instance_threads"] = 8
+    assert row["requests"] == 4 and row["ok"] == 2
+    assert row["statuses"] == {"503": 1}
+    assert row["connection_errors"] == {"RemoteDisconnected": 1}
+    assert row["max_ms"] == 10.0
+    assert row["writes_acknowledged"] == 2 and row["acknowledged_lost"] == 1
+    assert row["keys_with_several_rows"] == 1 and row["retried_writes_not_one_row"] == 0
+    assert row["haproxy_retried"] == 1 and row["haproxy_redispatched"] == 1
+    verdicts = {t["target"]: t["met"] for t in targets([row])}
+    assert verdicts["nothing acknowledged lost"] is False
+    assert verdicts["nothing duplicated"] is False
+    assert verdicts["only requests in flight on the killed instance fail"] is True
+    text = markdown({"generated_at": "now", "settings": {
+        "instances": 3, "workers": 2, "threads": 4, "clients": 8, "rate": 120.0},
+        "haproxy_version": "2.6", "database": "db", "elapsed_seconds": 1.0,
+        "phases": [row], "targets": targets([row])})
+    assert "| crash | 10 | 4 | 2 | 503: 1 | RemoteDisconnected: 1 |" in text
+    assert "| 2 | 1 |" in text  # writes retried by clients, HAProxy retried

@@ -31,9 +31,14 @@ status with its count, connection errors, p50/p99/max latency, writes
 acknowledged against rows, and HAProxy's own retries (from its log); then
 the targets, each met or not. bench-results/fleet.md and fleet.json.
 
-Later: `extra_env` gives each instance settings of its own (a read replica's
-DATABASE_REPLICA_URLS, a REDIS_URL), `Fleet.services` is where such
-services would be started next to the database.
+With FLEET_TOPOLOGY=replicated (the default when DATABASE_URL is unset) the
+database is a primary with a streaming hot standby, and a redis-server runs
+beside it: every instance reads from the standby (DATABASE_REPLICA_URLS),
+keeps rate limits (on, at a rate the load cannot exhaust) and the users'
+write positions in Redis (REDIS_URL), so the phases also prove
+read-your-writes through restarts: every acknowledged line is read back at
+once, through HAProxy, by its writer. The database restart restarts the
+primary. FLEET_TOPOLOGY=single is one PostgreSQL, as above.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from pathlib import Path
 import psycopg
 
 from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
-from bench.postgres import BenchDatabase, open_database
+from bench.postgres import BenchDatabase, open_database, open_replicated
 from bench.seed import Seeded, line_params, seed
 from bench.servers import ROOT, Server, ServerFailed, python
 
@@ -82,8 +87,14 @@ KNOBS: dict[str, tuple[str, str]] = {
     "FLEET_GRACEFUL_TIMEOUT": ("10", "GRACEFUL_TIMEOUT of each instance"),
     "FLEET_DB_POOL_TIMEOUT": ("3", "DB_POOL_TIMEOUT of each instance"),
 }
+TOPOLOGIES = ("replicated", "single")
 USAGE = "python -m bench fleet: environment knobs (explicit values win):\n" + "\n".join(
-    f"  {name:<28} default {default:<6} {text}" for name, (default, text) in KNOBS.items())
+    f"  {name:<28} default {default:<6} {text}" for name, (default, text) in KNOBS.items()) + (
+    "\n  FLEET_TOPOLOGY               default replicated (single with DATABASE_URL): "
+    "replicated adds a streaming standby and Redis")
+# Rate limits on in the replicated topology, at a rate the load cannot exhaust.
+UNBOUNDED_LIMITS = {"RATE_LIMIT_USER_PER_MINUTE": "60000000", "RATE_LIMIT_USER_BURST": "1000000",
+                    "RATE_LIMIT_IP_PER_MINUTE": "60000000", "RATE_LIMIT_IP_BURST": "1000000"}
 
 # Settings the harness decides; every other SayPI setting passes through from the environment.
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
@@ -105,6 +116,7 @@ class FleetSettings:
     write_give_up_seconds: float
     graceful_timeout: float
     db_pool_timeout: float
+    topology: str = "single"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FleetSettings:
@@ -121,6 +133,13 @@ class FleetSettings:
             values[name.removeprefix("FLEET_").lower()] = value
         for name in ("instances", "workers", "threads", "clients"):
             values[name] = int(values[name])
+        default_topology = "single" if env.get("DATABASE_URL") else "replicated"
+        values["topology"] = env.get("FLEET_TOPOLOGY", default_topology).strip().lower()
+        if values["topology"] not in TOPOLOGIES:
+            problems.append(f"FLEET_TOPOLOGY: must be one of {', '.join(TOPOLOGIES)}")
+        elif values["topology"] == "replicated" and env.get("DATABASE_URL"):
+            problems.append("FLEET_TOPOLOGY: replicated makes its own primary and standby; "
+                            "unset DATABASE_URL")
         if problems:
             raise SystemExit("bench fleet: " + "; ".join(problems))
         return cls(**values)
@@ -154,6 +173,7 @@ class Instance:
 
     def terminate(self) -> None:
         """SIGTERM to the master only, as an orchestrator stopping a container does."""
+        self.fleet.count_reads(self)
         os.kill(self.server.process.pid, signal.SIGTERM)
 
     def kill(self) -> None:
@@ -186,6 +206,8 @@ class Fleet:
         self.seeded: Seeded | None = None
         self.instances: list[Instance] = []
         self.haproxy: HAProxy | None = None
+        self.topology_env: dict[str, str] = {}  # the replicated topology's settings
+        self.reads: Counter[str] = Counter()  # db_reads_total by pool, instances stopped so far
 
     def say(self, message: str) -> None:
         print(f"[fleet {time.monotonic() - self.started:6.1f}s] {message}", flush=True)
@@ -215,6 +237,7 @@ class Fleet:
             # Readiness follows the database within half a second of its return.
             "HEALTH_CACHE_SECONDS": "0.5",
         })
+        env.update(self.topology_env)
         env.update(self.extra_env(instance))
         return env
 
@@ -223,7 +246,12 @@ class Fleet:
         self.say(f"haproxy: {haproxy}")
         self.say("starting PostgreSQL" + (" (a new database on DATABASE_URL's server)"
                                           if self.env.get("DATABASE_URL") else " (embedded)"))
-        self.db = open_database(self.env, self.logger)
+        if self.settings.topology == "replicated":
+            self.say("starting a PostgreSQL primary, a streaming standby and redis-server")
+            self.db, scaled = open_replicated(self.logger)
+            self.topology_env = {**scaled, **UNBOUNDED_LIMITS}
+        else:
+            self.db = open_database(self.env, self.logger)
         self.seeded = seed(self.db.dsn, users=20, conversations=200, lines=10, cap_lines=10,
                            phrase_count=50, secret=self.secret)
         self.say(f"seeded: {self.seeded.stats}")
@@ -271,6 +299,17 @@ class Fleet:
                         return
             time.sleep(0.1)
         raise RuntimeError("the forwarded request never reached an instance's access log")
+
+    def count_reads(self, instance: Instance) -> None:
+        """Add the instance's db_reads_total by pool (a killed instance's are lost)."""
+        try:
+            status, body = instance.server.get("/metrics", timeout=5)
+        except OSError:
+            return
+        for line in body.decode(errors="replace").splitlines() if status == 200 else ():
+            match = re.match(r'db_reads_total\{pool="([^"]+)"\} (\S+)', line)
+            if match:
+                self.reads[match.group(1)] += int(float(match.group(2)))
 
     def keep_logs(self) -> None:
         """HAProxy's log and the instances' non-access lines go to bench-results/logs/fleet/."""
@@ -325,6 +364,7 @@ class Write:
     status: int | None = None
     line_id: str | None = None  # from the 201 (or its replay)
     finished: float = 0.0
+    read_back: int | None = None  # status of the writer's read of its line right after
 
     @property
     def acknowledged(self) -> bool:
@@ -411,6 +451,10 @@ class LoadGenerator:
                     write.line_id = json.loads(payload)["id"]
                 except (ValueError, KeyError):
                     write.line_id = None
+                if write.line_id is not None:  # read-your-writes, through any instance
+                    conn, write.read_back, _, _ = self._send(
+                        conn, "read back", "GET", f"/conversations/{cid}/lines/{write.line_id}",
+                        token)
                 break
             if (status is not None and status not in RETRYABLE) or self._stop.is_set() \
                     or time.monotonic() + pause > give_up:
@@ -612,6 +656,8 @@ def summarize(phases: list[Phase], load: LoadGenerator, rows: dict[str, int],
             "unacknowledged_with_a_row": sum(1 for w in unacked if rows.get(w.marker, 0) == 1),
             "retried_writes_not_one_row": sum(1 for w in acked if w.attempts > 1
                                               and rows.get(w.marker, 0) != 1),
+            "read_back": sum(1 for w in acked if w.read_back == 200),
+            "read_back_missing": sum(1 for w in acked if w.read_back == 404),
             "haproxy_requests": len(logged),
             "haproxy_retried": sum(1 for r in logged if r["retries"] > 0),
             "haproxy_redispatched": sum(1 for r in logged if r["redispatched"]),
@@ -668,6 +714,9 @@ def targets(rows: list[dict]) -> list[dict]:
                    row["retried_writes_not_one_row"] == 0,
                    f"{row['writes_retried']} writes retried by their clients, "
                    f"{row['retried_writes_not_one_row']} acknowledged without exactly one row")
+        target(row["phase"], "a writer reads its acknowledged line right after (never a 404)",
+               row["read_back_missing"] == 0,
+               f"{row['read_back']} read back, {row['read_back_missing']} missing")
     if "rolling restart" in by:
         r = by["rolling restart"]
         failed = r["requests"] - r["ok"]
@@ -723,6 +772,10 @@ def markdown(data: dict) -> str:
                    f"| {r['writes_acknowledged']} | {r['rows_for_acknowledged']} "
                    f"| {r['acknowledged_lost']} | {r['keys_with_several_rows']} "
                    f"| {r['writes_retried']} | {r['haproxy_retried']} |")
+    if data.get("reads_by_pool"):
+        pools = ", ".join(f"{pool} {n}" for pool, n in sorted(data["reads_by_pool"].items()))
+        out += ["", f"Users' reads by the pool that served them (db_reads_total of every "
+                    f"instance that stopped gracefully or ran to the end): {pools}."]
     out += ["", "| phase | target | met | figure |", "|---|---|---|---|"]
     for t in data["targets"]:
         out.append(f"| {t['phase']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
@@ -761,6 +814,8 @@ def fleet(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         load.stop(timeout=settings.write_give_up_seconds + 15)
         harness.say(f"load stopped: {len(load.attempts)} requests, {len(load.writes)} writes")
         time.sleep(1.0)  # HAProxy's last log lines
+        for instance in harness.instances:
+            harness.count_reads(instance)
         rows, existing = count_rows(harness.db.dsn, load.writes)
         proxy_log = haproxy_log(harness.haproxy.log_path)
         figures = summarize(phases, load, rows, existing, proxy_log, settings.db_pool_timeout)
@@ -771,6 +826,7 @@ def fleet(env: Mapping[str, str], argv: list[str] | None = None) -> int:
                 "haproxy_version": _haproxy_version(),
                 "elapsed_seconds": round(time.monotonic() - harness.started, 1),
                 "phases": figures, "targets": targets(figures),
+                "reads_by_pool": dict(harness.reads),
                 "latency_median_all_ms": round(statistics.median(
                     [a.seconds * 1000 for a in load.attempts]) if load.attempts else 0.0, 1)}
         (RESULTS / "fleet.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -50,6 +50,30 @@ def open_database(env, logger: logging.Logger) -> BenchDatabase:
     return _embedded(logger)
 
 
+def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, str]]:
+    """A primary with a streaming hot standby and a redis-server of the benchmark's own
+    (tests/services.py), a migrated database on the primary, and the SayPI settings that
+    use them (DATABASE_REPLICA_URLS, REDIS_URL). `restart` restarts the primary."""
+    from tests.services import PgCluster, RedisServer
+
+    cluster = PgCluster().start()
+    redis = RedisServer()
+    db = BenchDatabase("", "", restart=cluster.primary.restart)
+    db._cleanup.append(cluster.close)
+    try:
+        redis.start()
+        db._cleanup.append(redis.stop)
+        primary, standby = cluster.create_database("saypi_bench")
+        migrate(primary, logger)
+    except Exception:
+        db.close()
+        raise
+    db.dsn = primary
+    db.where = (f"a primary and a streaming hot standby ({cluster.bin_dir}), redis-server; "
+                "reads on the standby, rate limits and write positions in Redis")
+    return db, {"DATABASE_REPLICA_URLS": standby, "REDIS_URL": redis.url}
+
+
 def _embedded(logger: logging.Logger) -> BenchDatabase:
     from app.platform.embedded_pg import EmbeddedUnavailable, start_embedded
 

@@ -104,6 +104,11 @@ class PgNode:
     def stop(self, mode: str = "fast") -> None:
         self.run("pg_ctl", "-D", str(self.pgdata), "-w", "-m", mode, "stop", check=False)
 
+    def restart(self) -> None:
+        self.run("pg_ctl", "-D", str(self.pgdata), "-w", "-t", "60", "-m", "fast", "-l",
+                 str(self.pgdata / "server.log"), "-o",
+                 f"-p {self.port} -k {self.pgdata} -c listen_addresses=127.0.0.1", "restart")
+
     def running(self) -> bool:
         return self.run("pg_ctl", "-D", str(self.pgdata), "status", check=False).returncode == 0
 

@@ -296,3 +296,27 @@ def wait_for_replica_reads(server: Server, seconds: float = 60.0) -> None:
 
     if not eventually(served_by_replica, seconds, every=0.2):
         raise RuntimeError(f"the replica served no read in {seconds}s:\n{server.logs()}")
+
+
+@pytest.fixture(scope="module", params=["single", "replica+redis", "pgbouncer"])
+def deployed_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
+    """A module's SayPI on each of three deployments in turn: one PostgreSQL; reads on a
+    streaming replica with hot state in Redis; every statement through PgBouncer in
+    transaction mode. A module asks for it as its `shared_server`."""
+    tmp = tmp_path_factory.mktemp("server")
+    if request.param == "single":
+        env = server_env(postgres.new_database(), tmp)
+    elif request.param == "replica+redis":
+        extra = replicated_env(request.getfixturevalue("pg_cluster"),
+                               request.getfixturevalue("redis_server"))
+        env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
+    else:
+        extra = pgbouncer_env(request.getfixturevalue("pg_cluster"),
+                              request.getfixturevalue("pgbouncer"))
+        env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
+    server = Server(env, tmp / "server.log")
+    server.wait_ready()
+    if request.param == "replica+redis":
+        wait_for_replica_reads(server)
+    yield server
+    server.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -18,39 +17,15 @@ from app.client import (
     NotFoundError,
 )
 from app.domain.models import BUILTIN_MOODS
-from tests.conftest import (
-    Server,
-    pgbouncer_env,
-    replicated_env,
-    run_threads,
-    server_env,
-    wait_for_replica_reads,
-)
+from tests.conftest import Server, run_threads, server_env
 
 BUILTINS = ["default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young"]
 
 
-@pytest.fixture(scope="module", params=["single", "replica+redis", "pgbouncer"])
-def shared_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
-    """The whole contract against three deployments: one PostgreSQL; reads on a streaming
-    replica with hot state in Redis; every statement through PgBouncer in transaction mode."""
-    tmp = tmp_path_factory.mktemp("server")
-    if request.param == "single":
-        env = server_env(postgres.new_database(), tmp)
-    elif request.param == "replica+redis":
-        extra = replicated_env(request.getfixturevalue("pg_cluster"),
-                               request.getfixturevalue("redis_server"))
-        env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
-    else:
-        extra = pgbouncer_env(request.getfixturevalue("pg_cluster"),
-                              request.getfixturevalue("pgbouncer"))
-        env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
-    server = Server(env, tmp / "server.log")
-    server.wait_ready()
-    if request.param == "replica+redis":
-        wait_for_replica_reads(server)
-    yield server
-    server.stop()
+@pytest.fixture(scope="module")
+def shared_server(deployed_server):
+    """The whole contract on each deployment (tests/conftest.py deployed_server)."""
+    return deployed_server
 
 
 @pytest.fixture

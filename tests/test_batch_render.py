@@ -41,6 +41,12 @@ MOOD_MISSING = "must name a built-in mood or one of yours"
 
 
 @pytest.fixture(scope="module")
+def shared_server(deployed_server):
+    """Each deployment in turn (tests/conftest.py deployed_server)."""
+    return deployed_server
+
+
+@pytest.fixture(scope="module")
 def capped_server(postgres, tmp_path_factory) -> Iterator[Server]:
     """A SayPI with small caps, so the line cap and MAX_BATCH_LINES are reached quickly."""
     tmp = tmp_path_factory.mktemp("capped")
@@ -367,7 +373,8 @@ class CountingConnection:
 
 
 class OneConnection:
-    """The `db` repositories take, on one autocommit connection whose statements are counted."""
+    """The `db` (app/platform/cluster.py's Cluster) repositories take, on one autocommit
+    connection whose statements are counted."""
 
     def __init__(self, conn: psycopg.Connection):
         self.counted = CountingConnection(conn)
@@ -380,6 +387,15 @@ class OneConnection:
     def transaction(self, uow=None):
         with self.counted.conn.transaction():
             yield self.counted
+
+    def write(self, user_id, uow=None):
+        return self.connection(uow)
+
+    def write_transaction(self, user_id, uow=None):
+        return self.transaction(uow)
+
+    def read(self, user_id, fn, *args):
+        return fn(self.counted, *args)
 
 
 @pytest.fixture

@@ -13,6 +13,12 @@ from app.client import Client
 from tests.conftest import run_threads
 
 
+@pytest.fixture(scope="module")
+def shared_server(deployed_server):
+    """Each deployment in turn (tests/conftest.py deployed_server)."""
+    return deployed_server
+
+
 @pytest.fixture
 def user(shared_server):
     created = Client(shared_server.url).create_user()

@@ -7,6 +7,7 @@ REDIS_URL. Replay on the standby is paused to make it lag on purpose.
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import Counter
@@ -250,3 +251,39 @@ def test_rate_limits_in_redis_are_shared_by_two_instances(start_server, pg_clust
     assert [a.status_code for a in answers] == [200] * 5 + [429] * 3
     assert int(answers[5].headers["Retry-After"]) > 0
     assert answers[0].headers["RateLimit-Policy"] == '"user";q=5;w=300'
+
+
+def test_a_redis_that_stops_answering_costs_requests_one_timeout_and_no_error(
+        start_server, pg_cluster):
+    """SIGSTOP: connections stay open and nothing answers (a hung Redis, not a dead one)."""
+    redis = RedisServer().start()
+    try:
+        (server,) = start_replicated(
+            start_server, pg_cluster, redis.url, REDIS_TIMEOUT="0.1",
+            RATE_LIMIT_USER_PER_MINUTE="600000", RATE_LIMIT_USER_BURST="100000")
+        headers = new_user(server, "patient")
+        convo = httpx.post(server.url + "/conversations", json={"heading": "hung"},
+                           headers=headers, timeout=5).json()
+        redis.process.send_signal(signal.SIGSTOP)
+        try:
+            statuses = Counter()
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                for number in range(40):
+                    if number % 4 == 0:
+                        made = client.post(f"/conversations/{convo['id']}/lines",
+                                           json={"text": f"while hung {number}"},
+                                           headers=headers)
+                        statuses[made.status_code] += 1
+                        got = client.get(f"/conversations/{convo['id']}", headers=headers)
+                        assert made.json()["id"] in [ln["id"] for ln in got.json()["lines"]]
+                    else:
+                        got = client.get(f"/conversations/{convo['id']}", headers=headers)
+                    statuses[got.status_code] += 1
+            assert set(statuses) <= {200, 201}, statuses
+            assert metric_total(server, "rate_limit_store_errors_total") > 0
+        finally:
+            redis.process.send_signal(signal.SIGCONT)
+        assert eventually(lambda: httpx.get(server.url + "/health/detailed", timeout=5)
+                          .json()["checks"]["redis"]["status"] == "healthy", 15)
+    finally:
+        redis.stop()

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import psycopg
 
 from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.platform.health import pool_details
 from app.repo.replication import primary_position, replica_status
 
 PRIMARY = "primary"
@@ -76,6 +77,7 @@ class Replica:
                                    else round(self.lag_seconds, 3)}
         if self.last_error and not self.in_rotation:
             details["last_error"] = self.last_error
+        details["pool"] = pool_details(self.db.stats())
         if show_host:
             details["host"] = self.host
         return details

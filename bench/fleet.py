@@ -70,7 +70,7 @@ import psycopg
 from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
 from bench.postgres import BenchDatabase, open_database, open_replicated
 from bench.seed import Seeded, line_params, seed
-from bench.servers import ROOT, Server, ServerFailed, python
+from bench.servers import ROOT, Server, ServerFailed, base_env, python
 
 RESULTS = ROOT / "bench-results"
 
@@ -213,15 +213,8 @@ class Fleet:
         print(f"[fleet {time.monotonic() - self.started:6.1f}s] {message}", flush=True)
 
     def instance_env(self, instance: Instance) -> dict[str, str]:
-        from app.config import SETTINGS
-
         s = self.settings
-        env = {"PATH": self.env.get("PATH", "/usr/bin:/bin"),
-               "HOME": self.env.get("HOME", str(self.work)),
-               "LANG": self.env.get("LANG", "C.UTF-8")}
-        for setting in SETTINGS:
-            if setting.env not in CONTROLLED and setting.env in self.env:
-                env[setting.env] = self.env[setting.env]
+        env = base_env(self.env, CONTROLLED, str(self.work))
         env.update({
             "APP_ENV": "production", "DATABASE_URL": self.db.dsn, "HOST": "127.0.0.1",
             "PORT": str(instance.port), "USER_SECRETS": self.secret,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import ROOT
+from bench.servers import ROOT, apt_install
 
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 ERRORS = ROOT / "deploy" / "haproxy" / "errors"
@@ -47,27 +47,10 @@ def find_haproxy() -> str | None:
 
 def ensure_haproxy(say: Callable[[str], None]) -> str:
     """haproxy's path; installs the Debian package when missing and we are root with apt-get."""
-    found = find_haproxy()
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        why = "apt-get is not available" if apt is None else "this is not running as root"
-        raise HAProxyUnavailable(
-            f"haproxy is not installed and cannot be installed here ({why}). Install the "
-            f"Debian package `haproxy` (sudo apt-get install haproxy), 2.6 or later.")
-    say("haproxy is missing: installing the Debian package (apt-get install haproxy)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", "haproxy"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    found = find_haproxy()
-    if done.returncode != 0 or not found:
-        raise HAProxyUnavailable("apt-get install haproxy failed:\n"
-                                 + (done.stderr or done.stdout)[-2000:])
-    return found
+    try:
+        return apt_install("haproxy", find_haproxy, say)
+    except RuntimeError as exc:
+        raise HAProxyUnavailable(f"{exc} (2.6 or later)") from None
 
 
 def render_config(backends: list[Backend], stats_socket: Path | None = None,

@@ -27,7 +27,7 @@ from bench.scale import markdown as scale_markdown
 from bench.scale import scale
 from bench.scenarios import SCENARIOS, build_request_files, read_requests, replay
 from bench.seed import Seeded, grow_conversations, seed
-from bench.servers import ROOT, CpuSnapshot, Server, ServerFailed, python
+from bench.servers import ROOT, CpuSnapshot, Server, ServerFailed, base_env, python
 from bench.settings import BenchSettings, describe
 from bench.wrk import WrkResult, WrkUnavailable, ensure_wrk, run_wrk
 
@@ -106,14 +106,7 @@ class Bench:
 
     def server_env(self, dsn: str, port: int, extra: Mapping[str, str] | None = None
                    ) -> dict[str, str]:
-        from app.config import SETTINGS
-
-        env = {"PATH": self.env.get("PATH", "/usr/bin:/bin"),
-               "HOME": self.env.get("HOME", str(self.work)),
-               "LANG": self.env.get("LANG", "C.UTF-8")}
-        for setting in SETTINGS:
-            if setting.env not in CONTROLLED and setting.env in self.env:
-                env[setting.env] = self.env[setting.env]
+        env = base_env(self.env, CONTROLLED, str(self.work))
         self._count += 1
         env.update({
             "APP_ENV": "production", "DATABASE_URL": dsn, "HOST": "127.0.0.1",

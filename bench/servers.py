@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,6 +120,45 @@ class Server:
 
 def python() -> str:
     return sys.executable
+
+
+def base_env(env, controlled: set[str], home: str) -> dict[str, str]:
+    """A server's environment: PATH, HOME, LANG, and every SayPI setting set in `env`
+    that the benchmark does not decide itself (`controlled`)."""
+    from app.config import SETTINGS
+
+    out = {"PATH": env.get("PATH", "/usr/bin:/bin"), "HOME": env.get("HOME", home),
+           "LANG": env.get("LANG", "C.UTF-8")}
+    for setting in SETTINGS:
+        if setting.env not in controlled and setting.env in env:
+            out[setting.env] = env[setting.env]
+    return out
+
+
+def apt_install(package: str, binary: Callable[[], str | None], say) -> str:
+    """The tool's path (`binary()`), installing the Debian package when it is missing and
+    we are root with apt-get; RuntimeError saying what to do when that cannot be."""
+    found = binary()
+    if found:
+        return found
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        why = "apt-get is not available" if apt is None else "this is not running as root"
+        raise RuntimeError(f"{package} is not installed and cannot be installed here ({why}). "
+                           f"Install the Debian package `{package}` "
+                           f"(sudo apt-get install {package}).")
+    say(f"{package} is missing: installing the Debian package (apt-get install {package})")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", package]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
+    found = binary()
+    if done.returncode != 0 or not found:
+        raise RuntimeError(f"apt-get install {package} failed:\n"
+                           + (done.stderr or done.stdout)[-2000:])
+    return found
 
 
 # --- /proc helpers ---------------------------------------------------------------------

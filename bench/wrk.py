@@ -9,6 +9,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.servers import apt_install
+
 LUA = Path(__file__).resolve().parent / "requests.lua"
 
 
@@ -18,26 +20,11 @@ class WrkUnavailable(Exception):
 
 def ensure_wrk(say) -> str:
     """wrk's path; installs the Debian package when missing and we are root with apt-get."""
-    found = shutil.which("wrk") or ("/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None)
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        why = "apt-get is not available" if apt is None else "this is not running as root"
-        raise WrkUnavailable(
-            f"wrk is not installed and cannot be installed here ({why}). Install the Debian "
-            f"package `wrk` (sudo apt-get install wrk) or put a wrk binary on PATH.")
-    say("wrk is missing: installing the Debian package (apt-get install wrk)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", "wrk"]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    found = shutil.which("wrk")
-    if done.returncode != 0 or not found:
-        raise WrkUnavailable("apt-get install wrk failed:\n" + (done.stderr or done.stdout)[-2000:])
-    return found
+    try:
+        return apt_install("wrk", lambda: shutil.which("wrk") or (
+            "/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else None), say)
+    except RuntimeError as exc:
+        raise WrkUnavailable(str(exc)) from None
 
 
 def write_requests(path: Path, requests: list[tuple[str, str, str, str]]) -> Path:

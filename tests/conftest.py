@@ -11,7 +11,6 @@ import io
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,14 +23,10 @@ import httpx
 import psycopg
 import pytest
 
+from tests.services import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def dsn_with_db(dsn: str, dbname: str) -> str:

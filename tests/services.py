@@ -35,6 +35,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen | None, grace: float = 10.0) -> None:
+    """SIGTERM to a process this suite started, SIGKILL if it lingers past `grace`."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def postgres_bin_dir() -> Path:
     system = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_basebackup"),
                     key=lambda p: int(Path(p).parent.parent.name))
@@ -199,13 +211,7 @@ class RedisServer:
             return conn.recv(16).startswith(b"+PONG")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()
@@ -250,11 +256,5 @@ class PgBouncer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         shutil.rmtree(self.dir, ignore_errors=True)

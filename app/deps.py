@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import psycopg
 from flask import Flask
 
 from app.config import Config
@@ -25,7 +27,7 @@ from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
 from app.platform.db import Database, expected_schema_version, pool_settings
-from app.platform.logs import AccessLog
+from app.platform.logs import AccessLog, RedactionFilter
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
 from app.repo.conversations import ConversationRepository
@@ -36,6 +38,9 @@ from app.repo.protocols import Conversations, Lines, Moods, Users
 from app.repo.ratelimits import RateLimitRepository
 from app.repo.slow_queries import SlowQueryRepository
 from app.repo.users import UserRepository
+
+if TYPE_CHECKING:
+    from app.platform.tracing import Tracing
 
 VERSION = "0.1.0"
 
@@ -62,6 +67,7 @@ class Deps:
     lines: Lines
     slow_queries: SlowQueryRepository | None  # the fault-injection routes' slow query
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
+    tracing: Tracing | None = None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
 
     def start(self) -> None:
         """A first health report before this worker takes traffic, then the background work."""
@@ -82,20 +88,24 @@ class Deps:
         self.health.close()
         if self.db is not None:
             self.db.close()
+        if self.tracing is not None:
+            self.tracing.close()  # exports the spans of every request served
         self.metrics.flush_requests()
         self.access_log.flush()
 
 
 def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     """Open the pool (pre-warmed) and build everything else on it; nothing is started yet."""
-    db = Database(dsn, pool_settings(config), logger.getChild("db"))
+    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
+    tracing, connections = build_worker_tracing(config, metrics)
+    db = Database(dsn, pool_settings(config), logger.getChild("db"),
+                  connection_class=connections)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     lifecycle = health_mod.Lifecycle()
-    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
 
     rate_limit_state = RateLimitRepository(db)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"))
+                          logger.getChild("ratelimit"), tracing=tracing)
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
@@ -111,7 +121,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
                                       config.health_cache_seconds, logger.getChild("health"))
 
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
-    renderer = Renderer(library, max_entries=config.render_cache_size)
+    renderer = Renderer(library, max_entries=config.render_cache_size, tracing=tracing)
     users = UserRepository(db)
     idempotency_keys = IdempotencyRepository(db)
     janitor = Periodic("janitor", config.purge_interval_seconds,
@@ -134,12 +144,27 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
         auth=Authenticator(TokenSigner(config.user_secrets), limiter),
-        idempotency=Idempotency(db, idempotency_keys, metrics, config.fault_injection),
+        idempotency=Idempotency(db, idempotency_keys, metrics, config.fault_injection,
+                                tracing=tracing),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
         users=users, moods=MoodRepository(db), conversations=ConversationRepository(db),
         lines=LineRepository(db), slow_queries=SlowQueryRepository(db),
-        jobs=(sampler, janitor),
+        jobs=(sampler, janitor), tracing=tracing,
     )
+
+
+def build_worker_tracing(config: Config, metrics: Metrics
+                         ) -> tuple[Tracing | None, type[psycopg.Connection]]:
+    """This worker's tracing and the class of its pool's connections (tracing's, whose
+    statements are spans, or psycopg's own). The SDK is imported only when tracing is on."""
+    if not config.otel_exporter_otlp_endpoint:
+        return None, psycopg.Connection
+    from app.platform.traced_sql import traced_connection_class
+    from app.platform.tracing import build_tracing
+
+    tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
+                            VERSION)
+    return tracing, traced_connection_class(tracing)
 
 
 def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:

@@ -116,6 +116,11 @@ def test_a_request_continues_the_callers_trace(start_server, receiver):
     for ping in sql:
         assert ping.parent_span_id == root.span_id
 
+    # Probes and scrapes are not traced (the readiness wait sent many before).
+    assert "traceparent" not in httpx.get(f"{server.url}/health/ready").headers
+    assert not [s for s in receiver.received()
+                if str(s.attributes.get("url.path")).startswith(("/health/", "/metrics"))]
+
 
 def test_log_lines_carry_the_trace(start_server, receiver):
     server = traced(start_server, receiver)

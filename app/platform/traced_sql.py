@@ -22,6 +22,8 @@ from opentelemetry.trace import SpanKind
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from app.platform.tracing import ChildSpan
+
 if TYPE_CHECKING:
     from app.platform.tracing import Tracing
 
@@ -73,7 +75,7 @@ def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
             attributes = {**self._conn.trace_attributes, "db.query.text": text}
             if operation:
                 attributes["db.operation.name"] = operation
-            with tracing.span(name, attributes, SpanKind.CLIENT):
+            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
                 return super().execute(query, params, prepare=prepare, binary=binary)
 
         def executemany(self, query, params_seq, *, returning=False):
@@ -84,7 +86,7 @@ def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
             attributes = {**self._conn.trace_attributes, "db.query.text": text}
             if operation:
                 attributes["db.operation.name"] = operation
-            with tracing.span(name, attributes, SpanKind.CLIENT):
+            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
                 return super().executemany(query, params_seq, returning=returning)
 
     class TracedConnection(psycopg.Connection):

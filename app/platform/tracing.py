@@ -69,6 +69,8 @@ from app.http.trace_context import format_traceparent, parse_traceparent, parse_
 TRACES_PATH = "/v1/traces"  # appended to OTEL_EXPORTER_OTLP_ENDPOINT, as the spec says
 MAX_HEADER_ATTRIBUTE_CHARS = 512  # user agents and paths are the client's text
 DROP_REASONS = ("queue_full", "export_failed", "shutdown")
+# Machine traffic at fixed intervals (probes, scrapes): not traced, so traces are requests.
+UNTRACED_PATHS = ("/health/", "/metrics")
 
 
 def build_tracing(config, metrics, scrub: Callable[[str], str], version: str
@@ -146,9 +148,14 @@ class Tracing:
         self._untraced = contextlib.nullcontext(INVALID_SPAN)
 
     # --- the server span --------------------------------------------------------------
-    def start_request(self, environ: Mapping[str, Any], client_addr: str) -> RequestSpan:
+    def start_request(self, environ: Mapping[str, Any], client_addr: str
+                      ) -> RequestSpan | None:
         """Start the request's server span (a child of the caller's, when its traceparent
-        is valid) and make it current on this thread until `RequestSpan.end`."""
+        is valid) and make it current on this thread until `RequestSpan.end`; None for
+        health probes and metric scrapes, which are not traced."""
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(UNTRACED_PATHS):
+            return None
         parent = parse_traceparent(environ.get("HTTP_TRACEPARENT"))
         if parent is None:
             context = self._root
@@ -159,7 +166,7 @@ class Tracing:
                 trace_flags=TraceFlags(parent.flags),
                 trace_state=TraceState(members) if members else None)), self._root)
         method = environ.get("REQUEST_METHOD", "")
-        attributes = {"url.path": self._client_text(environ.get("PATH_INFO", "")),
+        attributes = {"url.path": self._client_text(path),
                       "url.scheme": environ.get("wsgi.url_scheme", "http"),
                       "client.address": client_addr}
         if method in STANDARD_METHODS:
@@ -199,8 +206,9 @@ class Tracing:
 
         An exception leaving the block marks the span failed (status error and
         `error.type`, the SQLSTATE for database errors) without an exception
-        event: its message may hold parameter values. The block's callers let
-        no user error (4xx) pass through a child span.
+        event: its message may hold parameter values. A statement that fails
+        is a failed SQL span even when the request turns it into a 4xx (a
+        unique violation); the server span is marked for 5xx answers only.
         """
         if not get_current_span().is_recording():
             return self._untraced

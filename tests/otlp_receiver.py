@@ -3,7 +3,9 @@
 An http.server on 127.0.0.1 (a free port) that accepts POST /v1/traces,
 decodes each ExportTraceServiceRequest with opentelemetry-proto and keeps its
 spans, flattened to `ReceivedSpan`s. `refuse()` makes it answer 503 (a
-collector in trouble). Used as a context manager it stops itself.
+collector in trouble); `hold()` keeps every export waiting for an answer
+until `release()` (a collector that stalls). Used as a context manager it
+stops itself.
 """
 
 from __future__ import annotations
@@ -69,6 +71,9 @@ class OtlpReceiver:
         self.requests = 0
         self._lock = threading.Lock()
         self._refusing = False
+        self._gate = threading.Event()
+        self._gate.set()
+        self.held = 0  # exports waiting at the gate now
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,6 +89,7 @@ class OtlpReceiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                receiver._wait_at_gate()
                 receiver._receive(body)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
@@ -119,6 +125,21 @@ class OtlpReceiver:
             self.requests += 1
             self.spans.extend(received)
 
+    def _wait_at_gate(self) -> None:
+        if self._gate.is_set():
+            return
+        with self._lock:
+            self.held += 1
+        self._gate.wait()
+        with self._lock:
+            self.held -= 1
+
+    def hold(self) -> None:
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
     def refuse(self, refusing: bool = True) -> None:
         self._refusing = refusing
 
@@ -143,6 +164,7 @@ class OtlpReceiver:
             time.sleep(0.05)
 
     def close(self) -> None:
+        self._gate.set()
         self._server.shutdown()
         self._server.server_close()
 

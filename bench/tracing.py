@@ -13,6 +13,11 @@ so drift hits them alike), each row against the first:
 
 Per row: requests/s, latency, SayPI's CPU per request, the sink's CPU per
 request, and the spans the workers exported and dropped (from /metrics).
+Then, without wrk, gunicorn or the machine's noise: the WSGI app of each of
+the first three rows built in this process as a worker builds it
+(app.deps.build_worker_app) and called directly on one thread, in turn,
+three times; its CPU per call includes the batch processor's thread
+(encoding and sending the spans).
 Writes bench-results/tracing.md and tracing.json. BENCH_QUICK=1 for a smoke run.
 """
 
@@ -89,14 +94,49 @@ def tracing(env: Mapping[str, str]) -> int:
                               for name in after}})
             for server in servers.values():
                 bench.stop(server)
+            in_process = in_process_rows(bench, sink.url, 3000 if not settings.quick else 500)
         finally:
             sink.stop()
         data = {"generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "quick": settings.quick, "bench_settings": settings.as_dict(),
-                "machine": machine_info(bench), "scenario": SCENARIO, "rows": rows}
+                "machine": machine_info(bench), "scenario": SCENARIO, "rows": rows,
+                "in_process": in_process}
         return publish("tracing", data, tracing_markdown(data))
 
     return with_bench(env, settings, measure)
+
+
+def in_process_rows(bench: Bench, sink_url: str, count: int) -> list[dict]:
+    """CPU microseconds per GET /conversations/{id} of the WSGI app alone, per row."""
+    from app.deps import build_worker_app
+    from app.platform.logs import new_logger
+    from bench.profile import _environs, _time_calls
+
+    metrics_dir = bench.work / "metrics-tracing-in-process"
+    metrics_dir.mkdir(exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    environs = _environs(bench.files[SCENARIO], 500)
+    devnull = open(os.devnull, "w")  # left open: worker threads may log while winding down
+    apps = {}
+    try:
+        for key, title, ratio in ROWS[:3]:
+            extra = {"OTEL_EXPORTER_OTLP_ENDPOINT": "" if ratio is None else sink_url,
+                     "OTEL_TRACES_SAMPLER_ARG": ratio or "1.0"}
+            config = bench.effective_config(extra).replace(
+                prometheus_multiproc_dir=str(metrics_dir))
+            logger = new_logger(devnull, config.log_level, config.log_format,
+                                config.user_secrets, name=f"saypi-{key}")
+            apps[key] = (title, *build_worker_app(config, logger, bench.db.dsn))
+        cpu: dict[str, list[float]] = {key: [] for key in apps}
+        for _ in range(3):
+            for key, (_title, app, _resources) in apps.items():
+                cpu[key].append(_time_calls(app, environs, count)["cpu_us"])
+        bench.say("in process: " + ", ".join(f"{key} {min(v):.0f} us" for key, v in cpu.items()))
+        return [{"key": key, "title": apps[key][0], "cpu_us": min(values), "calls": count}
+                for key, values in cpu.items()]
+    finally:
+        for _title, _app, resources in apps.values():
+            resources.close()
 
 
 def span_counts(server: Server) -> dict[str, float]:
@@ -139,4 +179,14 @@ def tracing_markdown(data: dict) -> str:
                    f"| {cpu_delta:+.1f} % | {sink if sink is not None else '-'} "
                    f"| {row['spans']['exported']:,} | {row['spans']['dropped']:,} "
                    f"| {row['errors']} |")
+    rows = data.get("in_process") or []
+    if rows:
+        base_cpu = rows[0]["cpu_us"]
+        out += ["", f"In process, without HTTP (the WSGI app on one thread, best of 3 x "
+                f"{rows[0]['calls']} calls; CPU includes the span export thread):", "",
+                "| row | CPU us/call | vs off |", "|---|---:|---:|"]
+        for row in rows:
+            delta = row["cpu_us"] - base_cpu
+            out.append(f"| {row['title']} | {row['cpu_us']:,.1f} | {delta:+,.1f} us "
+                       f"({100 * delta / base_cpu if base_cpu else 0:+.1f} %) |")
     return "\n".join(out) + "\n"

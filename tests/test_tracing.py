@@ -59,7 +59,9 @@ def request_trace(receiver: OtlpReceiver, trace_id: str, child_names=()):
 
 
 def statements(spans) -> list:
-    return [s for s in spans if s.attributes.get("db.system") == "postgresql"]
+    """The SQL statement spans (transactions are database spans without a statement)."""
+    return [s for s in spans if s.attributes.get("db.system") == "postgresql"
+            and "db.query.text" in s.attributes]
 
 
 def json_lines(server) -> list[dict]:
@@ -176,7 +178,8 @@ def test_rate_limit_and_idempotency_spans(start_server, receiver):
                                    "Idempotency-Key": secrets.token_hex(8)})
     assert response.status_code == 201
     spans = request_trace(receiver, trace_id, ("rate_limit", "idempotency.lookup",
-                                               "idempotency.store", "cowsay.render"))
+                                               "idempotency.store", "cowsay.render",
+                                               "transaction"))
     by_name = {s.name: s for s in spans}
     root = server_span(spans, trace_id)
     limit = by_name["rate_limit"]
@@ -186,9 +189,15 @@ def test_rate_limit_and_idempotency_spans(start_server, receiver):
     # The limiter's one statement is its child.
     assert [s.parent_span_id for s in statements(spans)
             if "rate_limit" in s.attributes["db.query.text"]] == [limit.span_id]
+    # The key, the write and the stored response: one transaction (BEGIN to COMMIT).
+    transaction = by_name["transaction"]
+    assert transaction.parent_span_id == root.span_id
     lookup = by_name["idempotency.lookup"]
+    assert lookup.parent_span_id == transaction.span_id
     assert len([s for s in statements(spans) if s.parent_span_id == lookup.span_id]) == 2
-    assert by_name["idempotency.store"].parent_span_id == root.span_id
+    assert by_name["idempotency.store"].parent_span_id == transaction.span_id
+    assert [s.name for s in spans if s.name in ("transaction", "savepoint")] == ["transaction"]
+    assert all(s.status_code != STATUS_ERROR for s in spans)
     assert by_name["cowsay.render"].attributes["saypi.cowsay.animal"] == "owl"
 
 

@@ -6,6 +6,9 @@ psycopg's own classes and cost nothing extra. Each statement run inside a
 recorded span becomes one client span (one round trip: SayPI sends each
 statement on its own, without pipelines), named "<operation> <table>" and
 carrying the SQL text with its placeholders, never the parameter values.
+A transaction is a span too ("transaction", or "savepoint" inside one),
+parent of its statements, from BEGIN to COMMIT or ROLLBACK: two round trips
+of its own.
 The pool's check of a connection that sat idle (an empty query) is a round
 trip too, and appears as a span named "ping". Statements outside a request
 (health checks, the janitor, the presence listener) and in unsampled
@@ -14,12 +17,14 @@ requests make no span.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from opentelemetry.trace import SpanKind
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from app.platform.tracing import ChildSpan
@@ -90,6 +95,18 @@ def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
                 return super().executemany(query, params_seq, returning=returning)
 
     class TracedConnection(psycopg.Connection):
+        @contextlib.contextmanager
+        def transaction(self, savepoint_name=None, force_rollback=False):
+            if not tracing.recording():
+                with super().transaction(savepoint_name, force_rollback) as tx:
+                    yield tx
+                return
+            nested = self.info.transaction_status != TransactionStatus.IDLE
+            with ChildSpan(tracing.tracer, "savepoint" if nested else "transaction",
+                           self.trace_attributes, SpanKind.CLIENT), \
+                    super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+
         def __init__(self, pgconn, row_factory=tuple_row):
             super().__init__(pgconn, row_factory)
             self.cursor_factory = TracedCursor

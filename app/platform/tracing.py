@@ -63,6 +63,8 @@ from opentelemetry.trace import (
     set_span_in_context,
 )
 
+from app.domain.errors import DomainError
+from app.http.errors import ApiError
 from app.http.request_state import STANDARD_METHODS
 from app.http.trace_context import format_traceparent, parse_traceparent, parse_tracestate
 
@@ -206,9 +208,11 @@ class Tracing:
 
         An exception leaving the block marks the span failed (status error and
         `error.type`, the SQLSTATE for database errors) without an exception
-        event: its message may hold parameter values. A statement that fails
-        is a failed SQL span even when the request turns it into a 4xx (a
-        unique violation); the server span is marked for 5xx answers only.
+        event: its message may hold parameter values. A refusal (a domain
+        error, or an API error below 500) does not: it is an answer, not a
+        failure. A statement that fails is a failed SQL span even when the
+        request turns it into a 4xx (a unique violation); the server span is
+        marked for 5xx answers only.
         """
         if not get_current_span().is_recording():
             return self._untraced
@@ -291,13 +295,18 @@ class ChildSpan:
     def __exit__(self, exc_type, exc, tb) -> None:
         detach(self.token)
         span = self.span
-        if exc is not None:
+        if exc is not None and not is_refusal(exc):
             sqlstate = getattr(exc, "sqlstate", None)
             if sqlstate:
                 span.set_attribute("db.response.status_code", sqlstate)
             span.set_attribute("error.type", sqlstate or type(exc).__qualname__)
             span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
         span.end()
+
+
+def is_refusal(error: BaseException) -> bool:
+    """A user error the request answers with a 4xx: not a failure of a span's work."""
+    return isinstance(error, DomainError) or (isinstance(error, ApiError) and error.status < 500)
 
 
 # --- export -------------------------------------------------------------------------------------

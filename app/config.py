@@ -12,12 +12,16 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import IO, Any
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 COMMANDS = ("serve", "migrate")
+# OTEL_TRACES_SAMPLER's values (the OpenTelemetry SDK's names).
+TRACES_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
+                   "parentbased_always_off", "parentbased_traceidratio")
 
 
 class ConfigError(Exception):
@@ -121,6 +125,35 @@ def _secrets(text: str) -> tuple[str, ...]:
         if len(secret) < 16:
             raise ValueError("every secret must be at least 16 characters long")
     return secrets
+
+
+def _nonempty_str(text: str) -> str:
+    value = text.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _otlp_endpoint(text: str) -> str | None:
+    value = text.strip().rstrip("/")
+    if not value:
+        return None
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest:
+        raise ValueError(f"must be an http:// or https:// URL, got {text!r}")
+    return value
+
+
+def _key_values(text: str) -> tuple[tuple[str, str], ...]:
+    """W3C Baggage-style `key=value,key2=value2` (values percent-decoded), as the
+    OpenTelemetry variables OTEL_RESOURCE_ATTRIBUTES and OTEL_EXPORTER_OTLP_HEADERS use."""
+    pairs = []
+    for part in _csv(text):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{part!r} is not key=value")
+        pairs.append((key.strip(), urllib.parse.unquote(value.strip())))
+    return tuple(pairs)
 
 
 def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -290,6 +323,37 @@ class Config:
         "DB_PREPARE", _bool, True,
         "server-side prepared statements and per-connection settings; false behind PgBouncer "
         "in transaction pooling mode")
+    # Tracing (app/platform/tracing.py): the OpenTelemetry SDK's standard variables,
+    # read here like every other setting and handed to the SDK explicitly.
+    otel_exporter_otlp_endpoint: str | None = setting(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_endpoint, None,
+        "OTLP/HTTP collector base URL (spans go to <url>/v1/traces); unset: tracing off")
+    otel_exporter_otlp_headers: tuple[tuple[str, str], ...] = setting(
+        "OTEL_EXPORTER_OTLP_HEADERS", _key_values, (),
+        "comma separated key=value headers sent with every span export", secret=True)
+    otel_service_name: str = setting(
+        "OTEL_SERVICE_NAME", _nonempty_str, "saypi", "service.name of every span")
+    otel_resource_attributes: tuple[tuple[str, str], ...] = setting(
+        "OTEL_RESOURCE_ATTRIBUTES", _key_values, (),
+        "comma separated key=value resource attributes (deployment.environment=prod, ...)")
+    otel_traces_sampler: str = setting(
+        "OTEL_TRACES_SAMPLER", _choice(*TRACES_SAMPLERS), "parentbased_traceidratio",
+        "which requests are traced: " + ", ".join(TRACES_SAMPLERS))
+    otel_traces_sampler_arg: float = setting(
+        "OTEL_TRACES_SAMPLER_ARG", _float(0.0, 1.0), 1.0,
+        "the traceidratio samplers' ratio of new traces kept (0 to 1)")
+    otel_bsp_schedule_delay: int = setting(
+        "OTEL_BSP_SCHEDULE_DELAY", _int(1, 600000), 5000,
+        "milliseconds between span exports")
+    otel_bsp_max_queue_size: int = setting(
+        "OTEL_BSP_MAX_QUEUE_SIZE", _int(1, 1000000), 2048,
+        "spans a worker holds for export; more are dropped and counted")
+    otel_bsp_max_export_batch_size: int = setting(
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _int(1, 100000), 512,
+        "most spans sent in one export")
+    otel_bsp_export_timeout: int = setting(
+        "OTEL_BSP_EXPORT_TIMEOUT", _int(1, 600000), 10000,
+        "milliseconds one export may take, retries included")
 
     @property
     def production(self) -> bool:
@@ -342,6 +406,11 @@ def _cross_checks(values: dict[str, Any]) -> list[str]:
         problems.append(
             f"DB_POOL_MIN: must not exceed DB_POOL_MAX "
             f"({values['db_pool_min']} > {values['db_pool_max']})"
+        )
+    if values["otel_bsp_max_export_batch_size"] > values["otel_bsp_max_queue_size"]:
+        problems.append(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE: must not exceed OTEL_BSP_MAX_QUEUE_SIZE "
+            f"({values['otel_bsp_max_export_batch_size']} > {values['otel_bsp_max_queue_size']})"
         )
     if values["app_env"] == "production":
         if not values["database_url"]:

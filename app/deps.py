@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from flask import Flask
@@ -32,7 +33,7 @@ from app.platform.db import (
     pool_settings,
     required_schema_version,
 )
-from app.platform.logs import AccessLog
+from app.platform.logs import AccessLog, RedactionFilter
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
 from app.platform.redis_link import RedisLink
@@ -46,6 +47,9 @@ from app.repo.redis_ratelimits import RedisRateLimitStore
 from app.repo.slow_queries import SlowQueryRepository
 from app.repo.users import UserRepository
 from app.repo.write_positions import PostgresWritePositions, RedisWritePositions
+
+if TYPE_CHECKING:
+    from app.platform.tracing import Tracing
 
 VERSION = "0.1.0"
 
@@ -74,6 +78,7 @@ class Deps:
     lines: Lines
     slow_queries: SlowQueryRepository | None  # the fault-injection routes' slow query
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
+    tracing: Tracing | None = None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
 
     def start(self) -> None:
         """A first health report before this worker takes traffic, then the background work."""
@@ -100,27 +105,30 @@ class Deps:
             self.db.close()
         if self.redis is not None:
             self.redis.close()
+        if self.tracing is not None:
+            self.tracing.close()  # exports the spans of every request served
         self.metrics.flush_requests()
         self.access_log.flush()
 
 
 def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     """Open the pool (pre-warmed) and build everything else on it; nothing is started yet."""
+    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
+    tracing, connections = build_worker_tracing(config, metrics)
     db = Database(dsn, pool_settings(config), logger.getChild("db"),
-                  direct_dsn=config.database_direct_url)
+                  direct_dsn=config.database_direct_url, connection_class=connections)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     lifecycle = health_mod.Lifecycle()
-    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
     redis = None
     if config.redis_url:
         redis = RedisLink(config.redis_url, config.redis_timeout,
-                          max_connections=config.threads + config.health_threads + 4,
+                          max_connections=config.threads + config.health_threads + 8,
                           logger=logger.getChild("redis"))
-    cluster = build_cluster(config, logger, db, redis)
+    cluster = build_cluster(config, logger, db, redis, connections)
 
     rate_limit_state = RedisRateLimitStore(redis) if redis else RateLimitRepository(db)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"))
+                          logger.getChild("ratelimit"), tracing=tracing)
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
@@ -141,7 +149,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
                                       config.health_cache_seconds, logger.getChild("health"))
 
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
-    renderer = Renderer(library, max_entries=config.render_cache_size)
+    renderer = Renderer(library, max_entries=config.render_cache_size, tracing=tracing)
     users = UserRepository(cluster)
     idempotency_keys = IdempotencyRepository(db)
     purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
@@ -172,17 +180,19 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
         cluster=cluster, redis=redis,
         auth=Authenticator(TokenSigner(config.user_secrets), limiter),
-        idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection),
+        idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection,
+                                tracing=tracing),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
         users=users, moods=MoodRepository(cluster),
         conversations=ConversationRepository(cluster),
         lines=LineRepository(cluster), slow_queries=SlowQueryRepository(db),
-        jobs=(sampler, janitor),
+        jobs=(sampler, janitor), tracing=tracing,
     )
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,
-                  redis: RedisLink | None) -> Cluster:
+                  redis: RedisLink | None,
+                  connections: type[psycopg.Connection] = psycopg.Connection) -> Cluster:
     """The primary plus a pre-warmed pool per DATABASE_REPLICA_URLS entry, and the store of
     the users' write positions (Redis when configured, else the primary)."""
     if not config.database_replica_urls:
@@ -192,7 +202,7 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
     for number, url in enumerate(config.database_replica_urls, start=1):
         name = f"replica{number}"
         db = Database(url, pool_settings(config), logger.getChild(f"db.{name}"),
-                      name=f"saypi-{name}")
+                      name=f"saypi-{name}", connection_class=connections)
         # A replica that is down at start must not hold the worker back: its
         # reads go to the primary until the monitor sees it serve.
         db.open(wait_seconds=min(1.0, config.db_connect_timeout))
@@ -208,6 +218,20 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
     else:
         positions = PostgresWritePositions(primary, ttl)
     return Cluster(primary, replicas, positions, settings, logger.getChild("cluster"))
+
+
+def build_worker_tracing(config: Config, metrics: Metrics
+                         ) -> tuple[Tracing | None, type[psycopg.Connection]]:
+    """This worker's tracing and the class of its pool's connections (tracing's, whose
+    statements are spans, or psycopg's own). The SDK is imported only when tracing is on."""
+    if not config.otel_exporter_otlp_endpoint:
+        return None, psycopg.Connection
+    from app.platform.traced_sql import traced_connection_class
+    from app.platform.tracing import build_tracing
+
+    tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
+                            VERSION)
+    return tracing, traced_connection_class(tracing)
 
 
 def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:

@@ -21,7 +21,8 @@ def new_server(deps: Deps) -> Flask:
     app = Flask("saypi")
     app.session_interface = NoSessions()
     register(app, routes(deps), deps.auth, deps.idempotency)
-    install_middleware(app, deps.config, deps.logger, deps.access_log, deps.metrics)
+    install_middleware(app, deps.config, deps.logger, deps.access_log, deps.metrics,
+                       deps.tracing)
     install_cors(app, deps.config.cors_origins)  # after: preflights get a request id and a log
     return app
 

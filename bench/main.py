@@ -44,7 +44,7 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|scale|sweep|profile|report|fleet]
+USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -55,6 +55,8 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|report|fleet]
            (pool max = threads); writes bench-results/sweep.md and sweep.json
   profile  py-spy on the SayPI workers while scenario 2 runs; writes
            bench-results/profile-get.md (+ .svg when py-spy can)
+  tracing  GET /conversations/{id} with tracing off, on at sample ratio 0.1 and 1.0 (a
+           local OTLP sink), and with the collector down; writes bench-results/tracing.*
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -82,6 +84,7 @@ class Bench:
         self.postmaster: int | None = None
         self.notes: list[str] = []
         self.served: dict[str, int] = {}  # requests wrk completed, per server name
+        self.extra_roots: dict[int, str] = {}  # other processes' CPU groups (an OTLP sink)
         self._count = 0
 
     # --- output ----------------------------------------------------------------------
@@ -176,6 +179,7 @@ class Bench:
     # --- measuring ---------------------------------------------------------------------
     def cpu_roots(self, measured: Server) -> dict[int, str]:
         roots = {s.process.pid: "idle_servers" for s in self.servers}
+        roots.update(self.extra_roots)
         roots[measured.process.pid] = "app"
         roots[os.getpid()] = "wrk"  # the benchmark itself: nearly all of it is wrk, reaped
         if self.postmaster:
@@ -606,6 +610,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.fleet import fleet
 
         return fleet(env, argv[1:])
+    if command == "tracing":
+        from bench.tracing import tracing
+
+        return tracing(env)
     if command == "profile":
         from bench.profile import profile
 

@@ -37,6 +37,25 @@ def test_direct_line_is_the_formatters_line(tmp_path):
             formatted.replace(json.loads(formatted)["time"], "T")
 
 
+def test_trace_ids_are_the_formatters_fields_too():
+    """With tracing on the line ends with the server span's ids, as the formatter writes
+    them (and as every other record of the request gets them from the current span)."""
+    out = io.StringIO()
+    logger = new_logger(out, "INFO", "json", name="access-trace")
+    access = AccessLog(logger)
+    ids = {"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7"}
+    for fields in (FIELDS, {k: v for k, v in FIELDS.items() if k != "user_id"}):
+        out.seek(0)
+        out.truncate()
+        access.write(*fields.values(), **ids)
+        logger.getChild("access").info("request", extra={**fields, **ids})
+        direct, formatted = out.getvalue().splitlines()
+        assert list(json.loads(direct)) == list(json.loads(formatted))
+        assert json.loads(direct)["trace_id"] == ids["trace_id"]
+        assert direct.replace(json.loads(direct)["time"], "T") == \
+            formatted.replace(json.loads(formatted)["time"], "T")
+
+
 def test_client_chosen_strings_are_redacted_and_levels_respected():
     out = io.StringIO()
     logger = new_logger(out, "INFO", "json", secrets=["signing-secret"], name="access-redact")

@@ -59,7 +59,8 @@ def test_preflight_from_a_listed_origin():
         "Access-Control-Allow-Headers": ALLOW_HEADERS,
         "Access-Control-Max-Age": "600",
     }
-    assert ALLOW_HEADERS == "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+    assert ALLOW_HEADERS == ("Authorization, Content-Type, Idempotency-Key, X-Request-ID, "
+                             "traceparent, tracestate")
     assert response.headers["Vary"] == "Origin"
 
 
@@ -99,7 +100,7 @@ def test_actual_responses_to_a_listed_origin():
         assert response.headers["Vary"] == "Origin"
     exposed = {h.strip() for h in EXPOSE_HEADERS.split(",")}
     assert exposed == {"ETag", "Location", "X-Request-ID", "RateLimit", "RateLimit-Policy",
-                       "Retry-After", "Idempotent-Replayed"}
+                       "Retry-After", "Idempotent-Replayed", "traceparent"}
 
 
 def test_actual_responses_to_others():

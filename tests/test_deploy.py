@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import httpx
 import psycopg
@@ -301,6 +302,31 @@ def test_alerts_and_panels_cover_what_operators_need():
         assert job["metrics_path"] in route_paths()
     for rule_file in scrape["rule_files"]:
         assert (DEPLOY / "prometheus" / rule_file).exists()
+
+
+def test_tracing_is_wired_from_pods_to_the_collector_and_the_dashboard():
+    collector = yaml.safe_load((DEPLOY / "otel" / "collector.yaml").read_text())
+    http = collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    pipeline = collector["service"]["pipelines"]["traces"]
+    assert "otlp" in pipeline["receivers"] and pipeline["exporters"]
+    for name in (*pipeline["processors"], *pipeline["exporters"]):
+        assert name in {**collector["processors"], **collector["exporters"]}, name
+    endpoint = config_env()["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    assert endpoint.startswith("http://") and endpoint.rsplit(":", 1)[1] == http.rsplit(":", 1)[1]
+    # The pod's resource attributes, as Kubernetes expands them, are a valid setting.
+    env = {item["name"]: item.get("value", "pod-or-namespace")
+           for item in api_container()["env"]}
+    attributes = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)],
+                        env["OTEL_RESOURCE_ATTRIBUTES"])
+    config = Config.from_env({**config_env(), "OTEL_RESOURCE_ATTRIBUTES": attributes}, [])
+    assert dict(config.otel_resource_attributes)["k8s.pod.name"] == "pod-or-namespace"
+    # The request-rate panel links each route to its traces.
+    (rate,) = [p for p in dashboard()["panels"] if p["title"] == "Request rate by route"]
+    (link,) = rate["fieldConfig"]["defaults"]["links"]
+    assert link["url"].startswith("/explore?") and "http.route" in unquote(link["url"])
+    assert "${__field.labels.route" in link["url"]
+    variables = {v["name"] for v in dashboard()["templating"]["list"]}
+    assert "${traces}" in link["url"] and "traces" in variables
 
 
 # --- gunicorn -c deploy/gunicorn.conf.py ----------------------------------------------------------

@@ -17,6 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.client import Client
+from app.http.trace_context import parse_traceparent
+from tests.conftest import Server, server_env
+from tests.otlp_receiver import OtlpReceiver
 
 EXAMPLES = int(os.environ.get("SAYPI_HOSTILE_EXAMPLES", "150"))
 CASES = {"count": 0}
@@ -84,6 +87,27 @@ ENDPOINTS = [
 ]
 
 
+# W3C Trace Context headers: near misses of the grammar, hostile text, oversized states.
+_hex = st.text(alphabet="0123456789abcdefABCDEF-", max_size=40)
+hostile_traceparent = st.one_of(
+    hostile_text,
+    st.builds(lambda *parts: "-".join(parts), _hex, _hex, _hex, _hex),
+    st.builds(lambda version, flags, tail: f"{version}-{'4b' * 16}-{'0f' * 8}-{flags}{tail}",
+              st.sampled_from(["00", "01", "ff", "0", "zz"]), st.sampled_from(["01", "00", "f"]),
+              st.sampled_from(["", "-", "-x", "\t", " ", "\x00"])),
+    st.sampled_from(["00-" + "0" * 32 + "-" + "0" * 16 + "-01", "00-" + "f" * 32 + "-" + "f" * 16
+                     + "-ff", "00-" + "1" * 4000, ",".join(["00-" + "2" * 32 + "-" + "3" * 16
+                                                            + "-01"] * 3)]),
+)
+hostile_tracestate = st.one_of(
+    hostile_text,
+    st.lists(st.tuples(st.text(max_size=20), st.text(max_size=40)), max_size=40).map(
+        lambda members: ",".join(f"{k}={v}" for k, v in members)),
+    st.integers(min_value=0, max_value=7000).map(lambda n: "a=" + "x" * n),
+    st.integers(min_value=0, max_value=300).map(lambda n: ",".join(f"k{i}=v" for i in range(n))),
+)
+
+
 def assert_contract_error(response: httpx.Response) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:500])
     if response.status_code >= 400:
@@ -112,15 +136,17 @@ def test_hostile_requests_never_fail_the_server(target, method, template):
     @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(a=path_part, b=path_part, body=bodies, params=query, keep_ids=st.booleans(),
-           idem=st.one_of(st.none(), hostile_text))
-    def run(a, b, body, params, keep_ids, idem):
+           idem=st.one_of(st.none(), hostile_text), traceparent=hostile_traceparent,
+           tracestate=hostile_tracestate)
+    def run(a, b, body, params, keep_ids, idem, traceparent, tracestate):
         if keep_ids:
             a, b = (target["user"] if template.startswith("/users") else target["convo"]), \
                 target["line"]
         path = template.format(a=a.replace("/", "%2F").replace("?", "%3F").replace("#", "%23"),
                                b=b.replace("/", "%2F").replace("?", "%3F").replace("#", "%23"))
         content_type, content = body
-        headers = {"Content-Type": content_type}
+        headers = {"Content-Type": content_type, "traceparent": traceparent.encode(),
+                   "tracestate": tracestate.encode()}  # raw bytes, as a client may send
         if idem is not None and all(" " <= ch <= "~" or ch == "\t" for ch in idem):
             headers["Idempotency-Key"] = idem  # what an HTTP client can send at all
         try:
@@ -132,6 +158,54 @@ def test_hostile_requests_never_fail_the_server(target, method, template):
         assert_contract_error(response)
 
     run()
+
+
+@pytest.fixture(scope="module")
+def traced_target(postgres, tmp_path_factory):
+    """A SayPI with tracing on, exporting to a real OTLP receiver, and a user of its own."""
+    tmp = tmp_path_factory.mktemp("traced")
+    with OtlpReceiver() as receiver:
+        server = Server(server_env(postgres.new_database(), tmp,
+                                   OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+                                   OTEL_BSP_SCHEDULE_DELAY="200"), tmp / "server.log")
+        try:
+            server.wait_ready()
+            user = Client(server.url).create_user()
+            convo = Client(server.url, user["token"]).create_conversation("traced fuzz")
+            with httpx.Client(base_url=server.url, timeout=30, headers={
+                    "Authorization": f"Bearer {user['token']}"}) as http:
+                yield {"http": http, "convo": convo["id"], "server": server,
+                       "receiver": receiver}
+        finally:
+            server.stop()
+
+
+@pytest.mark.parametrize("method,template", [("GET", "/conversations/{a}"),
+                                             ("POST", "/conversations/{a}/lines"),
+                                             ("GET", "/animals"), ("GET", "/nowhere")])
+def test_hostile_trace_context_never_fails_a_traced_server(traced_target, method, template):
+    """With tracing on, malformed traceparents and hostile tracestates start a new trace."""
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(traceparent=hostile_traceparent, tracestate=hostile_tracestate)
+    def run(traceparent, tracestate):
+        path = template.format(a=traced_target["convo"])
+        try:
+            response = traced_target["http"].request(
+                method, path, json={"text": "moo"} if method == "POST" else None,
+                headers={"traceparent": traceparent.encode(), "tracestate": tracestate.encode()})
+        except httpx.LocalProtocolError:  # the client refuses to send it
+            return
+        CASES["count"] += 1
+        assert_contract_error(response)
+        if response.status_code != 400 or "invalid_request" not in response.text:
+            assert parse_traceparent(response.headers.get("traceparent")) is not None
+
+    sent = CASES["count"]
+    run()
+    assert CASES["count"] - sent >= EXAMPLES // 2  # most of them reached the server
+    assert httpx.get(traced_target["server"].url + "/health/ready").status_code == 200
+    assert "Traceback" not in traced_target["server"].logs()
 
 
 def test_requests_gunicorn_refuses_itself_get_contract_errors_too(shared_server):

@@ -18,8 +18,9 @@ class Renderer:
     conversation does not escape the same art again on every request.
     """
 
-    def __init__(self, library: CowLibrary, max_entries: int = 4096) -> None:
+    def __init__(self, library: CowLibrary, max_entries: int = 4096, tracing=None) -> None:
         self._library = library
+        self._tracing = tracing  # app.platform.tracing.Tracing: a span per render (a miss)
         self._cached = functools.lru_cache(maxsize=max_entries)(self._render)
 
     def _render(self, animal: str, eyes: str, tongue: str, think: bool, text: str
@@ -27,7 +28,13 @@ class Renderer:
         cow = self._library.get(animal)
         if cow is None:
             raise KeyError(animal)
-        output = render(cow, eyes, tongue, think, text)
+        if self._tracing is None:
+            output = render(cow, eyes, tongue, think, text)
+        else:
+            with self._tracing.span("cowsay.render", {"saypi.cowsay.animal": animal,
+                                                      "saypi.cowsay.think": think,
+                                                      "saypi.cowsay.text_length": len(text)}):
+                output = render(cow, eyes, tongue, think, text)
         return output, json_string(output)
 
     def _entry(self, animal: str, eyes: str, tongue: str, think: bool, text: str

@@ -23,9 +23,11 @@ from __future__ import annotations
 from flask import Flask, Response, request
 
 ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE"
-ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, X-Request-ID"
+# traceparent and tracestate: a traced page's requests continue its trace (W3C Trace Context).
+ALLOW_HEADERS = ("Authorization, Content-Type, Idempotency-Key, X-Request-ID, traceparent, "
+                 "tracestate")
 EXPOSE_HEADERS = ("ETag, Location, X-Request-ID, RateLimit, RateLimit-Policy, Retry-After, "
-                  "Idempotent-Replayed")
+                  "Idempotent-Replayed, traceparent")
 MAX_AGE_SECONDS = 600
 
 

@@ -11,6 +11,7 @@ import logging
 import re
 import time
 import uuid
+from typing import TYPE_CHECKING
 
 from flask import Flask, Response
 from gunicorn.http.errors import NoMoreData, ParseException
@@ -33,6 +34,9 @@ from app.http.errors import (
 from app.http.request_state import RequestState, enter, leave
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
+
+if TYPE_CHECKING:
+    from app.platform.tracing import RequestSpan, Tracing
 
 _REQUEST_ID = re.compile(patterns.REQUEST_ID)
 # The security headers OWASP's REST cheat sheet lists for API responses (with
@@ -68,8 +72,10 @@ class Envelope:
     much (context-local lookups, werkzeug's header checks), on every request.
     """
 
-    def __init__(self, app, config, access_log: AccessLog, metrics):
+    def __init__(self, app, config, access_log: AccessLog, metrics,
+                 tracing: Tracing | None = None):
         self.app = app
+        self.tracing = tracing  # None: tracing off, and each request pays one branch for it
         self.access_log = access_log
         self.metrics = metrics
         self.trusted = config.trusted_proxies
@@ -87,6 +93,7 @@ class Envelope:
             client = client_address(client, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
         state = RequestState(environ, request_id, client)
         answer: list = []  # status line, Content-Length
+        trace = None if self.tracing is None else self.tracing.start_request(environ, client)
 
         def start(status: str, headers: list, exc_info=None):
             length, own_policy = "0", False
@@ -103,6 +110,8 @@ class Envelope:
                 limits = state.rate_limit.headers()
                 headers[:] = [(k, v) for k, v in headers if k not in limits]
                 headers.extend(limits.items())
+            if trace is not None:
+                headers.append(("traceparent", trace.traceparent))
             answer[:] = [status, length]
             return start_response(status, headers, exc_info)
 
@@ -120,29 +129,38 @@ class Envelope:
         try:
             body = self.app(environ, start)
             self.finish(environ.get("REQUEST_METHOD", ""), state, answer, ours,
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, trace)
         finally:
+            if trace is not None:
+                trace.end(None if state.route == "unmatched" else state.route,
+                          int(answer[0][:3]) if answer else 500)
             end_wait_budget(budget)
             leave(token)
         return body
 
     def finish(self, method: str, state: RequestState, answer: list, our_request_id: bool,
-               seconds: float) -> None:
+               seconds: float, trace: RequestSpan | None = None) -> None:
         status = int(answer[0][:3]) if answer else 500
         self.metrics.observe_request(method, state.route, status, seconds)
         size = answer[1] if answer else "0"
         self.access_log.write(state.request_id, method, state.route, status,
                               round(seconds * 1000, 2), state.client_addr,
                               int(size) if size.isdigit() else 0, state.user_public_id,
-                              client_request_id=not our_request_id)
+                              client_request_id=not our_request_id,
+                              trace_id=None if trace is None else trace.trace_id,
+                              span_id=None if trace is None else trace.span_id)
 
 
 def install_middleware(app: Flask, config, logger: logging.Logger, access_log: AccessLog,
-                       metrics) -> None:
-    """Wrap `app` in the Envelope and answer errors in the contract's shape."""
+                       metrics, tracing: Tracing | None = None) -> None:
+    """Wrap `app` in the Envelope and answer errors in the contract's shape.
+
+    With `tracing`, the causes of 5xx answers (an unreachable database, an
+    unexpected exception) are recorded on the request's span as well.
+    """
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bodies without a length
     max_body = config.max_body_bytes
-    app.wsgi_app = Envelope(app.wsgi_app, config, access_log, metrics)
+    app.wsgi_app = Envelope(app.wsgi_app, config, access_log, metrics, tracing)
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:
@@ -155,6 +173,8 @@ def install_middleware(app: Flask, config, logger: logging.Logger, access_log: A
     @app.errorhandler(DatabaseUnavailable)
     def database_unavailable(error: DatabaseUnavailable) -> Response:
         logger.warning("database unavailable: %s", error)
+        if tracing is not None:
+            tracing.record_exception(error)
         return respond.error_response(ServiceUnavailable(retry_after=1))
 
     @app.errorhandler(HTTPException)
@@ -164,6 +184,8 @@ def install_middleware(app: Flask, config, logger: logging.Logger, access_log: A
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
         logger.error("unhandled exception", exc_info=error)
+        if tracing is not None:
+            tracing.record_exception(error)
         return respond.error_response(InternalFailure())
 
 

@@ -16,6 +16,7 @@ it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,6 +25,7 @@ from collections.abc import Callable
 
 from flask import Response, request
 from marshmallow import Schema
+from opentelemetry.trace import INVALID_SPAN
 
 from app.domain.errors import DomainError
 from app.http import patterns, respond
@@ -57,7 +59,8 @@ def canonical_params(schema: Schema) -> bytes:
 
 
 class Idempotency:
-    def __init__(self, db, repo, metrics, fault_injection: bool = False):
+    def __init__(self, db, repo, metrics, fault_injection: bool = False, tracing=None):
+        self.tracing = tracing  # app.platform.tracing.Tracing, or None when off
         self.db = db
         self.repo = repo
         self.metrics = metrics
@@ -84,9 +87,13 @@ class Idempotency:
         digest = hashlib.sha256(canonical_params(schema)).digest()
         method, path = request.method, request.path
         with self.db.unit_of_work() as uow:
-            if not self.repo.try_lock(scope, key, uow):
+            with self._span("idempotency.lookup") as span:
+                locked = self.repo.try_lock(scope, key, uow)
+                stored = self.repo.find(scope, key, TTL_SECONDS, uow) if locked else None
+                span.set_attributes({"saypi.idempotency.locked": locked,
+                                     "saypi.idempotency.found": stored is not None})
+            if not locked:
                 raise IdempotencyKeyInUse()
-            stored = self.repo.find(scope, key, TTL_SECONDS, uow)
             if stored is not None:
                 if (stored.method, stored.path, stored.params_hash) != (method, path, digest):
                     raise IdempotencyKeyReused()
@@ -108,7 +115,14 @@ class Idempotency:
             body = response.get_data()
             headers = {name: response.headers[name] for name in _REPLAYED_HEADERS
                        if name in response.headers}
-            self.repo.store(scope, key, StoredResponse(method, path, digest,
-                                                       response.status_code, headers, body),
-                            uow)
+            with self._span("idempotency.store"):
+                self.repo.store(scope, key, StoredResponse(method, path, digest,
+                                                           response.status_code, headers, body),
+                                uow)
             return response
+
+    def _span(self, name: str):
+        """A child span of the request's (a no-op span with tracing off)."""
+        if self.tracing is None:
+            return contextlib.nullcontext(INVALID_SPAN)
+        return self.tracing.span(name)

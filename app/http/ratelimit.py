@@ -217,7 +217,8 @@ class RateLimiter:
 
     def __init__(self, user_policy: Policy, ip_policy: Policy, store: Store, metrics,
                  logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
-                 log_every: float = 10.0, degraded_for: float = 60.0):
+                 log_every: float = 10.0, degraded_for: float = 60.0, tracing=None):
+        self._tracing = tracing  # app.platform.tracing.Tracing, or None when off
         self._policies = {p.name: (p if p.enabled else None) for p in (user_policy, ip_policy)}
         self.store = store
         self._metrics = metrics
@@ -246,6 +247,15 @@ class RateLimiter:
         policy = self._policies[policy_name]
         if policy is None:
             return None
+        if self._tracing is None:
+            return self._decide(policy_name, policy, key)
+        with self._tracing.span("rate_limit", {"saypi.rate_limit.policy": policy_name}) as span:
+            decision = self._decide(policy_name, policy, key)
+            span.set_attributes({"saypi.rate_limit.allowed": decision.allowed,
+                                 "saypi.rate_limit.fail_open": decision.fail_open})
+        return decision
+
+    def _decide(self, policy_name: str, policy: Policy, key: str) -> Decision:
         try:
             allowed, tat_after = self.store.decide(f"{policy_name}:{key}", policy.interval_us,
                                                    policy.tolerance_us)

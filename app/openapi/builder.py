@@ -304,6 +304,10 @@ trace, SQL or a secret.
 **Every response** carries `X-Request-ID`. Successful GETs of objects and lists carry an
 `ETag` and answer a matching `If-None-Match` with `304`.
 
+**Tracing.** A W3C `traceparent` (and `tracestate`) on a request continues the caller's
+trace; a malformed one is ignored. When the server traces, every response carries a
+`traceparent` naming the request's own span.
+
 **Creation.** `POST` returns `201` with a `Location`, and takes an optional `Idempotency-Key`.
 
 **Lists** are keyset-paginated with `limit`, `starting_after` and `ending_before`, oldest

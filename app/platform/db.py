@@ -133,8 +133,12 @@ class Database:
     """A connection pool, its checker thread, and the transactions and units of work on it."""
 
     def __init__(self, dsn: str, settings: PoolSettings, logger: logging.Logger,
-                 name: str = "saypi", direct_dsn: str | None = None):
+                 name: str = "saypi", direct_dsn: str | None = None,
+                 connection_class: type[psycopg.Connection] = psycopg.Connection):
         self.settings = settings
+        # The pool's connections' class: psycopg's own, or, with tracing on, one whose
+        # cursors make a span per statement (app/platform/traced_sql.py).
+        self._connection_class = connection_class
         self.logger = logger
         self.name = name
         self._dsn = dsn
@@ -159,6 +163,7 @@ class Database:
             max_idle=self.settings.max_idle,
             max_lifetime=self.settings.max_lifetime,
             kwargs=self._connect_kwargs,
+            connection_class=self._connection_class,
             check=self._check_connection,
             # No `reset` callback: with one, psycopg_pool hands every returned
             # connection to a worker thread (a thread wake-up and a GIL handoff

@@ -1,6 +1,7 @@
 """Structured logging: JSON lines (python-json-logger) or text, request ids, redaction.
 
-Every record logged while a request is served carries that request's id. A
+Every record logged while a request is served carries that request's id, and
+with tracing on the current span's `trace_id` and `span_id`. A
 redaction filter runs on every record before it is formatted, so no bearer
 token, Authorization header, DSN password or configured secret can reach the
 output, whatever a caller passes in `extra` (or puts in an exception).
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as json_ascii_string
 from typing import IO
 
+from opentelemetry.trace import get_current_span
 from pythonjsonlogger.json import JsonFormatter
 
 from app.http.request_state import STANDARD_METHODS, request_state_or_none
@@ -119,6 +121,20 @@ class RequestIdFilter(logging.Filter):
             state = request_state_or_none()
             if state is not None:
                 record.request_id = state.request_id
+        return True
+
+
+class TraceContextFilter(logging.Filter):
+    """Stamps the current span's ids (if any) on the record, as `trace_id` and `span_id`
+    (lower-case hex, the OpenTelemetry log data model's names), so a log line leads to its
+    trace. With tracing off no span is ever current and nothing is added."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "trace_id"):
+            context = get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = f"{context.trace_id:032x}"
+                record.span_id = f"{context.span_id:016x}"
         return True
 
 
@@ -341,6 +357,7 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
     # no redaction.
     handler.addFilter(RepeatFilter(handler.handle))
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(TraceContextFilter())
     handler.addFilter(RedactionFilter(secrets))
     logger.addHandler(handler)
     if libraries if libraries is not None else name == "saypi":
@@ -402,8 +419,10 @@ class AccessLog:
 
     def write(self, request_id: str, method: str, route: str, status: int, duration_ms: float,
               remote_addr: str, size: int, user_id: str | None = None,
-              client_request_id: bool = True) -> None:
-        """Log one request. `client_request_id=False` says the id is one SayPI made."""
+              client_request_id: bool = True, *, trace_id: str | None = None,
+              span_id: str | None = None) -> None:
+        """Log one request. `client_request_id=False` says the id is one SayPI made;
+        `trace_id` and `span_id` (hex, with tracing on) are the request's server span."""
         if not self.logger.isEnabledFor(logging.INFO):
             return
         if not self.direct:
@@ -412,6 +431,8 @@ class AccessLog:
                       "bytes": size}
             if user_id is not None:
                 fields["user_id"] = user_id
+            if trace_id is not None:
+                fields["trace_id"], fields["span_id"] = trace_id, span_id
             self.logger.info("request", extra=fields)
             return
         if client_request_id:
@@ -429,8 +450,11 @@ class AccessLog:
                 f'"method": {json_ascii_string(method)}, "route": {json_ascii_string(route)}, '
                 f'"status": {status:d}, "duration_ms": {duration_ms!r}, '
                 f'"remote_addr": {json_ascii_string(remote_addr)}, "bytes": {size:d}')
-        line += f', "user_id": {json_ascii_string(user_id)}}}\n' if user_id is not None \
-            else "}\n"
+        if user_id is not None:
+            line += f', "user_id": {json_ascii_string(user_id)}'
+        if trace_id is not None:  # our own hex: no escaping needed
+            line += f', "trace_id": "{trace_id}", "span_id": "{span_id}"'
+        line += "}\n"
         flush = now - self._flushed >= self.FLUSH_SECONDS
         if flush:
             self._flushed = now

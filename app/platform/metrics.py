@@ -114,6 +114,17 @@ class Metrics:
             ["replica"], multiprocess_mode="livemin", registry=registry)
         self.redis_errors = Counter(
             "redis_errors_total", "Redis calls that failed or timed out.", registry=registry)
+        self.spans_exported = Counter(
+            "tracing_spans_exported_total", "Spans accepted by the OTLP collector.",
+            registry=registry)
+        self.spans_dropped = Counter(
+            "tracing_spans_dropped_total",
+            "Sampled spans never exported: the worker's export queue was full (queue_full), "
+            "the collector refused or could not be reached (export_failed), or the worker "
+            "exited before they could be sent (shutdown).",
+            ["reason"], registry=registry)
+        for reason in ("queue_full", "export_failed", "shutdown"):
+            self.spans_dropped.labels(reason)
         self.health_status = Gauge(
             "health_status",
             "Last health check per component (0 healthy, 1 degraded, 2 unhealthy, "

@@ -1,0 +1,130 @@
+"""SQL statements as spans: a psycopg connection class whose cursors trace `execute`.
+
+Installed only when tracing is on (`Database(connection_class=...)`, the
+pool's `connection_class`), so with tracing off the statements run through
+psycopg's own classes and cost nothing extra. Each statement run inside a
+recorded span becomes one client span (one round trip: SayPI sends each
+statement on its own, without pipelines), named "<operation> <table>" and
+carrying the SQL text with its placeholders, never the parameter values.
+A transaction is a span too ("transaction", or "savepoint" inside one),
+parent of its statements, from BEGIN to COMMIT or ROLLBACK: two round trips
+of its own.
+The pool's check of a connection that sat idle (an empty query) is a round
+trip too, and appears as a span named "ping". Statements outside a request
+(health checks, the janitor, the presence listener) and in unsampled
+requests make no span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from opentelemetry.trace import SpanKind
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+from psycopg.rows import tuple_row
+
+from app.platform.tracing import ChildSpan
+
+if TYPE_CHECKING:
+    from app.platform.tracing import Tracing
+
+_FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*)*([A-Za-z]+)")
+_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_TARGETS = {
+    "SELECT": re.compile(r"\bFROM\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "INSERT": re.compile(r"\bINSERT\s+INTO\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "UPDATE": re.compile(r"\bUPDATE\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "DELETE": re.compile(r"\bDELETE\s+FROM\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+}
+MAX_NAMES = 1024  # statement texts whose names are remembered per worker
+
+
+def statement_name(text: str) -> tuple[str, str]:
+    """(span name, operation) of a statement: "SELECT conversations", "SELECT";
+    a statement with common table expressions is named by the write it does, if any;
+    the empty query (a connection check) is "ping"."""
+    match = _FIRST_WORD.match(text)
+    if match is None:
+        return ("ping", "") if not text.strip() else ("SQL", "")
+    operation = match.group(1).upper()
+    if operation == "WITH":
+        write = _WRITE.search(text)
+        operation = write.group(1).upper() if write else "SELECT"
+    target = _TARGETS.get(operation)
+    found = target.search(text) if target is not None else None
+    return (f"{operation} {found.group(1)}" if found else operation), operation
+
+
+def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
+    """A psycopg Connection class whose cursors make a span per statement with `tracing`."""
+    names: dict[str, tuple[str, str]] = {}
+
+    def describe(text: str) -> tuple[str, str]:
+        known = names.get(text)
+        if known is None:
+            if len(names) >= MAX_NAMES:
+                names.clear()
+            known = names[text] = statement_name(text)
+        return known
+
+    class TracedCursor(psycopg.Cursor):
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            if not tracing.recording():
+                return super().execute(query, params, prepare=prepare, binary=binary)
+            text = _text(query, self._conn)
+            name, operation = describe(text)
+            attributes = {**self._conn.trace_attributes, "db.query.text": text}
+            if operation:
+                attributes["db.operation.name"] = operation
+            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
+                return super().execute(query, params, prepare=prepare, binary=binary)
+
+        def executemany(self, query, params_seq, *, returning=False):
+            if not tracing.recording():
+                return super().executemany(query, params_seq, returning=returning)
+            text = _text(query, self._conn)
+            name, operation = describe(text)
+            attributes = {**self._conn.trace_attributes, "db.query.text": text}
+            if operation:
+                attributes["db.operation.name"] = operation
+            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
+                return super().executemany(query, params_seq, returning=returning)
+
+    class TracedConnection(psycopg.Connection):
+        @contextlib.contextmanager
+        def transaction(self, savepoint_name=None, force_rollback=False):
+            if not tracing.recording():
+                with super().transaction(savepoint_name, force_rollback) as tx:
+                    yield tx
+                return
+            nested = self.info.transaction_status != TransactionStatus.IDLE
+            with ChildSpan(tracing.tracer, "savepoint" if nested else "transaction",
+                           self.trace_attributes, SpanKind.CLIENT), \
+                    super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+
+        def __init__(self, pgconn, row_factory=tuple_row):
+            super().__init__(pgconn, row_factory)
+            self.cursor_factory = TracedCursor
+            info = self.info
+            self.trace_attributes: dict[str, Any] = {
+                "db.system": "postgresql", "db.system.name": "postgresql",
+                "db.namespace": info.dbname, "server.address": info.host}
+            if info.port:
+                self.trace_attributes["server.port"] = int(info.port)
+
+    return TracedConnection
+
+
+def _text(query, conn: psycopg.Connection) -> str:
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes | bytearray | memoryview):
+        return bytes(query).decode("utf-8", "replace")
+    if isinstance(query, sql.Composable):
+        return query.as_string(conn)
+    return str(query)

@@ -18,8 +18,9 @@ lint: $(STAMP)
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate
 
-bench: $(STAMP)      ## throughput and latency against reference apps; see bench-results/
+bench: $(STAMP)      ## throughput and latency against reference apps, scale-out and tracing rows; see bench-results/
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench tracing
 
 fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
 	$(BIN)/python -m bench fleet

@@ -72,26 +72,25 @@ def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
         return known
 
     class TracedCursor(psycopg.Cursor):
-        def execute(self, query, params=None, *, prepare=None, binary=None):
-            if not tracing.recording():
-                return super().execute(query, params, prepare=prepare, binary=binary)
+        def _span(self, query) -> ChildSpan:
+            """The CLIENT span of one statement: its name and text, never its values."""
             text = _text(query, self._conn)
             name, operation = describe(text)
             attributes = {**self._conn.trace_attributes, "db.query.text": text}
             if operation:
                 attributes["db.operation.name"] = operation
-            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
+            return ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT)
+
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            if not tracing.recording():
+                return super().execute(query, params, prepare=prepare, binary=binary)
+            with self._span(query):
                 return super().execute(query, params, prepare=prepare, binary=binary)
 
         def executemany(self, query, params_seq, *, returning=False):
             if not tracing.recording():
                 return super().executemany(query, params_seq, returning=returning)
-            text = _text(query, self._conn)
-            name, operation = describe(text)
-            attributes = {**self._conn.trace_attributes, "db.query.text": text}
-            if operation:
-                attributes["db.operation.name"] = operation
-            with ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT):
+            with self._span(query):
                 return super().executemany(query, params_seq, returning=returning)
 
     class TracedConnection(psycopg.Connection):

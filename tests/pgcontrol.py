@@ -35,4 +35,8 @@ class RestartablePostgres:
                      "-l", str(self.pgdata / "log"), "restart")
 
     def close(self) -> None:
+        """Stop the server, whichever postmaster runs now: pgserver stops only the one it
+        started, and after a restart() or start() a new one serves the data directory."""
         self.embedded.stop()
+        if (self.pgdata / "postmaster.pid").exists():
+            self._pg_ctl("-w", "-m", "fast", "stop")

@@ -154,7 +154,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     idempotency_keys = IdempotencyRepository(db)
     purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
               rate_limit_state.purge_expired]
-    if isinstance(cluster.positions, PostgresWritePositions):
+    if cluster.positions is not None:
         purges.append(cluster.positions.purge_expired)
     janitor = Periodic("janitor", config.purge_interval_seconds, purges,
                        logger.getChild("janitor"))

@@ -71,6 +71,7 @@ from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, 
 from bench.postgres import BenchDatabase, open_database, open_replicated
 from bench.seed import Seeded, line_params, seed
 from bench.servers import ROOT, Server, ServerFailed, base_env, python
+from bench.settings import UNBOUNDED_LIMITS
 
 RESULTS = ROOT / "bench-results"
 
@@ -92,9 +93,6 @@ USAGE = "python -m bench fleet: environment knobs (explicit values win):\n" + "\
     f"  {name:<28} default {default:<6} {text}" for name, (default, text) in KNOBS.items()) + (
     "\n  FLEET_TOPOLOGY               default replicated (single with DATABASE_URL): "
     "replicated adds a streaming standby and Redis")
-# Rate limits on in the replicated topology, at a rate the load cannot exhaust.
-UNBOUNDED_LIMITS = {"RATE_LIMIT_USER_PER_MINUTE": "60000000", "RATE_LIMIT_USER_BURST": "1000000",
-                    "RATE_LIMIT_IP_PER_MINUTE": "60000000", "RATE_LIMIT_IP_BURST": "1000000"}
 
 # Settings the harness decides; every other SayPI setting passes through from the environment.
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",

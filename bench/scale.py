@@ -35,14 +35,11 @@ from app.platform.db import migrate
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import build_request_files, read_requests, replay
 from bench.seed import seed
-from bench.servers import CpuSnapshot, Server
-from bench.wrk import WrkResult, run_wrk
+from bench.servers import Server
+from bench.settings import UNBOUNDED_LIMITS
+from bench.wrk import WrkResult
 from tests.services import PgCluster, RedisServer, wait_until
 
-UNBOUNDED_LIMITS = {  # policies on, at a rate no benchmark run can exhaust
-    "RATE_LIMIT_USER_PER_MINUTE": "60000000", "RATE_LIMIT_USER_BURST": "1000000",
-    "RATE_LIMIT_IP_PER_MINUTE": "60000000", "RATE_LIMIT_IP_BURST": "1000000",
-}
 ROWS = (
     ("scale_ref", "reference: bare Flask + pool, same query, no rate limiting"),
     ("scale_pg", "GET /conversations/{id}, rate limits on, state in PostgreSQL"),
@@ -117,32 +114,22 @@ def scale(bench) -> dict:
         # a fresh Redis holds no write positions: reads stay on the primary for a while
         _wait_for_replica_reads(replica_server, requests)
 
-        roots_base = {os.getpid(): "wrk", redis.process.pid: "redis"}
+        from bench.main import summarize  # bench.main imports this module
+
+        bench.files["scale_get"] = get_file
+        bench.extra_roots[redis.process.pid] = "redis"
         for node, group in ((cluster.primary, "primary"), (cluster.standby, "replica")):
             pid = _postmaster(node.pgdata)
             if pid:
-                roots_base[pid] = group
-        if bench.postmaster:
-            roots_base[bench.postmaster] = "bench_postgres"
-
-        def measure(server: Server, seconds: int) -> WrkResult:
-            roots = {**roots_base, **{other.process.pid: "idle_servers"
-                                      for other in bench.servers}}
-            roots[server.process.pid] = "app"
-            before = CpuSnapshot(roots)
-            result = run_wrk(bench.wrk, server.url, get_file, seconds, s.connections,
-                             s.wrk_threads)
-            result.cpu_seconds = CpuSnapshot(roots).since(before)
-            result.foreign_cpu_seconds = result.cpu_seconds["other"]
-            return result
+                bench.extra_roots[pid] = group
 
         bench.say("scale: warm-ups")
         for server in servers.values():
-            measure(server, s.warmup_seconds)
+            bench.measure(server, "scale_get", s.warmup_seconds)
         collected: dict[str, list[WrkResult]] = {key: [] for key in servers}
         for run in range(s.runs):
             for key, server in servers.items():
-                result = measure(server, s.seconds)
+                result = bench.measure(server, "scale_get", s.seconds)
                 collected[key].append(result)
                 bench.say(f"  {key:<14} run {run + 1}/{s.runs}: {result.rps:8.1f} req/s  "
                           f"p99 {result.latency_ms['p99']:6.2f} ms  errors {result.failed}")
@@ -150,12 +137,10 @@ def scale(bench) -> dict:
         cpus = os.cpu_count() or 1
         for key, title in ROWS:
             runs = collected[key]
-            rows[key] = {"title": title, "rps": round(statistics.median(r.rps for r in runs), 1),
-                         "p50_ms": round(statistics.median(r.latency_ms["p50"] for r in runs), 3),
-                         "p99_ms": round(statistics.median(r.latency_ms["p99"] for r in runs), 3),
-                         "errors": sum(r.failed for r in runs),
-                         "foreign_cpu_pct": round(max(100 * r.foreign_cpu_seconds
-                                                      / (r.seconds * cpus) for r in runs), 1),
+            summary = summarize(runs, cpus)
+            rows[key] = {"title": title,
+                         **{k: summary[k] for k in ("rps", "p50_ms", "p99_ms", "errors",
+                                                    "foreign_cpu_pct")},
                          "cpu_us_per_request": _cpu_per_request(runs)}
         for server in servers.values():
             bench.stop(server)
@@ -171,6 +156,7 @@ def scale(bench) -> dict:
                 "where": "a primary and a hot standby made with the system's PostgreSQL "
                          "tools (or pgserver's), and a redis-server, on loopback"}
     finally:
+        bench.extra_roots.clear()
         redis.stop()
         cluster.close()
 

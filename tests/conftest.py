@@ -248,12 +248,11 @@ def pgbouncer(pg_cluster) -> Iterator:
     bouncer.stop()
 
 
-def replicated_env(pg_cluster, redis_server) -> dict[str, str]:
+def replicated_env(pg_cluster, redis_url: str) -> dict[str, str]:
     """Settings for a SayPI on a fresh database of the cluster: reads on the standby,
-    hot state in Redis."""
+    hot state in the Redis at `redis_url`."""
     primary, standby = pg_cluster.create_database(f"saypi_r_{uuid.uuid4().hex[:10]}")
-    return {"DATABASE_URL": primary, "DATABASE_REPLICA_URLS": standby,
-            "REDIS_URL": redis_server.url}
+    return {"DATABASE_URL": primary, "DATABASE_REPLICA_URLS": standby, "REDIS_URL": redis_url}
 
 
 def pgbouncer_env(pg_cluster, pgbouncer) -> dict[str, str]:
@@ -301,13 +300,11 @@ def deployed_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("server")
     if request.param == "single":
         env = server_env(postgres.new_database(), tmp)
-    elif request.param == "replica+redis":
-        extra = replicated_env(request.getfixturevalue("pg_cluster"),
-                               request.getfixturevalue("redis_server"))
-        env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
     else:
-        extra = pgbouncer_env(request.getfixturevalue("pg_cluster"),
-                              request.getfixturevalue("pgbouncer"))
+        cluster = request.getfixturevalue("pg_cluster")
+        extra = (replicated_env(cluster, request.getfixturevalue("redis_server").url)
+                 if request.param == "replica+redis"
+                 else pgbouncer_env(cluster, request.getfixturevalue("pgbouncer")))
         env = server_env(extra.pop("DATABASE_URL"), tmp, **extra)
     server = Server(env, tmp / "server.log")
     server.wait_ready()

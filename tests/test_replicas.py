@@ -18,16 +18,20 @@ import pytest
 from tests.conftest import (
     eventually,
     metric_total,
+    replicated_env,
     wait_for_replica_reads,
 )
 from tests.services import RedisServer
 
 pytestmark = pytest.mark.slow
+# Rate limits on, every request decided in Redis, at a rate no test exhausts.
+LIMITS_ON = {"RATE_LIMIT_USER_PER_MINUTE": "600000", "RATE_LIMIT_USER_BURST": "100000",
+             "RATE_LIMIT_IP_PER_MINUTE": "600000", "RATE_LIMIT_IP_BURST": "100000"}
 
 
 def start_replicated(start_server, pg_cluster, redis_url: str, count: int = 1, **settings):
-    primary, standby = pg_cluster.create_database(f"saypi_rp_{time.monotonic_ns()}")
-    env = {"DATABASE_REPLICA_URLS": standby, "REDIS_URL": redis_url, **settings}
+    env = {**replicated_env(pg_cluster, redis_url), **settings}
+    primary = env.pop("DATABASE_URL")
     servers = [start_server(primary, **env) for _ in range(count)]
     for server in servers:
         wait_for_replica_reads(server)
@@ -195,9 +199,7 @@ def test_redis_stopped_under_load_fails_open_and_never_serves_a_stale_read(
     redis = RedisServer().start()
     try:
         (server,) = start_replicated(
-            start_server, pg_cluster, redis.url, REPLICA_MAX_LAG_SECONDS="15",
-            RATE_LIMIT_USER_PER_MINUTE="600000", RATE_LIMIT_USER_BURST="100000",
-            RATE_LIMIT_IP_PER_MINUTE="600000", RATE_LIMIT_IP_BURST="100000")
+            start_server, pg_cluster, redis.url, REPLICA_MAX_LAG_SECONDS="15", **LIMITS_ON)
         headers = new_user(server, "writer")
         convo = httpx.post(server.url + "/conversations", json={"heading": "through it all"},
                            headers=headers, timeout=5).json()
@@ -259,8 +261,7 @@ def test_a_redis_that_stops_answering_costs_requests_one_timeout_and_no_error(
     redis = RedisServer().start()
     try:
         (server,) = start_replicated(
-            start_server, pg_cluster, redis.url, REDIS_TIMEOUT="0.1",
-            RATE_LIMIT_USER_PER_MINUTE="600000", RATE_LIMIT_USER_BURST="100000")
+            start_server, pg_cluster, redis.url, REDIS_TIMEOUT="0.1", **LIMITS_ON)
         headers = new_user(server, "patient")
         convo = httpx.post(server.url + "/conversations", json={"heading": "hung"},
                            headers=headers, timeout=5).json()

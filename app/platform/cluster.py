@@ -44,6 +44,7 @@ import psycopg
 from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
 from app.platform.health import pool_details
 from app.repo.replication import primary_position, replica_status
+from app.repo.write_positions import PositionsUnavailable
 
 PRIMARY = "primary"
 # Why a read that could have gone to a replica went to the primary.
@@ -56,6 +57,8 @@ class WritePositions(Protocol):
     def get(self, user_id: int) -> int | None: ...
 
     def trusted(self) -> bool: ...
+
+    def purge_expired(self) -> int: ...
 
 
 class Replica:
@@ -228,7 +231,7 @@ class Cluster:
             return None
         try:
             position = positions.get(user_id)
-        except Exception:
+        except PositionsUnavailable:
             self.tally.add("fallback:positions_unavailable")
             return None
         start = next(self._turn)

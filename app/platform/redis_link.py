@@ -114,11 +114,6 @@ class RedisLink:
             self.logger.error("redis failed (%s: %s); falling back for %.1fs before trying "
                               "again", type(exc).__name__, exc, self.pause_seconds)
 
-    @property
-    def available(self) -> bool:
-        """False while the breaker is open."""
-        return not self._closed_until or self._clock() >= self._closed_until
-
     def seconds_since_failure(self) -> float | None:
         at = self.last_failure_at
         return None if at is None else self._clock() - at

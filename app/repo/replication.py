@@ -11,7 +11,7 @@ import psycopg
 # The insert position, not pg_current_wal_lsn() (the write position): with
 # synchronous_commit off a commit returns before its record is written, so
 # only the insert position is sure to be past it.
-_PRIMARY_POSITION = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+PRIMARY_POSITION = "(pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
 # A replica that is no longer in recovery was promoted: it is a primary of its
 # own and must not serve this primary's reads.
 _REPLICA_STATUS = ("SELECT pg_is_in_recovery(), "
@@ -20,7 +20,7 @@ _REPLICA_STATUS = ("SELECT pg_is_in_recovery(), "
 
 def primary_position(conn: psycopg.Connection) -> int:
     """Where the primary's WAL ends now: every transaction committed before is at or below it."""
-    return conn.execute(_PRIMARY_POSITION).fetchone()[0]
+    return conn.execute(f"SELECT {PRIMARY_POSITION}").fetchone()[0]
 
 
 def replica_status(conn: psycopg.Connection) -> tuple[bool, int]:

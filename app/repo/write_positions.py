@@ -23,7 +23,7 @@ import time
 import psycopg
 
 from app.platform.redis_link import LuaScript, RedisDown, RedisLink
-from app.repo.replication import primary_position
+from app.repo.replication import PRIMARY_POSITION, primary_position
 
 
 class PositionsUnavailable(Exception):
@@ -41,7 +41,7 @@ class PostgresWritePositions:
         """Note the primary's WAL position now (after the user's commit), in one statement."""
         conn.execute(
             "INSERT INTO write_positions (user_id, position, expires_at) "
-            "VALUES (%(user_id)s, (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint, "
+            f"VALUES (%(user_id)s, {PRIMARY_POSITION}, "
             "        now() + make_interval(secs => %(ttl)s)) "
             "ON CONFLICT (user_id) DO UPDATE "
             "SET position = greatest(write_positions.position, excluded.position), "

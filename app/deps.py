@@ -27,12 +27,7 @@ from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
 from app.platform.cluster import Cluster, Replica, ReplicaSettings
-from app.platform.db import (
-    Database,
-    expected_schema_version,
-    pool_settings,
-    required_schema_version,
-)
+from app.platform.db import Database, load_migrations, pool_settings
 from app.platform.logs import AccessLog, RedactionFilter
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
@@ -132,9 +127,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
-        "migrations": health_mod.migrations_checker(db, expected_schema_version(),
-                                                    config.health_check_timeout,
-                                                    required_schema_version()),
+        "migrations": health_mod.migrations_checker(db, load_migrations(),
+                                                    config.health_check_timeout),
         "memory": health_mod.memory_checker(config.memory_limit_bytes),
         "lifecycle": health_mod.lifecycle_checker(lifecycle),
     }

@@ -18,10 +18,9 @@ import pytest
 
 from app.platform.db import (
     Migration,
-    expected_schema_version,
     load_migrations,
     migrate,
-    required_schema_version,
+    serves_with,
 )
 from app.platform.health import HEALTHY, UNHEALTHY, migrations_checker
 from tests.conftest import run_inline, server_env
@@ -60,10 +59,17 @@ def test_the_contract_header_is_read_from_the_leading_comments_only():
     assert Migration(1, "x", "--saypi:   Contract\nDROP TABLE x;").contract
     assert not Migration(1, "x", "SELECT 1;\n-- saypi: contract\n").contract
     assert not Migration(1, "x", "-- saypi: contractual obligations\nSELECT 1;").contract
+
+def test_a_build_serves_once_only_its_contract_step_and_what_follows_is_pending():
+    """The readiness rule is migrate()'s stop rule (a contract, then an expand, included)."""
     shipped = load_migrations()
-    assert expected_schema_version([*shipped, EXPAND, CONTRACT]) == 9002
-    assert required_schema_version([*shipped, EXPAND, CONTRACT]) == 9001
-    assert required_schema_version(shipped) == expected_schema_version(shipped)
+    applied = {m.version for m in shipped}
+    plan = [*shipped, EXPAND, CONTRACT, LATER]
+    assert serves_with(shipped, applied)
+    assert not serves_with(plan, applied)  # the expand migration is pending
+    assert serves_with(plan, applied | {9001})  # the contract step and LATER behind it wait
+    assert not serves_with(plan, applied | {9001, 9002})  # contracted: LATER is needed now
+    assert serves_with(plan, applied | {9001, 9002, 9003})
 
 
 def test_a_contract_migration_waits_for_the_contract_step(postgres, caplog):
@@ -97,8 +103,7 @@ def test_readiness_needs_the_expand_migrations_but_not_the_contract_ones(postgre
     db = Database(dsn, pool_settings(config), LOGGER)
     db.open(wait_seconds=5)
     try:
-        check = migrations_checker(db, expected_schema_version(plan), 1.0,
-                                   required_schema_version(plan))
+        check = migrations_checker(db, plan, 1.0)
         assert check().status == UNHEALTHY  # the expand migration has not run
         migrate(dsn, LOGGER, migrations=plan)
         result = check()
@@ -107,7 +112,7 @@ def test_readiness_needs_the_expand_migrations_but_not_the_contract_ones(postgre
         migrate(dsn, LOGGER, contract=True, migrations=plan)
         assert check().message.startswith("schema is current")
         # The previous release (it shipped up to the expand) serves the contracted schema.
-        previous = migrations_checker(db, 9001, 1.0)
+        previous = migrations_checker(db, [*shipped, EXPAND], 1.0)
         assert previous().status == HEALTHY
     finally:
         db.close()

@@ -437,9 +437,9 @@ def pool_settings(config) -> PoolSettings:
 # migration must keep the previous release working ("expand": add tables,
 # nullable or defaulted columns, indexes). One that removes or changes what
 # the previous release still uses ("contract": drop, rename, retype, a new NOT
-# NULL) says so in its leading comment lines, and runs only as a later step,
-# `run.py migrate --contract`, once no instance of the previous release is left.
-CONTRACT_HEADER = "-- saypi: contract"
+# NULL) says so in its leading comment lines (`-- saypi: contract`), and runs
+# only as a later step, `run.py migrate --contract`, once no instance of the
+# previous release is left.
 
 
 @dataclass(frozen=True)
@@ -478,19 +478,18 @@ def load_migrations() -> list[Migration]:
     return sorted(migrations, key=lambda m: m.version)
 
 
-def expected_schema_version(migrations: list[Migration] | None = None) -> int:
-    """The newest migration this build ships."""
-    return max(m.version for m in (migrations or load_migrations()))
+def pending_migrations(migrations: list[Migration], applied: set[int]) -> list[Migration]:
+    """The migrations not applied yet, in version order."""
+    return [m for m in migrations if m.version not in applied]
 
 
-def required_schema_version(migrations: list[Migration] | None = None) -> int:
-    """The schema this build needs to serve: its newest expand migration.
-
-    A contract migration only removes what the previous release used, so a
-    build serves before its own contract step ran.
-    """
-    return max((m.version for m in (migrations or load_migrations()) if not m.contract),
-               default=0)
+def serves_with(migrations: list[Migration], applied: set[int]) -> bool:
+    """Whether this build can serve on a schema with `applied` migrations: nothing is
+    pending but from a contract migration on, which is where `migrate()` without
+    `contract` stops. A contract step only removes what the previous release used,
+    so a build serves before its own contract step ran."""
+    pending = pending_migrations(migrations, applied)
+    return not pending or pending[0].contract
 
 
 def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10, contract: bool = False,
@@ -512,7 +511,7 @@ def migrate(dsn: str, logger: logging.Logger, connect_timeout: int = 10, contrac
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            pending = [m for m in (migrations or load_migrations()) if m.version not in done]
+            pending = pending_migrations(migrations or load_migrations(), done)
             for i, migration in enumerate(pending):
                 if migration.contract and not contract:
                     waiting = ", ".join(m.label for m in pending[i:])

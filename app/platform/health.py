@@ -29,6 +29,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import PoolTimeout, TooManyRequests
 
+from app.platform.db import Migration, pending_migrations, serves_with
+
 HEALTHY, DEGRADED, UNHEALTHY, CRITICAL = "healthy", "degraded", "unhealthy", "critical"
 SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2, CRITICAL: 3}
 
@@ -269,27 +271,28 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
     return check
 
 
-def migrations_checker(db, expected_version: int, timeout: float = 1.0,
-                       required_version: int | None = None) -> Checker:
-    """The database's schema version against the newest migration this build ships.
+def migrations_checker(db, migrations: list[Migration], timeout: float = 1.0) -> Checker:
+    """The migrations applied to the database against those this build ships.
 
-    Below `required_version` (the newest expand migration) the build cannot
-    serve; between it and `expected_version` only this build's contract
-    migrations are pending, which wait until the previous release is gone.
+    The build cannot serve while an expand migration is pending (the rule of
+    `serves_with`, the one `migrate()` stops by); when only its contract
+    migrations (and what follows them) are pending, it serves: they wait
+    until the previous release is gone.
 
-    When every connection is busy the check reuses the version it read last
+    When every connection is busy the check reuses the versions it read last
     (saying so): a saturated pool must not take a worker out of service for a
     fact that has not changed. The database check reports the saturation.
     """
-    last_read: list[int] = []
-    required = expected_version if required_version is None else required_version
+    expected_version = max(m.version for m in migrations)
+    last_read: list[set[int]] = []
 
-    def verdict(current: int, message_suffix: str = "") -> CheckResult:
+    def verdict(applied: set[int], message_suffix: str = "") -> CheckResult:
+        current = max(applied, default=0)
         details = {"current": current, "expected": expected_version}
-        if current < required:
+        if not serves_with(migrations, applied):
             return CheckResult(UNHEALTHY, "database schema is behind this build; run the "
                                           "migrations" + message_suffix, details)
-        if current < expected_version:
+        if pending_migrations(migrations, applied):
             return CheckResult(HEALTHY, "contract migrations pending (`run.py migrate "
                                         "--contract` once the previous release is gone)"
                                         + message_suffix, details)
@@ -301,10 +304,10 @@ def migrations_checker(db, expected_version: int, timeout: float = 1.0,
     def check() -> CheckResult:
         try:
             with db.pooled(timeout=timeout / 2) as conn:
-                row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"
-                                   ).fetchone()
+                applied = {row[0] for row in conn.execute(
+                    "SELECT version FROM schema_migrations")}
         except psycopg.errors.UndefinedTable:
-            return verdict(0)  # never migrated
+            return verdict(set())  # never migrated
         except (PoolTimeout, TooManyRequests):
             if last_read:
                 return verdict(last_read[0], " (as last read: every connection is busy)")
@@ -313,8 +316,8 @@ def migrations_checker(db, expected_version: int, timeout: float = 1.0,
         except Exception as exc:
             return CheckResult(UNHEALTHY, f"schema version unreadable ({type(exc).__name__})",
                                {"expected": expected_version})
-        last_read[:] = [row[0]]
-        return verdict(row[0])
+        last_read[:] = [applied]
+        return verdict(applied)
 
     return check
 

@@ -60,6 +60,7 @@ def test_the_contract_header_is_read_from_the_leading_comments_only():
     assert not Migration(1, "x", "SELECT 1;\n-- saypi: contract\n").contract
     assert not Migration(1, "x", "-- saypi: contractual obligations\nSELECT 1;").contract
 
+
 def test_a_build_serves_once_only_its_contract_step_and_what_follows_is_pending():
     """The readiness rule is migrate()'s stop rule (a contract, then an expand, included)."""
     shipped = load_migrations()

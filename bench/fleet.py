@@ -60,7 +60,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,14 +188,9 @@ class Instance:
 class Fleet:
     """The database, the instances, HAProxy; everything started is stopped by close()."""
 
-    def __init__(self, env: Mapping[str, str], settings: FleetSettings,
-                 extra_env: Callable[[Instance], Mapping[str, str]] | None = None):
+    def __init__(self, env: Mapping[str, str], settings: FleetSettings):
         self.env = env
         self.settings = settings
-        # Settings of one instance's own; a later read replica or Redis goes here
-        # (DATABASE_REPLICA_URLS, REDIS_URL), started as `services` below.
-        self.extra_env = extra_env or (lambda instance: {})
-        self.services: list[Callable[[], None]] = []  # their stop functions
         self.started = time.monotonic()
         self.work = Path(tempfile.mkdtemp(prefix="saypi-fleet-"))
         self.secret = secrets.token_urlsafe(32)
@@ -229,19 +224,18 @@ class Fleet:
             "HEALTH_CACHE_SECONDS": "0.5",
         })
         env.update(self.topology_env)
-        env.update(self.extra_env(instance))
         return env
 
     def prepare(self) -> None:
         haproxy = ensure_haproxy(self.say)
         self.say(f"haproxy: {haproxy}")
-        self.say("starting PostgreSQL" + (" (a new database on DATABASE_URL's server)"
-                                          if self.env.get("DATABASE_URL") else " (embedded)"))
         if self.settings.topology == "replicated":
             self.say("starting a PostgreSQL primary, a streaming standby and redis-server")
             self.db, scaled = open_replicated(self.logger)
             self.topology_env = {**scaled, **UNBOUNDED_LIMITS}
         else:
+            self.say("starting PostgreSQL" + (" (a new database on DATABASE_URL's server)"
+                                              if self.env.get("DATABASE_URL") else " (embedded)"))
             self.db = open_database(self.env, self.logger)
         self.seeded = seed(self.db.dsn, users=20, conversations=200, lines=10, cap_lines=10,
                            phrase_count=50, secret=self.secret)
@@ -327,8 +321,6 @@ class Fleet:
                     self.say(f"stopping {instance.name} failed: {exc}")
         if self.haproxy is not None:
             self.haproxy.stop()
-        for stop in reversed(self.services):
-            stop()
         if self.db is not None:
             self.db.close()
         shutil.rmtree(self.work, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import ROOT, apt_install
+from bench.servers import ROOT, Process, apt_install
 
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 ERRORS = ROOT / "deploy" / "haproxy" / "errors"
@@ -97,13 +96,12 @@ def check_config(haproxy: str, config_path: Path, listen: str = "127.0.0.1:1"
                           capture_output=True, text=True, timeout=30)
 
 
-class HAProxy:
+class HAProxy(Process):
     """A real HAProxy on 127.0.0.1:port in front of `backends`, in its own session."""
 
     def __init__(self, haproxy: str, backends: list[Backend], port: int, work: Path):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.backends = backends
         self.stats_socket = work / "haproxy.sock"
         self.config_path = work / "haproxy.cfg"
         self.config_path.write_text(render_config(backends, self.stats_socket))
@@ -111,12 +109,8 @@ class HAProxy:
         if checked.returncode != 0:
             raise HAProxyUnavailable(f"haproxy -c refused the rendered configuration:\n"
                                      f"{checked.stdout}{checked.stderr}")
-        self.log_path = work / "haproxy.log"
-        self._log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [haproxy, "-db", "-f", str(self.config_path)],
-            env=config_env(f"127.0.0.1:{port}"), stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+        super().__init__("haproxy", [haproxy, "-db", "-f", str(self.config_path)],
+                         config_env(f"127.0.0.1:{port}"), work / "haproxy.log")
         deadline = time.monotonic() + 10
         while not self._accepting():
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -161,20 +155,5 @@ class HAProxy:
             time.sleep(0.05)
         return False
 
-    def log_tail(self, limit: int = 4000) -> str:
-        self._log.flush()
-        data = self.log_path.read_bytes()
-        return data[-limit:].decode("utf-8", "replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self._log.close()
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)

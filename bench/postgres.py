@@ -8,14 +8,12 @@ drops it afterwards.
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import psycopg
 
@@ -75,51 +73,21 @@ def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, st
 
 
 def _embedded(logger: logging.Logger) -> BenchDatabase:
-    from app.platform.embedded_pg import EmbeddedUnavailable, start_embedded
+    from app.platform.embedded_pg import EmbeddedUnavailable
+    from tests.pgcontrol import RestartablePostgres
 
     directory = Path(tempfile.mkdtemp(prefix="saypi-bench-pg-"))
     try:
-        embedded = start_embedded(directory, logger)
+        server = RestartablePostgres(directory, logger)
     except EmbeddedUnavailable as exc:
         shutil.rmtree(directory, ignore_errors=True)
         raise SystemExit(f"bench: {exc}") from None
-    control = _EmbeddedControl(embedded.dsn, directory / "postgres")
-    db = BenchDatabase(embedded.dsn, "embedded PostgreSQL (pgserver), fresh data directory",
-                       restart=control.restart)
+    db = BenchDatabase(server.dsn, "embedded PostgreSQL (pgserver), fresh data directory",
+                       restart=server.restart)
     db._cleanup.append(lambda: shutil.rmtree(directory, ignore_errors=True))
-    db._cleanup.append(control.stop_restarted)
-    db._cleanup.append(embedded.stop)
+    db._cleanup.append(server.close)  # whichever postmaster serves it, after a restart too
     migrate(db.dsn, logger)
     return db
-
-
-class _EmbeddedControl:
-    """`pg_ctl` on the embedded server: restart, and stop what a restart started.
-
-    pgserver stops only the postmaster it started itself, and after a restart
-    does not always see the new one; whatever still runs on the data
-    directory is stopped here, before the directory is removed.
-    """
-
-    def __init__(self, dsn: str, pgdata: Path):
-        self.pgdata = pgdata.resolve()
-        self.socket_dir = parse_qs(urlparse(dsn).query)["host"][0]
-        self.user = "pgserver" if os.geteuid() == 0 else None  # pgserver runs it unprivileged
-        self.restarted = False
-
-    def _pg_ctl(self, *args: str) -> None:
-        import pgserver
-
-        pgserver.pg_ctl(list(args), pgdata=self.pgdata, user=self.user, timeout=60)
-
-    def restart(self) -> None:
-        self.restarted = True
-        self._pg_ctl("-w", "-m", "fast", "-o", '-h ""', "-o", f"-k {self.socket_dir}",
-                     "-l", str(self.pgdata / "log"), "restart")
-
-    def stop_restarted(self) -> None:
-        if self.restarted and (self.pgdata / "postmaster.pid").exists():
-            self._pg_ctl("-w", "-m", "fast", "stop")
 
 
 def _on_server(admin: str, logger: logging.Logger) -> BenchDatabase:

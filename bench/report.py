@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.scale import markdown as scale_markdown
-
 ORDER = ("hello", "ref_get", "ref_get_cap", "animals", "get", "list", "post_line", "post_batch",
          "mix",
          "get_paced", "list_paced", "get_cap", "list_large")
@@ -381,3 +379,56 @@ def rerender(results_dir: Path) -> int:
     finish(data, results_dir)
     print(markdown(data))
     return 0
+
+
+def scale_markdown(result: dict) -> list[str]:
+    """The "Scaling past one database" section (bench/scale.py's rows), in its rows' order."""
+    rows = result.get("rows", {})
+    if not rows:
+        return []
+    out = ["## Scaling past one database", "",
+           f"On {result.get('where')}, PostgreSQL {result.get('postgres')}. CPU us per "
+           "request by process group; round trips are statements the primary received per "
+           "request (wire proxy, one worker, second pass).", "",
+           "| scenario | req/s | x same-query ref | p50 ms | p99 ms | primary round trips/req "
+           "| app CPU us/req | primary PG CPU us/req | replica PG CPU us/req | redis CPU us/req "
+           "| errors | other CPU |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v in rows.values():
+        cpu = v["cpu_us_per_request"]
+
+        def fmt(value):
+            return "-" if value is None else f"{value:,.0f}"
+
+        out.append(f"| {v['title']} | {v['rps']:,.1f} | {v['x_ref']:.2f} | {v['p50_ms']:.2f} "
+                   f"| {v['p99_ms']:.2f} | {v.get('primary_round_trips', '-')} "
+                   f"| {fmt(cpu['app'])} | {fmt(cpu['primary'])} | {fmt(cpu['replica'])} "
+                   f"| {fmt(cpu['redis'])} | {v['errors']} | {v['foreign_cpu_pct']:.0f} % |")
+    out.append("")
+    targets = scale_targets(result)
+    if targets:
+        out += ["| target | measured | wanted | status |", "|---|---:|---|---|"]
+        for name, measured, wanted, ok in targets:
+            out.append(f"| {name} | {measured} | {wanted} | {'PASS' if ok else 'FAIL'} |")
+        out.append("")
+    return out
+
+
+def scale_targets(result: dict) -> list[tuple[str, str, str, bool]]:
+    rows = result.get("rows", {})
+    if not {"scale_redis", "scale_replica", "scale_ref"} <= set(rows):
+        return []
+    redis, replica = rows["scale_redis"], rows["scale_replica"]
+    ref_pg = rows["scale_ref"]["cpu_us_per_request"]["primary"] or 0.0
+    replica_pg = replica["cpu_us_per_request"]["primary"] or 0.0
+    return [
+        ("GET with rate limits on, Redis store, vs the same-query reference",
+         f"{redis['x_ref']:.2f}x", ">= 0.90x", redis["x_ref"] >= 0.90),
+        ("PostgreSQL round trips per GET, Redis store",
+         f"{redis.get('primary_round_trips', 0):.2f}", "exactly 1",
+         round(redis.get("primary_round_trips", 0), 2) == 1.0),
+        ("primary PG CPU per GET with a replica (users with no recent write)",
+         f"{replica_pg:.0f} us (reference on the primary: {ref_pg:.0f} us)",
+         "about 0 (under 5 % of the reference's)",
+         ref_pg > 0 and replica_pg < 0.05 * ref_pg),
+    ]

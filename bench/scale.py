@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg
 
 from app.platform.db import migrate
+from bench.main import summarize
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import build_request_files, read_requests, replay
 from bench.seed import seed
@@ -113,8 +114,6 @@ def scale(bench) -> dict:
         replica_server = servers["scale_replica"]
         # a fresh Redis holds no write positions: reads stay on the primary for a while
         _wait_for_replica_reads(replica_server, requests)
-
-        from bench.main import summarize  # bench.main imports this module
 
         bench.files["scale_get"] = get_file
         bench.extra_roots[redis.process.pid] = "redis"
@@ -204,58 +203,3 @@ def _round_trips(bench, primary: str, standby: str, redis_url: str, requests) ->
     finally:
         counter.close()
     return out
-
-
-def markdown(result: dict) -> list[str]:
-    rows = result.get("rows", {})
-    if not rows:
-        return []
-    out = ["## Scaling past one database", "",
-           f"On {result.get('where')}, PostgreSQL {result.get('postgres')}. CPU us per "
-           "request by process group; round trips are statements the primary received per "
-           "request (wire proxy, one worker, second pass).", "",
-           "| scenario | req/s | x same-query ref | p50 ms | p99 ms | primary round trips/req "
-           "| app CPU us/req | primary PG CPU us/req | replica PG CPU us/req | redis CPU us/req "
-           "| errors | other CPU |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for key, _title in ROWS:
-        if key not in rows:
-            continue
-        v = rows[key]
-        cpu = v["cpu_us_per_request"]
-
-        def fmt(value):
-            return "-" if value is None else f"{value:,.0f}"
-
-        out.append(f"| {v['title']} | {v['rps']:,.1f} | {v['x_ref']:.2f} | {v['p50_ms']:.2f} "
-                   f"| {v['p99_ms']:.2f} | {v.get('primary_round_trips', '-')} "
-                   f"| {fmt(cpu['app'])} | {fmt(cpu['primary'])} | {fmt(cpu['replica'])} "
-                   f"| {fmt(cpu['redis'])} | {v['errors']} | {v['foreign_cpu_pct']:.0f} % |")
-    out.append("")
-    targets = scale_targets(result)
-    if targets:
-        out += ["| target | measured | wanted | status |", "|---|---:|---|---|"]
-        for name, measured, wanted, ok in targets:
-            out.append(f"| {name} | {measured} | {wanted} | {'PASS' if ok else 'FAIL'} |")
-        out.append("")
-    return out
-
-
-def scale_targets(result: dict) -> list[tuple[str, str, str, bool]]:
-    rows = result.get("rows", {})
-    if not {"scale_redis", "scale_replica", "scale_ref"} <= set(rows):
-        return []
-    redis, replica = rows["scale_redis"], rows["scale_replica"]
-    ref_pg = rows["scale_ref"]["cpu_us_per_request"]["primary"] or 0.0
-    replica_pg = replica["cpu_us_per_request"]["primary"] or 0.0
-    return [
-        ("GET with rate limits on, Redis store, vs the same-query reference",
-         f"{redis['x_ref']:.2f}x", ">= 0.90x", redis["x_ref"] >= 0.90),
-        ("PostgreSQL round trips per GET, Redis store",
-         f"{redis.get('primary_round_trips', 0):.2f}", "exactly 1",
-         round(redis.get("primary_round_trips", 0), 2) == 1.0),
-        ("primary PG CPU per GET with a replica (users with no recent write)",
-         f"{replica_pg:.0f} us (reference on the primary: {ref_pg:.0f} us)",
-         "about 0 (under 5 % of the reference's)",
-         ref_pg > 0 and replica_pg < 0.05 * ref_pg),
-    ]

@@ -26,19 +26,53 @@ class ServerFailed(RuntimeError):
     pass
 
 
-class Server:
-    """A gunicorn-served app on 127.0.0.1:port, started as a subprocess in its own session."""
+class Process:
+    """A subprocess the benchmark started in its own session (process group), its output in
+    `log_path`; stopped by that group's id."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int,
-                 log_path: Path, ready_path: str, workers: int):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
         self.name = name
-        self.port = port
-        self.ready_path = ready_path
-        self.workers = workers
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to the process group this server was started in; SIGKILL if it lingers."""
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self._log.close()
+
+    def log_tail(self, limit: int = 4000) -> str:
+        self._log.flush()
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                size = handle.tell()
+                handle.seek(max(0, size - limit))
+                return handle.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+
+class Server(Process):
+    """A gunicorn-served app on 127.0.0.1:port, started as a subprocess in its own session."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int,
+                 log_path: Path, ready_path: str, workers: int):
+        super().__init__(name, argv, env, log_path)
+        self.port = port
+        self.ready_path = ready_path
+        self.workers = workers
 
     # --- readiness -----------------------------------------------------------------
     def wait_ready(self, timeout: float = 90.0) -> Server:
@@ -91,31 +125,6 @@ class Server:
     def worker_cpu(self) -> dict[int, float]:
         return {pid: cpu_seconds(pid) for pid in self.worker_pids()}
 
-    # --- stop ------------------------------------------------------------------------
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the process group this server was started in; SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
-
-    def log_tail(self, limit: int = 4000) -> str:
-        self._log.flush()
-        try:
-            with open(self.log_path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - limit))
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 def python() -> str:

@@ -11,8 +11,11 @@ from app.platform.embedded_pg import start_embedded
 
 
 class RestartablePostgres:
-    def __init__(self, directory: Path):
-        self.embedded = start_embedded(directory, logging.getLogger("test"))
+    """The embedded PostgreSQL of `directory` (app/platform/embedded_pg.py), with pg_ctl's
+    stop, start and restart; the tests' and the benchmark's own server."""
+
+    def __init__(self, directory: Path, logger: logging.Logger | None = None):
+        self.embedded = start_embedded(directory, logger or logging.getLogger("test"))
         self.dsn = self.embedded.dsn
         self.pgdata = directory.resolve() / "postgres"
         self.socket_dir = parse_qs(urlparse(self.dsn).query)["host"][0]

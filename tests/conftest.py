@@ -312,3 +312,12 @@ def deployed_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
         wait_for_replica_reads(server)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator:
+    """A real OTLP/HTTP receiver (tests/otlp_receiver.py) for a test's exported spans."""
+    from tests.otlp_receiver import OtlpReceiver
+
+    with OtlpReceiver() as running:
+        yield running

@@ -10,10 +10,8 @@ stops itself.
 
 from __future__ import annotations
 
-import gzip
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -78,12 +76,8 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                # SayPI's exporter sends uncompressed (app/platform/tracing.py)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                encoding = self.headers.get("Content-Encoding", "")
-                if encoding == "gzip":
-                    body = gzip.decompress(body)
-                elif encoding == "deflate":
-                    body = zlib.decompress(body)
                 if self.path != "/v1/traces" or receiver._refusing:
                     self.send_response(404 if self.path != "/v1/traces" else 503)
                     self.send_header("Content-Length", "0")
@@ -140,8 +134,9 @@ class OtlpReceiver:
     def release(self) -> None:
         self._gate.set()
 
-    def refuse(self, refusing: bool = True) -> None:
-        self._refusing = refusing
+    def refuse(self) -> None:
+        """Answer every export from now on with 503."""
+        self._refusing = True
 
     def received(self) -> list[ReceivedSpan]:
         with self._lock:

@@ -12,29 +12,25 @@ import json
 import secrets
 
 import httpx
-import pytest
 
 from app.client import Client
 from app.http.trace_context import parse_traceparent
-from tests.conftest import SECRET, eventually
+from tests.conftest import SECRET, eventually, metric_total
 from tests.otlp_receiver import CLIENT_KIND, SERVER_KIND, STATUS_ERROR, OtlpReceiver
 
 CONVERSATION_ROUTE = "GET /conversations/<conversation_id>"
 
 
-@pytest.fixture
-def receiver():
-    with OtlpReceiver() as running:
-        yield running
-
-
 def traced(start_server, receiver: OtlpReceiver, **overrides: str):
-    return start_server(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-                        OTEL_BSP_SCHEDULE_DELAY="100", **overrides)
+    settings = {"OTEL_BSP_SCHEDULE_DELAY": "100", **overrides}
+    return start_server(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, **settings)
 
 
-def new_ids() -> tuple[str, str]:
-    return secrets.token_hex(16), secrets.token_hex(8)
+def caller(token: str) -> tuple[str, str, dict[str, str]]:
+    """A new calling span: its trace id, its span id, and the headers of its request."""
+    trace_id, parent_id = secrets.token_hex(16), secrets.token_hex(8)
+    return trace_id, parent_id, {"traceparent": f"00-{trace_id}-{parent_id}-01",
+                                 "Authorization": f"Bearer {token}"}
 
 
 def user_with_conversation(server) -> tuple[str, str]:
@@ -65,21 +61,17 @@ def statements(spans) -> list:
 
 
 def json_lines(server) -> list[dict]:
-    lines = []
-    for line in server.log_path.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            lines.append(json.loads(line))
-    return lines
+    """The server's JSON log lines (read from its file: also after the server stopped)."""
+    return [json.loads(line) for line in server.log_path.read_text(errors="replace").splitlines()
+            if line.startswith("{")]
 
 
 def test_a_request_continues_the_callers_trace(start_server, receiver):
     server = traced(start_server, receiver)
     token, cid = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
+    trace_id, parent_id, headers = caller(token)
     response = httpx.get(f"{server.url}/conversations/{cid}?limit=1&secret=query",
-                         headers={"Authorization": f"Bearer {token}",
-                                  "traceparent": f"00-{trace_id}-{parent_id}-01",
-                                  "tracestate": "vendor=opaque,other@tenant=1",
+                         headers={**headers, "tracestate": "vendor=opaque,other@tenant=1",
                                   "User-Agent": "tracing-test/1.0"})
     assert response.status_code == 200
 
@@ -127,12 +119,10 @@ def test_a_request_continues_the_callers_trace(start_server, receiver):
 def test_log_lines_carry_the_trace(start_server, receiver):
     server = traced(start_server, receiver)
     token, _ = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
+    trace_id, _, headers = caller(token)
     request_id = "trace-log-" + secrets.token_hex(4)
     response = httpx.get(f"{server.url}/debug/fail",
-                         headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
-                                  "X-Request-ID": request_id,
-                                  "Authorization": f"Bearer {token}"})
+                         headers={**headers, "X-Request-ID": request_id})
     assert response.status_code == 500
     spans = request_trace(receiver, trace_id)
     root = server_span(spans, trace_id)
@@ -156,10 +146,8 @@ def test_log_lines_carry_the_trace(start_server, receiver):
 def test_user_errors_do_not_mark_the_span(start_server, receiver):
     server = traced(start_server, receiver)
     token, _ = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
-    response = httpx.get(f"{server.url}/conversations/cv_0000000000000001",
-                         headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
-                                  "Authorization": f"Bearer {token}"})
+    trace_id, _, headers = caller(token)
+    response = httpx.get(f"{server.url}/conversations/cv_0000000000000001", headers=headers)
     assert response.status_code == 404
     root = server_span(request_trace(receiver, trace_id), trace_id)
     assert root.attributes["http.response.status_code"] == 404
@@ -170,12 +158,10 @@ def test_rate_limit_and_idempotency_spans(start_server, receiver):
     server = traced(start_server, receiver, RATE_LIMIT_USER_PER_MINUTE="600",
                     RATE_LIMIT_IP_PER_MINUTE="600")
     token, cid = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
+    trace_id, _, headers = caller(token)
     response = httpx.post(f"{server.url}/conversations/{cid}/lines",
                           json={"text": "Moo " + secrets.token_hex(6), "animal": "owl"},
-                          headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
-                                   "Authorization": f"Bearer {token}",
-                                   "Idempotency-Key": secrets.token_hex(8)})
+                          headers={**headers, "Idempotency-Key": secrets.token_hex(8)})
     assert response.status_code == 201
     spans = request_trace(receiver, trace_id, ("rate_limit", "idempotency.lookup",
                                                "idempotency.store", "cowsay.render",
@@ -217,13 +203,10 @@ def test_malformed_traceparent_starts_a_new_trace(start_server, receiver):
 
 def test_spans_of_a_request_just_before_sigterm_are_exported(start_server, receiver):
     # A schedule far longer than the test: only the flush at shutdown can send them.
-    server = start_server(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-                          OTEL_BSP_SCHEDULE_DELAY="600000")
+    server = traced(start_server, receiver, OTEL_BSP_SCHEDULE_DELAY="600000")
     token, cid = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
-    response = httpx.get(f"{server.url}/conversations/{cid}",
-                         headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
-                                  "Authorization": f"Bearer {token}"})
+    trace_id, _, headers = caller(token)
+    response = httpx.get(f"{server.url}/conversations/{cid}", headers=headers)
     assert response.status_code == 200
     assert server.stop() == 0
     root = server_span(receiver.received(), trace_id)
@@ -234,10 +217,8 @@ def test_spans_of_a_request_just_before_sigterm_are_exported(start_server, recei
 def test_tracing_off_sends_nothing(start_server, receiver):
     server = start_server()  # no OTEL_EXPORTER_OTLP_ENDPOINT
     token, cid = user_with_conversation(server)
-    trace_id, parent_id = new_ids()
-    response = httpx.get(f"{server.url}/conversations/{cid}",
-                         headers={"traceparent": f"00-{trace_id}-{parent_id}-01",
-                                  "Authorization": f"Bearer {token}"})
+    _, _, headers = caller(token)
+    response = httpx.get(f"{server.url}/conversations/{cid}", headers=headers)
     assert response.status_code == 200
     assert "traceparent" not in response.headers
     assert server.stop() == 0
@@ -267,9 +248,5 @@ def test_an_unreachable_collector_costs_no_request(start_server, receiver):
                              headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200
 
-    def dropped() -> float:
-        text = httpx.get(server.url + "/metrics").text
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith('tracing_spans_dropped_total{reason="export_failed"}'))
-
-    assert eventually(lambda: dropped() > 0, seconds=30)
+    assert eventually(lambda: metric_total(server, "tracing_spans_dropped_total",
+                                           reason="export_failed") > 0, seconds=30)

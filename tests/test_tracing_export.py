@@ -3,13 +3,10 @@ builds them, sending to a real receiver; the bounded queue and its counts."""
 
 from __future__ import annotations
 
-import time
-
-import pytest
-
 from app.config import Config
 from app.platform.metrics import Metrics
 from app.platform.tracing import build_tracing
+from tests.conftest import eventually
 from tests.otlp_receiver import OtlpReceiver
 
 ENVIRON = {"REQUEST_METHOD": "GET", "PATH_INFO": "/conversations/cv_0123456789abcdef",
@@ -23,20 +20,6 @@ def counted(metric) -> dict[str, float]:
             if sample.name.endswith("_total"):
                 values[sample.labels.get("reason", "")] = sample.value
     return values
-
-
-def wait_until(predicate, seconds: float = 20.0) -> None:
-    """Wait for a state (not a timing): fails only if it never comes."""
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, "the state never came"
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def receiver():
-    with OtlpReceiver() as running:
-        yield running
 
 
 def tracing_to(receiver: OtlpReceiver, **settings: str):
@@ -57,7 +40,7 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(receiver):
     receiver.hold()  # the collector stalls on the first export
     one_request(tracing)
     one_request(tracing)  # a full batch: the exporter takes both and waits
-    wait_until(lambda: receiver.held == 1)
+    assert eventually(lambda: receiver.held == 1, seconds=20, every=0.01)
     for _ in range(5):  # two fit the queue again; three do not
         one_request(tracing)
     assert counted(metrics.spans_dropped)["queue_full"] == 3

@@ -93,7 +93,7 @@ class Envelope:
             client = client_address(client, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
         state = RequestState(environ, request_id, client)
         answer: list = []  # status line, Content-Length
-        trace = None if self.tracing is None else self.tracing.start_request(environ, client)
+        trace = None  # the request's span, current from just before the `try` that ends it
 
         def start(status: str, headers: list, exc_info=None):
             length, own_policy = "0", False
@@ -126,6 +126,8 @@ class Envelope:
         elif "HTTP_TRANSFER_ENCODING" in environ:
             state.refusal = _read_chunked(environ, self.max_body)
         token, budget = enter(state), wait_budget(self.db_wait)
+        if self.tracing is not None:
+            trace = self.tracing.start_request(environ, client)
         try:
             body = self.app(environ, start)
             self.finish(environ.get("REQUEST_METHOD", ""), state, answer, ours,

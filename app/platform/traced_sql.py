@@ -18,6 +18,7 @@ requests make no span.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -59,18 +60,12 @@ def statement_name(text: str) -> tuple[str, str]:
     return (f"{operation} {found.group(1)}" if found else operation), operation
 
 
+# Statement texts are few and fixed; their names are remembered per worker.
+describe = functools.lru_cache(maxsize=MAX_NAMES)(statement_name)
+
+
 def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
     """A psycopg Connection class whose cursors make a span per statement with `tracing`."""
-    names: dict[str, tuple[str, str]] = {}
-
-    def describe(text: str) -> tuple[str, str]:
-        known = names.get(text)
-        if known is None:
-            if len(names) >= MAX_NAMES:
-                names.clear()
-            known = names[text] = statement_name(text)
-        return known
-
     class TracedCursor(psycopg.Cursor):
         def _span(self, query) -> ChildSpan:
             """The CLIENT span of one statement: its name and text, never its values."""

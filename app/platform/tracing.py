@@ -48,7 +48,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace import sampling as samplers
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -70,7 +69,6 @@ from app.http.trace_context import format_traceparent, parse_traceparent, parse_
 
 TRACES_PATH = "/v1/traces"  # appended to OTEL_EXPORTER_OTLP_ENDPOINT, as the spec says
 MAX_HEADER_ATTRIBUTE_CHARS = 512  # user agents and paths are the client's text
-DROP_REASONS = ("queue_full", "export_failed", "shutdown")
 # Machine traffic at fixed intervals (probes, scrapes): not traced, so traces are requests.
 UNTRACED_PATHS = ("/health/", "/metrics")
 
@@ -104,7 +102,6 @@ def build_tracing(config, metrics, scrub: Callable[[str], str], version: str
         resource=resource_for(config.otel_service_name, config.otel_resource_attributes,
                               version),
         shutdown_on_exit=False,  # Deps.close shuts it down; no atexit hook in the worker
-        id_generator=RandomIdGenerator(),
         span_limits=SpanLimits(
             max_attributes=64, max_events=16, max_links=8, max_span_attributes=64,
             max_event_attributes=16, max_link_attributes=16, max_attribute_length=4096,
@@ -231,8 +228,8 @@ class Tracing:
                                   daemon=True)
         closer.start()
         closer.join(self.flush_seconds)
-        if closer.is_alive():  # an export still retrying: interrupt it
-            self.exporter.abort()
+        if closer.is_alive():  # an export still retrying: interrupt it, send nothing more
+            self.exporter.shutdown()
             closer.join(1.0)
 
 
@@ -331,9 +328,6 @@ class BoundedExport(SpanProcessor):
         with self._lock:
             self._pending = max(0, self._pending - count)
 
-    def on_start(self, span, parent_context=None) -> None:
-        pass
-
     def on_end(self, span: ReadableSpan) -> None:
         if not span.context.trace_flags.sampled:
             return
@@ -383,10 +377,6 @@ class CountingExporter(SpanExporter):
     def drop_after(self, deadline: float) -> None:
         """Exports starting after `deadline` (time.monotonic) send nothing."""
         self._drop_after = deadline
-
-    def abort(self) -> None:
-        """Interrupt an export waiting to retry; later exports send nothing."""
-        self.shutdown()
 
     def shutdown(self) -> None:
         with self._lock:

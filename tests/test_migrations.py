@@ -24,6 +24,7 @@ from app.platform.db import (
 )
 from app.platform.health import HEALTHY, UNHEALTHY, migrations_checker
 from tests.conftest import run_inline, server_env
+from tests.services import stop_process
 
 LOGGER = logging.getLogger("test")
 
@@ -193,7 +194,6 @@ def test_the_previous_release_serves_from_the_new_schema(postgres, tmp_path):
     source (git archive), against a database the current code migrated (expand steps only,
     as during a rollout). It starts, is ready, and creates and reads users, conversations
     and lines."""
-    import signal
     import subprocess
     import sys
     import tarfile
@@ -239,10 +239,4 @@ def test_the_previous_release_serves_from_the_new_schema(postgres, tmp_path):
         assert read.status_code == 200 and "still here" in read.text, (why, read.text)
         assert "Traceback" not in log_path.read_text(), why
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process, grace=30)

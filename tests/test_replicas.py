@@ -43,6 +43,14 @@ def new_user(server, name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {user['token']}"}
 
 
+def user_with_conversation(server, name: str) -> tuple[dict[str, str], dict]:
+    """A new user's headers and a conversation of theirs."""
+    headers = new_user(server, name)
+    convo = httpx.post(server.url + "/conversations", json={"heading": f"{name}'s"},
+                       headers=headers, timeout=5).json()
+    return headers, convo
+
+
 def replica_reads(servers) -> float:
     return sum(metric_total(s, "db_reads_total", pool="replica1") for s in servers)
 
@@ -160,9 +168,7 @@ def test_replica_stopped_under_load_costs_no_error_and_returns_to_rotation(
                                  HEALTH_DETAILS="true")
     users = []
     for number in range(4):
-        headers = new_user(server, f"load{number}")
-        convo = httpx.post(server.url + "/conversations", json={"heading": "x"},
-                           headers=headers, timeout=5).json()
+        headers, convo = user_with_conversation(server, f"load{number}")
         users.append((headers, convo["id"]))
     pg_cluster.wait_replayed()  # so the reads go there
     stop, statuses, latencies = threading.Event(), Counter(), []
@@ -200,9 +206,7 @@ def test_redis_stopped_under_load_fails_open_and_never_serves_a_stale_read(
     try:
         (server,) = start_replicated(
             start_server, pg_cluster, redis.url, REPLICA_MAX_LAG_SECONDS="15", **LIMITS_ON)
-        headers = new_user(server, "writer")
-        convo = httpx.post(server.url + "/conversations", json={"heading": "through it all"},
-                           headers=headers, timeout=5).json()
+        headers, convo = user_with_conversation(server, "writer")
         pg_cluster.pause_replay()  # from here on, a read from the replica would be stale
         statuses: Counter = Counter()
         stale: list[str] = []
@@ -262,9 +266,7 @@ def test_a_redis_that_stops_answering_costs_requests_one_timeout_and_no_error(
     try:
         (server,) = start_replicated(
             start_server, pg_cluster, redis.url, REDIS_TIMEOUT="0.1", **LIMITS_ON)
-        headers = new_user(server, "patient")
-        convo = httpx.post(server.url + "/conversations", json={"heading": "hung"},
-                           headers=headers, timeout=5).json()
+        headers, convo = user_with_conversation(server, "patient")
         redis.process.send_signal(signal.SIGSTOP)
         try:
             statuses = Counter()

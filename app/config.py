@@ -254,6 +254,13 @@ class Config:
     rate_limit_ip_burst: int = setting(
         "RATE_LIMIT_IP_BURST", _int(0), 30,
         "address requests admitted back to back (0 counts as 1)")
+    rate_limit_lease_max: int = setting(
+        "RATE_LIMIT_LEASE_MAX", _int(1, 1000), 64,
+        "most admissions of one busy key a worker takes per Redis call (1: every request "
+        "asks Redis)")
+    rate_limit_lease_seconds: float = setting(
+        "RATE_LIMIT_LEASE_SECONDS", _float(0.01), 1.0,
+        "seconds a worker holds leased admissions before giving the unused ones back")
     trusted_proxies: tuple = setting(
         "TRUSTED_PROXIES", _networks, (),
         "comma separated CIDRs of proxies whose X-Forwarded-For is believed")

@@ -24,6 +24,7 @@ from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
 from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
+from app.http.ratelimit_leases import LeasedStore
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
 from app.platform.cluster import Cluster, Replica, ReplicaSettings
@@ -122,6 +123,9 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     cluster = build_cluster(config, logger, db, redis, connections)
 
     rate_limit_state = RedisRateLimitStore(redis) if redis else RateLimitRepository(db)
+    if redis and config.rate_limit_lease_max > 1:
+        rate_limit_state = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
+                                       config.rate_limit_lease_seconds)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
                           logger.getChild("ratelimit"), tracing=tracing)
     checkers = {
@@ -167,8 +171,10 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     def sample_health() -> None:
         metrics.sample_health(health.last())
 
-    sampler = Periodic("metrics-sampler", 1.0, [sample_metrics, sample_health, access_log.flush],
-                       logger)
+    every_second = [sample_metrics, sample_health, access_log.flush]
+    if isinstance(rate_limit_state, LeasedStore):
+        every_second.append(rate_limit_state.sweep)
+    sampler = Periodic("metrics-sampler", 1.0, every_second, logger)
     return Deps(
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,

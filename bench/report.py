@@ -391,9 +391,9 @@ def scale_markdown(result: dict) -> list[str]:
            "request by process group; round trips are statements the primary received per "
            "request (wire proxy, one worker, second pass).", "",
            "| scenario | req/s | x same-query ref | p50 ms | p99 ms | primary round trips/req "
-           "| app CPU us/req | primary PG CPU us/req | replica PG CPU us/req | redis CPU us/req "
-           "| errors | other CPU |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| redis calls/req | app CPU us/req | primary PG CPU us/req | replica PG CPU us/req "
+           "| redis CPU us/req | errors | other CPU |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for v in rows.values():
         cpu = v["cpu_us_per_request"]
 
@@ -402,8 +402,9 @@ def scale_markdown(result: dict) -> list[str]:
 
         out.append(f"| {v['title']} | {v['rps']:,.1f} | {v['x_ref']:.2f} | {v['p50_ms']:.2f} "
                    f"| {v['p99_ms']:.2f} | {v.get('primary_round_trips', '-')} "
-                   f"| {fmt(cpu['app'])} | {fmt(cpu['primary'])} | {fmt(cpu['replica'])} "
-                   f"| {fmt(cpu['redis'])} | {v['errors']} | {v['foreign_cpu_pct']:.0f} % |")
+                   f"| {v.get('redis_calls', '-')} | {fmt(cpu['app'])} | {fmt(cpu['primary'])} "
+                   f"| {fmt(cpu['replica'])} | {fmt(cpu['redis'])} | {v['errors']} "
+                   f"| {v['foreign_cpu_pct']:.0f} % |")
     out.append("")
     targets = scale_targets(result)
     if targets:

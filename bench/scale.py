@@ -11,7 +11,11 @@ Rows, interleaved run by run:
 
 - reference: bare Flask + pool, the same query (no rate limiting at all);
 - SayPI, rate limits on, state in PostgreSQL (two statements per request);
-- SayPI, rate limits on, state in Redis (one statement, one Redis script);
+- SayPI, rate limits on, state in Redis, as configured by default: a busy
+  user's admissions are leased a few at a time (app/http/ratelimit_leases.py),
+  so most requests make no Redis call;
+- the same with RATE_LIMIT_LEASE_MAX=1: exact GCRA, one Redis script per
+  request;
 - SayPI, rate limits on, Redis, and a replica: the reads of users with no
   recent write go to the standby, so the primary does no work for them.
 
@@ -19,12 +23,15 @@ The limits are the production policies with a rate no run can exhaust, so
 every request pays for its decision and none is refused. CPU per request is
 split by process group: SayPI's workers, the primary's backends, the
 standby's backends, redis-server. Round trips per request to the primary
-are counted by the wire proxy (bench/pgcount.py) in front of it.
+are counted by the wire proxy (bench/pgcount.py) in front of it; Redis calls
+per request (script calls, from Redis's own command statistics) during the
+timed runs.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import time
 from pathlib import Path
@@ -45,6 +52,7 @@ ROWS = (
     ("scale_ref", "reference: bare Flask + pool, same query, no rate limiting"),
     ("scale_pg", "GET /conversations/{id}, rate limits on, state in PostgreSQL"),
     ("scale_redis", "GET /conversations/{id}, rate limits on, state in Redis"),
+    ("scale_redis_exact", "the same, RATE_LIMIT_LEASE_MAX=1: one Redis call per request"),
     ("scale_replica", "GET /conversations/{id}, rate limits on, Redis, reads on a replica"),
 )
 GROUPS = ("app", "primary", "replica", "redis")
@@ -102,6 +110,8 @@ def scale(bench) -> dict:
             "scale_pg": bench.start("saypi", dsn=primary, extra=UNBOUNDED_LIMITS),
             "scale_redis": bench.start("saypi", dsn=primary,
                                        extra={**UNBOUNDED_LIMITS, "REDIS_URL": redis.url}),
+            "scale_redis_exact": bench.start("saypi", dsn=primary, extra={
+                **UNBOUNDED_LIMITS, "REDIS_URL": redis.url, "RATE_LIMIT_LEASE_MAX": "1"}),
             "scale_replica": bench.start("saypi", dsn=primary, extra={
                 **UNBOUNDED_LIMITS, "REDIS_URL": redis.url, "DATABASE_REPLICA_URLS": standby}),
         }
@@ -126,12 +136,17 @@ def scale(bench) -> dict:
         for server in servers.values():
             bench.measure(server, "scale_get", s.warmup_seconds)
         collected: dict[str, list[WrkResult]] = {key: [] for key in servers}
+        redis_calls: dict[str, list[float]] = {key: [] for key in servers}
         for run in range(s.runs):
             for key, server in servers.items():
+                calls_before = _script_calls(redis)
                 result = bench.measure(server, "scale_get", s.seconds)
+                calls = (_script_calls(redis) - calls_before) / max(1, result.requests)
                 collected[key].append(result)
-                bench.say(f"  {key:<14} run {run + 1}/{s.runs}: {result.rps:8.1f} req/s  "
-                          f"p99 {result.latency_ms['p99']:6.2f} ms  errors {result.failed}")
+                redis_calls[key].append(calls)
+                bench.say(f"  {key:<17} run {run + 1}/{s.runs}: {result.rps:8.1f} req/s  "
+                          f"p99 {result.latency_ms['p99']:6.2f} ms  errors {result.failed}  "
+                          f"redis calls/req {calls:.3f}")
         rows = {}
         cpus = os.cpu_count() or 1
         for key, title in ROWS:
@@ -140,7 +155,8 @@ def scale(bench) -> dict:
             rows[key] = {"title": title,
                          **{k: summary[k] for k in ("rps", "p50_ms", "p99_ms", "errors",
                                                     "foreign_cpu_pct")},
-                         "cpu_us_per_request": _cpu_per_request(runs)}
+                         "cpu_us_per_request": _cpu_per_request(runs),
+                         "redis_calls": round(statistics.median(redis_calls[key]), 3)}
         for server in servers.values():
             bench.stop(server)
 
@@ -158,6 +174,20 @@ def scale(bench) -> dict:
         bench.extra_roots.clear()
         redis.stop()
         cluster.close()
+
+
+def _script_calls(redis: RedisServer) -> int:
+    """Script calls (EVAL, EVALSHA) the Redis server has answered since it started."""
+    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as conn:
+        conn.sendall(b"INFO commandstats\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n\r\n") and len(reply) < 1_000_000:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    return sum(int(line.split(b"calls=", 1)[1].split(b",", 1)[0])
+               for line in reply.splitlines() if line.startswith(b"cmdstat_eval"))
 
 
 def _cpu_per_request(runs: list[WrkResult]) -> dict[str, float | None]:
@@ -183,6 +213,8 @@ def _round_trips(bench, primary: str, standby: str, redis_url: str, requests) ->
         "scale_ref": ("read", {}),
         "scale_pg": ("saypi", {**UNBOUNDED_LIMITS}),
         "scale_redis": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url}),
+        "scale_redis_exact": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url,
+                                        "RATE_LIMIT_LEASE_MAX": "1"}),
         "scale_replica": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url,
                                     "DATABASE_REPLICA_URLS": standby,
                                     "REPLICA_CHECK_INTERVAL": "0.25"}),

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra
+from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra, gcra_take
 from app.platform.redis_link import RedisDown, RedisLink
 from app.repo.redis_ratelimits import KEY_PREFIX, RedisRateLimitStore
 from tests.services import RedisServer, free_port
@@ -65,6 +65,28 @@ def test_script_agrees_with_the_pure_arithmetic(link):
         assert allowed == expected_allowed, (pause, now)
         if link.client.exists(KEY_PREFIX + "user:script"):
             assert abs(after - (tat - now)) < MICROS, (after, tat - now)
+
+
+def test_take_script_agrees_with_gcra_take(link):
+    """Leases: several admissions per call, a reserve kept, unused admissions given back."""
+    store = RedisRateLimitStore(link)
+    policy = Policy("user", 2, 64)  # T = 30 s: nothing replenishes during the test
+    T, tau = policy.interval_us, policy.tolerance_us
+    calls = [(1, 0, 32), (4, 0, 32), (16, 0, 32), (16, 3, 32), (64, 0, 32), (8, 0, 0),
+             (64, 0, 0), (1, 0, 0), (1, 5, 0), (3, 0, 0)]
+    tat, now = None, 0  # on Redis's clock, relative: the test takes well under a second
+    for want, give_back, keep in calls:
+        expected, tat_next = gcra_take(tat, now, T, tau, want, give_back, keep)
+        granted, after = store.take("user:lease", T, tau, want, give_back, keep)
+        assert granted == expected, (want, give_back, keep)
+        tat = tat_next
+        assert abs(after - (tat - now)) < MICROS
+    store.give_back([("user:lease", 10, T), ("user:absent", 3, T)])
+    granted, after = store.take("user:lease", T, tau, 1, 0, 0)
+    assert granted == 1 and abs(after - (tat - 10 * T + T - now)) < MICROS
+    assert not link.client.exists(KEY_PREFIX + "user:absent")
+    store.give_back([("user:lease", 1000, T)])  # more than was ever taken: the fresh state
+    assert not link.client.exists(KEY_PREFIX + "user:lease")
 
 
 def test_sixteen_threads_on_one_key_admit_exactly_the_burst(link):

@@ -116,6 +116,30 @@ def gcra(tat_us: int | None, now_us: int, interval_us: int,
     return True, base + interval_us
 
 
+def gcra_take(tat_us: int | None, now_us: int, interval_us: int, tolerance_us: int,
+              want: int = 1, give_back: int = 0, keep: int = 0) -> tuple[int, int | None]:
+    """Several GCRA steps at once: (admissions granted, TAT after), all in microseconds.
+
+    First `give_back` admissions taken earlier and never used are returned
+    (TAT moves back by give_back * T). Then one request is decided as by
+    `gcra`; when it is admitted, up to `want - 1` more admissions are taken
+    with it, as if that many requests had arrived at the same instant, but
+    only while at least `keep` admissions stay available after them. So the
+    grant is 0 (refused), 1, or at most min(want, available - keep), and
+    every admission granted is one GCRA would admit right now. A refusal
+    returns the TAT after the give-back (None when the key had no state).
+    The Redis store implements exactly this; keep the two in step.
+    """
+    if tat_us is not None and give_back:
+        tat_us -= give_back * interval_us
+    base = now_us if tat_us is None or tat_us < now_us else tat_us
+    if base - now_us > tolerance_us:
+        return 0, tat_us
+    available = (tolerance_us - (base - now_us)) // interval_us + 1
+    granted = max(1, min(want, available - keep))
+    return granted, base + granted * interval_us
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one check, with what the response headers report."""
@@ -187,6 +211,32 @@ class MemoryStore:
                 return False, tolerance_us + interval_us
             self._tats[key] = tat
         return allowed, tat - now
+
+    def take(self, key: str, interval_us: int, tolerance_us: int, want: int, give_back: int,
+             keep: int) -> tuple[int, int]:
+        """`gcra_take` on this store's state: (admissions granted, TAT after - now)."""
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            granted, tat = gcra_take(self._tats.get(key), now, interval_us, tolerance_us,
+                                     want, give_back, keep)
+            if tat is None:  # refused without state: impossible, tau >= 0
+                return 0, tolerance_us + interval_us
+            self._tats[key] = tat
+        return granted, tat - now
+
+    def give_back(self, returns: list[tuple[str, int, int]]) -> None:
+        """Return unused admissions, (key, count, interval_us) each: TAT moves back."""
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            for key, count, interval_us in returns:
+                tat = self._tats.get(key)
+                if tat is None:
+                    continue
+                tat -= count * interval_us
+                if tat > now:
+                    self._tats[key] = tat
+                else:
+                    del self._tats[key]
 
     def purge_expired(self) -> int:
         now = round(self._clock() * MICROS)

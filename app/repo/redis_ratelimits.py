@@ -3,34 +3,63 @@
 One key per limited key, holding its TAT in whole microseconds on Redis's
 clock (TIME, read inside the script, so every worker and instance shares
 one clock and one state). The script is the arithmetic of
-`app.http.ratelimit.gcra`: Lua numbers are doubles, exact for integers
-below 2^53 microseconds (year 2255). A key expires when its TAT passes,
-which is the fresh state, so nothing needs purging.
+`app.http.ratelimit.gcra_take` (which is `gcra` when one admission is
+wanted; app/http/ratelimit_leases.py asks for more): Lua numbers are
+doubles, exact for integers below 2^53 microseconds (year 2255). A key
+expires when its TAT passes, which is the fresh state, so nothing needs
+purging.
 """
 
 from __future__ import annotations
 
 from app.platform.redis_link import LuaScript, RedisLink
 
-# KEYS[1]: the key; ARGV: interval_us (T), tolerance_us (tau).
-# Returns {admitted (1/0), TAT after the decision - now}.
-_DECIDE = LuaScript("""
+# KEYS[1]: the key; ARGV: interval_us (T), tolerance_us (tau), want, give_back, keep.
+# Returns {admissions granted (0: refused), TAT after the decision - now}.
+_TAKE = LuaScript("""
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local give_back = tonumber(ARGV[4])
+local keep = tonumber(ARGV[5])
 local stored = redis.call('GET', KEYS[1])
-local tat = now
-if stored then tat = tonumber(stored) end
-local base = tat
-if base < now then base = now end
+local tat = nil
+if stored then tat = tonumber(stored) - give_back * interval end
+local base = now
+if tat and tat > now then base = tat end
 if base - now > tolerance then
+  if give_back > 0 then
+    redis.call('SET', KEYS[1], string.format('%.0f', tat),
+               'PX', math.floor((tat - now) / 1000) + 1)
+  end
   return {0, string.format('%.0f', tat - now)}
 end
-local after = base + interval
+local granted = math.min(want, math.floor((tolerance - (base - now)) / interval) + 1 - keep)
+if granted < 1 then granted = 1 end
+local after = base + granted * interval
 redis.call('SET', KEYS[1], string.format('%.0f', after),
            'PX', math.floor((after - now) / 1000) + 1)
-return {1, string.format('%.0f', after - now)}
+return {granted, string.format('%.0f', after - now)}
+""")
+
+# KEYS: keys; ARGV[i]: microseconds to move KEYS[i]'s TAT back. Returns the key count.
+_GIVE_BACK = LuaScript("""
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+for i, key in ipairs(KEYS) do
+  local stored = redis.call('GET', key)
+  if stored then
+    local tat = tonumber(stored) - tonumber(ARGV[i])
+    if tat > now then
+      redis.call('SET', key, string.format('%.0f', tat), 'PX', math.floor((tat - now) / 1000) + 1)
+    else
+      redis.call('DEL', key)
+    end
+  end
+end
+return #KEYS
 """)
 
 KEY_PREFIX = "saypi:rl:"
@@ -43,9 +72,20 @@ class RedisRateLimitStore:
         self.link = link
 
     def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
-        allowed, tat_after = self.link.run_script(_DECIDE, (KEY_PREFIX + key,),
-                                                  (interval_us, tolerance_us))
-        return allowed == 1, int(tat_after)
+        granted, tat_after = self.take(key, interval_us, tolerance_us, 1, 0, 0)
+        return granted == 1, tat_after
+
+    def take(self, key: str, interval_us: int, tolerance_us: int, want: int, give_back: int,
+             keep: int) -> tuple[int, int]:
+        """`app.http.ratelimit.gcra_take` in one script call: (granted, TAT after - now)."""
+        granted, tat_after = self.link.run_script(
+            _TAKE, (KEY_PREFIX + key,), (interval_us, tolerance_us, want, give_back, keep))
+        return int(granted), int(tat_after)
+
+    def give_back(self, returns: list[tuple[str, int, int]]) -> None:
+        """Return unused admissions, (key, count, interval_us) each, in one script call."""
+        self.link.run_script(_GIVE_BACK, tuple(KEY_PREFIX + key for key, _, _ in returns),
+                             tuple(count * interval for _, count, interval in returns))
 
     def purge_expired(self) -> int:
         """Nothing to do: keys expire when their TAT passes."""

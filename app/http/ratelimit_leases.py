@@ -1,0 +1,176 @@
+"""Admission leases: a worker takes several GCRA admissions of a busy key in one store call.
+
+With the rate-limit state in Redis, every limited request costs a round
+trip; on the 2-core benchmark machine that is a sixth of a whole GET's CPU
+(system calls on both sides, a context switch, a Lua call), paid again and
+again for an answer that is nearly always "yes". A `LeasedStore` sits between
+the limiter and a store that can `take` several admissions at once
+(`gcra_take` in app/http/ratelimit.py, which the Redis store runs as its
+script). When a worker sees a key again while the key's last lease is live,
+it takes `want` admissions at once, charged as if that many requests had
+arrived together, and admits the key's next requests from them without a
+round trip.
+
+What this keeps of exact GCRA, and what it gives up:
+
+- Light keys are exact: a key's first request in a worker takes one
+  admission. A worker asks for more only for a key it sees again while the
+  key's lease is live (GROWTH times more each time a lease is used up while
+  live), and a lease ends after `lease_seconds` without a request of its key
+  on that worker.
+- Keys near their limit are exact: no lease takes a key below half its
+  burst (`keep`), so once a key has less than half its burst left, every
+  request asks the store and every refusal is the store's.
+- Small bursts are exact: one lease holds at most an eighth of the key's
+  burst (and at most `max_lease`), so a policy with a burst under 16 never
+  leases.
+- Every admission is charged in the shared state, so the sustained rate is
+  the policy's. The error is bounded by what leases hold: an admission is
+  charged when its lease is taken, and if that charge has already
+  replenished when it is used, it passes as if free; and admissions one
+  worker holds are not available to the others. So a burst can pass, or be
+  refused, at most the admissions the key's leases hold: an eighth of the
+  burst per worker that served the key in the last `lease_seconds`.
+- Unused admissions go back to the store (the key's TAT moves back) when
+  the lease ends: at the worker's next store call for the key, or by
+  `sweep()`, which the worker runs every second.
+- Headers: a request served from a lease reports what GCRA would report to
+  it from the lease's view (the key's state when the lease was taken, and
+  this worker's requests since), as if the unused admissions had not been
+  charged yet.
+
+`max_lease` 1 (RATE_LIMIT_LEASE_MAX=1) is exact GCRA on every request:
+deps.py then does not wrap the store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from app.http.ratelimit import MICROS
+
+# A lease used up while live is followed by one this many times larger. Unused
+# admissions go back, so asking for too many costs little: a client's burst
+# of requests should need few round trips.
+GROWTH = 4
+# One lease holds at most this share of its key's burst (1/8).
+BURST_SHARE = 8
+
+
+class TakingStore(Protocol):
+    """A store that can grant several admissions at once (`gcra_take` semantics)."""
+
+    def take(self, key: str, interval_us: int, tolerance_us: int, want: int, give_back: int,
+             keep: int) -> tuple[int, int]: ...
+
+    def give_back(self, returns: list[tuple[str, int, int]]) -> None: ...
+
+    def purge_expired(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Lease:
+    credits: int      # admissions taken and not used yet
+    tat_us: int       # the key's TAT right after the lease, on this worker's clock
+    expires: float    # when unused credits go back (this worker's clock, seconds)
+    size: int         # admissions asked for at the last store call
+    interval_us: int  # the policy's T, to give credits back
+
+
+class LeasedStore:
+    """The limiter's store for one worker: leases from `store`, as the module describes."""
+
+    def __init__(self, store: TakingStore, max_lease: int, lease_seconds: float,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
+        if max_lease < 1 or lease_seconds <= 0:
+            raise ValueError("max_lease must be at least 1 and lease_seconds positive")
+        self.store = store
+        self.max_lease = max_lease
+        self.lease_seconds = lease_seconds
+        self.forget_seconds = 10 * lease_seconds  # how long a key's lease size is remembered
+        self.max_keys = max_keys
+        self._clock = clock
+        self._leases: dict[str, Lease] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
+        """Admit or refuse one request: from the key's live lease if it has credits, else
+        by asking the store (and maybe taking a new lease)."""
+        now = self._clock()
+        lease = self._leases.get(key)
+        if lease is not None and now < lease.expires and lease.credits:
+            with self._lock:
+                if lease.credits:
+                    lease.credits -= 1
+                    lease.expires = now + self.lease_seconds
+                    # what GCRA would answer with the unused credits not charged yet
+                    seen = lease.tat_us - lease.credits * interval_us - round(now * MICROS)
+                    return True, seen if seen > interval_us else interval_us
+        return self._ask(key, interval_us, tolerance_us, lease, now)
+
+    def _ask(self, key: str, interval_us: int, tolerance_us: int, lease: Lease | None,
+             now: float) -> tuple[bool, int]:
+        want, give_back = 1, 0
+        if lease is not None:
+            with self._lock:
+                give_back, lease.credits = lease.credits, 0
+            if now < lease.expires:  # used up in time: the key is busy here
+                want = min(self.max_lease, GROWTH * lease.size)
+            else:  # ran out of time: as many as were used, and this request
+                want = max(1, lease.size - give_back)
+        quota = tolerance_us // interval_us + 1
+        want = min(want, max(1, quota // BURST_SHARE))
+        keep = quota // 2
+        granted, tat_after = self.store.take(key, interval_us, tolerance_us, want, give_back,
+                                             keep)
+        if not granted:
+            with self._lock:
+                self._leases.pop(key, None)
+            return False, tat_after
+        unused = granted - 1
+        taken_at = self._clock()
+        fresh = Lease(unused, round(taken_at * MICROS) + tat_after,
+                      taken_at + self.lease_seconds, want, interval_us)
+        with self._lock:
+            current = self._leases.get(key)
+            if current is not None and current is not lease and current.credits:
+                # another thread of this worker took a lease for the key meanwhile: keep both
+                fresh.credits += current.credits
+                fresh.tat_us = max(fresh.tat_us, current.tat_us)
+            if current is not None or len(self._leases) < self.max_keys:
+                self._leases[key] = fresh
+        return True, tat_after - unused * interval_us
+
+    def sweep(self) -> int:
+        """Give back the unused credits of ended leases (one store call for all of them)
+        and forget keys not seen for a while; the number of admissions given back."""
+        now = self._clock()
+        returns = []
+        with self._lock:
+            for key, lease in list(self._leases.items()):
+                if now < lease.expires:
+                    continue
+                if lease.credits:
+                    returns.append((key, lease.credits, lease.interval_us))
+                    lease.size = max(1, lease.size - lease.credits)
+                    lease.credits = 0
+                elif now - lease.expires > self.forget_seconds:
+                    del self._leases[key]
+        if returns:
+            try:
+                self.store.give_back(returns)
+            except Exception:  # a failing store is reported where requests use it
+                return 0  # the admissions stay charged: the limit is only stricter
+        return sum(count for _, count, _ in returns)
+
+    def held(self) -> int:
+        """Admissions this worker holds and has not used."""
+        with self._lock:
+            return sum(lease.credits for lease in self._leases.values())
+
+    def purge_expired(self) -> int:
+        return self.store.purge_expired()

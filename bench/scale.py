@@ -104,17 +104,9 @@ def scale(bench) -> dict:
         files = build_request_files(work, seeded)
         get_file = files["get"]
 
-        ref = bench.start("read", dsn=primary)
-        servers = {
-            "scale_ref": ref,
-            "scale_pg": bench.start("saypi", dsn=primary, extra=UNBOUNDED_LIMITS),
-            "scale_redis": bench.start("saypi", dsn=primary,
-                                       extra={**UNBOUNDED_LIMITS, "REDIS_URL": redis.url}),
-            "scale_redis_exact": bench.start("saypi", dsn=primary, extra={
-                **UNBOUNDED_LIMITS, "REDIS_URL": redis.url, "RATE_LIMIT_LEASE_MAX": "1"}),
-            "scale_replica": bench.start("saypi", dsn=primary, extra={
-                **UNBOUNDED_LIMITS, "REDIS_URL": redis.url, "DATABASE_REPLICA_URLS": standby}),
-        }
+        row_servers = row_settings(redis.url, standby)
+        servers = {key: bench.start(kind, dsn=primary, extra=extra)
+                   for key, (kind, extra) in row_servers.items()}
         requests = read_requests(get_file)
         for key, server in servers.items():
             statuses = replay(server.port, requests, 20)
@@ -161,7 +153,7 @@ def scale(bench) -> dict:
             bench.stop(server)
 
         bench.say("scale: counting round trips to the primary")
-        counts = _round_trips(bench, primary, standby, redis.url, requests)
+        counts = _round_trips(bench, primary, row_servers, requests)
         for key, value in counts.items():
             rows[key]["primary_round_trips"] = value
         ref_rps = rows["scale_ref"]["rps"]
@@ -200,7 +192,20 @@ def _cpu_per_request(runs: list[WrkResult]) -> dict[str, float | None]:
     return out
 
 
-def _round_trips(bench, primary: str, standby: str, redis_url: str, requests) -> dict:
+def row_settings(redis_url: str, standby: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """Each row's server: "read" (the reference app) or "saypi", and its settings."""
+    redis_limits = {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url}
+    return {
+        "scale_ref": ("read", {}),
+        "scale_pg": ("saypi", UNBOUNDED_LIMITS),
+        "scale_redis": ("saypi", redis_limits),
+        "scale_redis_exact": ("saypi", {**redis_limits, "RATE_LIMIT_LEASE_MAX": "1"}),
+        "scale_replica": ("saypi", {**redis_limits, "DATABASE_REPLICA_URLS": standby}),
+    }
+
+
+def _round_trips(bench, primary: str, rows: dict[str, tuple[str, dict[str, str]]],
+                 requests) -> dict:
     """Statements per request the primary receives (second pass of N GETs, one worker)."""
     counter = RoundTripCounter(primary)
     n = bench.settings.count_requests
@@ -209,20 +214,12 @@ def _round_trips(bench, primary: str, standby: str, redis_url: str, requests) ->
     # routes the reads) and its few statements per second show in that row.
     one_worker = {"WEB_CONCURRENCY": "1", "DB_POOL_CHECK_INTERVAL": "3600",
                   "HEALTH_CACHE_SECONDS": "3600", "REPLICA_CHECK_INTERVAL": "60"}
-    variants = {
-        "scale_ref": ("read", {}),
-        "scale_pg": ("saypi", {**UNBOUNDED_LIMITS}),
-        "scale_redis": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url}),
-        "scale_redis_exact": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url,
-                                        "RATE_LIMIT_LEASE_MAX": "1"}),
-        "scale_replica": ("saypi", {**UNBOUNDED_LIMITS, "REDIS_URL": redis_url,
-                                    "DATABASE_REPLICA_URLS": standby,
-                                    "REPLICA_CHECK_INTERVAL": "0.25"}),
-    }
+    routed = {"REPLICA_CHECK_INTERVAL": "0.25"}
     out = {}
     try:
-        for key, (kind, extra) in variants.items():
-            server = bench.start(kind, dsn=counter.dsn, extra={**one_worker, **extra})
+        for key, (kind, extra) in rows.items():
+            settings = {**one_worker, **extra, **(routed if key == "scale_replica" else {})}
+            server = bench.start(kind, dsn=counter.dsn, extra=settings)
             if key == "scale_replica":
                 _wait_for_replica_reads(server, requests)
             replay(server.port, requests, n)  # warm: statements prepared, caches full

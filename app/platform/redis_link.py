@@ -73,8 +73,17 @@ class RedisLink:
         A Redis error reply (redis.ResponseError) is raised as it is: the
         server answered.
         """
+        self._check_breaker()
+        return self.attempt(command)
+
+    def _check_breaker(self) -> None:
         if self._closed_until and self._clock() < self._closed_until:
             raise RedisDown("redis failed recently; not trying again yet")
+
+    def attempt(self, command: tuple) -> Any:
+        """`execute` even while the breaker is open: for what must not be skipped when this
+        worker alone lost Redis for a moment (a write's position), at the price of a
+        timeout per call while Redis is really down."""
         mine = self._mine
         conn = getattr(mine, "conn", None)
         try:
@@ -94,13 +103,18 @@ class RedisLink:
             self.logger.warning("redis answers again")
         return reply
 
-    def run_script(self, script: LuaScript, keys: tuple, args: tuple) -> Any:
-        """EVALSHA the script (loading it first if this Redis does not know it)."""
+    def run_script(self, script: LuaScript, keys: tuple, args: tuple,
+                   despite_breaker: bool = False) -> Any:
+        """EVALSHA the script (loading it first if this Redis does not know it);
+        `despite_breaker` tries even while the breaker is open (see `attempt`)."""
+        if not despite_breaker:
+            self._check_breaker()
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self.attempt(command)
         except redis.exceptions.NoScriptError:
-            self.execute("SCRIPT", "LOAD", script.text)
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            self.attempt(("SCRIPT", "LOAD", script.text))
+            return self.attempt(command)
 
     def _failed(self, exc: Exception) -> None:
         now = self._clock()

@@ -91,7 +91,11 @@ EPOCH_KEY = "saypi:wpos:epoch"
 class RedisWritePositions:
     """Positions in Redis, with this worker's unrecorded ones kept until Redis takes them.
 
-    A position that could not be recorded (Redis failed after the write
+    Every write tries to record its position, even while this worker's
+    breaker is open: a worker that alone lost Redis for a moment must not
+    leave the others, which still reach it, reading an older position (a
+    Redis that is really down costs each write one REDIS_TIMEOUT). A
+    position that could not be recorded (Redis failed after the write
     committed) is kept here and retried on every later call, and until it is
     recorded, and for `hold_seconds` after Redis last failed, this worker
     calls the store untrusted, so its reads go to the primary.
@@ -119,16 +123,18 @@ class RedisWritePositions:
         if self._unrecorded:
             self._retry_unrecorded()
         try:
-            self._store(user_id, position)
+            # even while this worker's breaker is open: if Redis answers the other
+            # workers, they must find this position, or they could read a lagging replica
+            self._store(user_id, position, despite_breaker=True)
         except RedisDown:
             with self._lock:
                 known = self._unrecorded.get(user_id)
                 if known is None or known[0] < position:
                     self._unrecorded[user_id] = (position, time.monotonic())
 
-    def _store(self, user_id: int, position: int) -> None:
+    def _store(self, user_id: int, position: int, despite_breaker: bool = False) -> None:
         self.link.run_script(_RECORD, (f"{KEY_PREFIX}{user_id}",),
-                             (f"{position:016x}", self.ttl_ms))
+                             (f"{position:016x}", self.ttl_ms), despite_breaker)
 
     def _retry_unrecorded(self) -> None:
         with self._lock:

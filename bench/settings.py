@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 # The production rate-limit policies switched on at a rate no benchmark run can
-# exhaust: every request pays for its decision, none is refused.
+# exhaust: every request is decided (by the store, or from a worker's lease of
+# admissions taken from it), none is refused.
 UNBOUNDED_LIMITS = {
     "RATE_LIMIT_USER_PER_MINUTE": "60000000", "RATE_LIMIT_USER_BURST": "1000000",
     "RATE_LIMIT_IP_PER_MINUTE": "60000000", "RATE_LIMIT_IP_BURST": "1000000",

@@ -7,6 +7,7 @@ sharing Redis; the exact answers they are compared with come from `gcra`.
 from __future__ import annotations
 
 import threading
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -184,6 +185,46 @@ def test_sixteen_threads_of_one_worker_admit_exactly_the_burst():
         thread.join()
     assert sum(admitted) == BIG.quota
     assert worker.held() == 0
+
+
+class SlowStore(CountingStore):
+    """Every take waits a little, so that threads of one worker meet on one key."""
+
+    def take(self, *args):
+        time.sleep(0.01)
+        return super().take(*args)
+
+
+def test_one_thread_at_a_time_refills_a_key_and_a_worker_holds_at_most_an_eighth():
+    clock = Clock()
+    store = SlowStore(clock)
+    worker = LeasedStore(store, 64, LEASE_SECONDS, clock)
+    assert decide(worker)[0]  # a live lease with nothing left: the next request refills
+    store.takes.clear()
+    start = threading.Barrier(8)
+
+    def request() -> None:
+        start.wait()
+        assert decide(worker)[0]
+
+    threads = [threading.Thread(target=request) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(1 for want, _ in store.takes if want > 1) == 1, store.takes
+    assert worker.held() <= BIG.quota // BURST_SHARE
+
+
+def test_only_admissions_still_charged_go_back():
+    clock = Clock()
+    store, (worker,) = workers(1, clock)
+    policy = Policy("user", 600, 64)  # T = 0.1 s: a lease's charge replenishes quickly
+    for _ in range(2):
+        decide(worker, policy)  # takes 1, then 4: 3 unused, charged until 0.5 s from now
+    assert worker.held() == 3
+    clock.advance(10)  # long after the lease ended: its charge has replenished
+    assert worker.sweep() == 0 and worker.held() == 0 and store.returned == 0
 
 
 @settings(max_examples=300, deadline=None)

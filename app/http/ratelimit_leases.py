@@ -14,16 +14,18 @@ round trip.
 What this keeps of exact GCRA, and what it gives up:
 
 - Light keys are exact: a key's first request in a worker takes one
-  admission. A worker asks for more only for a key it sees again while the
-  key's lease is live (GROWTH times more each time a lease is used up while
-  live), and a lease ends after `lease_seconds` without a request of its key
-  on that worker.
-- Keys near their limit are exact: no lease takes a key below half its
-  burst (`keep`), so once a key has less than half its burst left, every
-  request asks the store and every refusal is the store's.
+  admission, and so does every request of a key that comes at most once
+  per lease. A lease used up while live is followed by one GROWTH times
+  larger; a lease that ends (after `lease_seconds` without a request of its
+  key on that worker) with admissions left is followed by one of the size
+  that was used. A worker forgets a key after ten lease times of silence.
 - Small bursts are exact: one lease holds at most an eighth of the key's
   burst (and at most `max_lease`), so a policy with a burst under 16 never
-  leases.
+  leases; and one thread at a time takes a key's next lease, so a worker
+  holds at most that eighth.
+- No new lease near the limit: a lease never takes a key below half its
+  burst (`keep`), so once a key has less than half its burst left, every
+  request that finds no leased admission asks the store.
 - Every admission is charged in the shared state, so the sustained rate is
   the policy's. The error is bounded by what leases hold: an admission is
   charged when its lease is taken, and if that charge has already
@@ -33,7 +35,9 @@ What this keeps of exact GCRA, and what it gives up:
   burst per worker that served the key in the last `lease_seconds`.
 - Unused admissions go back to the store (the key's TAT moves back) when
   the lease ends: at the worker's next store call for the key, or by
-  `sweep()`, which the worker runs every second.
+  `sweep()`, which the worker runs every second. Only those whose charge
+  has not replenished yet go back; giving back the others would make room
+  that was never taken.
 - Headers: a request served from a lease reports what GCRA would report to
   it from the lease's view (the key's state when the lease was taken, and
   this worker's requests since), as if the unused admissions had not been
@@ -79,10 +83,25 @@ class Lease:
     expires: float    # when unused credits go back (this worker's clock, seconds)
     size: int         # admissions asked for at the last store call
     interval_us: int  # the policy's T, to give credits back
+    refilling: bool = False  # a thread is asking the store for the key's next lease
+
+    def take_returnable(self, now_us: int) -> int:
+        """Empty the lease; how many of its credits to give back: those still charged
+        (an admission whose charge has replenished is not given back, which would
+        make room that was never taken)."""
+        still_charged = max(0, (self.tat_us - now_us) // self.interval_us)
+        returnable = min(self.credits, still_charged)
+        self.credits = 0
+        return returnable
 
 
 class LeasedStore:
-    """The limiter's store for one worker: leases from `store`, as the module describes."""
+    """The limiter's store for one worker: leases from `store`, as the module describes.
+
+    Every change to a lease happens under one lock, and one thread at a time
+    asks the store for a key's next lease: another thread that finds the key's
+    lease empty meanwhile asks for its own request alone.
+    """
 
     def __init__(self, store: TakingStore, max_lease: int, lease_seconds: float,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
@@ -102,62 +121,76 @@ class LeasedStore:
         by asking the store (and maybe taking a new lease)."""
         now = self._clock()
         lease = self._leases.get(key)
-        if lease is not None and now < lease.expires and lease.credits:
+        if lease is not None and lease.credits and now < lease.expires:
             with self._lock:
-                if lease.credits:
+                if lease.credits:  # a refill empties the lease it replaces, under the lock
                     lease.credits -= 1
                     lease.expires = now + self.lease_seconds
                     # what GCRA would answer with the unused credits not charged yet
                     seen = lease.tat_us - lease.credits * interval_us - round(now * MICROS)
                     return True, seen if seen > interval_us else interval_us
-        return self._ask(key, interval_us, tolerance_us, lease, now)
+        return self._ask(key, interval_us, tolerance_us, now)
 
-    def _ask(self, key: str, interval_us: int, tolerance_us: int, lease: Lease | None,
+    def _ask(self, key: str, interval_us: int, tolerance_us: int,
              now: float) -> tuple[bool, int]:
-        want, give_back = 1, 0
-        if lease is not None:
-            with self._lock:
-                give_back, lease.credits = lease.credits, 0
-            if now < lease.expires:  # used up in time: the key is busy here
-                want = min(self.max_lease, GROWTH * lease.size)
-            else:  # ran out of time: as many as were used, and this request
-                want = max(1, lease.size - give_back)
         quota = tolerance_us // interval_us + 1
-        want = min(want, max(1, quota // BURST_SHARE))
-        keep = quota // 2
-        granted, tat_after = self.store.take(key, interval_us, tolerance_us, want, give_back,
-                                             keep)
-        if not granted:
-            with self._lock:
-                self._leases.pop(key, None)
-            return False, tat_after
-        unused = granted - 1
-        taken_at = self._clock()
-        fresh = Lease(unused, round(taken_at * MICROS) + tat_after,
-                      taken_at + self.lease_seconds, want, interval_us)
+        most = max(1, min(self.max_lease, quota // BURST_SHARE))
+        want, give_back = 1, 0
         with self._lock:
-            current = self._leases.get(key)
-            if current is not None and current is not lease and current.credits:
-                # another thread of this worker took a lease for the key meanwhile: keep both
-                fresh.credits += current.credits
-                fresh.tat_us = max(fresh.tat_us, current.tat_us)
-            if current is not None or len(self._leases) < self.max_keys:
-                self._leases[key] = fresh
+            lease = self._leases.get(key)
+            if lease is not None and lease.refilling:
+                lease = None  # another thread is refilling it: ask for this request alone
+                mine = False
+            else:
+                mine = True
+                if lease is not None:
+                    live = now < lease.expires
+                    give_back = lease.take_returnable(round(now * MICROS))
+                    # used up while live: the key is busy here, ask for more; else as
+                    # many as were used, and this request
+                    want = min(most, GROWTH * lease.size if live
+                               else max(1, lease.size - give_back))
+                    lease.refilling = True
+        try:
+            granted, tat_after = self.store.take(key, interval_us, tolerance_us, want,
+                                                 give_back, quota // 2)
+        except Exception:
+            if lease is not None:
+                lease.refilling = False
+            raise
+        if not mine:
+            return granted > 0, tat_after
+        with self._lock:
+            if not granted:
+                if self._leases.get(key) is lease:
+                    self._leases.pop(key, None)
+                return False, tat_after
+            unused = granted - 1
+            taken_at = self._clock()
+            # a key's first request (no lease to refill) leaves alone what another thread
+            # stored meanwhile: it took one admission, this request's own
+            if lease is not None or (key not in self._leases
+                                     and len(self._leases) < self.max_keys):
+                self._leases[key] = Lease(unused, round(taken_at * MICROS) + tat_after,
+                                          taken_at + self.lease_seconds, want, interval_us)
         return True, tat_after - unused * interval_us
 
     def sweep(self) -> int:
         """Give back the unused credits of ended leases (one store call for all of them)
         and forget keys not seen for a while; the number of admissions given back."""
         now = self._clock()
+        now_us = round(now * MICROS)
         returns = []
         with self._lock:
             for key, lease in list(self._leases.items()):
-                if now < lease.expires:
+                if now < lease.expires or lease.refilling:
                     continue
                 if lease.credits:
-                    returns.append((key, lease.credits, lease.interval_us))
-                    lease.size = max(1, lease.size - lease.credits)
-                    lease.credits = 0
+                    unused = lease.credits
+                    returnable = lease.take_returnable(now_us)
+                    lease.size = max(1, lease.size - unused)
+                    if returnable:
+                        returns.append((key, returnable, lease.interval_us))
                 elif now - lease.expires > self.forget_seconds:
                     del self._leases[key]
         if returns:

@@ -6,7 +6,9 @@ call is bounded by REDIS_TIMEOUT and never retried here: the callers have a
 fallback that is better than waiting (rate limits fail open, reads go to the
 primary). After a failure the link answers `RedisDown` at once for
 `pause_seconds`, then lets one call through to try again, so an outage
-costs one timeout per pause per worker, not one per request.
+costs one timeout per pause per worker, not one per request. The one
+exception is `attempt` (and `run_script(..., despite_breaker=True)`), which
+recording a write's position uses: it always tries.
 
 The request path calls `execute(...)`: one command on a connection the
 calling thread keeps for its life (taken once from redis-py's pool), sent

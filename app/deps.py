@@ -123,9 +123,10 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     cluster = build_cluster(config, logger, db, redis, connections)
 
     rate_limit_state = RedisRateLimitStore(redis) if redis else RateLimitRepository(db)
+    leases = None  # a busy key's admissions, several per Redis call (1: exact, no leases)
     if redis and config.rate_limit_lease_max > 1:
-        rate_limit_state = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
-                                       config.rate_limit_lease_seconds)
+        rate_limit_state = leases = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
+                                                config.rate_limit_lease_seconds)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
                           logger.getChild("ratelimit"), tracing=tracing)
     checkers = {
@@ -172,9 +173,9 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         metrics.sample_health(health.last())
 
     every_second = [sample_metrics, sample_health, access_log.flush]
-    if isinstance(rate_limit_state, LeasedStore):
-        every_second.append(rate_limit_state.sweep)
-    sampler = Periodic("metrics-sampler", 1.0, every_second, logger)
+    if leases is not None:
+        every_second.append(leases.sweep)
+    sampler = Periodic("every-second", 1.0, every_second, logger)
     return Deps(
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,

@@ -108,12 +108,11 @@ def gcra(tat_us: int | None, now_us: int, interval_us: int,
     """One GCRA step: (admitted, TAT after the decision), all in microseconds.
 
     `tat_us` None is a key without state. A refusal returns the TAT unchanged.
-    The SQL store implements exactly this; keep the two in step.
+    The SQL store implements exactly this; keep the two in step. It is
+    `gcra_take` asking for one admission.
     """
-    base = now_us if tat_us is None or tat_us < now_us else tat_us
-    if base - now_us > tolerance_us:
-        return False, tat_us
-    return True, base + interval_us
+    granted, tat_after = gcra_take(tat_us, now_us, interval_us, tolerance_us)
+    return granted == 1, tat_after
 
 
 def gcra_take(tat_us: int | None, now_us: int, interval_us: int, tolerance_us: int,
@@ -204,13 +203,8 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
-        now = round(self._clock() * MICROS)
-        with self._lock:
-            allowed, tat = gcra(self._tats.get(key), now, interval_us, tolerance_us)
-            if tat is None:  # refused without state: impossible, tau >= 0
-                return False, tolerance_us + interval_us
-            self._tats[key] = tat
-        return allowed, tat - now
+        granted, tat_after = self.take(key, interval_us, tolerance_us, 1, 0, 0)
+        return granted == 1, tat_after
 
     def take(self, key: str, interval_us: int, tolerance_us: int, want: int, give_back: int,
              keep: int) -> tuple[int, int]:

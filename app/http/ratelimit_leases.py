@@ -85,12 +85,13 @@ class Lease:
     interval_us: int  # the policy's T, to give credits back
     refilling: bool = False  # a thread is asking the store for the key's next lease
 
-    def take_returnable(self, now_us: int) -> int:
-        """Empty the lease; how many of its credits to give back: those still charged
-        (an admission whose charge has replenished is not given back, which would
-        make room that was never taken)."""
-        still_charged = max(0, (self.tat_us - now_us) // self.interval_us)
-        returnable = min(self.credits, still_charged)
+    def end(self, now_us: int) -> int:
+        """Empty the lease: the next one is the size this one used, and the credits to
+        give back are those still charged (giving back an admission whose charge has
+        replenished would make room that was never taken)."""
+        if self.credits:
+            self.size = max(1, self.size - self.credits)
+        returnable = min(self.credits, max(0, (self.tat_us - now_us) // self.interval_us))
         self.credits = 0
         return returnable
 
@@ -128,38 +129,33 @@ class LeasedStore:
                     lease.expires = now + self.lease_seconds
                     # what GCRA would answer with the unused credits not charged yet
                     seen = lease.tat_us - lease.credits * interval_us - round(now * MICROS)
-                    return True, seen if seen > interval_us else interval_us
+                    return True, max(seen, interval_us)
         return self._ask(key, interval_us, tolerance_us, now)
 
     def _ask(self, key: str, interval_us: int, tolerance_us: int,
              now: float) -> tuple[bool, int]:
         quota = tolerance_us // interval_us + 1
-        most = max(1, min(self.max_lease, quota // BURST_SHARE))
+        keep = quota // 2
         want, give_back = 1, 0
         with self._lock:
             lease = self._leases.get(key)
-            if lease is not None and lease.refilling:
-                lease = None  # another thread is refilling it: ask for this request alone
-                mine = False
-            else:
-                mine = True
-                if lease is not None:
-                    live = now < lease.expires
-                    give_back = lease.take_returnable(round(now * MICROS))
-                    # used up while live: the key is busy here, ask for more; else as
-                    # many as were used, and this request
-                    want = min(most, GROWTH * lease.size if live
-                               else max(1, lease.size - give_back))
-                    lease.refilling = True
+            refilled_elsewhere = lease is not None and lease.refilling
+            if lease is not None and not refilled_elsewhere:
+                live = now < lease.expires  # and used up: the key is busy here, ask for more
+                give_back = lease.end(round(now * MICROS))
+                most = max(1, min(self.max_lease, quota // BURST_SHARE))
+                want = min(most, GROWTH * lease.size if live else lease.size)
+                lease.refilling = True
+        if refilled_elsewhere:  # another thread is taking the key's next lease
+            granted, tat_after = self.store.take(key, interval_us, tolerance_us, 1, 0, keep)
+            return granted > 0, tat_after
         try:
             granted, tat_after = self.store.take(key, interval_us, tolerance_us, want,
-                                                 give_back, quota // 2)
+                                                 give_back, keep)
         except Exception:
             if lease is not None:
                 lease.refilling = False
             raise
-        if not mine:
-            return granted > 0, tat_after
         with self._lock:
             if not granted:
                 if self._leases.get(key) is lease:
@@ -186,9 +182,7 @@ class LeasedStore:
                 if now < lease.expires or lease.refilling:
                     continue
                 if lease.credits:
-                    unused = lease.credits
-                    returnable = lease.take_returnable(now_us)
-                    lease.size = max(1, lease.size - unused)
+                    returnable = lease.end(now_us)
                     if returnable:
                         returns.append((key, returnable, lease.interval_us))
                 elif now - lease.expires > self.forget_seconds:

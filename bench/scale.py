@@ -31,7 +31,6 @@ timed runs.
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import time
 from pathlib import Path
@@ -131,9 +130,9 @@ def scale(bench) -> dict:
         redis_calls: dict[str, list[float]] = {key: [] for key in servers}
         for run in range(s.runs):
             for key, server in servers.items():
-                calls_before = _script_calls(redis)
+                calls_before = redis.script_calls()
                 result = bench.measure(server, "scale_get", s.seconds)
-                calls = (_script_calls(redis) - calls_before) / max(1, result.requests)
+                calls = (redis.script_calls() - calls_before) / max(1, result.requests)
                 collected[key].append(result)
                 redis_calls[key].append(calls)
                 bench.say(f"  {key:<17} run {run + 1}/{s.runs}: {result.rps:8.1f} req/s  "
@@ -168,20 +167,6 @@ def scale(bench) -> dict:
         cluster.close()
 
 
-def _script_calls(redis: RedisServer) -> int:
-    """Script calls (EVAL, EVALSHA) the Redis server has answered since it started."""
-    with socket.create_connection(("127.0.0.1", redis.port), timeout=5) as conn:
-        conn.sendall(b"INFO commandstats\r\n")
-        reply = b""
-        while not reply.endswith(b"\r\n\r\n") and len(reply) < 1_000_000:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
-    return sum(int(line.split(b"calls=", 1)[1].split(b",", 1)[0])
-               for line in reply.splitlines() if line.startswith(b"cmdstat_eval"))
-
-
 def _cpu_per_request(runs: list[WrkResult]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for group in GROUPS:
@@ -213,13 +198,11 @@ def _round_trips(bench, primary: str, rows: dict[str, tuple[str, dict[str, str]]
     # so every statement counted is a request's; the replica monitor stays on (it
     # routes the reads) and its few statements per second show in that row.
     one_worker = {"WEB_CONCURRENCY": "1", "DB_POOL_CHECK_INTERVAL": "3600",
-                  "HEALTH_CACHE_SECONDS": "3600", "REPLICA_CHECK_INTERVAL": "60"}
-    routed = {"REPLICA_CHECK_INTERVAL": "0.25"}
+                  "HEALTH_CACHE_SECONDS": "3600"}
     out = {}
     try:
         for key, (kind, extra) in rows.items():
-            settings = {**one_worker, **extra, **(routed if key == "scale_replica" else {})}
-            server = bench.start(kind, dsn=counter.dsn, extra=settings)
+            server = bench.start(kind, dsn=counter.dsn, extra={**one_worker, **extra})
             if key == "scale_replica":
                 _wait_for_replica_reads(server, requests)
             replay(server.port, requests, n)  # warm: statements prepared, caches full

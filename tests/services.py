@@ -210,6 +210,14 @@ class RedisServer:
             conn.sendall(b"PING\r\n")
             return conn.recv(16).startswith(b"+PONG")
 
+    def script_calls(self) -> int:
+        """Script calls (EVAL, EVALSHA) this server has answered since it started."""
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5) as client:
+            stats = client.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_eval"))
+
     def stop(self) -> None:
         stop_process(self.process)
 

@@ -14,7 +14,6 @@ from collections import Counter
 
 import httpx
 import pytest
-import redis
 
 from tests.conftest import (
     eventually,
@@ -267,11 +266,6 @@ def test_rate_limits_in_redis_are_shared_by_two_instances(start_server, pg_clust
     assert answers[0].headers["RateLimit-Policy"] == '"user";q=5;w=300'
 
 
-def _script_calls(redis_url: str) -> int:
-    stats = redis.Redis.from_url(redis_url).info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if k.startswith("cmdstat_eval"))
-
-
 @pytest.mark.parametrize("lease_max", ["64", "1"])
 def test_leases_spare_redis_calls_and_two_instances_still_admit_exactly_the_burst(
         start_server, pg_cluster, lease_max):
@@ -284,11 +278,11 @@ def test_leases_spare_redis_calls_and_two_instances_still_admit_exactly_the_burs
                                          RATE_LIMIT_USER_BURST="128",
                                          RATE_LIMIT_LEASE_MAX=lease_max)
         headers = new_user(first, "busy")
-        before = _script_calls(server.url)
+        before = server.script_calls()
         with httpx.Client(timeout=5) as keep_alive:  # one connection: one worker of `first`
             statuses = [keep_alive.get(first.url + "/conversations", headers=headers).status_code
                         for _ in range(60)]
-        calls = _script_calls(server.url) - before
+        calls = server.script_calls() - before
         assert statuses == [200] * 60
         if lease_max == "1":
             assert calls == 60

@@ -45,11 +45,13 @@ from concurrent import futures
 from functools import partial
 from http import HTTPStatus
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from app.http.errors import ApiError, InternalFailure, InvalidRequest, ServiceUnavailable
+from app.http.envelope import request_ids
+from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
+from app.platform.framing import framing_refusal, parse_error_answer
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -65,31 +67,15 @@ TOO_LARGE_REASON = "the request headers are too large"
 _WAIT, _READY, _TOO_LARGE, _GONE = range(4)
 
 
-def contract_error_bytes(error: ApiError) -> bytes:
+def contract_error_bytes(error: ApiError, request_id: str) -> bytes:
     """A complete HTTP/1.1 response, closing the connection, carrying `error` as JSON."""
     body = json.dumps(error.body(), separators=(",", ":")).encode()
     extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
     head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
             f"Connection: close\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"X-Content-Type-Options: nosniff\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
+            f"X-Content-Type-Options: nosniff\r\nX-Request-ID: {request_id}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
-
-
-class _ContractErrorSocket:
-    """Wraps a client socket so gunicorn's own HTML error page leaves as the contract's JSON."""
-
-    def __init__(self, sock):
-        self._sock = sock
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def sendall(self, data: bytes) -> None:
-        status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
-        _, status, reason = [*status_line.split(" ", 2), "", ""][:3]
-        error = InternalFailure() if status.startswith("5") else \
-            InvalidRequest(reason.lower() or "the request is malformed")
-        self._sock.sendall(contract_error_bytes(error))
 
 
 def is_health_request(head: bytes | bytearray) -> bool:
@@ -102,9 +88,9 @@ class SayPIWorker(ThreadWorker):
     """gunicorn's gthread worker with heads read by the main loop (see the module docstring).
 
     Errors gunicorn answers itself (malformed request lines, bad headers) are
-    JSON in the contract's shape too: `400 invalid_request` or
-    `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the three
-    class attributes from the configuration.
+    JSON in the contract's shape too, with an X-Request-ID: `400 invalid_request`
+    or `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the
+    three class attributes from the configuration.
     """
 
     header_timeout: float = 5.0
@@ -118,10 +104,12 @@ class SayPIWorker(ThreadWorker):
         self._lingering: OrderedDict[TConn, float] = OrderedDict()
         self._health_pool: futures.ThreadPoolExecutor | None = None
         self._listening_stopped = False
-        self._too_large = contract_error_bytes(InvalidRequest(TOO_LARGE_REASON))
-        self._shutting_down = contract_error_bytes(ServiceUnavailable(1))
+        self._new_request_id = None  # made in the worker process: its prefix is random
+        self._too_large = InvalidRequest(TOO_LARGE_REASON)
+        self._shutting_down = ServiceUnavailable(1)
 
     def init_process(self):
+        self._new_request_id = request_ids()
         self._health_pool = futures.ThreadPoolExecutor(
             max_workers=self.health_threads, thread_name_prefix="saypi-health")
         super().init_process()  # runs the worker until it stops
@@ -137,8 +125,31 @@ class SayPIWorker(ThreadWorker):
             self._health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
 
+    # --- answers made without the app: framing and gunicorn's errors ----------------------
+    def handle_request(self, req, conn):
+        refusal = framing_refusal(req)
+        if refusal is not None:
+            raise refusal  # to handle_error, by gunicorn's `handle`
+        return super().handle_request(req, conn)
+
     def handle_error(self, req, client, addr, exc):
-        super().handle_error(req, _ContractErrorSocket(client), addr, exc)
+        """gunicorn's answer to what it could not parse or serve, in the contract's JSON
+        (its own is an HTML page, without X-Request-ID), logged under that answer's id."""
+        request_id = self._new_request_id()
+        error = parse_error_answer(exc)
+        ip = addr[0] if isinstance(addr, tuple) and addr else addr
+        ids = {"request_id": request_id}
+        if error.status < 500:
+            self.log.warning("Invalid request from ip=%s: %s", ip, exc, extra=ids)
+        elif getattr(req, "uri", None) is not None:
+            self.log.exception("Error handling request %s %s", getattr(req, "method", ""),
+                               req.uri, extra=ids)
+        else:
+            self.log.exception("Error handling request (no URI read)", extra=ids)
+        try:
+            util.write_nonblock(client, contract_error_bytes(error, request_id))
+        except Exception:
+            self.log.debug("Failed to send error message.")
 
     # --- reading heads in the main loop -----------------------------------------------------
     def enqueue_req(self, conn):
@@ -208,10 +219,11 @@ class SayPIWorker(ThreadWorker):
             self._dispatch(conn, self._health_pool if is_health_request(head) else self.tpool)
         elif outcome == _TOO_LARGE:
             conn.saypi_head = None
+            request_id = self._new_request_id()
             self.log.warning("Invalid request from ip=%s: request head larger than %d bytes",
                              conn.client[0] if isinstance(conn.client, tuple) else conn.client,
-                             self.max_header_bytes)
-            self._answer_and_close(conn, self._too_large)
+                             self.max_header_bytes, extra={"request_id": request_id})
+            self._answer_and_close(conn, contract_error_bytes(self._too_large, request_id))
         else:
             self._close(conn)
 
@@ -312,7 +324,8 @@ class SayPIWorker(ThreadWorker):
                     break
                 self.nr_conns += 1
                 conn = TConn(self.cfg, client, addr, listener.getsockname())
-                self._answer_and_close(conn, self._shutting_down)
+                self._answer_and_close(
+                    conn, contract_error_bytes(self._shutting_down, self._new_request_id()))
             listener.close()
         # Heads still arriving get what kept-alive connections get: a short linger.
         deadline = time.monotonic() + STOP_KEEPALIVE_LINGER

@@ -190,6 +190,7 @@ def test_request_heads_larger_than_max_header_bytes_are_400_invalid_request(star
     assert status == 400
     assert headers["content-type"].startswith("application/json")
     assert headers["connection"] == "close"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers
     error = json.loads(body)
     assert error == {"code": "invalid_request",
                      "message": error["message"],
@@ -281,6 +282,7 @@ def test_connections_during_a_sigterm_drain_are_refused_or_answered_503_at_once(
             assert status == 503, (status, body)
             assert headers["connection"] == "close"
             assert json.loads(body)["code"] == "service_unavailable"
+            assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers
             outcomes.append(("503", (time.perf_counter() - started) * 1000))
         time.sleep(0.1)
     thread.join(15)

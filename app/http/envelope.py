@@ -32,6 +32,7 @@ from app.http.errors import (
     from_domain,
 )
 from app.http.request_state import RequestState, enter, leave
+from app.http.tokens import SIGNED_ID
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from app.platform.tracing import RequestSpan, Tracing
 
 _REQUEST_ID = re.compile(patterns.REQUEST_ID)
+_TOKEN_START = re.compile(SIGNED_ID, re.IGNORECASE)
+# Shorter ids or credentials than this are not compared with each other.
+_SHARED_CREDENTIAL_MIN = 8
 # The security headers OWASP's REST cheat sheet lists for API responses (with
 # Cache-Control: no-store on authenticated ones). Each header costs every
 # response ~3 us under load (gunicorn checks and formats each in Python), so
@@ -62,8 +66,8 @@ NO_STORE = ("Cache-Control", "no-store")
 class Envelope:
     """The WSGI layer around the Flask app: what every request gets, whatever answers it.
 
-    A request id (the client's X-Request-ID when well-formed, else a new
-    one), the client's address, the refusal of a declared body over the
+    A request id (the client's X-Request-ID when well-formed and holding no
+    credential, else a new one), the client's address, the refusal of a declared body over the
     limit (before Flask reads any of it), the request's budget for waiting on
     database connections, the security headers, Cache-Control on
     authenticated answers, the RateLimit headers, one access line and the
@@ -86,7 +90,8 @@ class Envelope:
     def __call__(self, environ: dict, start_response):
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        ours = not (incoming and _REQUEST_ID.fullmatch(incoming))
+        ours = not (incoming and _REQUEST_ID.fullmatch(incoming)
+                    and not holds_a_credential(incoming, environ.get("HTTP_AUTHORIZATION")))
         request_id = self.new_request_id() if ours else incoming
         client = environ.get("REMOTE_ADDR") or ""
         if self.trusted:
@@ -236,6 +241,22 @@ def _read_chunked(environ: dict, max_body: int) -> ApiError | None:
         refusal, body = InvalidRequest("the chunked body is malformed"), b""
     environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
     return refusal
+
+
+def holds_a_credential(request_id: str, authorization: str | None) -> bool:
+    """Whether a client's request id looks like a token or shares the request's credential.
+
+    Such an id is replaced by a generated one: a request id is echoed and
+    written on every log line, and the token must never reach the logs.
+    """
+    if _TOKEN_START.search(request_id) is not None:
+        return True
+    if not authorization:
+        return False
+    credential = authorization.rpartition(" ")[2]
+    secret = credential.rpartition(".")[2]  # a token's MAC, or the whole credential
+    return (len(secret) >= _SHARED_CREDENTIAL_MIN and secret in request_id) or \
+        (len(request_id) >= _SHARED_CREDENTIAL_MIN and request_id in credential)
 
 
 def request_ids():

@@ -108,14 +108,28 @@ class RedactionFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = self.scrub(record.stack_info)
         fields = vars(record)
+        standard = []
         for key, value in list(fields.items()):
             if key in _REDACTED_FIRST or value is None or isinstance(value, int | float):
                 continue
-            if key not in _RECORD_ATTRS and _SENSITIVE_KEYS.search(key):
+            if key in _RECORD_ATTRS:
+                if isinstance(value, str) and key != "request_id":
+                    standard.append(value)  # logging's own: checked together, below
+                else:
+                    fields[key] = self._scrub_value(value)
+            elif _SENSITIVE_KEYS.search(key):
                 fields[key] = REDACTED
             else:
                 fields[key] = self._scrub_value(value)
+        if standard and self._may_hold_secret("\n".join(standard)):
+            for key, value in list(fields.items()):
+                if key in _RECORD_ATTRS and isinstance(value, str) and key not in _REDACTED_FIRST:
+                    fields[key] = self.scrub(value)
         return True
+
+    def _may_hold_secret(self, text: str) -> bool:
+        return _MAY_HOLD_SECRET.search(text) is not None or \
+            any(secret in text for secret in self.secrets)
 
 
 class RequestIdFilter(logging.Filter):

@@ -67,9 +67,10 @@ class Envelope:
     """The WSGI layer around the Flask app: what every request gets, whatever answers it.
 
     A request id (the client's X-Request-ID when well-formed and holding no
-    credential, else a new one), the client's address, the refusal of a declared body over the
-    limit (before Flask reads any of it), the request's budget for waiting on
-    database connections, the security headers, Cache-Control on
+    credential, else a new one), the client's address, the refusal of a
+    declared body over the limit (before Flask reads any of it), the
+    request's budget for waiting on database connections, the security
+    headers, Cache-Control on
     authenticated answers, the RateLimit headers, one access line and the
     request metrics. It works on the WSGI environ and header list directly:
     as Flask before/after_request hooks the same work cost about twice as

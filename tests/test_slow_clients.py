@@ -17,6 +17,7 @@ import threading
 import time
 
 import httpx
+import psycopg
 
 from tests.conftest import eventually
 
@@ -422,3 +423,46 @@ def test_body_over_max_body_bytes_is_413_before_it_is_sent(start_server):
             assert status == 413, body
             assert json.loads(body)["code"] == "payload_too_large"
             assert headers["connection"] == "close" and headers["x-request-id"]
+
+
+# --- load shedding: the wait for a thread counts against DB_POOL_TIMEOUT ------------------
+def test_requests_queued_behind_row_locks_get_200_or_503_with_retry_after(start_server):
+    server = start_server(WEB_CONCURRENCY="1", THREADS="4", DB_POOL_MIN="1", DB_POOL_MAX="2",
+                          DB_POOL_TIMEOUT="1", DB_STATEMENT_TIMEOUT="30000")
+    token = httpx.post(server.url + "/users", json={"name": "locked"}, timeout=10).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    cid = httpx.post(server.url + "/conversations", json={"heading": "h"}, headers=auth,
+                     timeout=10).json()["id"]
+    patched: list[int] = []
+
+    def patch(n: int) -> None:
+        try:
+            patched.append(httpx.patch(f"{server.url}/conversations/{cid}", headers=auth,
+                                       json={"heading": f"h{n}"}, timeout=60).status_code)
+        except httpx.HTTPError:
+            patched.append(-1)
+
+    with psycopg.connect(server.env["DATABASE_URL"]) as lock:
+        lock.execute("SELECT id FROM conversations FOR UPDATE")  # held until the block ends
+        patches = [threading.Thread(target=patch, args=(n,)) for n in range(16)]
+        for thread in patches:
+            thread.start()
+        time.sleep(0.5)  # two PATCHes wait on the lock holding both connections, 14 queue
+        outcomes = []
+        with httpx.Client(base_url=server.url, headers=auth, timeout=6) as client:
+            for path in [f"/conversations/{cid}", "/animals"] * 5:
+                started = time.perf_counter()
+                response = client.get(path)
+                outcomes.append((response.status_code,
+                                 round((time.perf_counter() - started) * 1000)))
+                assert response.status_code in (200, 503), response.text
+                assert response.headers["x-request-id"]
+                if response.status_code == 503:
+                    assert response.json()["code"] == "service_unavailable"
+                    assert int(response.headers["retry-after"]) >= 1
+        lock.rollback()
+    for thread in patches:
+        thread.join(60)
+    print(f"\nDB_POOL_TIMEOUT=1, 16 PATCHes behind a row lock: fresh GETs (status, ms) "
+          f"{outcomes}; PATCH statuses {sorted(patched)}")
+    assert set(patched) <= {200, 503}

@@ -1,4 +1,4 @@
-"""SayPI's gunicorn worker: request heads read in the main loop, health on its own lane.
+"""SayPI's gunicorn worker: requests read in the main loop, health on its own lane.
 
 gunicorn's gthread worker hands every accepted connection to a thread, which
 then blocks reading the request head (for up to 5 s before the first byte,
@@ -8,12 +8,19 @@ while fresh requests queue behind them. `SayPIWorker` changes only where the
 head is read:
 
 - the main loop's selector waits for a connection to become readable and
-  reads its bytes without blocking, until the blank line that ends the head;
-  only then does a thread get the connection, with the head already buffered
-  in gunicorn's parser, so a thread never waits on a client for a head;
+  reads its bytes without blocking, until the blank line that ends the head
+  and then to the end of its body (bodies.py; up to `max_body_bytes`, else
+  the request gets a thread at once and is refused with 413 unread); only
+  then does a thread get the connection, with head and body buffered in
+  gunicorn's parser, so a thread never waits on a client;
 - a head not complete `header_timeout` seconds after the connection was
   accepted (or after a kept-alive connection's next request began) is cut
   off: the connection is closed, as HAProxy's `timeout http-request` would;
+  so is a body not complete `body_timeout` seconds after its head;
+- a request still waiting for an API thread `queue_timeout` seconds
+  (DB_POOL_TIMEOUT) after it arrived whole is answered 503 with
+  Retry-After by the main loop, and the envelope's budget for database
+  waits is what is left of that time (admission.py);
 - a head larger than `max_header_bytes` is answered `400 invalid_request`
   ("the request headers are too large") in the contract's JSON, without a
   thread; gunicorn's own limits (line length, field count and size) still

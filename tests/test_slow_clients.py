@@ -463,6 +463,29 @@ def test_requests_queued_behind_row_locks_get_200_or_503_with_retry_after(start_
         lock.rollback()
     for thread in patches:
         thread.join(60)
+    shed = [line for line in server.log_lines() if "waited 1.0 s for a thread" in line]
     print(f"\nDB_POOL_TIMEOUT=1, 16 PATCHes behind a row lock: fresh GETs (status, ms) "
-          f"{outcomes}; PATCH statuses {sorted(patched)}")
+          f"{outcomes}; PATCH statuses {sorted(patched)}; shedding log lines {len(shed)}")
     assert set(patched) <= {200, 503}
+
+
+def test_a_request_still_waiting_for_a_thread_after_db_pool_timeout_is_shed_with_503(
+        start_server):
+    server = start_server(WEB_CONCURRENCY="1", THREADS="2", DB_POOL_TIMEOUT="1")
+    token = httpx.post(server.url + "/users", json={"name": "shed"}, timeout=10).json()["token"]
+    busy = [threading.Thread(target=httpx.get, args=(server.url + "/debug/sleep?seconds=4",),
+                             kwargs={"timeout": 20}) for _ in range(2)]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.5)  # both API threads sleep; a fresh request can only queue
+    status, headers, body = raw_request(server.port, get("/animals", token), timeout=10)
+    assert status == 503, body
+    assert json.loads(body)["code"] == "service_unavailable"
+    assert int(headers["retry-after"]) >= 1
+    assert headers["x-request-id"] and headers["connection"] == "close"
+    assert raw_request(server.port, get("/health/live"))[0] == 200  # its own lane
+    for thread in busy:
+        thread.join(20)
+    assert raw_request(server.port, get("/animals", token))[0] == 200
+    assert any("Shed 1 request(s) that waited 1.0 s for a thread" in line
+               for line in server.log_lines())

@@ -12,6 +12,8 @@ import re
 WAIT, COMPLETE, TOO_LARGE, AS_IS = range(4)
 
 _HEX = re.compile(rb"[0-9a-fA-F]+")
+# Most requests have no body: one search in C tells them apart.
+_BODY_FIELDS = re.compile(rb"\r\n(?:content-length|transfer-encoding):", re.IGNORECASE)
 #: Longest chunk-size line (with extensions) and trailer section followed
 #: here; longer ones go to gunicorn's parser, which refuses them.
 MAX_CHUNK_LINE = 8190
@@ -101,6 +103,8 @@ class BodyScan:
 
 def _framing(head: bytes | bytearray) -> tuple[str | None, int, bool]:
     """("length", n, expects 100-continue), ("chunked", 0, ...) or (None, 0, False)."""
+    if not _BODY_FIELDS.search(head):
+        return None, 0, False
     lines = bytes(head).split(b"\r\n")
     http11 = lines[0].endswith(b" HTTP/1.1")
     length = coding = None

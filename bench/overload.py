@@ -163,7 +163,7 @@ def row_locks(bench: Bench, pool_max: int, patches: int, fresh: int) -> dict:
             try:
                 statuses.append(httpx.patch(f"{saypi.url}/conversations/{cid}", headers=auth,
                                             json={"heading": f"{heading}-{n}"},
-                                            timeout=120).status_code)
+                                            timeout=600).status_code)
             except httpx.HTTPError:
                 statuses.append(-1)
 
@@ -190,7 +190,7 @@ def row_locks(bench: Bench, pool_max: int, patches: int, fresh: int) -> dict:
                                     retry_after))
             lock.rollback()
         for thread in threads:
-            thread.join(120)
+            thread.join(600)
         by_status: dict[int, list[float]] = {}
         for status, ms, _ in answers:
             by_status.setdefault(status, []).append(ms)

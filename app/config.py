@@ -202,7 +202,8 @@ class Config:
         "most connections per worker (match THREADS)")
     db_pool_timeout: float = setting(
         "DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,
-        "seconds a request waits for a connection before 503")
+        "seconds a request may wait, for a thread and then for database connections, before "
+        "503 service_unavailable with Retry-After")
     db_pool_max_waiting: int = setting(
         "DB_POOL_MAX_WAITING", _int(0, 100000), 64,
         "requests that may queue for a connection per worker before fast 503s (0: no bound)")
@@ -305,6 +306,11 @@ class Config:
     health_threads: int = setting(
         "HEALTH_THREADS", _int(1, 16), 2,
         "threads per worker reserved for /health/*, so probes never wait behind the API")
+    body_timeout: float = setting(
+        "BODY_TIMEOUT", _float(0.1, 300), 10.0,
+        "seconds a request has to send its body (up to MAX_BODY_BYTES) once its head is "
+        "complete; slower connections are closed. A request gets a thread only once its body "
+        "has arrived")
     database_replica_urls: tuple[str, ...] = setting(
         "DATABASE_REPLICA_URLS", _csv, (),
         "comma separated DSNs of PostgreSQL streaming replicas that serve reads (unset: every "

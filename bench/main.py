@@ -42,7 +42,7 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
+USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|report|fleet]
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -55,6 +55,9 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
            bench-results/profile-get.md (+ .svg when py-spy can)
   tracing  GET /conversations/{id} with tracing off, on at sample ratio 0.1 and 1.0 (a
            local OTLP sink), and with the collector down; writes bench-results/tracing.*
+  overload fresh GETs' p99 with 200 slow-body connections held, and fresh GETs' statuses
+           and latency (503 against DB_POOL_TIMEOUT) while PATCHes wait on a row lock;
+           writes bench-results/overload.md and overload.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -616,6 +619,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.tracing import tracing
 
         return tracing(env)
+    if command == "overload":
+        from bench.overload import overload
+
+        return overload(env)
     if command == "profile":
         from bench.profile import profile
 

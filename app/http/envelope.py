@@ -33,6 +33,7 @@ from app.http.errors import (
 )
 from app.http.request_state import RequestState, enter, leave
 from app.http.tokens import SIGNED_ID
+from app.platform import admission
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
 
@@ -69,8 +70,8 @@ class Envelope:
     A request id (the client's X-Request-ID when well-formed and holding no
     credential, else a new one), the client's address, the refusal of a
     declared body over the limit (before Flask reads any of it), the
-    request's budget for waiting on database connections, the security
-    headers, Cache-Control on
+    request's budget for waiting on database connections (less what it
+    waited for a thread), the security headers, Cache-Control on
     authenticated answers, the RateLimit headers, one access line and the
     request metrics. It works on the WSGI environ and header list directly:
     as Flask before/after_request hooks the same work cost about twice as
@@ -121,8 +122,13 @@ class Envelope:
             answer[:] = [status, length]
             return start_response(status, headers, exc_info)
 
+        admitted = admission.current()
         length = environ.get("CONTENT_LENGTH")
-        if length:
+        if admitted is not None and admitted.body_too_large:
+            # The worker refused it unread and closes the connection after the answer.
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
+            state.refusal = PayloadTooLarge(self.max_body)
+        elif length:
             if length.isdigit() and int(length) > self.max_body:
                 # Read it off the connection now; the route answers 413 (routes.py),
                 # inside Flask, so the answer gets CORS headers like any other.
@@ -131,7 +137,10 @@ class Envelope:
                 state.refusal = PayloadTooLarge(self.max_body)
         elif "HTTP_TRANSFER_ENCODING" in environ:
             state.refusal = _read_chunked(environ, self.max_body)
-        token, budget = enter(state), wait_budget(self.db_wait)
+        # The wait for a thread counts: a request that queued for the whole
+        # budget gets 503 at its first checkout instead of waiting again.
+        queued = time.monotonic() - admitted.ready_at if admitted is not None else 0.0
+        token, budget = enter(state), wait_budget(self.db_wait - queued)
         if self.tracing is not None:
             trace = self.tracing.start_request(environ, client)
         try:

@@ -433,3 +433,28 @@ def scale_targets(result: dict) -> list[tuple[str, str, str, bool]]:
          "about 0 (under 5 % of the reference's)",
          ref_pg > 0 and replica_pg < 0.05 * ref_pg),
     ]
+
+
+def heavy_markdown(result: dict) -> list[str]:
+    """The "One heavy user" section (bench/heavy.py's rows)."""
+    rows = result.get("rows", {})
+    if not rows:
+        return []
+    cpus = result.get("cpus")
+    out = ["## One heavy user", "",
+           f"One user, {result.get('clients')} keep-alive clients, reading in turn "
+           f"{result.get('conversations')} conversations of {result.get('lines')} long random "
+           "lines (more distinct renders than a worker's render cache holds), production "
+           "limits (600 requests a minute, burst 60), state in PostgreSQL. CPU share: the "
+           f"SayPI processes' CPU time over the run's wall time and the machine's {cpus} "
+           "cores (target: at most 25 %). `charged`: renders that missed the cache cost "
+           "admissions (RATE_LIMIT_RENDERS_PER_ADMISSION, default); `uncharged`: set to 0.",
+           "", "| server: load | 200/s | 429/s | app cores | CPU share | PG cores | p50 ms "
+           "| p99 ms | other CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in rows.items():
+        out.append(f"| {name} | {v['ok_per_s']:.2f} | {v['refused_per_s']:,.1f} "
+                   f"| {v['app_cores']:.2f} | {v['cpu_share_pct']:.1f} % "
+                   f"| {v['postgres_cores']:.2f} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} "
+                   f"| {v['other_cpu_seconds']:.1f} |")
+    out.append("")
+    return out

@@ -139,6 +139,15 @@ def gcra_take(tat_us: int | None, now_us: int, interval_us: int, tolerance_us: i
     return granted, base + granted * interval_us
 
 
+def gcra_charge(tat_us: int | None, now_us: int, interval_us: int, count: int) -> int:
+    """Charge `count` admissions after the fact, whatever is left: the TAT after, in
+    microseconds. It is `count` requests arriving at `now` and admitted beyond the
+    tolerance, so the key's next requests are refused until the debt has replenished.
+    The SQL and Redis stores implement exactly this; keep the three in step."""
+    base = now_us if tat_us is None or tat_us < now_us else tat_us
+    return base + count * interval_us
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one check, with what the response headers report."""
@@ -192,6 +201,10 @@ class Store(Protocol):
     def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
         """Admit or refuse one request for `key`: (admitted, TAT after - now, microseconds)."""
 
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """Take `count` more admissions of `key` whatever is left (`gcra_charge`): TAT after
+        - now, microseconds."""
+
 
 class MemoryStore:
     """GCRA state in this process, on an injected clock (seconds). For tests and tools only:
@@ -217,6 +230,13 @@ class MemoryStore:
                 return 0, tolerance_us + interval_us
             self._tats[key] = tat
         return granted, tat - now
+
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """`gcra_charge` on this store's state: the TAT after - now."""
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            tat = self._tats[key] = gcra_charge(self._tats.get(key), now, interval_us, count)
+        return tat - now
 
     def give_back(self, returns: list[tuple[str, int, int]]) -> None:
         """Return unused admissions, (key, count, interval_us) each: TAT moves back."""
@@ -309,6 +329,22 @@ class RateLimiter:
         if not allowed:
             self._metrics.rate_limited.labels(policy_name).inc()
         return decision_from_store(policy, allowed, tat_after)
+
+    def charge(self, policy_name: str, key: str, count: int) -> Decision | None:
+        """Charge `count` more admissions to a request already admitted, for the work it
+        caused (renders missed): the key's next requests pay for it. The Decision reports
+        the state after the charge; None when the policy is disabled or the store failed
+        (the charge is then forgiven, as a failing store admits)."""
+        policy = self._policies[policy_name]
+        if policy is None or count < 1:
+            return None
+        try:
+            tat_after = self.store.charge(f"{policy_name}:{key}", policy.interval_us, count)
+        except Exception as exc:
+            self._store_failed(exc)
+            return None
+        self._metrics.rate_limit_charged.labels(policy_name).inc(count)
+        return decision_from_store(policy, True, tat_after)
 
     def _store_failed(self, exc: Exception) -> None:
         self._metrics.rate_limit_store_errors.inc()

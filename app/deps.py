@@ -128,7 +128,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         rate_limit_state = leases = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
                                                 config.rate_limit_lease_seconds)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"), tracing=tracing)
+                          logger.getChild("ratelimit"), tracing=tracing,
+                          remember_refusals=True)
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),

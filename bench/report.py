@@ -457,4 +457,28 @@ def heavy_markdown(result: dict) -> list[str]:
                    f"| {v['postgres_cores']:.2f} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} "
                    f"| {v['other_cpu_seconds']:.1f} |")
     out.append("")
+    demand = result.get("demand", {})
+    if demand:
+        out += ["At the limit (10 requests a second offered), from CPU per request: a read's "
+                "CPU from the uncharged run at the limit, a refusal's from the charged unpaced "
+                "run, the reads let through from the charged run at the limit. On a busy "
+                "machine the wall-clock shares above understate what an idle one would give.",
+                "", "| lines | CPU ms per read | CPU ms per 429 | reads/s let through charged "
+                "| share uncharged | share charged |", "|---|---:|---:|---:|---:|---:|"]
+        for kind, v in demand.items():
+            out.append(f"| {kind} | {v['cpu_ms_per_read']:.1f} | {v['cpu_ms_per_refusal']:.2f} "
+                       f"| {v['charged_reads_per_s']:.2f} | {v['uncharged_share_pct']:.1f} % "
+                       f"| {v['charged_share_pct']:.1f} % |")
+        out.append("")
+    overhead = result.get("overhead", {})
+    if overhead:
+        out += ["Cached reads (scenario 2 and the 1000-line conversation), rate limits on and "
+                "unbounded, renders charged (`charged`) or not (`uncharged`, as before the "
+                "charge existed):", "",
+                "| scenario, server | req/s | p99 ms | app CPU us/req | errors |",
+                "|---|---:|---:|---:|---:|"]
+        for name, v in overhead.items():
+            out.append(f"| {name} | {v['rps']:,.1f} | {v['p99_ms']:.2f} "
+                       f"| {v['app_cpu_us_per_request']:,.0f} | {v['errors']} |")
+        out.append("")
     return out

@@ -277,11 +277,22 @@ class RateLimiter:
     metrics.rate_limit_store_errors and logged as a warning at most once per
     `log_every` seconds (with the number of failures not logged), and
     `health()` reports degraded for `degraded_for` seconds.
+
+    With `remember_refusals`, a refused key is refused again in this process,
+    without asking the store, until the time its refusal named (Retry-After):
+    nothing but admissions moves a key's TAT forward, and no admission can pass
+    before then, so the store would refuse too (save for admissions leases give
+    back early, which then wait at most until that time). A client that ignores
+    Retry-After costs a refusal's HTTP work, not a store round trip as well.
     """
+
+    REMEMBERED_MAX = 10_000  # refused keys one process remembers at most
 
     def __init__(self, user_policy: Policy, ip_policy: Policy, store: Store, metrics,
                  logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
-                 log_every: float = 10.0, degraded_for: float = 60.0, tracing=None):
+                 log_every: float = 10.0, degraded_for: float = 60.0, tracing=None,
+                 remember_refusals: bool = False):
+        self._refused: dict[str, int] | None = {} if remember_refusals else None
         self._tracing = tracing  # app.platform.tracing.Tracing, or None when off
         self._policies = {p.name: (p if p.enabled else None) for p in (user_policy, ip_policy)}
         self.store = store
@@ -320,15 +331,37 @@ class RateLimiter:
         return decision
 
     def _decide(self, policy_name: str, policy: Policy, key: str) -> Decision:
+        full_key = f"{policy_name}:{key}"
+        refused = self._refused
+        if refused is not None and full_key in refused:
+            now = round(self._clock() * MICROS)
+            tat = refused.get(full_key)
+            if tat is not None and tat - policy.tolerance_us > now:
+                self._metrics.rate_limited.labels(policy_name).inc()
+                return decision_from_store(policy, False, tat - now)
+            refused.pop(full_key, None)
         try:
-            allowed, tat_after = self.store.decide(f"{policy_name}:{key}", policy.interval_us,
+            allowed, tat_after = self.store.decide(full_key, policy.interval_us,
                                                    policy.tolerance_us)
         except Exception as exc:  # fail open: any store failure admits the request
             self._store_failed(exc)
             return fresh_decision(policy)
         if not allowed:
             self._metrics.rate_limited.labels(policy_name).inc()
+            if refused is not None:
+                self._remember(refused, full_key, tat_after)
         return decision_from_store(policy, allowed, tat_after)
+
+    def _remember(self, refused: dict[str, int], key: str, tat_after: int) -> None:
+        now = round(self._clock() * MICROS)
+        if len(refused) >= self.REMEMBERED_MAX:
+            with self._lock:  # forget the refusals that have passed (or all, if none has)
+                for old, tat in list(refused.items()):
+                    if tat <= now:
+                        refused.pop(old, None)
+                if len(refused) >= self.REMEMBERED_MAX:
+                    refused.clear()
+        refused[key] = now + tat_after
 
     def charge(self, policy_name: str, key: str, count: int) -> Decision | None:
         """Charge `count` more admissions to a request already admitted, for the work it

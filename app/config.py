@@ -262,6 +262,10 @@ class Config:
     rate_limit_lease_seconds: float = setting(
         "RATE_LIMIT_LEASE_SECONDS", _float(0.01), 1.0,
         "seconds a worker holds leased admissions before giving the unused ones back")
+    rate_limit_renders_per_admission: int = setting(
+        "RATE_LIMIT_RENDERS_PER_ADMISSION", _int(0), 50,
+        "renders missing the render cache that cost an authenticated request one more "
+        "admission of the user's limit (0: requests cost one admission whatever they render)")
     trusted_proxies: tuple = setting(
         "TRUSTED_PROXIES", _networks, (),
         "comma separated CIDRs of proxies whose X-Forwarded-For is believed")

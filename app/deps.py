@@ -128,7 +128,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         rate_limit_state = leases = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
                                                 config.rate_limit_lease_seconds)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"), tracing=tracing)
+                          logger.getChild("ratelimit"), tracing=tracing,
+                          remember_refusals=True)
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
@@ -180,7 +181,9 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
         cluster=cluster, redis=redis,
-        auth=Authenticator(TokenSigner(config.user_secrets), limiter),
+        auth=Authenticator(TokenSigner(config.user_secrets), limiter,
+                           renderer.take_thread_misses,
+                           config.rate_limit_renders_per_admission),
         idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection,
                                 tracing=tracing),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,

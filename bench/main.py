@@ -42,7 +42,8 @@ def publish(stem: str, data: dict, markdown: str) -> int:
 CONTROLLED = {"APP_ENV", "DATABASE_URL", "HOST", "PORT", "DATA_DIR", "USER_SECRETS",
               "PROMETHEUS_MULTIPROC_DIR", "RATE_LIMIT_USER_PER_MINUTE", "RATE_LIMIT_USER_BURST",
               "RATE_LIMIT_IP_PER_MINUTE", "RATE_LIMIT_IP_BURST", "FAULT_INJECTION"}
-USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|report|fleet]
+
+USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|heavy|report|fleet]
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -58,6 +59,9 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|repo
   overload fresh GETs' p99 with 200 slow-body connections held, and fresh GETs' statuses
            and latency (503 against DB_POOL_TIMEOUT) while PATCHes wait on a row lock;
            writes bench-results/overload.md and overload.json
+  heavy    one user at and beyond the user rate limit reading 1000-line conversations
+           that thrash the render cache: the share of the CPU it takes, renders charged to
+           the limit and not; writes bench-results/heavy.md and heavy.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -611,6 +615,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.sweep import sweep
 
         return sweep(env)
+    if command == "heavy":
+        from bench.heavy import heavy
+
+        return heavy(env)
     if command == "fleet":
         from bench.fleet import fleet
 

@@ -18,9 +18,9 @@ Read-your-writes: a write commits at WAL position P and its user's position
 becomes P in the shared store before it answers; a read goes to a replica
 only if its replay R >= P (R only grows: a stale R under-estimates), and
 only while this worker's sample of the primary is fresh. A write the store
-did not confirm raises the primary's floor and answers only once every
-worker must have sampled it; lag is unknown (out of rotation) until proven.
-The reasoning, failure by failure: docs/read-your-writes.md.
+did not confirm holds every replica read, fleet-wide, through a row on the
+primary; lag is unknown (out of rotation) until proven. The reasoning,
+failure by failure: docs/read-your-writes.md.
 
 Without replicas none of this runs: `read` is a checkout from the primary
 and `write` is the primary's connection, as before.
@@ -43,13 +43,13 @@ import psycopg
 from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
 from app.platform.deadlines import Deadlines
 from app.platform.health import pool_details
-from app.repo.replication import note_unconfirmed, primary_sample, replica_status
+from app.repo.replication import hold_replica_reads, primary_sample, replica_status
 from app.repo.write_positions import PositionsUnavailable
 
 PRIMARY = "primary"
 # Why a read that could have gone to a replica went to the primary.
 FALLBACK_REASONS = ("no_replica", "behind", "positions_unavailable", "replica_failed",
-                    "unsampled")
+                    "unsampled", "held")
 
 
 class WritePositions(Protocol):
@@ -134,6 +134,13 @@ class ReplicaSettings:
         monitor cycle samples it at least this often while the primary answers."""
         return self.check_interval + self.check_timeout + 0.25
 
+    @property
+    def hold_seconds(self) -> float:
+        """How long after a write every replica in rotation has replayed it: one in
+        rotation lags at most max_lag_seconds, measured with one interval's delay, and
+        routing uses replay positions up to one interval old."""
+        return self.max_lag_seconds + 2 * self.check_interval + 1
+
 
 class ReplicaDatabase(Database):
     """A replica's pool whose checks of idle connections run under a deadline: a frozen
@@ -170,7 +177,7 @@ class Cluster:
         self._turn = itertools.count()
         self._primary_samples: deque[tuple[float, int]] = deque()
         self._sampled_at = float("-inf")  # when the last good sample of the primary began
-        self._floor = 0  # no replica serves a read before replaying this far
+        self._held_until = float("-inf")  # no replica read before then (the primary's hold)
         self.deadlines = deadlines or Deadlines()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -187,8 +194,8 @@ class Cluster:
         """The primary's unit of work; its writers' positions are recorded once it commits."""
         with self.primary.unit_of_work() as uow:
             yield uow
-        if self.routing and uow.writers:
-            self._record(uow.writers, None)
+        if self.routing and uow.writers and self._record(uow.writers, None):
+            self._settle()
 
     def dedicated_connection(self) -> psycopg.Connection:
         return self.primary.dedicated_connection()
@@ -218,17 +225,18 @@ class Cluster:
         with Checkout(self.primary, None, translate=True) as conn:
             with (conn.transaction() if transaction else contextlib.nullcontext()):
                 yield conn
-            self._record((user_id,), conn)
+            unsettled = self._record((user_id,), conn)
+        if unsettled:
+            self._settle()  # with the connection back in the pool
 
-    def _record(self, user_ids, conn: psycopg.Connection | None) -> None:
+    def _record(self, user_ids, conn: psycopg.Connection | None) -> bool:
         """Record the primary's position now for each user (their commit is behind it)
-        before the write answers; see `_record_on`."""
+        before the write answers; True if the write must `_settle` first (`_record_on`)."""
         try:
             if conn is None:
                 with Checkout(self.primary, None, translate=True) as fresh:
-                    self._record_on(user_ids, fresh)
-                return
-            self._record_on(user_ids, conn)
+                    return self._record_on(user_ids, fresh)
+            return self._record_on(user_ids, conn)
         except (psycopg.Error, DatabaseUnavailable) as exc:
             # The write committed, but neither the store nor the primary holds its
             # position: a 2xx could be followed by a stale read, so it answers 503
@@ -237,15 +245,20 @@ class Cluster:
                               len(user_ids), type(exc).__name__)
             raise DatabaseUnavailable("write position not recorded") from exc
 
-    def _record_on(self, user_ids, conn: psycopg.Connection) -> None:
-        """A position the store did not confirm (Redis hung or down) raises the primary's
-        floor, durably, and the write answers only once every worker's monitor must
-        have sampled the primary since: every later read, anywhere, sees the floor or
-        goes to the primary for want of a fresh sample."""
+    def _record_on(self, user_ids, conn: psycopg.Connection) -> bool:
+        """A position the store did not confirm (Redis hung or down) holds every replica
+        read of every worker for hold_seconds, durably, on the primary. Unless the hold
+        already stood when every monitor last sampled it (a later write of the same
+        outage), the write must wait until they have (True)."""
         confirmed = [self.positions.record(user_id, conn) for user_id in user_ids]
         if all(confirmed):
-            return
-        note_unconfirmed(conn)
+            return False
+        settle = self.settings.sample_fresh_seconds + 0.05
+        return not hold_replica_reads(conn, 2 * self.settings.hold_seconds, settle)
+
+    def _settle(self) -> None:
+        """Wait until every worker's last sample of the primary is younger than the hold:
+        a read with an older sample goes to the primary, one with a newer sees the hold."""
         time.sleep(self.settings.sample_fresh_seconds + 0.05)
 
     # --- one user's reads --------------------------------------------------------------
@@ -274,9 +287,13 @@ class Cluster:
         if not rotation:
             self.tally.add("fallback:no_replica")
             return None
-        if time.monotonic() - self._sampled_at > self.settings.sample_fresh_seconds:
-            # this worker may not know the floor a write raised elsewhere
+        now = time.monotonic()
+        if now - self._sampled_at > self.settings.sample_fresh_seconds:
+            # this worker may not know of a hold a write set elsewhere
             self.tally.add("fallback:unsampled")
+            return None
+        if now < self._held_until:
+            self.tally.add("fallback:held")
             return None
         positions = self.positions
         if not positions.trusted():
@@ -287,11 +304,10 @@ class Cluster:
         except PositionsUnavailable:
             self.tally.add("fallback:positions_unavailable")
             return None
-        needed = self._floor if position is None else max(position, self._floor)
         start = next(self._turn)
         for step in range(len(rotation)):
             replica = rotation[(start + step) % len(rotation)]
-            if replica.replayed >= needed:
+            if position is None or replica.replayed >= position:
                 return replica
         self.tally.add("fallback:behind")
         return None
@@ -346,15 +362,16 @@ class Cluster:
         try:
             with self.primary.pooled(timeout=timeout) as conn, \
                     self.deadlines.bound(conn, timeout):
-                position, floor = primary_sample(conn)
+                position, hold = primary_sample(conn)
         except Exception:  # the primary's own checker reports it
             return
+        # the hold's end on this clock, from after the answer: never earlier than it is
+        self._held_until = max(self._held_until, time.monotonic() + hold)
         samples = self._primary_samples
         samples.append((started, position))  # a time before the read: lag over-estimated
         window = self.settings.max_lag_seconds + 2 * self.settings.check_interval + 1
         while len(samples) > 1 and started - samples[1][0] > window:
             samples.popleft()
-        self._floor = max(self._floor, floor)
         self._sampled_at = started
 
     def _check(self, replica: Replica, now: float, timeout: float) -> None:

@@ -18,19 +18,27 @@ _REPLICA_STATUS = ("SELECT pg_is_in_recovery(), "
                    "coalesce((pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, 0)")
 
 
-# The primary's position and the floor every replica must have replayed before it
-# serves any read: the highest position of a write the shared store did not confirm.
-_PRIMARY_SAMPLE = (f"SELECT {PRIMARY_POSITION}, coalesce((SELECT position FROM "
-                   "unconfirmed_write_position WHERE id = 1), 0)")
-# Committed with synchronous_commit on whatever the server's setting, so that
-# neither this row nor the write before it in the WAL can be lost to a crash
-# once the write has answered.
-_NOTE_UNCONFIRMED = (
-    "INSERT INTO unconfirmed_write_position (id, position) "
-    f"SELECT 1, {PRIMARY_POSITION} FROM (SELECT set_config('synchronous_commit', 'on', true)) "
-    "AS durable ON CONFLICT (id) DO UPDATE "
-    "SET position = greatest(unconfirmed_write_position.position, excluded.position), "
-    "    noted_at = now()")
+# The primary's position and how long replicas must serve no read (seconds; negative
+# or -Infinity: no hold).
+_PRIMARY_SAMPLE = (f"SELECT {PRIMARY_POSITION}, coalesce((SELECT extract(epoch FROM "
+                   "until - now()) FROM replica_reads_hold WHERE id = 1)::float8, -1)")
+# Extends the hold to `hold` seconds from now once less than half of that is left
+# (so at most one extension in any half-hold), committed with synchronous_commit on
+# whatever the server's. Returns how far the hold reached `settle` seconds ago, from
+# now: the row as every monitor with a fresh sample has seen it.
+_HOLD_REPLICA_READS = """
+UPDATE replica_reads_hold SET
+    prev_until = CASE WHEN extend THEN until ELSE prev_until END,
+    set_at = CASE WHEN extend THEN now() ELSE set_at END,
+    until = CASE WHEN extend THEN now() + make_interval(secs => %(hold)s) ELSE until END
+FROM (SELECT until < now() + make_interval(secs => %(half)s) AS extend,
+             set_config('synchronous_commit', 'on', true)
+      FROM replica_reads_hold WHERE id = 1) AS decided
+WHERE id = 1
+RETURNING extract(epoch FROM CASE
+    WHEN set_at <= now() - make_interval(secs => %(settle)s) THEN until
+    ELSE prev_until END - now())::float8
+"""
 
 
 def primary_position(conn: psycopg.Connection) -> int:
@@ -44,12 +52,15 @@ def replica_status(conn: psycopg.Connection) -> tuple[bool, int]:
     return bool(in_recovery), int(replayed)
 
 
-def primary_sample(conn: psycopg.Connection) -> tuple[int, int]:
-    """(the primary's position now, the floor of unconfirmed writes' positions)."""
-    position, floor = conn.execute(_PRIMARY_SAMPLE).fetchone()
-    return int(position), int(floor)
+def primary_sample(conn: psycopg.Connection) -> tuple[int, float]:
+    """(the primary's position now, seconds the replicas' hold on reads has left)."""
+    position, hold = conn.execute(_PRIMARY_SAMPLE).fetchone()
+    return int(position), float(hold)
 
 
-def note_unconfirmed(conn: psycopg.Connection) -> None:
-    """Raise the floor to the primary's position now (past the write just committed)."""
-    conn.execute(_NOTE_UNCONFIRMED)
+def hold_replica_reads(conn: psycopg.Connection, hold: float, settle: float) -> bool:
+    """Hold every replica read for `hold` seconds (extending a hold with less than half
+    left); True if the hold as it stood `settle` seconds ago covers `settle` more."""
+    (left,) = conn.execute(_HOLD_REPLICA_READS, {"hold": hold, "half": hold / 2,
+                                                     "settle": settle}).fetchone()
+    return left >= settle

@@ -104,7 +104,7 @@ class RedisWritePositions:
     recorded, and for `hold_seconds` after Redis last failed, this worker
     calls the store untrusted, so its reads go to the primary. Other workers
     and instances cannot see that buffer: `record` answers False, and the
-    cluster raises the primary's floor of unconfirmed positions for them.
+    cluster holds every replica read, fleet-wide, through the primary.
 
     Every lookup reads the store's epoch key in the same round trip (MGET).
     Missing, Redis lost its data (a restart): the first reader sets it to
@@ -126,7 +126,7 @@ class RedisWritePositions:
 
     def record(self, user_id: int, conn: psycopg.Connection) -> bool:
         """True once Redis has the position; False when it did not confirm it in time (the
-        caller then raises the floor on the primary: app/platform/cluster.py)."""
+        caller then holds replica reads through the primary: app/platform/cluster.py)."""
         position = primary_position(conn)
         if self._unrecorded:
             self._retry_unrecorded()

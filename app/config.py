@@ -325,6 +325,10 @@ class Config:
     replica_check_interval: float = setting(
         "REPLICA_CHECK_INTERVAL", _float(0.05, 60), 0.25,
         "seconds between each worker's reads of every replica's replay position and lag")
+    replica_read_timeout: float = setting(
+        "REPLICA_READ_TIMEOUT", _float(0.05, 60), 2.0,
+        "seconds a read on a replica may take (cut off client-side, so a hung replica "
+        "counts too) before it runs again on the primary and the replica leaves rotation")
     redis_url: str | None = setting(
         "REDIS_URL", _optional_str, None,
         "Redis for per-request hot state: rate limits and the users' last-write positions "

@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import httpx
 import psycopg
@@ -74,6 +75,12 @@ def server_env(database_url: str, **overrides: str) -> dict[str, str]:
            "GRACEFUL_TIMEOUT": "10"}
     env.update(overrides)
     return env
+
+
+def docker_time(text: str) -> float:
+    """Seconds of one of Docker's UTC timestamps (RFC 3339, up to nanoseconds)."""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(whole).timestamp() + float(f"0.{fraction or 0}")
 
 
 class Container:
@@ -152,9 +159,10 @@ def test_docker_health_status_turns_healthy_from_the_images_healthcheck(served):
 
     # The first check runs one interval (10 s) after the start.
     assert eventually(healthy, seconds=60, every=0.5), served.inspect()["State"]["Health"]
-    started = served.inspect()["State"]["StartedAt"]
-    print(f"\nhealthy: first check {served.inspect()['State']['Health']['Log'][0]['Start']} "
-          f"for a container started {started}")
+    state = served.inspect()["State"]
+    passed = next(check for check in state["Health"]["Log"] if check["ExitCode"] == 0)
+    print(f"\nhealthy {docker_time(passed['End']) - docker_time(state['StartedAt']):.1f} s "
+          f"after the start")
 
 
 def test_the_migration_jobs_command_migrates_in_the_image(engine, image, postgres):
@@ -195,14 +203,16 @@ def test_docker_stop_lets_the_request_in_flight_finish_and_exits_0(engine, image
         result["stop_seconds"] = time.monotonic() - started
         result["stopped"] = time.monotonic()
 
-    with psycopg.connect(url, autocommit=True) as lock:
+    # Polled on a connection of its own: a transaction sees one snapshot of the activity.
+    with psycopg.connect(url, autocommit=True) as lock, \
+            psycopg.connect(url, autocommit=True) as watch:
         with lock.transaction():
             lock.execute("LOCK TABLE lines IN SHARE MODE")  # reads go on, inserts wait
             writer = threading.Thread(target=add_line)
             writer.start()
 
             def waiting_on_the_lock() -> bool:
-                return lock.execute(
+                return watch.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock'").fetchone()[0] > 0
 

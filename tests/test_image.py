@@ -21,7 +21,8 @@ from tests import containers
 from tests.conftest import ROOT, SECRET, eventually
 from tests.services import free_port
 
-pytestmark = pytest.mark.slow
+# The first run makes the base image (debootstrap, minutes) within the first test.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TAG = "saypi-test:latest"
 UID = 10001

@@ -115,8 +115,10 @@ class Container:
 
 
 @pytest.fixture(scope="module")
-def served(engine, image, postgres) -> Container:
-    return Container(engine, image, postgres.new_database()).wait_ready()
+def served(engine, image, postgres) -> Iterator[Container]:
+    container = Container(engine, image, postgres.new_database())
+    yield container.wait_ready()
+    container.docker("rm", "-f", container.id, check=False)  # not left serving the suite
 
 
 # --- the tests ---------------------------------------------------------------------------

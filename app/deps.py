@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import psycopg
-from flask import Flask
 
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
+from app.domain.repositories import Conversations, Lines, Moods, Users
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
@@ -26,26 +26,25 @@ from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.ratelimit_leases import LeasedStore
 from app.http.tokens import TokenSigner
-from app.platform import health as health_mod
-from app.platform.cluster import Cluster, Replica, ReplicaSettings
-from app.platform.db import Database, load_migrations, pool_settings
-from app.platform.logs import AccessLog, RedactionFilter
-from app.platform.metrics import Metrics
-from app.platform.periodic import Periodic
-from app.platform.redis_link import RedisLink
-from app.repo.conversations import ConversationRepository
-from app.repo.idempotency import IdempotencyRepository
-from app.repo.lines import LineRepository
-from app.repo.moods import MoodRepository
-from app.repo.protocols import Conversations, Lines, Moods, Users
-from app.repo.ratelimits import RateLimitRepository
-from app.repo.redis_ratelimits import RedisRateLimitStore
-from app.repo.slow_queries import SlowQueryRepository
-from app.repo.users import UserRepository
-from app.repo.write_positions import PostgresWritePositions, RedisWritePositions
+from app.ops import health as health_mod
+from app.ops.logs import AccessLog, RedactionFilter
+from app.ops.metrics import Metrics
+from app.ops.periodic import Periodic
+from app.store.cluster import Cluster, Replica, ReplicaSettings
+from app.store.conversations import ConversationRepository
+from app.store.db import Database, load_migrations, pool_settings
+from app.store.idempotency import IdempotencyRepository
+from app.store.lines import LineRepository
+from app.store.moods import MoodRepository
+from app.store.ratelimits import RateLimitRepository
+from app.store.redis_link import RedisLink
+from app.store.redis_ratelimits import RedisRateLimitStore
+from app.store.slow_queries import SlowQueryRepository
+from app.store.users import UserRepository
+from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
-    from app.platform.tracing import Tracing
+    from app.ops.tracing import Tracing
 
 VERSION = "0.1.0"
 
@@ -227,19 +226,9 @@ def build_worker_tracing(config: Config, metrics: Metrics
     statements are spans, or psycopg's own). The SDK is imported only when tracing is on."""
     if not config.otel_exporter_otlp_endpoint:
         return None, psycopg.Connection
-    from app.platform.traced_sql import traced_connection_class
-    from app.platform.tracing import build_tracing
+    from app.ops.traced_sql import traced_connection_class
+    from app.ops.tracing import build_tracing
 
     tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
                             VERSION)
     return tracing, traced_connection_class(tracing)
-
-
-def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:
-    """This worker's app and the Deps it must close at exit (gunicorn's `load`)."""
-    from app.server import new_server
-
-    deps = build_deps(config, logger, dsn)
-    app = new_server(deps)
-    deps.start()
-    return app, deps

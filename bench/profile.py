@@ -31,8 +31,8 @@ from bench.wrk import LUA
 # frames with no rule of their own count for the layer that called them.
 LAYERS = (
     ("logging (access log, JSON formatter, redaction)",
-     ("pythonjsonlogger", "/logging/", "app/platform/logs.py")),
-    ("metrics (prometheus_client)", ("prometheus_client", "app/platform/metrics.py")),
+     ("pythonjsonlogger", "/logging/", "app/ops/logs.py")),
+    ("metrics (prometheus_client)", ("prometheus_client", "app/ops/metrics.py")),
     ("psycopg_pool", ("psycopg_pool",)),
     ("psycopg", ("psycopg/", "psycopg_binary")),
     ("marshmallow (dump)", ("marshmallow",)),
@@ -42,7 +42,7 @@ LAYERS = (
     ("SayPI respond (JSON, ETag)", ("app/http/respond.py",)),
     ("SayPI auth, tokens, ids", ("app/http/auth.py", "app/http/tokens.py", "app/domain/ids.py",
                                  "hmac.py")),
-    ("SayPI handler and repository", ("app/api/", "app/repo/", "app/platform/db.py",
+    ("SayPI handler and repository", ("app/api/", "app/store/", "app/store/db.py",
                                       "app/domain/models.py")),
     ("SayPI other", ("app/", "routes.py")),
     ("werkzeug", ("werkzeug",)),
@@ -182,7 +182,7 @@ def in_process(bench: Bench, count: int) -> dict:
     metrics_dir.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     from app.deps import build_worker_app
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
     from bench.reference_apps import hello_app, read_app
 
     config = bench.effective_config().replace(prometheus_multiproc_dir=str(metrics_dir))

@@ -109,7 +109,7 @@ def tracing(env: Mapping[str, str]) -> int:
 def in_process_rows(bench: Bench, sink_url: str, count: int) -> list[dict]:
     """CPU microseconds per GET /conversations/{id} of the WSGI app alone, per row."""
     from app.deps import build_worker_app
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
     from bench.profile import _environs, _time_calls
 
     metrics_dir = bench.work / "metrics-tracing-in-process"

@@ -1,6 +1,6 @@
 """In-memory stand-ins for the repositories, and a Deps built on them.
 
-They implement the interfaces of app/repo/protocols.py with plain Python
+They implement the interfaces of app/domain/repositories.py with plain Python
 data, so `new_server(fake_deps())` is the real Flask app, envelope and
 handlers without PostgreSQL or gunicorn: the in-process test layer
 (tests/test_handlers.py). They keep the behaviour handlers depend on (caps,
@@ -22,16 +22,15 @@ from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.deps import VERSION, Deps
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.domain.pages import KeysetResult, Page
+from app.domain.unit_of_work import UnitOfWork
 from app.http.auth import Authenticator
 from app.http.idempotency import Idempotency
-from app.http.pagination import Page
 from app.http.presence import UserPresence
 from app.http.tokens import TokenSigner
-from app.platform.db import UnitOfWork
-from app.platform.health import CheckResult, HealthManager, Lifecycle
-from app.platform.logs import AccessLog, new_logger
-from app.platform.metrics import Metrics
-from app.repo.keyset import KeysetResult
+from app.ops.health import CheckResult, HealthManager, Lifecycle
+from app.ops.logs import AccessLog, new_logger
+from app.ops.metrics import Metrics
 
 SECRET = "fake-secret-0123456789abcdef"
 _NUMBERS = itertools.count(0x1000)
@@ -45,7 +44,7 @@ def _now() -> datetime:
 
 def _page(items: list, key: Callable, page: Page, cursor_key: Callable | None = None,
           scope_exists: bool = True) -> KeysetResult:
-    """A keyset page over `items` (oldest first), answering like app/repo/keyset.py does."""
+    """A keyset page over `items` (oldest first), answering like app/store/keyset.py does."""
     position = None
     if page.cursor is not None:
         matches = [i for i, item in enumerate(items) if (cursor_key or key)(item) == page.cursor]
@@ -303,12 +302,16 @@ class FakeIdempotencyKeys:
         return 0
 
 
+class FakeUnitOfWork:
+    """A unit of work with nothing to commit: the fakes apply every change at once."""
+
+
 class FakeTransactions:
     """The unit-of-work provider Idempotency asks for: nothing to commit in memory."""
 
     @contextlib.contextmanager
     def unit_of_work(self) -> Iterator[UnitOfWork]:
-        yield UnitOfWork(None)
+        yield FakeUnitOfWork()
 
 
 _LIBRARY: list[CowLibrary] = []

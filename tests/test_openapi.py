@@ -29,13 +29,13 @@ from app.config import Config
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
 from app.http import request_state, routing
 from app.http.auth import Authenticator
+from app.http.doc import Doc, Success
 from app.http.errors import ALL_ERRORS
 from app.http.idempotency import Idempotency
 from app.http.routing import Route, register
 from app.http.tokens import TokenSigner
 from app.openapi import components
 from app.openapi.builder import build_spec, docstring_route, openapi_path, path_shape, spec_json
-from app.openapi.doc import Doc, Success
 from routes import documented_routes, routes
 
 CONFIG = Config.from_env({}, ["serve"]).replace(fault_injection=True)

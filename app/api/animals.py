@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Response
 
 from app.http import respond
-from app.openapi.doc import Doc, Success
+from app.http.doc import Doc, Success
 
 
 def handle_list_animals(library, presence):

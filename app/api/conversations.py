@@ -12,7 +12,6 @@ from app.api.encoders import ConversationListItemOut as ConversationListItemOut
 from app.api.encoders import ConversationOut as ConversationOut
 from app.api.encoders import conversation_body, conversation_text, item_json
 from app.api.encoders import conversation_json as conversation_json
-from app.api.fields import Text
 from app.api.lines import (
     LINES_NOTE,
     decode_with_lines,
@@ -23,11 +22,12 @@ from app.api.lines import (
     new_line,
 )
 from app.domain import ids
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, Success
 from app.http.errors import NotFound
-from app.openapi.doc import Doc, Link, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Text
 
 
 class CreateConversation(Schema):

@@ -13,8 +13,8 @@ from json.encoder import encode_basestring as json_string
 
 from marshmallow import Schema, fields
 
-from app.api.fields import Bool, PublicId, Text, Timestamp, rfc3339
 from app.domain import ids
+from app.http.fields import Bool, PublicId, Text, Timestamp, rfc3339
 
 DEFAULT_ANIMAL = "default"
 

@@ -12,14 +12,14 @@ from marshmallow import Schema
 from app.api.common import missing, page, parse_id
 from app.api.encoders import DEFAULT_ANIMAL, render_line
 from app.api.encoders import LineOut as LineOut
-from app.api.fields import Bool, ObjectList, Text
 from app.domain import ids
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, NewLine
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, Success
 from app.http.errors import MOOD_MISSING, InvalidParams, NotFound, ParamProblem
-from app.openapi.doc import Doc, Link, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Bool, ObjectList, Text
 
 
 class CreateLine(Schema):

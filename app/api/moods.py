@@ -10,12 +10,12 @@ from marshmallow import Schema, ValidationError
 from app.api.common import missing, page
 from app.api.encoders import MoodOut as MoodOut
 from app.api.encoders import mood_json
-from app.api.fields import Text
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, Success
 from app.http.errors import ActionNotAllowed, NotFound, ParamProblem
-from app.openapi.doc import Doc, Link, Success
+from app.http.fields import Text
 
 NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Response
 
+from app.domain.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 from app.http import respond
-from app.openapi.doc import Doc, Success
-from app.platform.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
+from app.http.doc import Doc, Success
 
 
 def _status_code(status: str) -> int:
@@ -89,16 +89,10 @@ def handle_metrics(metrics, sample):
 
     def handler() -> Response:
         sample()
-        return Response(metrics.scrape(), content_type=metrics_content_type(),
+        return Response(metrics.scrape(), content_type=metrics.content_type,
                         headers={"Cache-Control": "no-store"})
 
     return handler
-
-
-def metrics_content_type() -> str:
-    from app.platform.metrics import CONTENT_TYPE
-
-    return CONTENT_TYPE
 
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------

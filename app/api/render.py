@@ -16,7 +16,7 @@ from app.api.lines import (
 from app.domain.models import BUILTIN_MOODS_BY_NAME, Mood
 from app.http import respond
 from app.http.auth import current_user
-from app.openapi.doc import Doc, Success
+from app.http.doc import Doc, Success
 
 
 def handle_render(moods, renderer, presence):

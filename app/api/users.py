@@ -9,13 +9,13 @@ from app.api.common import parse_id
 from app.api.encoders import CREATED_USER_OUT, USER_OUT
 from app.api.encoders import CreatedUserOut as CreatedUserOut
 from app.api.encoders import UserOut as UserOut
-from app.api.fields import Email, Text
 from app.domain import ids
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Success
 from app.http.errors import AuthInvalid, NotFound
-from app.openapi.doc import Doc, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Email, Text
 
 
 class CreateUser(Schema):

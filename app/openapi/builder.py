@@ -26,6 +26,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
+from app.http.doc import Doc, Success
 from app.http.errors import (
     ALL_ERRORS,
     ActionNotAllowed,
@@ -44,7 +45,6 @@ from app.http.errors import (
 )
 from app.http.routing import Route
 from app.openapi import components as c
-from app.openapi.doc import Doc, Success
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "SayPI"

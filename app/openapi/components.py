@@ -2,7 +2,7 @@
 
 Request and response bodies come from the marshmallow schemas the handlers
 validate and dump with (through apispec's marshmallow plugin, taught the
-custom fields of app/api/fields.py here), error bodies from the error classes
+custom fields of app/http/fields.py here), error bodies from the error classes
 of app/http/errors.py (their examples are real instances), and response
 examples are dumped by the handlers' own schemas from domain objects.
 Headers and parameters are shared by many operations; app/openapi/builder.py
@@ -20,15 +20,16 @@ from apispec import APISpec
 from marshmallow import Schema
 
 from app.api import conversations, lines, moods, render, users
-from app.api.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.domain import ids
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.http import errors as api
 from app.http import patterns
+from app.http.errors import CURSOR_MISSING
+from app.http.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
-from app.http.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
 
-# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/api/fields.py.
+# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/http/fields.py.
 # JSON Schema patterns from the rules the validators use (app/http/patterns.py).
 _CONTROL = patterns.CONTROL_CHARS
 NO_CONTROL = patterns.anchored(f"[^{_CONTROL}]*")
@@ -132,7 +133,7 @@ def error_examples(config) -> dict[type[api.ApiError], api.ApiError]:
 
 # --- fields -> JSON Schema -----------------------------------------------------------------
 def field_properties(self, field, ret: dict, **kwargs: Any) -> dict:
-    """apispec attribute function for the custom fields of app/api/fields.py."""
+    """apispec attribute function for the custom fields of app/http/fields.py."""
     if isinstance(field, Text):
         props: dict[str, Any] = {"type": "string"}
         if isinstance(field, Email):

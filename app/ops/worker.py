@@ -103,7 +103,7 @@ class SayPIWorker(ThreadWorker):
 
     Errors gunicorn answers itself (malformed request lines, bad headers) are
     JSON in the contract's shape too: `400 invalid_request` or
-    `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the three
+    `500 internal_failure`. `worker_class_for` in app/ops/serve.py sets the three
     class attributes from the configuration.
     """
 

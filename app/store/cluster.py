@@ -41,10 +41,10 @@ from typing import Any, Protocol
 
 import psycopg
 
-from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
-from app.platform.health import pool_details
-from app.repo.replication import primary_position, replica_status
-from app.repo.write_positions import PositionsUnavailable
+from app.domain.health import pool_details
+from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.store.replication import primary_position, replica_status
+from app.store.write_positions import PositionsUnavailable
 
 PRIMARY = "primary"
 # Why a read that could have gone to a replica went to the primary.

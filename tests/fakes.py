@@ -15,22 +15,19 @@ import io
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from app.config import Config
-from app.cowsay import CowLibrary, Renderer, cow_search_path
-from app.deps import VERSION, Deps
+from app.cowsay import CowLibrary, cow_search_path
+from app.deps import Deps, build_deps
+from app.domain.health import CheckResult
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
 from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
-from app.http.auth import Authenticator
-from app.http.idempotency import Idempotency
-from app.http.presence import UserPresence
-from app.http.tokens import TokenSigner
-from app.ops.health import CheckResult, HealthManager, Lifecycle
-from app.ops.logs import AccessLog, new_logger
-from app.ops.metrics import Metrics
+from app.http.ratelimit import MemoryStore
+from app.ops.logs import new_logger
 
 SECRET = "fake-secret-0123456789abcdef"
 _NUMBERS = itertools.count(0x1000)
@@ -323,27 +320,30 @@ def cow_library() -> CowLibrary:
     return _LIBRARY[0]
 
 
+class FakeSlowQueries:
+    """The fault-injection routes' slow query, without a database to be slow in."""
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 def fake_deps(**settings: str) -> Deps:
-    """A Deps on in-memory repositories; `settings` are environment variables for Config."""
+    """A Deps on in-memory repositories; `settings` are environment variables for Config.
+
+    The same `build_deps` as production, given the parts that would need
+    PostgreSQL; no pool is opened.
+    """
     env = {"USER_SECRETS": SECRET, "RATE_LIMIT_USER_PER_MINUTE": "0",
            "RATE_LIMIT_IP_PER_MINUTE": "0", **settings}
     config = Config.from_env(env, ["serve"])
     logger = new_logger(io.StringIO(), "WARNING", "json", config.user_secrets,
                         name=f"saypi-fake-{next(_NUMBERS)}")
-    metrics = Metrics(None, VERSION)
     users = FakeUsers()
     moods = FakeMoods(users)
     conversations = FakeConversations(users)
-    lifecycle = Lifecycle()
-    health = HealthManager({"fake": lambda: CheckResult("healthy", "in memory")}, timeout=1.0,
-                           cache_seconds=60, logger=logger)
-    return Deps(
-        config=config, logger=logger, access_log=AccessLog(logger), metrics=metrics,
-        sample_metrics=metrics.flush_requests, lifecycle=lifecycle, health=health, db=None,
-        cluster=None, redis=None,
-        auth=Authenticator(TokenSigner(config.user_secrets)),
-        idempotency=Idempotency(FakeTransactions(), FakeIdempotencyKeys(), metrics),
-        presence=UserPresence(users, logger), renderer=Renderer(cow_library()),
-        users=users, moods=moods, conversations=conversations,
-        lines=FakeLines(users, moods, conversations), slow_queries=None,
-    )
+    return build_deps(
+        config, logger, users=users, moods=moods, conversations=conversations,
+        lines=FakeLines(users, moods, conversations), transactions=FakeTransactions(),
+        idempotency_keys=FakeIdempotencyKeys(), rate_limit_store=MemoryStore(), redis=None,
+        checkers={"fake": lambda: CheckResult("healthy", "in memory")},
+        library=cow_library(), slow_queries=FakeSlowQueries())

@@ -101,7 +101,7 @@ def inert_deps(config: Config) -> SimpleNamespace:
         config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
         metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
         conversations=None, lines=None, slow_queries=None,
-        auth=Authenticator(TokenSigner(("a-secret-for-route-tests",))),
+        auth=Authenticator(TokenSigner(("a-secret-for-route-tests",)), presence=None),
         idempotency=Idempotency(None, None, None),
         renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))
 

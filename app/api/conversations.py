@@ -7,7 +7,7 @@ import functools
 from flask import Response
 from marshmallow import Schema
 
-from app.api.common import missing, page, parse_id
+from app.api.common import page, parse_id
 from app.api.encoders import ConversationListItemOut as ConversationListItemOut
 from app.api.encoders import ConversationOut as ConversationOut
 from app.api.encoders import conversation_body, conversation_text, item_json
@@ -50,7 +50,7 @@ def _items(rows: list) -> list[dict]:
     return [item_json(c) for c in rows]
 
 
-def handle_list_conversations(conversations, users):
+def handle_list_conversations(conversations):
     """GET /conversations: your conversations, oldest first, without lines."""
 
     def handler() -> Response:
@@ -82,14 +82,14 @@ def handle_create_conversation(conversations, lines, renderer, max_conversations
     return handler
 
 
-def handle_get_conversation(conversations, users, renderer):
+def handle_get_conversation(conversations, renderer):
     """GET /conversations/{id}: one conversation with all its lines; Accept: text/plain gives
     the rendered text."""
 
     def handler(conversation_id: str) -> Response:
         convo = conversations.get(current_user(), parse_id(ids.CONVERSATION, conversation_id))
         if convo is None:
-            raise missing(users, current_user())
+            raise NotFound()
         if respond.wants_text():
             return respond.text(conversation_text(convo, renderer))
         return respond.ok_encoded(conversation_body(convo, renderer))
@@ -97,7 +97,7 @@ def handle_get_conversation(conversations, users, renderer):
     return handler
 
 
-def handle_update_conversation(conversations, users, renderer):
+def handle_update_conversation(conversations, renderer):
     """PATCH /conversations/{id}: change the heading."""
     schema = UpdateConversation()
 
@@ -106,18 +106,18 @@ def handle_update_conversation(conversations, users, renderer):
         params = respond.decode(schema)
         convo = conversations.update_heading(current_user(), rid, params["heading"])
         if convo is None:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.ok_encoded(conversation_body(convo, renderer))
 
     return handler
 
 
-def handle_delete_conversation(conversations, users):
+def handle_delete_conversation(conversations):
     """DELETE /conversations/{id}: delete it and its lines."""
 
     def handler(conversation_id: str) -> Response:
         if not conversations.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id)):
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler

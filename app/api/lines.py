@@ -9,7 +9,7 @@ from typing import Any
 from flask import Response
 from marshmallow import Schema
 
-from app.api.common import missing, page, parse_id
+from app.api.common import page, parse_id
 from app.api.encoders import DEFAULT_ANIMAL, render_line
 from app.api.encoders import LineOut as LineOut
 from app.domain import ids
@@ -138,7 +138,7 @@ def handle_create_lines(lines, renderer, max_lines: int, max_batch: int):
     return handler
 
 
-def handle_list_lines(lines, users, renderer):
+def handle_list_lines(lines, renderer):
     """GET /conversations/{id}/lines: the conversation's lines, oldest first."""
 
     def rendered(rows: list) -> list[dict]:
@@ -146,19 +146,19 @@ def handle_list_lines(lines, users, renderer):
 
     def handler(conversation_id: str) -> Response:
         rid = parse_id(ids.CONVERSATION, conversation_id)
-        return page("line", rendered, lines.list, rid, users=users)
+        return page("line", rendered, lines.list, rid)
 
     return handler
 
 
-def handle_get_line(lines, users, renderer):
+def handle_get_line(lines, renderer):
     """GET /conversations/{id}/lines/{line}: one line; Accept: text/plain gives its output."""
 
     def handler(conversation_id: str, line_id: str) -> Response:
         line = lines.get(current_user(), parse_id(ids.CONVERSATION, conversation_id),
                          parse_id(ids.LINE, line_id))
         if line is None:
-            raise missing(users, current_user())
+            raise NotFound()
         body = render_line(line, renderer)
         if respond.wants_text():
             return respond.text(body["output"])
@@ -167,14 +167,14 @@ def handle_get_line(lines, users, renderer):
     return handler
 
 
-def handle_delete_line(lines, users):
+def handle_delete_line(lines):
     """DELETE /conversations/{id}/lines/{line}: remove one line."""
 
     def handler(conversation_id: str, line_id: str) -> Response:
         deleted = lines.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id),
                                parse_id(ids.LINE, line_id))
         if not deleted:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from flask import Response
 from marshmallow import Schema, ValidationError
 
-from app.api.common import missing, page
+from app.api.common import page
 from app.api.encoders import MoodOut as MoodOut
 from app.api.encoders import mood_json
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
@@ -46,22 +46,22 @@ def _nameable(name: str) -> bool:
     return not _unnameable(name)
 
 
-def handle_list_moods(moods, users):
+def handle_list_moods(moods):
     """GET /moods: built-ins first in their fixed order, then yours in creation order."""
 
     def handler() -> Response:
-        return page("mood", _moods, moods.list, users=users, cursor_ok=_nameable)
+        return page("mood", _moods, moods.list, cursor_ok=_nameable)
 
     return handler
 
 
-def handle_get_mood(moods, users):
+def handle_get_mood(moods):
     """GET /moods/{name}: a built-in or one of yours."""
 
     def handler(name: str) -> Response:
         mood = None if _unnameable(name) else moods.get(current_user(), name)
         if mood is None:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.ok(mood_json(mood))
 
     return handler
@@ -85,7 +85,7 @@ def handle_put_mood(moods, max_moods: int):
     return handler
 
 
-def handle_delete_mood(moods, users):
+def handle_delete_mood(moods):
     """DELETE /moods/{name}: delete your mood unless lines use it."""
 
     def handler(name: str) -> Response:
@@ -93,7 +93,7 @@ def handle_delete_mood(moods, users):
             raise ActionNotAllowed(f"delete built-in mood {name.lower()}")
         deleted = not _unnameable(name) and moods.delete(current_user(), name)
         if not deleted:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler

@@ -1,7 +1,8 @@
 """Bearer authentication and per-caller rate limiting, as wrappers around handlers.
 
-`required` verifies the token with no database round trip, then applies the
-user's rate limit; `public` applies the client address's limit. Failed
+`required` verifies the token with no database round trip, applies the
+user's rate limit, and refuses a deleted user's token (through the presence
+cache); `public` applies the client address's limit. Failed
 authentication is limited per address too. Decisions are left in the request's state for
 the middleware to turn into RateLimit headers on whatever response follows.
 """
@@ -23,8 +24,9 @@ def current_user() -> int:
 
 
 class Authenticator:
-    def __init__(self, tokens, limiter=None):
+    def __init__(self, tokens, presence, limiter=None):
         self.tokens = tokens
+        self.presence = presence  # ensure(): auth_invalid once the current user is deleted
         self.limiter = limiter
         # The policies that limit anything: a disabled one costs a request nothing.
         self._limited = frozenset() if limiter is None else \
@@ -42,7 +44,8 @@ class Authenticator:
         return request_state().client_addr or "unknown"
 
     def required(self, handler: Callable) -> Callable:
-        """The handler runs only for a valid bearer token within the user's rate limit."""
+        """The handler runs only for a valid bearer token of a user who still exists, within
+        the user's rate limit."""
 
         limits_users = USER_POLICY in self._limited
         limits_addresses = IP_POLICY in self._limited
@@ -65,6 +68,7 @@ class Authenticator:
             state.user_public_id = ids.encode(ids.USER, user_id)
             if limits_users:
                 self._limit(USER_POLICY, str(user_id))
+            self.presence.ensure()
             return handler(*args, **kwargs)
 
         return wrapped

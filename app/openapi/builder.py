@@ -151,7 +151,7 @@ def _error_response(route: Route, status: int, errors: list[type[ApiError]],
     schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
     lines_ = []
     for error in errors:
-        when = c.ERROR_WHEN[error]
+        when = error.when
         if error is ActionNotAllowed and conflicts:
             when = "a rule refuses the action: " + "; ".join(
                 f"You may not {_format(a, config)}" for a in conflicts)
@@ -374,7 +374,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
     for name, component in c.health_components().items():
         spec.components.schema(name, component=component)
 
-    error_examples = c.error_examples(config)
+    error_examples = {error: error.example(config) for error in ALL_ERRORS}
     spec.components.schema("Error", component={
         "type": "object", "required": ["code", "message"],
         "description": "The body of every error response.",
@@ -389,13 +389,13 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         "example": error_examples[InvalidParams].body(),
     })
     for error in ALL_ERRORS:
-        data = c.ERROR_DATA[error]
+        data = error.data_schema
         properties: dict[str, Any] = {"code": {"type": "string", "enum": [error.code]},
                                       "message": {"type": "string"}}
         if data is not None:
             properties["data"] = data
         spec.components.schema(c.error_name(error), component={
-            "description": f"`{error.code}` ({error.status}): {c.ERROR_WHEN[error]}.",
+            "description": f"`{error.code}` ({error.status}): {error.when}.",
             "allOf": [c.ref("schemas", "Error"), {
                 "type": "object", "required": ["code", "message", *(["data"] if data else [])],
                 "additionalProperties": False, "properties": properties}],

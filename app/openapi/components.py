@@ -49,86 +49,8 @@ def ref(kind: str, name: str) -> dict[str, str]:
 
 
 
-# What each error's `data` holds (API.md's error table); None: the body has no `data`.
-ERROR_DATA: dict[type[api.ApiError], dict[str, Any] | None] = {
-    api.InvalidRequest: {"type": "object", "required": ["reason"], "additionalProperties": False,
-                     "properties": {"reason": {"type": "string"}}},
-    api.InvalidParams: {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["params", "message"], "additionalProperties": False,
-        "properties": {"params": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                       "message": {"type": "string"}}}},
-    api.AuthRequired: None,
-    api.AuthInvalid: None,
-    api.NotFound: None,
-    api.MethodNotAllowed: {"type": "object", "required": ["allowed"], "additionalProperties": False,
-                       "properties": {"allowed": {"type": "array",
-                                                  "items": {"type": "string"}}}},
-    api.ActionNotAllowed: {"type": "object", "required": ["action"], "additionalProperties": False,
-                       "properties": {"action": {"type": "string"}}},
-    api.IdempotencyKeyInUse: None,
-    api.IdempotencyKeyReused: None,
-    api.PayloadTooLarge: {"type": "object", "required": ["max_bytes"],
-                      "additionalProperties": False,
-                      "properties": {"max_bytes": {"type": "integer", "minimum": 0}}},
-    api.UnsupportedMediaType: {"type": "object", "required": ["supported"],
-                           "additionalProperties": False,
-                           "properties": {"supported": {"type": "array",
-                                                        "items": {"type": "string"}}}},
-    api.RateLimited: {"type": "object", "required": ["retry_after"], "additionalProperties": False,
-                  "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
-    api.InternalFailure: None,
-    api.ServiceUnavailable: {"type": "object", "required": ["retry_after"],
-                         "additionalProperties": False,
-                         "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
-}
-
-# When each error happens, for the response descriptions.
-ERROR_WHEN: dict[type[api.ApiError], str] = {
-    api.InvalidRequest: "the body does not parse, or its JSON is not an object",
-    api.InvalidParams: "parameters are invalid; `data` lists every problem at once",
-    api.AuthRequired: "no `Authorization: Bearer` header",
-    api.AuthInvalid: "the token is unknown, malformed or forged, or its user was deleted",
-    api.NotFound: "nothing of yours is at this path (another user's object and a malformed id "
-              "are not found too)",
-    api.MethodNotAllowed: "the path exists but not with this method",
-    api.ActionNotAllowed: "a rule refuses the action named in `data.action`",
-    api.IdempotencyKeyInUse: "the first request with this `Idempotency-Key` is still running; "
-                         "retry later",
-    api.IdempotencyKeyReused: "this `Idempotency-Key` was used with a different method, path or "
-                          "parameters",
-    api.PayloadTooLarge: "the body is larger than `MAX_BODY_BYTES`",
-    api.UnsupportedMediaType: "a non-empty body that is neither JSON nor a form",
-    api.RateLimited: "the rate limit is exceeded; retry after `Retry-After` seconds",
-    api.InternalFailure: "an unexpected failure; details are only in the log, under the "
-                     "response's `X-Request-ID`",
-    api.ServiceUnavailable: "the database is unreachable, the connection pool stayed exhausted, or "
-                        "the server is shutting down; retry after `Retry-After` seconds",
-}
-
-
 def error_name(error: type[api.ApiError]) -> str:
     return f"{error.__name__}Error"
-
-
-def error_examples(config) -> dict[type[api.ApiError], api.ApiError]:
-    return {
-        api.InvalidRequest: api.InvalidRequest("the body is not valid JSON"),
-        api.InvalidParams: api.InvalidParams.one("limit", f"must be an integer between 1 and "
-                                                  f"{MAX_LIMIT}"),
-        api.AuthRequired: api.AuthRequired(),
-        api.AuthInvalid: api.AuthInvalid(),
-        api.NotFound: api.NotFound(),
-        api.MethodNotAllowed: api.MethodNotAllowed(["GET", "POST"]),
-        api.ActionNotAllowed: api.ActionNotAllowed(
-            f"create more than {config.max_conversations_per_user} conversations"),
-        api.IdempotencyKeyInUse: api.IdempotencyKeyInUse(),
-        api.IdempotencyKeyReused: api.IdempotencyKeyReused(),
-        api.PayloadTooLarge: api.PayloadTooLarge(config.max_body_bytes),
-        api.UnsupportedMediaType: api.UnsupportedMediaType(),
-        api.RateLimited: api.RateLimited(12),
-        api.InternalFailure: api.InternalFailure(),
-        api.ServiceUnavailable: api.ServiceUnavailable(1),
-    }
 
 
 # --- fields -> JSON Schema -----------------------------------------------------------------

@@ -8,9 +8,9 @@ from flask import Response
 from marshmallow import Schema
 
 from app.api.common import page, parse_id
+from app.api.encoders import CONVERSATION_LIST, conversation_body, conversation_text, item_json
 from app.api.encoders import ConversationListItemOut as ConversationListItemOut
 from app.api.encoders import ConversationOut as ConversationOut
-from app.api.encoders import conversation_body, conversation_text, item_json
 from app.api.encoders import conversation_json as conversation_json
 from app.api.lines import (
     LINES_NOTE,
@@ -127,11 +127,11 @@ def handle_delete_conversation(conversations):
 
 LIST_CONVERSATIONS_DOC = Doc(
     handle_list_conversations, "Conversations", etag=True, paginated=True,
-    success=(Success(200, "One page of the list, oldest first.", "ConversationList"),))
+    success=(Success(200, "One page of the list, oldest first.", CONVERSATION_LIST),))
 CREATE_CONVERSATION_DOC = Doc(
     handle_create_conversation, "Conversations",
     success=(Success(201, "The new conversation, with its `lines` (`[]` when none were given).",
-                     "ConversationOut",
+                     ConversationOut,
                      links={
                          "GetConversation": Link(handle_get_conversation,
                                                  {"conversation_id": "$response.body#/id"},
@@ -164,12 +164,12 @@ CREATE_CONVERSATION_DOC = Doc(
 GET_CONVERSATION_DOC = Doc(
     handle_get_conversation, "Conversations", etag=True, errors=(NotFound,),
     success=(Success(200, "The conversation with all its lines, oldest first.",
-                     "ConversationOut",
+                     ConversationOut,
                      text="With `Accept: text/plain`: the heading, a blank line, then "
                           "each line's `output` in order."),))
 UPDATE_CONVERSATION_DOC = Doc(
     handle_update_conversation, "Conversations", errors=(NotFound,),
-    success=(Success(200, "The changed conversation, with its lines.", "ConversationOut"),),
+    success=(Success(200, "The changed conversation, with its lines.", ConversationOut),),
     request_example={"heading": "Evening on the farm"},
     notes="`heading` is required: it is the only thing a conversation has to change.")
 DELETE_CONVERSATION_DOC = Doc(

@@ -10,7 +10,7 @@ from flask import Response
 from marshmallow import Schema
 
 from app.api.common import page, parse_id
-from app.api.encoders import DEFAULT_ANIMAL, render_line
+from app.api.encoders import DEFAULT_ANIMAL, LINE_LIST, render_line
 from app.api.encoders import LineOut as LineOut
 from app.domain import ids
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, NewLine
@@ -184,7 +184,7 @@ def handle_delete_line(lines):
 
 LIST_LINES_DOC = Doc(
     handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),
-    success=(Success(200, "One page of the list, oldest first.", "LineList"),))
+    success=(Success(200, "One page of the list, oldest first.", LINE_LIST),))
 LINE_BODY_DEFAULTS = {"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
                       "text": ""}
 LINE_BODY_NOTES = {"animal": "Must be listed by `GET /animals`.",
@@ -194,7 +194,7 @@ LINE_EXAMPLE = {"animal": "default", "think": False, "mood": "tired", "text": "M
 
 CREATE_LINE_DOC = Doc(
     handle_create_line, "Lines", errors=(NotFound,),
-    success=(Success(201, "The new line, rendered.", "LineOut", links={
+    success=(Success(201, "The new line, rendered.", LineOut, links={
         "GetLine": Link(handle_get_line,
                         {"conversation_id": "$request.path.conversation_id",
                          "line_id": "$response.body#/id"},
@@ -212,7 +212,7 @@ CREATE_LINE_DOC = Doc(
           "every line that uses it.")
 GET_LINE_DOC = Doc(
     handle_get_line, "Lines", etag=True, errors=(NotFound,),
-    success=(Success(200, "The line.", "LineOut",
+    success=(Success(200, "The line.", LineOut,
                      text="With `Accept: text/plain`: just its rendered `output`."),))
 DELETE_LINE_DOC = Doc(
     handle_delete_line, "Lines", errors=(NotFound,),
@@ -224,7 +224,7 @@ LINES_NOTE = ("Each element holds the parameters of one line, as `POST "
 CREATE_LINES_DOC = Doc(
     handle_create_lines, "Lines", errors=(NotFound,),
     success=(Success(201, "The new lines, rendered, in the order given; `Location` is the "
-                          "conversation's list of lines.", "LineList", links={
+                          "conversation's list of lines.", LINE_LIST, links={
         "ListLines": Link(handle_list_lines,
                           {"conversation_id": "$request.path.conversation_id"},
                           "List the conversation's lines."),

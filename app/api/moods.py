@@ -8,8 +8,8 @@ from flask import Response
 from marshmallow import Schema, ValidationError
 
 from app.api.common import page
+from app.api.encoders import MOOD_LIST, mood_json
 from app.api.encoders import MoodOut as MoodOut
-from app.api.encoders import mood_json
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
 from app.http import respond
 from app.http.auth import current_user
@@ -108,16 +108,16 @@ _MOOD_LINKS = {
 
 LIST_MOODS_DOC = Doc(
     handle_list_moods, "Moods", etag=True, paginated=True,
-    success=(Success(200, "One page of the list, oldest first.", "MoodList"),),
+    success=(Success(200, "One page of the list, oldest first.", MOOD_LIST),),
     notes="The cursors of this list are mood names (case-insensitive), built-ins included.")
 GET_MOOD_DOC = Doc(
     handle_get_mood, "Moods", etag=True, errors=(NotFound,),
-    success=(Success(200, "The mood.", "MoodOut"),),
+    success=(Success(200, "The mood.", MoodOut),),
     notes="`name` is case-insensitive; the response shows the mood's own name.")
 PUT_MOOD_DOC = Doc(
     handle_put_mood, "Moods",
-    success=(Success(200, "Your mood, updated.", "MoodOut", links=_MOOD_LINKS),
-             Success(201, "Your new mood.", "MoodOut", links=_MOOD_LINKS)),
+    success=(Success(200, "Your mood, updated.", MoodOut, links=_MOOD_LINKS),
+             Success(201, "Your new mood.", MoodOut, links=_MOOD_LINKS)),
     conflicts=("update built-in mood borg", "create more than {max_moods} moods"),
     request_example={"eyes": "^^", "tongue": "U "},
     body_notes={"eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, "

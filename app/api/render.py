@@ -48,7 +48,7 @@ def handle_render(moods, renderer):
 
 RENDER_DOC = Doc(
     handle_render, "Lines",
-    success=(Success(200, "The rendered art.", "RenderOut",
+    success=(Success(200, "The rendered art.", RenderOut,
                      text="With `Accept: text/plain`: the rendered text itself."),),
     request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
     notes="The parameters are validated exactly as `POST /conversations/{conversation_id}/lines` "

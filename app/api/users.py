@@ -94,7 +94,7 @@ EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
 
 CREATE_USER_DOC = Doc(
     handle_create_user, "Users",
-    success=(Success(201, "The new user, with its token.", "CreatedUserOut"),),
+    success=(Success(201, "The new user, with its token.", CreatedUserOut),),
     conflicts=("use email ada@example.com, which is already registered",),
     request_example={"name": "Ada", "email": "ada@example.com"}, body_notes=EMAIL_NOTES,
     notes="Both parameters are optional: `{}` creates a user with `null` name and email. "
@@ -104,10 +104,10 @@ CREATE_USER_DOC = Doc(
           "`GET /users/{user_id}` with the `id` of this response.")
 GET_USER_DOC = Doc(
     handle_get_user, "Users", etag=True, errors=(NotFound,),
-    success=(Success(200, "Your user object.", "UserOut"),))
+    success=(Success(200, "Your user object.", UserOut),))
 UPDATE_USER_DOC = Doc(
     handle_update_user, "Users", errors=(NotFound,),
-    success=(Success(200, "The changed user object.", "UserOut"),),
+    success=(Success(200, "The changed user object.", UserOut),),
     conflicts=("use email ada@example.com, which is already registered",),
     request_example={"name": "Ada Lovelace", "email": None}, body_notes=EMAIL_NOTES)
 DELETE_USER_DOC = Doc(

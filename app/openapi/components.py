@@ -2,26 +2,20 @@
 
 Request and response bodies come from the marshmallow schemas the handlers
 validate and dump with (through apispec's marshmallow plugin, taught the
-custom fields of app/http/fields.py here), error bodies from the error classes
-of app/http/errors.py (their examples are real instances), and response
-examples are dumped by the handlers' own schemas from domain objects.
-Headers and parameters are shared by many operations; app/openapi/builder.py
-decides which operation refers to which.
+custom fields of app/http/fields.py here). Headers and parameters are shared
+by many operations; app/openapi/builder.py decides which operation refers to
+which.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from apispec import APISpec
 from marshmallow import Schema
 
-from app.api import conversations, lines, moods, render, users
 from app.domain import ids
-from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
 from app.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.http import errors as api
 from app.http import patterns
@@ -153,61 +147,6 @@ def response_component(spec: APISpec, schema: type[Schema], descriptions: Mappin
     component["description"] = description
 
 
-def list_component(item: str, kind: str) -> dict[str, Any]:
-    return {
-        "type": "object", "required": ["type", "has_more", "data"],
-        "additionalProperties": False,
-        "description": f"One page of {kind}s, oldest first.",
-        "properties": {
-            "type": {"type": "string", "enum": [kind]},
-            "has_more": {"type": "boolean", "description": (
-                "Whether more objects follow this page (with `ending_before`: precede it).")},
-            "data": {"type": "array", "items": ref("schemas", item)},
-        },
-    }
-
-
-HEALTH_STATUS = {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "critical"]}
-
-
-def health_components() -> dict[str, dict[str, Any]]:
-    check = {
-        "type": "object", "required": ["status", "message", "duration_ms", "details"],
-        "additionalProperties": False,
-        "properties": {
-            "status": HEALTH_STATUS,
-            "message": {"type": "string"},
-            "duration_ms": {"type": "number", "minimum": 0},
-            "details": {"type": "object", "additionalProperties": True},
-        },
-    }
-    checked_at = {"type": "string", "format": "date-time", "nullable": True,
-                  "description": "When the status was determined (`null` only before a "
-                                 "worker's first check)."}
-    return {
-        "HealthLive": {"type": "object", "required": ["status"], "additionalProperties": False,
-                       "properties": {"status": {"type": "string", "enum": ["healthy"]}}},
-        "HealthSummary": {
-            "type": "object", "required": ["status"], "additionalProperties": False,
-            "properties": {"status": HEALTH_STATUS, "checked_at": checked_at,
-                           "message": {"type": "string",
-                                       "description": "Why, when shutting down."}}},
-        "HealthCheck": check,
-        "HealthDetailed": {
-            "type": "object", "required": ["status", "checked_at", "checks"],
-            "additionalProperties": False,
-            "properties": {"status": HEALTH_STATUS, "checked_at": checked_at,
-                           "checks": {"type": "object",
-                                      "additionalProperties": ref("schemas", "HealthCheck")}}},
-        "PrometheusText": {"type": "string",
-                           "description": "Prometheus text exposition format."},
-        "AnimalList": {
-            "type": "object", "required": ["animals"], "additionalProperties": False,
-            "properties": {"animals": {"type": "array", "items": {"type": "string"},
-                                       "description": "Animal names, sorted."}}},
-    }
-
-
 # --- headers and parameters -----------------------------------------------------------------
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {"description": "The request's id: the one sent, when it is 1-128 "
@@ -297,74 +236,3 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
              "schema": {"type": "string", "pattern": MOOD_NAME},
              "example": "sleepy"},
 }
-
-
-
-# --- examples ---------------------------------------------------------------------------------
-def example_objects() -> dict[str, Any]:
-    """Response examples, dumped by the handlers' own schemas from domain objects."""
-    from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-    from app.http.tokens import TokenSigner
-
-    created = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
-    user = User(0x3A1F0C6E2B9D4857, "Ada", "ada@example.com", created)
-    tired = next(m for m in BUILTIN_MOODS if m.name == "tired")
-    sleepy = Mood("sleepy", "-.", "U ", True)
-    line = Line(0x5E2A9C7F1D3B0846, "default", False, tired, "Moo.", created)
-    convo = Conversation(0x0B6D2F9E4C8A1735, "Morning on the farm", created, (line,))
-    renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("saypi.openapi")))
-    line_json = lines.render_line(line, renderer)
-    convo_json = conversations.conversation_json(convo, renderer)
-    item = conversations.ConversationListItemOut().dump(convo)
-    return {
-        "UserOut": users.UserOut().dump(user),
-        "CreatedUserOut": users.CreatedUserOut().dump(
-            {**user._asdict(), "token": TokenSigner(("an example secret, not used",)).sign(
-                user.id)}),
-        "MoodOut": moods.MoodOut().dump(sleepy),
-        "LineOut": line_json,
-        "ConversationOut": convo_json,
-        "AnimalList": {"animals": ["cat", "default", "fish", "owl", "robot", "turtle"]},
-        "MoodList": {"type": "mood", "has_more": True,
-                     "data": [moods.MoodOut().dump(m) for m in BUILTIN_MOODS[:2]]},
-        "ConversationList": {"type": "conversation", "has_more": False, "data": [item]},
-        "LineList": {"type": "line", "has_more": False, "data": [line_json]},
-        "HealthLive": {"status": "healthy"},
-        "HealthSummary": {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z"},
-        "HealthDetailed": {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z",
-                           "checks": {"migrations": {
-                               "status": "healthy", "message": "schema is current",
-                               "duration_ms": 1.52, "details": {"current": 3,
-                                                                "expected": 3}}}},
-        "PrometheusText": ('# HELP http_requests_total Requests answered.\n'
-                           '# TYPE http_requests_total counter\n'
-                           'http_requests_total{method="GET",route="/animals",status="200"} '
-                           '42.0\n'),
-        "text:ConversationOut": conversations.conversation_text(convo, renderer),
-        "text:LineOut": line_json["output"],
-        "RenderOut": render.RenderOut().dump({"output": line_json["output"]}),
-        "text:RenderOut": line_json["output"],
-    }
-
-
-# --- response bodies: the schemas operations' Success entries name ---------------------------
-RESPONSE_NOTES: dict[type[Schema], tuple[str, dict[str, str]]] = {
-    users.UserOut: ("A user.", {}),
-    users.CreatedUserOut: ("A new user, with the token shown only this once.", {
-        "token": "Bearer token for `Authorization: Bearer <token>`; shown only in this "
-                 "response."}),
-    moods.MoodOut: ("A mood: the eyes and tongue an animal is drawn with.", {
-        "name": "The mood's own name, in the case it was created with.",
-        "user_defined": "`false` for the eight built-ins."}),
-    lines.LineOut: ("A line: what an animal says or thinks.", {
-        "mood": "The mood's own name.",
-        "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
-    render.RenderOut: ("What a line with the given parameters would show; nothing is "
-                       "stored.", {
-        "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
-    conversations.ConversationListItemOut: ("A conversation as lists show it (no `lines`).",
-                                            {}),
-    conversations.ConversationOut: ("A conversation with all its lines, oldest first.", {}),
-}
-
-RESPONSE_SCHEMA_NAMES = tuple(schema.__name__ for schema in RESPONSE_NOTES)

@@ -25,7 +25,7 @@ from app.domain import ids
 from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
-from app.http.doc import Doc, Link, Success
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import NotFound
 from app.http.fields import Text
 
@@ -38,8 +38,12 @@ class CreateConversation(Schema):
 def create_conversation_body(max_lines: int) -> type[Schema]:
     """The body of POST /conversations: a heading and optionally up to `max_lines` lines
     (MAX_BATCH_LINES); one class per value, so the route and its handler share it."""
-    return CreateConversation.from_dict({"lines": line_list(max_lines)},
-                                        name="CreateConversation")
+    schema = CreateConversation.from_dict({"lines": line_list(max_lines)},
+                                          name="CreateConversation")
+    schema.openapi = ParamsDoc(notes={  # type: ignore[attr-defined]
+        "lines": "Optional: the conversation's first lines, created with it in one "
+                 "transaction (all of them and the conversation, or nothing). " + LINES_NOTE})
+    return schema
 
 
 class UpdateConversation(Schema):
@@ -155,9 +159,6 @@ CREATE_CONVERSATION_DOC = Doc(
     conflicts=("create more than {max_conversations} conversations",
                "add more than {max_lines} lines to a conversation"),
     request_example={"heading": "Morning on the farm"},
-    body_notes={"lines": "Optional: the conversation's first lines, created with it in one "
-                         "transaction (all of them and the conversation, or nothing). "
-                         + LINES_NOTE},
     notes="Each of `lines` is validated as `POST /conversations/{conversation_id}/lines` "
           "validates a line, and every problem is reported at once, named by its element: "
           "`lines[3].mood`. More than {max_lines} lines is `409` and creates nothing.")

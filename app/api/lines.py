@@ -17,7 +17,7 @@ from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, NewLine
 from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
-from app.http.doc import Doc, Link, Success
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import MOOD_MISSING, InvalidParams, NotFound, ParamProblem
 from app.http.fields import Bool, ObjectList, Text
 
@@ -27,6 +27,19 @@ class CreateLine(Schema):
     think = Bool()
     mood = Text(min_length=1, max_length=30, printable_ascii=True)
     text = Text(min_length=0, max_length=1000, allow_newlines=True)
+
+    openapi = ParamsDoc(
+        notes={"animal": "Must be listed by `GET /animals`.",
+               "mood": "A built-in mood or one of yours, case-insensitive.",
+               "text": "Rendered literally."},
+        defaults={"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
+                  "text": ""})
+
+
+LINES_NOTE = ("Each element holds the parameters of one line, as `POST "
+              "/conversations/{conversation_id}/lines` takes them; the server's "
+              "`MAX_BATCH_LINES` sets how many. Only a JSON body can carry it: in a form it is "
+              "a string, which is refused.")
 
 
 ANIMAL_MISSING = "must name an animal listed by GET /animals"
@@ -41,7 +54,9 @@ def line_list(max_lines: int, **kwargs: Any) -> ObjectList:
 def create_lines_body(max_lines: int) -> type[Schema]:
     """The body of POST .../lines/batch on a server taking `max_lines` lines at once
     (MAX_BATCH_LINES); one class per value, so the route and its handler share it."""
-    return Schema.from_dict({"lines": line_list(max_lines, required=True)}, name="CreateLines")
+    schema = Schema.from_dict({"lines": line_list(max_lines, required=True)}, name="CreateLines")
+    schema.openapi = ParamsDoc(notes={"lines": LINES_NOTE})  # type: ignore[attr-defined]
+    return schema
 
 
 def line_problems(valid: dict, library, mood_known: Callable[[str], bool]
@@ -185,11 +200,6 @@ def handle_delete_line(lines):
 LIST_LINES_DOC = Doc(
     handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),
     success=(Success(200, "One page of the list, oldest first.", LINE_LIST),))
-LINE_BODY_DEFAULTS = {"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
-                      "text": ""}
-LINE_BODY_NOTES = {"animal": "Must be listed by `GET /animals`.",
-                   "mood": "A built-in mood or one of yours, case-insensitive.",
-                   "text": "Rendered literally."}
 LINE_EXAMPLE = {"animal": "default", "think": False, "mood": "tired", "text": "Moo."}
 
 CREATE_LINE_DOC = Doc(
@@ -205,7 +215,7 @@ CREATE_LINE_DOC = Doc(
                            "Delete the line."),
     }),),
     conflicts=("add more than {max_lines} lines to a conversation",),
-    request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
+    request_example=LINE_EXAMPLE,
     notes="`animal` must be listed by `GET /animals`; `mood` is a built-in or one of "
           "yours, case-insensitively, and the line reports the mood's own name. "
           "`output` is rendered from the mood as it is now, so changing a mood shows in "
@@ -217,10 +227,6 @@ GET_LINE_DOC = Doc(
 DELETE_LINE_DOC = Doc(
     handle_delete_line, "Lines", errors=(NotFound,),
     success=(Success(204, "Deleted."),))
-LINES_NOTE = ("Each element holds the parameters of one line, as `POST "
-              "/conversations/{conversation_id}/lines` takes them; the server's "
-              "`MAX_BATCH_LINES` sets how many. Only a JSON body can carry it: in a form it is "
-              "a string, which is refused.")
 CREATE_LINES_DOC = Doc(
     handle_create_lines, "Lines", errors=(NotFound,),
     success=(Success(201, "The new lines, rendered, in the order given; `Location` is the "
@@ -236,7 +242,6 @@ CREATE_LINES_DOC = Doc(
     conflicts=("add more than {max_lines} lines to a conversation",),
     request_example={"lines": [LINE_EXAMPLE, {"animal": "owl", "think": True,
                                               "text": "Who?"}]},
-    body_notes={"lines": LINES_NOTE},
     notes="Every line is validated as `POST /conversations/{conversation_id}/lines` "
           "validates one, and every problem is reported at once, named by its element: "
           "`lines[3].mood`. The lines are created in one transaction, in the order given, "

@@ -13,7 +13,7 @@ from app.api.encoders import MoodOut as MoodOut
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
 from app.http import respond
 from app.http.auth import current_user
-from app.http.doc import Doc, Link, Success
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import ActionNotAllowed, NotFound, ParamProblem
 from app.http.fields import Text
 
@@ -23,6 +23,12 @@ NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 class PutMood(Schema):
     eyes = Text(min_length=2, max_length=2, printable_ascii=True)
     tongue = Text(min_length=2, max_length=2, printable_ascii=True)
+
+    openapi = ParamsDoc(notes={
+        "eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, omitted "
+                "keeps the current value.",
+        "tongue": f"When creating, default `{BUILTIN_MOODS[0].tongue}` (two spaces); when "
+                  "updating, omitted keeps the current value."})
 
 
 def _moods(rows: list) -> list[dict]:
@@ -120,10 +126,6 @@ PUT_MOOD_DOC = Doc(
              Success(201, "Your new mood.", MoodOut, links=_MOOD_LINKS)),
     conflicts=("update built-in mood borg", "create more than {max_moods} moods"),
     request_example={"eyes": "^^", "tongue": "U "},
-    body_notes={"eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, "
-                        "omitted keeps the current value.",
-                "tongue": f"When creating, default `{BUILTIN_MOODS[0].tongue}` (two spaces); "
-                          "when updating, omitted keeps the current value."},
     notes="PUT is idempotent by itself, so it takes no Idempotency-Key. `name` is "
           "case-insensitive: an existing mood whose name differs only in case is updated "
           "and keeps the case it was created with. The name travels in the path, so it "

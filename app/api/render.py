@@ -6,8 +6,6 @@ from flask import Response
 
 from app.api.encoders import RenderOut as RenderOut
 from app.api.lines import (
-    LINE_BODY_DEFAULTS,
-    LINE_BODY_NOTES,
     LINE_EXAMPLE,
     CreateLine,
     line_problems,
@@ -50,7 +48,7 @@ RENDER_DOC = Doc(
     handle_render, "Lines",
     success=(Success(200, "The rendered art.", RenderOut,
                      text="With `Accept: text/plain`: the rendered text itself."),),
-    request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
+    request_example=LINE_EXAMPLE,
     notes="The parameters are validated exactly as `POST /conversations/{conversation_id}/lines` "
           "validates them (a built-in mood or one of yours, case-insensitively), and the "
           "output is what that line's `output` would be. Nothing is stored, so the request "

@@ -30,6 +30,14 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamsDoc:
+    """What the document says of a request schema's parameters: set as the schema's `openapi`."""
+
+    notes: Mapping[str, str] = field(default_factory=dict)  # per parameter
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # per parameter
+
+
+@dataclass(frozen=True, slots=True)
 class BodyDoc:
     """What the document says of a response schema: set as the schema's `openapi`."""
 
@@ -95,8 +103,6 @@ class Doc:
     errors: tuple[type[ApiError], ...] = ()  # beyond those the route's facts imply
     paginated: bool = False  # limit, starting_after, ending_before
     etag: bool = False  # successful GETs carry an ETag and answer If-None-Match with 304
-    request_example: Mapping[str, Any] | None = None
-    body_defaults: Mapping[str, Any] = field(default_factory=dict)  # per body parameter
-    body_notes: Mapping[str, str] = field(default_factory=dict)  # per body parameter
+    request_example: Mapping[str, Any] | None = None  # the body's schema has the notes
     conflicts: tuple[str, ...] = ()  # actions refused with 409 action_not_allowed
     notes: str = ""  # decisions beyond the docstring, where the contract is silent

@@ -30,7 +30,7 @@ from marshmallow import Schema
 from marshmallow.fields import Nested
 
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-from app.http.doc import BodyDoc, Component, Doc, Success
+from app.http.doc import BodyDoc, Component, Doc, ParamsDoc, Success
 from app.http.errors import (
     ALL_ERRORS,
     ActionNotAllowed,
@@ -309,17 +309,12 @@ def _examples(schemas: Iterable[type[Schema]], components: Iterable[Component],
     return examples
 
 
-def _bodies(routes: Sequence[Route]) -> dict[type[Schema], Doc]:
-    """Each request body schema with the doc that describes its parameters."""
-    bodies: dict[type[Schema], Doc] = {}
+def _bodies(routes: Sequence[Route]) -> list[type[Schema]]:
+    """Each request body schema, once, in the order of the routes."""
+    bodies: list[type[Schema]] = []
     for route in routes:
-        if route.body is None:
-            continue
-        doc = _doc(route)
-        seen = bodies.setdefault(route.body, doc)
-        if (seen.body_defaults, seen.body_notes) != (doc.body_defaults, doc.body_notes):
-            raise ValueError(f"{route.body.__name__} is described differently by "
-                             f"{operation_id(seen.maker)} and {operation_id(doc.maker)}")
+        if route.body is not None and route.body not in bodies:
+            bodies.append(route.body)
     return bodies
 
 
@@ -416,8 +411,9 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
     for schema in response_schemas:
         doc: BodyDoc = schema.openapi  # type: ignore[attr-defined]
         c.response_component(spec, schema, doc.notes, doc.description)
-    for schema, request_doc in _bodies(routes).items():
-        c.request_component(spec, schema, request_doc.body_defaults, request_doc.body_notes)
+    for schema in _bodies(routes):
+        params: ParamsDoc = getattr(schema, "openapi", None) or ParamsDoc()
+        c.request_component(spec, schema, params.defaults, params.notes)
     renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("saypi.openapi")))
     examples = _examples(response_schemas, components, renderer)
     for component in components:

@@ -173,7 +173,7 @@ def _time_calls(app, environs: list[tuple[dict, bytes]], count: int) -> dict:
 def in_process(bench: Bench, count: int) -> dict:
     """SayPI's and the references' WSGI apps called directly, without any HTTP server.
 
-    SayPI's app is built by app.deps.build_worker_app, as in a worker (its
+    SayPI's app is built by app.server.build_worker_app, as in a worker (its
     access log goes to the null device instead of a pipe). Gives the app's own
     cost per request with gunicorn, wrk and the other processes' noise out of
     the picture, and a pyinstrument profile of scenario 2.
@@ -181,8 +181,8 @@ def in_process(bench: Bench, count: int) -> dict:
     metrics_dir = bench.work / "metrics-in-process"
     metrics_dir.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from app.deps import build_worker_app
     from app.ops.logs import new_logger
+    from app.server import build_worker_app
     from bench.reference_apps import hello_app, read_app
 
     config = bench.effective_config().replace(prometheus_multiproc_dir=str(metrics_dir))
@@ -329,7 +329,7 @@ def profile_markdown(result: dict) -> str:
     if inproc:
         out += ["## In process, no HTTP server", "",
                 "Each WSGI app called directly in one thread (SayPI's built by "
-                "app.deps.build_worker_app as in a worker, its access log to the null "
+                "app.server.build_worker_app as in a worker, its access log to the null "
                 "device), after a warm-up. CPU is this process's CPU time per request; wall "
                 "adds the database round trip.", "",
                 "| app, request | wall us/req | CPU us/req | statuses |", "|---|---:|---:|---|"]

@@ -12,8 +12,9 @@ run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is
 test: $(STAMP)       ## the whole suite against a real PostgreSQL and real gunicorn
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)
+lint: $(STAMP)       ## ruff, and the import contract (tests/test_layers.py: layers, no circles)
 	$(BIN)/ruff check .
+	$(BIN)/python tests/test_layers.py
 
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate

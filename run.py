@@ -27,7 +27,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
     except SystemExit as exc:  # --help, or flags argparse could not read
         return int(exc.code or 0)
 
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
 
     logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
     data_dir = Path(config.data_dir).resolve()
@@ -35,7 +35,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
     embedded = None
     dsn = config.database_url
     if dsn is None:
-        from app.platform.embedded_pg import EmbeddedUnavailable, start_embedded
+        from app.store.embedded_pg import EmbeddedUnavailable, start_embedded
 
         try:
             embedded = start_embedded(data_dir, logger)
@@ -54,7 +54,7 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
 def _run_command(config, logger, dsn: str) -> int:
     import psycopg
 
-    from app.platform.db import migrate
+    from app.store.db import migrate
 
     try:
         # Migrations hold a session-level advisory lock across statements: they
@@ -68,13 +68,13 @@ def _run_command(config, logger, dsn: str) -> int:
         logger.info("migrations applied: %d", len(applied))
         return 0
 
-    from app.platform.serve import GunicornApp, gunicorn_options, serving_config
+    from app.ops.serve import GunicornApp, gunicorn_options, serving_config
 
     config = serving_config(config, logger.warning)
     # prometheus_client reads its multiprocess directory from the environment
     # when first imported: the one place SayPI writes the process environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.prometheus_multiproc_dir
-    from app.deps import build_worker_app
+    from app.server import build_worker_app
 
     def build():
         return build_worker_app(config, logger, dsn)

@@ -176,7 +176,7 @@ class Config:
 
     command: str
     # `migrate --contract`: also apply migrations flagged `-- saypi: contract`
-    # (app/platform/db.py), once no instance of the previous release is left.
+    # (app/store/db.py), once no instance of the previous release is left.
     contract: bool = False
     app_env: str = setting(
         "APP_ENV", _choice("development", "production"), "development",
@@ -344,7 +344,7 @@ class Config:
         "DB_PREPARE", _bool, True,
         "server-side prepared statements and per-connection settings; false behind PgBouncer "
         "in transaction pooling mode")
-    # Tracing (app/platform/tracing.py): the OpenTelemetry SDK's standard variables,
+    # Tracing (app/ops/tracing.py): the OpenTelemetry SDK's standard variables,
     # read here like every other setting and handed to the SDK explicitly.
     otel_exporter_otlp_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_endpoint, None,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import psycopg
-from flask import Flask
 
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
+from app.domain.repositories import Conversations, Lines, Moods, SlowQueries, Users
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
@@ -26,27 +27,26 @@ from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.ratelimit_leases import LeasedStore
 from app.http.tokens import TokenSigner
-from app.platform import health as health_mod
-from app.platform.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
-from app.platform.db import Database, load_migrations, pool_settings
-from app.platform.deadlines import Deadlines
-from app.platform.logs import AccessLog, RedactionFilter
-from app.platform.metrics import Metrics
-from app.platform.periodic import Periodic
-from app.platform.redis_link import RedisLink
-from app.repo.conversations import ConversationRepository
-from app.repo.idempotency import IdempotencyRepository
-from app.repo.lines import LineRepository
-from app.repo.moods import MoodRepository
-from app.repo.protocols import Conversations, Lines, Moods, Users
-from app.repo.ratelimits import RateLimitRepository
-from app.repo.redis_ratelimits import RedisRateLimitStore
-from app.repo.slow_queries import SlowQueryRepository
-from app.repo.users import UserRepository
-from app.repo.write_positions import PostgresWritePositions, RedisWritePositions
+from app.ops import health as health_mod
+from app.ops.logs import AccessLog, RedactionFilter
+from app.ops.metrics import Metrics
+from app.ops.periodic import Periodic
+from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
+from app.store.conversations import ConversationRepository
+from app.store.db import Database, load_migrations, pool_settings
+from app.store.deadlines import Deadlines
+from app.store.idempotency import IdempotencyRepository
+from app.store.lines import LineRepository
+from app.store.moods import MoodRepository
+from app.store.ratelimits import RateLimitRepository
+from app.store.redis_link import RedisLink
+from app.store.redis_ratelimits import RedisRateLimitStore
+from app.store.slow_queries import SlowQueryRepository
+from app.store.users import UserRepository
+from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
-    from app.platform.tracing import Tracing
+    from app.ops.tracing import Tracing
 
 VERSION = "0.1.0"
 
@@ -62,9 +62,6 @@ class Deps:
     sample_metrics: Callable[[], None]  # fold request tallies and gauges into the metrics
     lifecycle: health_mod.Lifecycle
     health: health_mod.HealthManager
-    db: Database | None  # None in the in-process test layer, which has no PostgreSQL
-    cluster: Cluster | None  # the primary and its replicas: where repository calls run
-    redis: RedisLink | None  # with REDIS_URL: rate limits and write positions live there
     auth: Authenticator
     idempotency: Idempotency
     presence: UserPresence
@@ -73,18 +70,18 @@ class Deps:
     moods: Moods
     conversations: Conversations
     lines: Lines
-    slow_queries: SlowQueryRepository | None  # the fault-injection routes' slow query
+    slow_queries: SlowQueries  # the fault-injection routes' slow query
+    tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
-    tracing: Tracing | None = None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
+    on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
+    on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
 
     def start(self) -> None:
         """A first health report before this worker takes traffic, then the background work."""
         self.metrics.sample_health(self.health.report())
         self.health.start(interval=max(0.1, self.config.health_cache_seconds))
-        if self.db is not None:
-            self.db.watch(self.health.wake)
-        if self.cluster is not None:
-            self.cluster.start()
+        for start in self.on_start:
+            start()
         for job in self.jobs:
             job.start()
         self.presence.start()
@@ -96,103 +93,255 @@ class Deps:
         for job in self.jobs:
             job.stop()
         self.health.close()
-        if self.cluster is not None:
-            self.cluster.close()
-        if self.db is not None:
-            self.db.close()
-        if self.redis is not None:
-            self.redis.close()
+        for close in self.on_close:
+            close()
         if self.tracing is not None:
             self.tracing.close()  # exports the spans of every request served
         self.metrics.flush_requests()
         self.access_log.flush()
 
 
-def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
-    """Open the pool (pre-warmed) and build everything else on it; nothing is started yet."""
-    metrics = Metrics(config.prometheus_multiproc_dir, VERSION)
-    tracing, connections = build_worker_tracing(config, metrics)
-    db = Database(dsn, pool_settings(config), logger.getChild("db"),
-                  direct_dsn=config.database_direct_url, connection_class=connections)
-    db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
-    lifecycle = health_mod.Lifecycle()
-    redis = None
-    if config.redis_url:
-        redis = RedisLink(config.redis_url, config.redis_timeout,
-                          max_connections=config.threads + config.health_threads + 8,
-                          logger=logger.getChild("redis"))
-    cluster = build_cluster(config, logger, db, redis, connections)
+def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
+               **overrides: Any) -> Deps:
+    """Build what one worker needs; nothing is started yet.
 
-    rate_limit_state = RedisRateLimitStore(redis) if redis else RateLimitRepository(db)
-    leases = None  # a busy key's admissions, several per Redis call (1: exact, no leases)
-    if redis and config.rate_limit_lease_max > 1:
-        rate_limit_state = leases = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
-                                                config.rate_limit_lease_seconds)
-    limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"), tracing=tracing,
-                          remember_refusals=True)
-    checkers = {
-        "database": health_mod.database_checker(db, config.health_check_timeout,
-                                                config.health_details),
-        "migrations": health_mod.migrations_checker(db, load_migrations(),
-                                                    config.health_check_timeout),
-        "memory": health_mod.memory_checker(config.memory_limit_bytes),
-        "lifecycle": health_mod.lifecycle_checker(lifecycle),
-    }
-    if limiter.enabled:
-        checkers["rate_limit_store"] = health_mod.rate_limit_store_checker(
-            limiter, config.health_details)
-    if cluster.routing:
-        checkers["replicas"] = health_mod.replicas_checker(cluster, config.health_details)
-    if redis is not None:
-        checkers["redis"] = health_mod.redis_checker(redis)
-    health = health_mod.HealthManager(checkers, config.health_check_timeout,
-                                      config.health_cache_seconds, logger.getChild("health"))
-
-    library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
-    renderer = Renderer(library, max_entries=config.render_cache_size, tracing=tracing)
-    users = UserRepository(cluster)
-    idempotency_keys = IdempotencyRepository(db)
-    purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
-              rate_limit_state.purge_expired]
-    if cluster.positions is not None:
-        purges.append(cluster.positions.purge_expired)
-    janitor = Periodic("janitor", config.purge_interval_seconds, purges,
-                       logger.getChild("janitor"))
-    access_log = AccessLog(logger)
-
-    def sample_metrics() -> None:
-        metrics.flush_requests()
-        metrics.sample_pool(db.stats())
-        metrics.sample_render_cache(*renderer.cache_stats())
-        if cluster.routing:
-            metrics.sample_cluster(cluster.tally.totals(), cluster.lags(),
-                                   {r.name: r.in_rotation for r in cluster.replicas})
-        if redis is not None:
-            metrics.sample_redis(redis.failures)
-
-    def sample_health() -> None:
-        metrics.sample_health(health.last())
-
-    every_second = [sample_metrics, sample_health, access_log.flush]
-    if leases is not None:
-        every_second.append(leases.sweep)
-    sampler = Periodic("every-second", 1.0, every_second, logger)
+    Each keyword names a part (a Deps field, or one it is built from: `db`,
+    `cluster`, `redis`, `transactions`, `idempotency_keys`, `rate_limit_store`,
+    `checkers`, `library`) to use as given; every other part is built here
+    from `config`. The database pool is opened only when a part needs it.
+    """
+    w = _Wiring(config, logger, dsn, overrides)
+    # Keywords are evaluated in order: the parts handlers use first, then what samples,
+    # starts and closes whichever of them were built.
     return Deps(
-        config=config, logger=logger, access_log=access_log, metrics=metrics,
-        sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
-        cluster=cluster, redis=redis,
-        auth=Authenticator(TokenSigner(config.user_secrets), limiter,
-                           renderer.take_thread_misses,
-                           config.rate_limit_renders_per_admission),
-        idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection,
-                                tracing=tracing),
-        presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
-        users=users, moods=MoodRepository(cluster),
-        conversations=ConversationRepository(cluster),
-        lines=LineRepository(cluster), slow_queries=SlowQueryRepository(db),
-        jobs=(sampler, janitor), tracing=tracing,
-    )
+        config=config, logger=logger, metrics=w.metrics, tracing=w.tracing,
+        lifecycle=w.lifecycle, health=w.health, auth=w.auth, renderer=w.renderer,
+        users=w.users, presence=w.presence, moods=w.moods, conversations=w.conversations,
+        lines=w.lines, idempotency=w.idempotency, slow_queries=w.slow_queries,
+        access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
+        on_start=w.on_start(), on_close=w.on_close())
+
+
+class _Wiring:
+    """The parts of a Deps, each built on first use unless it was given."""
+
+    def __init__(self, config: Config, logger: logging.Logger, dsn: str | None,
+                 overrides: dict[str, Any]):
+        unknown = sorted(set(overrides) - _PARTS)
+        if unknown:
+            raise TypeError(f"build_deps: no part named {', '.join(unknown)}")
+        self.config, self.logger, self.dsn = config, logger, dsn
+        self.__dict__.update(overrides)  # a cached_property reads the instance first
+
+    def built(self, name: str) -> Any:
+        """The part `name` if it was given or built, else None (it is not built for this)."""
+        return self.__dict__.get(name)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        return Metrics(self.config.prometheus_multiproc_dir, VERSION)
+
+    @cached_property
+    def _tracing_and_connections(self) -> tuple[Tracing | None, type[psycopg.Connection]]:
+        return build_worker_tracing(self.config, self.metrics)
+
+    @cached_property
+    def tracing(self) -> Tracing | None:
+        return self._tracing_and_connections[0]
+
+    @cached_property
+    def db(self) -> Database:
+        if self.dsn is None:
+            raise TypeError("build_deps: a part needs the database, and neither `dsn` nor "
+                            "`db` was given")
+        config = self.config
+        db = Database(self.dsn, pool_settings(config), self.logger.getChild("db"),
+                      direct_dsn=config.database_direct_url,
+                      connection_class=self._tracing_and_connections[1])
+        db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
+        return db
+
+    @cached_property
+    def redis(self) -> RedisLink | None:
+        config = self.config
+        if not config.redis_url:
+            return None
+        return RedisLink(config.redis_url, config.redis_timeout,
+                         max_connections=config.threads + config.health_threads + 8,
+                         logger=self.logger.getChild("redis"))
+
+    @cached_property
+    def cluster(self) -> Cluster:
+        return build_cluster(self.config, self.logger, self.db, self.redis,
+                             self._tracing_and_connections[1])
+
+    @cached_property
+    def transactions(self) -> Cluster:
+        return self.cluster  # where units of work run: the primary
+
+    @cached_property
+    def lifecycle(self) -> health_mod.Lifecycle:
+        return health_mod.Lifecycle()
+
+    @cached_property
+    def rate_limit_store(self) -> Any:
+        return RedisRateLimitStore(self.redis) if self.redis else RateLimitRepository(self.db)
+
+    @cached_property
+    def leases(self) -> LeasedStore | None:
+        """A busy key's admissions, several per Redis call (1: exact, no leases)."""
+        config = self.config
+        if self.redis and config.rate_limit_lease_max > 1:
+            return LeasedStore(self.rate_limit_store, config.rate_limit_lease_max,
+                               config.rate_limit_lease_seconds)
+        return None
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(*policies_from_config(self.config),
+                           self.leases or self.rate_limit_store, self.metrics,
+                           self.logger.getChild("ratelimit"), tracing=self.tracing,
+                           remember_refusals=True)
+
+    @cached_property
+    def checkers(self) -> dict[str, health_mod.Checker]:
+        config, db = self.config, self.db
+        checkers = {
+            "database": health_mod.database_checker(db, config.health_check_timeout,
+                                                    config.health_details),
+            "migrations": health_mod.migrations_checker(db, load_migrations(),
+                                                        config.health_check_timeout),
+            "memory": health_mod.memory_checker(config.memory_limit_bytes),
+            "lifecycle": health_mod.lifecycle_checker(self.lifecycle),
+        }
+        if self.limiter.enabled:
+            checkers["rate_limit_store"] = health_mod.rate_limit_store_checker(
+                self.limiter, config.health_details)
+        if self.cluster.routing:
+            checkers["replicas"] = health_mod.replicas_checker(self.cluster,
+                                                               config.health_details)
+        if self.redis is not None:
+            checkers["redis"] = health_mod.redis_checker(self.redis)
+        return checkers
+
+    @cached_property
+    def health(self) -> health_mod.HealthManager:
+        config = self.config
+        return health_mod.HealthManager(self.checkers, config.health_check_timeout,
+                                        config.health_cache_seconds,
+                                        self.logger.getChild("health"))
+
+    @cached_property
+    def library(self) -> CowLibrary:
+        return CowLibrary.load(cow_search_path(self.config.cowpath),
+                               self.logger.getChild("cowsay"))
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(self.library, max_entries=self.config.render_cache_size,
+                        tracing=self.tracing)
+
+    @cached_property
+    def users(self) -> Users:
+        return UserRepository(self.cluster)
+
+    @cached_property
+    def moods(self) -> Moods:
+        return MoodRepository(self.cluster)
+
+    @cached_property
+    def conversations(self) -> Conversations:
+        return ConversationRepository(self.cluster)
+
+    @cached_property
+    def lines(self) -> Lines:
+        return LineRepository(self.cluster)
+
+    @cached_property
+    def slow_queries(self) -> SlowQueries:
+        return SlowQueryRepository(self.db)
+
+    @cached_property
+    def presence(self) -> UserPresence:
+        return UserPresence(self.users, self.logger.getChild("presence"))
+
+    @cached_property
+    def auth(self) -> Authenticator:
+        return Authenticator(TokenSigner(self.config.user_secrets), self.presence, self.limiter,
+                             self.renderer.take_thread_misses,
+                             self.config.rate_limit_renders_per_admission)
+
+    @cached_property
+    def idempotency_keys(self) -> Any:
+        return IdempotencyRepository(self.db)
+
+    @cached_property
+    def idempotency(self) -> Idempotency:
+        return Idempotency(self.transactions, self.idempotency_keys, self.metrics,
+                           self.config.fault_injection, tracing=self.tracing)
+
+    @cached_property
+    def access_log(self) -> AccessLog:
+        return AccessLog(self.logger)
+
+    @cached_property
+    def sample_metrics(self) -> Callable[[], None]:
+        metrics, renderer = self.metrics, self.renderer
+        db, cluster, redis = self.built("db"), self.built("cluster"), self.built("redis")
+
+        def sample_metrics() -> None:
+            metrics.flush_requests()
+            if db is not None:
+                metrics.sample_pool(db.stats())
+            metrics.sample_render_cache(*renderer.cache_stats())
+            if cluster is not None and cluster.routing:
+                metrics.sample_cluster(cluster.tally.totals(), cluster.lags(),
+                                       {r.name: r.in_rotation for r in cluster.replicas})
+            if redis is not None:
+                metrics.sample_redis(redis.failures)
+
+        return sample_metrics
+
+    @cached_property
+    def jobs(self) -> tuple[Periodic, ...]:
+        idempotency_keys, store = self.idempotency_keys, self.rate_limit_store
+        purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
+                  store.purge_expired]
+        cluster = self.built("cluster")
+        if cluster is not None and cluster.positions is not None:
+            purges.append(cluster.positions.purge_expired)
+        janitor = Periodic("janitor", self.config.purge_interval_seconds, purges,
+                           self.logger.getChild("janitor"))
+        health, metrics = self.health, self.metrics
+
+        def sample_health() -> None:
+            metrics.sample_health(health.last())
+
+        every_second = [self.sample_metrics, sample_health, self.access_log.flush]
+        if self.leases is not None:
+            every_second.append(self.leases.sweep)
+        sampler = Periodic("every-second", 1.0, every_second, self.logger)
+        return (sampler, janitor)
+
+    def on_start(self) -> tuple[Callable[[], None], ...]:
+        """What starts once the first health report is in: the pool's watch, the cluster."""
+        starts: list[Callable[[], None]] = []
+        db, cluster = self.built("db"), self.built("cluster")
+        if db is not None:
+            wake = self.health.wake
+            starts.append(lambda: db.watch(wake))
+        if cluster is not None:
+            starts.append(cluster.start)
+        return tuple(starts)
+
+    def on_close(self) -> tuple[Callable[[], None], ...]:
+        """What closes after the background threads stopped: cluster, pool, Redis."""
+        return tuple(part.close for part in (self.built("cluster"), self.built("db"),
+                                             self.built("redis")) if part is not None)
+
+
+_PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cached_property)
+          and not name.startswith("_")}
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,
@@ -235,19 +384,9 @@ def build_worker_tracing(config: Config, metrics: Metrics
     statements are spans, or psycopg's own). The SDK is imported only when tracing is on."""
     if not config.otel_exporter_otlp_endpoint:
         return None, psycopg.Connection
-    from app.platform.traced_sql import traced_connection_class
-    from app.platform.tracing import build_tracing
+    from app.ops.traced_sql import traced_connection_class
+    from app.ops.tracing import build_tracing
 
     tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
                             VERSION)
     return tracing, traced_connection_class(tracing)
-
-
-def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:
-    """This worker's app and the Deps it must close at exit (gunicorn's `load`)."""
-    from app.server import new_server
-
-    deps = build_deps(config, logger, dsn)
-    app = new_server(deps)
-    deps.start()
-    return app, deps

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
 
 from flask import Flask
 from flask.sessions import NullSession, SessionInterface
 
+from app.config import Config
+from app.deps import Deps, build_deps
 from app.http.cors import install_cors
 from app.http.envelope import install_middleware
 from app.http.routing import register
 from routes import routes
-
-if TYPE_CHECKING:
-    from app.deps import Deps
 
 
 def new_server(deps: Deps) -> Flask:
@@ -25,6 +24,14 @@ def new_server(deps: Deps) -> Flask:
                        deps.tracing)
     install_cors(app, deps.config.cors_origins)  # after: preflights get a request id and a log
     return app
+
+
+def build_worker_app(config: Config, logger: logging.Logger, dsn: str) -> tuple[Flask, Deps]:
+    """This worker's app and the Deps it must close at exit (gunicorn's `load`)."""
+    deps = build_deps(config, logger, dsn)
+    app = new_server(deps)
+    deps.start()
+    return app, deps
 
 
 class NoSessions(SessionInterface):

@@ -549,7 +549,7 @@ def query_matches_reference() -> bool | None:
     from bench.reference_apps import GET_WITH_LINES
 
     try:
-        from app.repo import conversations
+        from app.store import conversations
         theirs = conversations._GET_WITH_LINES
     except (ImportError, AttributeError):
         return None

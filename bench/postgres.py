@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 
-from app.platform.db import migrate
+from app.store.db import migrate
 
 
 @dataclass
@@ -73,7 +73,7 @@ def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, st
 
 
 def _embedded(logger: logging.Logger) -> BenchDatabase:
-    from app.platform.embedded_pg import EmbeddedUnavailable
+    from app.store.embedded_pg import EmbeddedUnavailable
     from tests.pgcontrol import RestartablePostgres
 
     directory = Path(tempfile.mkdtemp(prefix="saypi-bench-pg-"))

@@ -31,8 +31,8 @@ from bench.wrk import LUA
 # frames with no rule of their own count for the layer that called them.
 LAYERS = (
     ("logging (access log, JSON formatter, redaction)",
-     ("pythonjsonlogger", "/logging/", "app/platform/logs.py")),
-    ("metrics (prometheus_client)", ("prometheus_client", "app/platform/metrics.py")),
+     ("pythonjsonlogger", "/logging/", "app/ops/logs.py")),
+    ("metrics (prometheus_client)", ("prometheus_client", "app/ops/metrics.py")),
     ("psycopg_pool", ("psycopg_pool",)),
     ("psycopg", ("psycopg/", "psycopg_binary")),
     ("marshmallow (dump)", ("marshmallow",)),
@@ -42,7 +42,7 @@ LAYERS = (
     ("SayPI respond (JSON, ETag)", ("app/http/respond.py",)),
     ("SayPI auth, tokens, ids", ("app/http/auth.py", "app/http/tokens.py", "app/domain/ids.py",
                                  "hmac.py")),
-    ("SayPI handler and repository", ("app/api/", "app/repo/", "app/platform/db.py",
+    ("SayPI handler and repository", ("app/api/", "app/store/", "app/store/db.py",
                                       "app/domain/models.py")),
     ("SayPI other", ("app/", "routes.py")),
     ("werkzeug", ("werkzeug",)),
@@ -173,7 +173,7 @@ def _time_calls(app, environs: list[tuple[dict, bytes]], count: int) -> dict:
 def in_process(bench: Bench, count: int) -> dict:
     """SayPI's and the references' WSGI apps called directly, without any HTTP server.
 
-    SayPI's app is built by app.deps.build_worker_app, as in a worker (its
+    SayPI's app is built by app.server.build_worker_app, as in a worker (its
     access log goes to the null device instead of a pipe). Gives the app's own
     cost per request with gunicorn, wrk and the other processes' noise out of
     the picture, and a pyinstrument profile of scenario 2.
@@ -181,8 +181,8 @@ def in_process(bench: Bench, count: int) -> dict:
     metrics_dir = bench.work / "metrics-in-process"
     metrics_dir.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    from app.deps import build_worker_app
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
+    from app.server import build_worker_app
     from bench.reference_apps import hello_app, read_app
 
     config = bench.effective_config().replace(prometheus_multiproc_dir=str(metrics_dir))
@@ -329,7 +329,7 @@ def profile_markdown(result: dict) -> str:
     if inproc:
         out += ["## In process, no HTTP server", "",
                 "Each WSGI app called directly in one thread (SayPI's built by "
-                "app.deps.build_worker_app as in a worker, its access log to the null "
+                "app.server.build_worker_app as in a worker, its access log to the null "
                 "device), after a warm-up. CPU is this process's CPU time per request; wall "
                 "adds the database round trip.", "",
                 "| app, request | wall us/req | CPU us/req | statuses |", "|---|---:|---:|---|"]

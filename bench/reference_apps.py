@@ -4,7 +4,7 @@
 
 Both read SayPI's own settings (app.config.Config, so the same environment
 gives the same WEB_CONCURRENCY, THREADS, DB_POOL_*, REUSE_PORT...) and use
-SayPI's gunicorn options (app.platform.serve.gunicorn_options) without its lifecycle
+SayPI's gunicorn options (app.ops.serve.gunicorn_options) without its lifecycle
 hooks and with gunicorn's stock gthread worker class. Each worker builds its app after fork.
 
 - hello: GET /hello answers a constant JSON object. The framework's ceiling.
@@ -31,7 +31,7 @@ JSON_TYPE = "application/json; charset=utf-8"
 HELLO = b'{"hello":"world"}'
 
 # The statement SayPI's ConversationRepository.get ran when the benchmark was
-# written (app/repo/conversations.py, _GET_WITH_LINES). Kept here as a fixed
+# written (app/store/conversations.py, _GET_WITH_LINES). Kept here as a fixed
 # baseline; the benchmark reports whether SayPI still runs the same text.
 GET_WITH_LINES = """
 SELECT c.rid, c.heading, c.created_at,
@@ -129,7 +129,7 @@ class ReferenceServer(BaseApplication):
 
 def reference_options(config) -> dict:
     """SayPI's gunicorn options for this config, without SayPI's lifecycle hooks."""
-    from app.platform.serve import gunicorn_options
+    from app.ops.serve import gunicorn_options
 
     options = gunicorn_options(config, logging.getLogger("saypi-bench-reference"))
     for name in _HOOKS:

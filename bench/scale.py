@@ -37,7 +37,7 @@ from pathlib import Path
 
 import psycopg
 
-from app.platform.db import migrate
+from app.store.db import migrate
 from bench.main import summarize
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import build_request_files, read_requests, replay

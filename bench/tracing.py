@@ -15,7 +15,7 @@ Per row: requests/s, latency, SayPI's CPU per request, the sink's CPU per
 request, and the spans the workers exported and dropped (from /metrics).
 Then, without wrk, gunicorn or the machine's noise: the WSGI app of each of
 the first three rows built in this process as a worker builds it
-(app.deps.build_worker_app) and called directly on one thread, in turn,
+(app.server.build_worker_app) and called directly on one thread, in turn,
 three times; its CPU per call includes the batch processor's thread
 (encoding and sending the spans).
 Writes bench-results/tracing.md and tracing.json. BENCH_QUICK=1 for a smoke run.
@@ -108,8 +108,8 @@ def tracing(env: Mapping[str, str]) -> int:
 
 def in_process_rows(bench: Bench, sink_url: str, count: int) -> list[dict]:
     """CPU microseconds per GET /conversations/{id} of the WSGI app alone, per row."""
-    from app.deps import build_worker_app
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
+    from app.server import build_worker_app
     from bench.profile import _environs, _time_calls
 
     metrics_dir = bench.work / "metrics-tracing-in-process"

@@ -48,7 +48,7 @@ class Postgres:
             conn.execute(sql)
 
     def make_template(self) -> None:
-        from app.platform.db import migrate
+        from app.store.db import migrate
 
         self.execute(f'CREATE DATABASE "{self.template}"')
         migrate(dsn_with_db(self.admin_dsn, self.template), logging.getLogger("test"))
@@ -76,7 +76,7 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
     if admin:
         pg = Postgres(admin)
     else:
-        from app.platform.embedded_pg import start_embedded
+        from app.store.embedded_pg import start_embedded
 
         embedded = start_embedded(tmp_path_factory.mktemp("pg"), logging.getLogger("test"))
         pg = Postgres(embedded.dsn, stop=embedded.stop)

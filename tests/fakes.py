@@ -1,6 +1,6 @@
 """In-memory stand-ins for the repositories, and a Deps built on them.
 
-They implement the interfaces of app/repo/protocols.py with plain Python
+They implement the interfaces of app/domain/repositories.py with plain Python
 data, so `new_server(fake_deps())` is the real Flask app, envelope and
 handlers without PostgreSQL or gunicorn: the in-process test layer
 (tests/test_handlers.py). They keep the behaviour handlers depend on (caps,
@@ -15,23 +15,19 @@ import io
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 
 from app.config import Config
-from app.cowsay import CowLibrary, Renderer, cow_search_path
-from app.deps import VERSION, Deps
+from app.cowsay import CowLibrary, cow_search_path
+from app.deps import Deps, build_deps
+from app.domain.health import CheckResult
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
-from app.http.auth import Authenticator
-from app.http.idempotency import Idempotency
-from app.http.pagination import Page
-from app.http.presence import UserPresence
-from app.http.tokens import TokenSigner
-from app.platform.db import UnitOfWork
-from app.platform.health import CheckResult, HealthManager, Lifecycle
-from app.platform.logs import AccessLog, new_logger
-from app.platform.metrics import Metrics
-from app.repo.keyset import KeysetResult
+from app.domain.pages import KeysetResult, Page
+from app.domain.unit_of_work import UnitOfWork
+from app.http.ratelimit import MemoryStore
+from app.ops.logs import new_logger
 
 SECRET = "fake-secret-0123456789abcdef"
 _NUMBERS = itertools.count(0x1000)
@@ -45,7 +41,7 @@ def _now() -> datetime:
 
 def _page(items: list, key: Callable, page: Page, cursor_key: Callable | None = None,
           scope_exists: bool = True) -> KeysetResult:
-    """A keyset page over `items` (oldest first), answering like app/repo/keyset.py does."""
+    """A keyset page over `items` (oldest first), answering like app/store/keyset.py does."""
     position = None
     if page.cursor is not None:
         matches = [i for i, item in enumerate(items) if (cursor_key or key)(item) == page.cursor]
@@ -303,12 +299,16 @@ class FakeIdempotencyKeys:
         return 0
 
 
+class FakeUnitOfWork:
+    """A unit of work with nothing to commit: the fakes apply every change at once."""
+
+
 class FakeTransactions:
     """The unit-of-work provider Idempotency asks for: nothing to commit in memory."""
 
     @contextlib.contextmanager
     def unit_of_work(self) -> Iterator[UnitOfWork]:
-        yield UnitOfWork(None)
+        yield FakeUnitOfWork()
 
 
 _LIBRARY: list[CowLibrary] = []
@@ -320,27 +320,30 @@ def cow_library() -> CowLibrary:
     return _LIBRARY[0]
 
 
+class FakeSlowQueries:
+    """The fault-injection routes' slow query, without a database to be slow in."""
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 def fake_deps(**settings: str) -> Deps:
-    """A Deps on in-memory repositories; `settings` are environment variables for Config."""
+    """A Deps on in-memory repositories; `settings` are environment variables for Config.
+
+    The same `build_deps` as production, given the parts that would need
+    PostgreSQL; no pool is opened.
+    """
     env = {"USER_SECRETS": SECRET, "RATE_LIMIT_USER_PER_MINUTE": "0",
            "RATE_LIMIT_IP_PER_MINUTE": "0", **settings}
     config = Config.from_env(env, ["serve"])
     logger = new_logger(io.StringIO(), "WARNING", "json", config.user_secrets,
                         name=f"saypi-fake-{next(_NUMBERS)}")
-    metrics = Metrics(None, VERSION)
     users = FakeUsers()
     moods = FakeMoods(users)
     conversations = FakeConversations(users)
-    lifecycle = Lifecycle()
-    health = HealthManager({"fake": lambda: CheckResult("healthy", "in memory")}, timeout=1.0,
-                           cache_seconds=60, logger=logger)
-    return Deps(
-        config=config, logger=logger, access_log=AccessLog(logger), metrics=metrics,
-        sample_metrics=metrics.flush_requests, lifecycle=lifecycle, health=health, db=None,
-        cluster=None, redis=None,
-        auth=Authenticator(TokenSigner(config.user_secrets)),
-        idempotency=Idempotency(FakeTransactions(), FakeIdempotencyKeys(), metrics),
-        presence=UserPresence(users, logger), renderer=Renderer(cow_library()),
-        users=users, moods=moods, conversations=conversations,
-        lines=FakeLines(users, moods, conversations), slow_queries=None,
-    )
+    return build_deps(
+        config, logger, users=users, moods=moods, conversations=conversations,
+        lines=FakeLines(users, moods, conversations), transactions=FakeTransactions(),
+        idempotency_keys=FakeIdempotencyKeys(), rate_limit_store=MemoryStore(), redis=None,
+        checkers={"fake": lambda: CheckResult("healthy", "in memory")},
+        library=cow_library(), slow_queries=FakeSlowQueries())

@@ -76,7 +76,7 @@ class OtlpReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                # SayPI's exporter sends uncompressed (app/platform/tracing.py)
+                # SayPI's exporter sends uncompressed (app/ops/tracing.py)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != "/v1/traces" or receiver._refusing:
                     self.send_response(404 if self.path != "/v1/traces" else 503)

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from app.platform.embedded_pg import start_embedded
+from app.store.embedded_pg import start_embedded
 
 
 class RestartablePostgres:
-    """The embedded PostgreSQL of `directory` (app/platform/embedded_pg.py), with pg_ctl's
+    """The embedded PostgreSQL of `directory` (app/store/embedded_pg.py), with pg_ctl's
     stop, start and restart; the tests' and the benchmark's own server."""
 
     def __init__(self, directory: Path, logger: logging.Logger | None = None):

@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from app.platform.logs import AccessLog, new_logger
+from app.ops.logs import AccessLog, new_logger
 
 FIELDS = {"request_id": "abc.DEF-1_2", "method": "GET", "route": "/conversations/<id>",
           "status": 200, "duration_ms": 1.25, "remote_addr": "::1", "bytes": 5120,

@@ -28,10 +28,10 @@ from app.client import (
 )
 from app.domain.errors import LimitReached, MoodMissing
 from app.domain.models import NewLine
-from app.repo.conversations import ConversationRepository
-from app.repo.lines import LineRepository
-from app.repo.moods import MoodRepository
-from app.repo.users import UserRepository
+from app.store.conversations import ConversationRepository
+from app.store.lines import LineRepository
+from app.store.moods import MoodRepository
+from app.store.users import UserRepository
 from tests.conftest import Server, run_threads, server_env
 
 # On the capped server a batch may hold more lines than a conversation may, so both caps
@@ -373,7 +373,7 @@ class CountingConnection:
 
 
 class OneConnection:
-    """The `db` (app/platform/cluster.py's Cluster) repositories take, on one autocommit
+    """The `db` (app/store/cluster.py's Cluster) repositories take, on one autocommit
     connection whose statements are counted."""
 
     def __init__(self, conn: psycopg.Connection):

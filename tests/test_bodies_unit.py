@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.platform.bodies import AS_IS, COMPLETE, TOO_LARGE, WAIT, BodyScan
+from app.ops.bodies import AS_IS, COMPLETE, TOO_LARGE, WAIT, BodyScan
 
 POST = b"POST /users HTTP/1.1\r\nHost: x"
 

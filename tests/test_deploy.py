@@ -611,12 +611,12 @@ def test_the_server_imports_no_optional_dependency():
     sources = [ROOT / "run.py", ROOT / "routes.py", DEPLOY / "gunicorn.conf.py",
                *sorted((ROOT / "app").rglob("*.py"))]
     allowed = {"httpx": {ROOT / "app" / "client.py"},
-               "pgserver": {ROOT / "app" / "platform" / "embedded_pg.py"}}
+               "pgserver": {ROOT / "app" / "store" / "embedded_pg.py"}}
     for path in sources:
         for name, where in allowed.items():
             if name in imported_modules(path):
                 assert path in where, (path, name)
-    embedded = (ROOT / "app" / "platform" / "embedded_pg.py").read_text()
+    embedded = (ROOT / "app" / "store" / "embedded_pg.py").read_text()
     assert not re.search(r"^import pgserver", embedded, re.MULTILINE)  # only inside a function
 
 

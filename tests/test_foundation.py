@@ -129,7 +129,7 @@ def test_redaction_filter_scrubs_extras_and_messages():
     import io
     import logging
 
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
 
     out = io.StringIO()
     logger = new_logger(out, "INFO", "json", secrets=["super-secret-signing-key"],
@@ -187,7 +187,7 @@ def test_two_instances_on_one_fresh_database_migrate_once(start_server, postgres
     second.wait_ready()
     with psycopg.connect(url) as conn:
         versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
-    from app.platform.db import load_migrations
+    from app.store.db import load_migrations
 
     assert sorted(versions) == [m.version for m in load_migrations()]
     applied_lines = [line for s in (first, second) for line in s.log_lines()

@@ -364,3 +364,60 @@ def test_render_reports_what_a_line_would_report(ada):
     assert (status, code) == (400, "invalid_params")
     assert [p["params"] for p in data] == [["animal"], ["mood"], ["text"], ["think"]]
     assert {"params": ["mood"], "message": "must name a built-in mood or one of yours"} in data
+
+
+# --- the route table's seams, checked when the app is built ----------------------------
+def _register_one(deps, route) -> None:
+    from flask import Flask
+
+    from app.http.routing import register
+
+    register(Flask("one-route"), [route], deps.auth, deps.idempotency)
+
+
+def test_register_refuses_an_idempotent_handler_without_uow(deps):
+    from app.api.conversations import CreateConversation
+    from app.http.routing import AUTHED, BY_USER, Route
+
+    def handler():  # the Idempotency-Key wrapper would pass uow= on the first request
+        return "never"
+
+    route = Route("POST", "/things", handler, guard=AUTHED, body=CreateConversation,
+                  idempotent=BY_USER)
+    with pytest.raises(TypeError, match=r"POST /things: .*missing: uow"):
+        _register_one(deps, route)
+
+
+def test_register_refuses_uow_on_a_route_that_is_not_idempotent(deps):
+    from app.http.routing import AUTHED, Route
+
+    def handler(thing_id, uow):
+        return "never"
+
+    route = Route("GET", "/things/<thing_id>", handler, guard=AUTHED)
+    with pytest.raises(TypeError, match=r"not passed: uow .*only with idempotent="):
+        _register_one(deps, route)
+
+
+def test_register_refuses_a_handler_that_misses_a_path_variable(deps):
+    from app.http.routing import AUTHED, Route
+
+    def handler(thing_id):
+        return "never"
+
+    route = Route("GET", "/things/<thing_id>/parts/<part_id>", handler, guard=AUTHED)
+    with pytest.raises(TypeError, match=r"missing: part_id"):
+        _register_one(deps, route)
+
+
+def test_the_deleted_user_rule_is_the_guards_for_every_authenticated_route(deps, client, ada):
+    """A deleted user's token is auth_invalid on routes that read no table, too."""
+    me = ada.call("GET", "/animals")
+    assert me.status_code == 200
+    user_id = deps.auth.tokens.verify(ada.headers["Authorization"].split()[1])
+    deps.users.delete(user_id)
+    for method, path in (("GET", "/animals"), ("GET", "/conversations"),
+                         ("GET", "/conversations/cv_0123456789abcdef"), ("GET", "/moods/x"),
+                         ("POST", "/render")):
+        assert error_of(ada.call(method, path, json={"text": "moo"}))[:2] == \
+            (401, "auth_invalid"), (method, path)

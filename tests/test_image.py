@@ -16,7 +16,7 @@ import psycopg
 import pytest
 import yaml
 
-from app.platform.db import load_migrations
+from app.store.db import load_migrations
 from tests import containers
 from tests.conftest import ROOT, SECRET, eventually
 from tests.services import free_port

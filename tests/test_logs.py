@@ -1,6 +1,6 @@
 """Logging: redaction of every token shape, one handler for every logger, repeat limits.
 
-Unit tests for app/platform/logs.py (the repeat filter on a fake clock), a subprocess
+Unit tests for app/ops/logs.py (the repeat filter on a fake clock), a subprocess
 for what the process-wide wiring does to library loggers (so the test
 process's own root logger is left alone), and one end-to-end outage: SayPI
 with LOG_FORMAT=json while its PostgreSQL is down.
@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from app.http.request_state import RequestState, enter, leave
-from app.platform.logs import REDACTED, AccessLog, RedactionFilter, RepeatFilter, new_logger
+from app.ops.logs import REDACTED, AccessLog, RedactionFilter, RepeatFilter, new_logger
 from tests.conftest import ROOT, eventually, run_threads
 from tests.pgcontrol import RestartablePostgres
 
@@ -120,7 +120,7 @@ def test_redaction_filter_leaves_ordinary_records_alone():
 
 LIBRARY_SCRIPT = textwrap.dedent("""
     import logging, sys, warnings
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
     new_logger(sys.stdout, "INFO", "json", secrets=["configured-secret"])
     token = sys.argv[1]
     logging.getLogger("psycopg.pool").warning("error connecting in %r: %s", "saypi",
@@ -329,7 +329,7 @@ def test_database_outage_log_is_json_and_bounded(start_server, tmp_path):
             not_json.append(line)
         else:
             assert isinstance(records[-1], dict), line
-    # One plain line is app/platform/serve.py's readiness banner, printed to stdout by
+    # One plain line is app/ops/serve.py's readiness banner, printed to stdout by
     # gunicorn's when_ready hook (not a log record; reported, not SayPI's logs).
     assert not_json == []
     unavailable = [r for r in records if r["message"].startswith("database unavailable")]

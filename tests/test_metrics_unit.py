@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from app.platform.metrics import LATENCY_BUCKETS, Metrics
+from app.ops.metrics import LATENCY_BUCKETS, Metrics
 from tests.conftest import run_threads
 
 # Below, on and above bucket bounds, and past the last one (+Inf).

@@ -16,13 +16,13 @@ import re
 import psycopg
 import pytest
 
-from app.platform.db import (
+from app.ops.health import HEALTHY, UNHEALTHY, migrations_checker
+from app.store.db import (
     Migration,
     load_migrations,
     migrate,
     serves_with,
 )
-from app.platform.health import HEALTHY, UNHEALTHY, migrations_checker
 from tests.conftest import run_inline, server_env
 from tests.services import stop_process
 
@@ -96,7 +96,7 @@ def test_a_contract_migration_waits_for_the_contract_step(postgres, caplog):
 
 def test_readiness_needs_the_expand_migrations_but_not_the_contract_ones(postgres):
     from app.config import Config
-    from app.platform.db import Database, pool_settings
+    from app.store.db import Database, pool_settings
 
     dsn = postgres.new_database()
     shipped = load_migrations()

@@ -29,13 +29,13 @@ from app.config import Config
 from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
 from app.http import request_state, routing
 from app.http.auth import Authenticator
+from app.http.doc import Doc, Success
 from app.http.errors import ALL_ERRORS
 from app.http.idempotency import Idempotency
 from app.http.routing import Route, register
 from app.http.tokens import TokenSigner
 from app.openapi import components
 from app.openapi.builder import build_spec, docstring_route, openapi_path, path_shape, spec_json
-from app.openapi.doc import Doc, Success
 from routes import documented_routes, routes
 
 CONFIG = Config.from_env({}, ["serve"]).replace(fault_injection=True)
@@ -101,7 +101,7 @@ def inert_deps(config: Config) -> SimpleNamespace:
         config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
         metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
         conversations=None, lines=None, slow_queries=None,
-        auth=Authenticator(TokenSigner(("a-secret-for-route-tests",))),
+        auth=Authenticator(TokenSigner(("a-secret-for-route-tests",)), presence=None),
         idempotency=Idempotency(None, None, None),
         renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.platform.health import (
+from app.ops.health import (
     CRITICAL,
     DEGRADED,
     HEALTHY,
@@ -228,7 +228,7 @@ def test_readiness_is_503_from_the_moment_shutdown_starts(start_server):
     def get(name: str, path: str) -> None:
         results[name] = HTTP.get(server.url + path, timeout=20)
 
-    # Health requests have threads of their own (app/platform/worker.py) and a worker
+    # Health requests have threads of their own (app/ops/worker.py) and a worker
     # stops listening on SIGTERM, so the probes come after SIGTERM on
     # connections kept alive from before it, while in-flight work drains.
     clients = {path: httpx.Client(base_url=server.url, timeout=20) for path in paths}

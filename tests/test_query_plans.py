@@ -5,9 +5,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from app.http.pagination import Page
-from app.repo import conversations, lines, moods
-from app.repo.keyset import keyset_sql
+from app.domain.pages import Page
+from app.store import conversations, lines, moods
+from app.store.keyset import keyset_sql
 
 USER = 42
 ROWS = 100_000
@@ -73,7 +73,7 @@ def test_mood_list_and_conversation_read_use_indexes(big_db):
 
 def test_batch_statements_resolve_moods_and_conversations_by_index(big_db):
     from app.domain.models import NewLine
-    from app.repo.new_lines import line_params
+    from app.store.new_lines import line_params
 
     batch = line_params(USER, [NewLine("default", False, mood, "x")
                                for mood in ("m42", "borg", "M1042", "nope")])

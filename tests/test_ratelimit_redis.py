@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra, gcra_take
-from app.platform.redis_link import RedisDown, RedisLink
-from app.repo.redis_ratelimits import KEY_PREFIX, RedisRateLimitStore
+from app.store.redis_link import RedisDown, RedisLink
+from app.store.redis_ratelimits import KEY_PREFIX, RedisRateLimitStore
 from tests.services import RedisServer, free_port
 from tests.test_ratelimit_unit import FakeMetrics
 

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from app.http.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
-from app.platform.db import Database, DatabaseUnavailable, PoolSettings
-from app.repo.ratelimits import RateLimitRepository
+from app.store.db import Database, DatabaseUnavailable, PoolSettings
+from app.store.ratelimits import RateLimitRepository
 from tests.conftest import free_port
 from tests.test_ratelimit_unit import Clock, FakeMetrics
 

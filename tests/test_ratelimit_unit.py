@@ -19,7 +19,7 @@ from app.http.ratelimit import (
     gcra,
     policies_from_config,
 )
-from app.platform.periodic import Periodic
+from app.ops.periodic import Periodic
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from app.config import Config
-from app.platform.serve import gunicorn_options
+from app.ops.serve import gunicorn_options
 
 
 def test_gunicorn_variables_in_the_process_environment_change_nothing(start_server):

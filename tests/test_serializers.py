@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 from app.api.encoders import ITEM_OUT, LINE_OUT, MOOD_OUT, item_json, line_json, mood_json
-from app.api.fields import rfc3339
 from app.domain.models import Conversation, Line, Mood
+from app.http.fields import rfc3339
 
 MOMENTS = [datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
            datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),

@@ -1,7 +1,7 @@
 """Slow, idle, oversized and late clients against a real SayPI (issue #12, items 8-14).
 
 Every test talks raw HTTP/1.1 over sockets to a SayPI started through run(),
-so what is measured is the gunicorn worker SayPI ships (app/platform/worker.py).
+so what is measured is the gunicorn worker SayPI ships (app/ops/worker.py).
 Figures are printed (run with -s to see them); only generous bounds are
 asserted, since the machine is shared.
 """

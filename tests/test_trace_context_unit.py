@@ -13,8 +13,8 @@ from app.http.trace_context import (
     parse_traceparent,
     parse_tracestate,
 )
-from app.platform.traced_sql import statement_name
-from app.platform.tracing import resource_for, sampler_for
+from app.ops.traced_sql import statement_name
+from app.ops.tracing import resource_for, sampler_for
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"

@@ -4,8 +4,8 @@ builds them, sending to a real receiver; the bounded queue and its counts."""
 from __future__ import annotations
 
 from app.config import Config
-from app.platform.metrics import Metrics
-from app.platform.tracing import build_tracing
+from app.ops.metrics import Metrics
+from app.ops.tracing import build_tracing
 from tests.conftest import eventually
 from tests.otlp_receiver import OtlpReceiver
 

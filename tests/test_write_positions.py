@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.platform.redis_link import RedisDown, RedisLink
-from app.repo.replication import primary_position
-from app.repo.write_positions import KEY_PREFIX, PositionsUnavailable, RedisWritePositions
+from app.store.redis_link import RedisDown, RedisLink
+from app.store.replication import primary_position
+from app.store.write_positions import KEY_PREFIX, PositionsUnavailable, RedisWritePositions
 from tests.services import free_port
 
 LOG = logging.getLogger("test.write_positions")

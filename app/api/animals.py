@@ -5,15 +5,14 @@ from __future__ import annotations
 from flask import Response
 
 from app.http import respond
-from app.openapi.doc import Doc, Success
+from app.http.doc import Component, Doc, Success
 
 
-def handle_list_animals(library, presence):
+def handle_list_animals(library):
     """GET /animals: every animal's name, sorted."""
     body = respond.Static.json({"animals": library.names()})
 
     def handler() -> Response:
-        presence.ensure()
         return body.response()
 
     return handler
@@ -21,9 +20,14 @@ def handle_list_animals(library, presence):
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
 
+ANIMAL_LIST = Component("AnimalList", {
+    "type": "object", "required": ["animals"], "additionalProperties": False,
+    "properties": {"animals": {"type": "array", "items": {"type": "string"},
+                               "description": "Animal names, sorted."}}},
+    lambda renderer: {"animals": ["cat", "default", "fish", "owl", "robot", "turtle"]})
 LIST_ANIMALS_DOC = Doc(
     handle_list_animals, "Animals", etag=True,
-    success=(Success(200, "Every animal this server can render.", "AnimalList"),),
+    success=(Success(200, "Every animal this server can render.", ANIMAL_LIST),),
     notes="Animals are the `.cow` files found in each directory of `COWPATH`, then the "
           "system's cowsay directories, then those bundled with SayPI; the first file of "
           "a name wins. The list is not paginated.")

@@ -1,4 +1,4 @@
-"""Small pieces every API area shares: id parsing, not-found-or-gone, and list pages."""
+"""Small pieces every API area shares: id parsing and list pages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from app.domain import ids
 from app.domain.errors import CursorNotFound
 from app.http import pagination, respond
 from app.http.auth import current_user
-from app.http.errors import ApiError, AuthInvalid, NotFound
+from app.http.errors import AuthInvalid, NotFound
 
 
 def parse_id(prefix: str, public_id: str) -> int:
@@ -22,30 +22,23 @@ def parse_id(prefix: str, public_id: str) -> int:
     return number
 
 
-def missing(users, user_id: int) -> ApiError:
-    """Not found, unless the caller's own user is gone (deleted token): then auth_invalid."""
-    return NotFound() if users.exists(user_id) else AuthInvalid()
-
-
 def page(kind: str, data: Callable[[list], list], list_rows: Callable[..., Any], *scope: Any,
-         users=None, cursor_ok: Callable[[str], bool] | None = None) -> Response:
+         cursor_ok: Callable[[str], bool] | None = None) -> Response:
     """A GET of a list: `{"type": kind, "has_more", "data": data(rows)}`.
 
     Reads limit/starting_after/ending_before, runs `list_rows(user, *scope,
     page)` (a repository's keyset list), and refuses a cursor that names no
-    object of the list. A missing scope (the user, or the user's
-    conversation) is `missing(users, ...)`, or auth_invalid without `users`.
+    object of the list. A missing scope is auth_invalid when it is the user
+    (deleted since the guard saw them), else (the user's conversation) not found.
     `cursor_ok` rules out cursors no object can have before any query.
     """
     params = pagination.parse_page(request.args)
     user = current_user()
     if cursor_ok is not None and params.cursor is not None and not cursor_ok(params.cursor):
-        if not users.exists(user):
-            raise AuthInvalid()
         raise CursorNotFound(params.cursor_param)
     result = list_rows(user, *scope, params)
     if not result.scope_exists:
-        raise AuthInvalid() if users is None else missing(users, user)
+        raise NotFound() if scope else AuthInvalid()
     if params.cursor is not None and not result.cursor_found:
         raise CursorNotFound(params.cursor_param)
     return respond.ok({"type": kind, "has_more": result.has_more, "data": data(result.rows)})

@@ -7,12 +7,11 @@ import functools
 from flask import Response
 from marshmallow import Schema
 
-from app.api.common import missing, page, parse_id
+from app.api.common import page, parse_id
+from app.api.encoders import CONVERSATION_LIST, conversation_body, conversation_text, item_json
 from app.api.encoders import ConversationListItemOut as ConversationListItemOut
 from app.api.encoders import ConversationOut as ConversationOut
-from app.api.encoders import conversation_body, conversation_text, item_json
 from app.api.encoders import conversation_json as conversation_json
-from app.api.fields import Text
 from app.api.lines import (
     LINES_NOTE,
     decode_with_lines,
@@ -23,11 +22,12 @@ from app.api.lines import (
     new_line,
 )
 from app.domain import ids
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import NotFound
-from app.openapi.doc import Doc, Link, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Text
 
 
 class CreateConversation(Schema):
@@ -38,8 +38,12 @@ class CreateConversation(Schema):
 def create_conversation_body(max_lines: int) -> type[Schema]:
     """The body of POST /conversations: a heading and optionally up to `max_lines` lines
     (MAX_BATCH_LINES); one class per value, so the route and its handler share it."""
-    return CreateConversation.from_dict({"lines": line_list(max_lines)},
-                                        name="CreateConversation")
+    schema = CreateConversation.from_dict({"lines": line_list(max_lines)},
+                                          name="CreateConversation")
+    schema.openapi = ParamsDoc(notes={  # type: ignore[attr-defined]
+        "lines": "Optional: the conversation's first lines, created with it in one "
+                 "transaction (all of them and the conversation, or nothing). " + LINES_NOTE})
+    return schema
 
 
 class UpdateConversation(Schema):
@@ -50,7 +54,7 @@ def _items(rows: list) -> list[dict]:
     return [item_json(c) for c in rows]
 
 
-def handle_list_conversations(conversations, users):
+def handle_list_conversations(conversations):
     """GET /conversations: your conversations, oldest first, without lines."""
 
     def handler() -> Response:
@@ -82,14 +86,14 @@ def handle_create_conversation(conversations, lines, renderer, max_conversations
     return handler
 
 
-def handle_get_conversation(conversations, users, renderer):
+def handle_get_conversation(conversations, renderer):
     """GET /conversations/{id}: one conversation with all its lines; Accept: text/plain gives
     the rendered text."""
 
     def handler(conversation_id: str) -> Response:
         convo = conversations.get(current_user(), parse_id(ids.CONVERSATION, conversation_id))
         if convo is None:
-            raise missing(users, current_user())
+            raise NotFound()
         if respond.wants_text():
             return respond.text(conversation_text(convo, renderer))
         return respond.ok_encoded(conversation_body(convo, renderer))
@@ -97,7 +101,7 @@ def handle_get_conversation(conversations, users, renderer):
     return handler
 
 
-def handle_update_conversation(conversations, users, renderer):
+def handle_update_conversation(conversations, renderer):
     """PATCH /conversations/{id}: change the heading."""
     schema = UpdateConversation()
 
@@ -106,18 +110,18 @@ def handle_update_conversation(conversations, users, renderer):
         params = respond.decode(schema)
         convo = conversations.update_heading(current_user(), rid, params["heading"])
         if convo is None:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.ok_encoded(conversation_body(convo, renderer))
 
     return handler
 
 
-def handle_delete_conversation(conversations, users):
+def handle_delete_conversation(conversations):
     """DELETE /conversations/{id}: delete it and its lines."""
 
     def handler(conversation_id: str) -> Response:
         if not conversations.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id)):
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler
@@ -127,11 +131,11 @@ def handle_delete_conversation(conversations, users):
 
 LIST_CONVERSATIONS_DOC = Doc(
     handle_list_conversations, "Conversations", etag=True, paginated=True,
-    success=(Success(200, "One page of the list, oldest first.", "ConversationList"),))
+    success=(Success(200, "One page of the list, oldest first.", CONVERSATION_LIST),))
 CREATE_CONVERSATION_DOC = Doc(
     handle_create_conversation, "Conversations",
     success=(Success(201, "The new conversation, with its `lines` (`[]` when none were given).",
-                     "ConversationOut",
+                     ConversationOut,
                      links={
                          "GetConversation": Link(handle_get_conversation,
                                                  {"conversation_id": "$response.body#/id"},
@@ -155,21 +159,18 @@ CREATE_CONVERSATION_DOC = Doc(
     conflicts=("create more than {max_conversations} conversations",
                "add more than {max_lines} lines to a conversation"),
     request_example={"heading": "Morning on the farm"},
-    body_notes={"lines": "Optional: the conversation's first lines, created with it in one "
-                         "transaction (all of them and the conversation, or nothing). "
-                         + LINES_NOTE},
     notes="Each of `lines` is validated as `POST /conversations/{conversation_id}/lines` "
           "validates a line, and every problem is reported at once, named by its element: "
           "`lines[3].mood`. More than {max_lines} lines is `409` and creates nothing.")
 GET_CONVERSATION_DOC = Doc(
     handle_get_conversation, "Conversations", etag=True, errors=(NotFound,),
     success=(Success(200, "The conversation with all its lines, oldest first.",
-                     "ConversationOut",
+                     ConversationOut,
                      text="With `Accept: text/plain`: the heading, a blank line, then "
                           "each line's `output` in order."),))
 UPDATE_CONVERSATION_DOC = Doc(
     handle_update_conversation, "Conversations", errors=(NotFound,),
-    success=(Success(200, "The changed conversation, with its lines.", "ConversationOut"),),
+    success=(Success(200, "The changed conversation, with its lines.", ConversationOut),),
     request_example={"heading": "Evening on the farm"},
     notes="`heading` is required: it is the only thing a conversation has to change.")
 DELETE_CONVERSATION_DOC = Doc(

@@ -13,8 +13,12 @@ from json.encoder import encode_basestring as json_string
 
 from marshmallow import Schema, fields
 
-from app.api.fields import Bool, PublicId, Text, Timestamp, rfc3339
+from app.api import samples
 from app.domain import ids
+from app.domain.models import BUILTIN_MOODS
+from app.http.doc import BodyDoc, list_of
+from app.http.fields import Bool, PublicId, Text, Timestamp, rfc3339
+from app.http.tokens import TokenSigner
 
 DEFAULT_ANIMAL = "default"
 
@@ -26,9 +30,19 @@ class UserOut(Schema):
     email = Text(allow_none=True)
     created_at = Timestamp()
 
+    openapi = BodyDoc("A user.", lambda renderer: UserOut().dump(samples.USER))
+
 
 class CreatedUserOut(UserOut):
     token = Text(metadata={"description": "Bearer token; shown only in this response."})
+
+    openapi = BodyDoc(
+        "A new user, with the token shown only this once.",
+        lambda renderer: CreatedUserOut().dump({
+            **samples.USER._asdict(),
+            "token": TokenSigner(("an example secret, not used",)).sign(samples.USER.id)}),
+        notes={"token": "Bearer token for `Authorization: Bearer <token>`; shown only in "
+                        "this response."})
 
 
 USER_OUT, CREATED_USER_OUT = UserOut(), CreatedUserOut()
@@ -41,8 +55,16 @@ class MoodOut(Schema):
     tongue = Text()
     user_defined = Bool()
 
+    openapi = BodyDoc(
+        "A mood: the eyes and tongue an animal is drawn with.",
+        lambda renderer: MoodOut().dump(samples.SLEEPY),
+        notes={"name": "The mood's own name, in the case it was created with.",
+               "user_defined": "`false` for the eight built-ins."})
+
 
 MOOD_OUT = MoodOut()
+MOOD_LIST = list_of("MoodList", MoodOut, "mood", lambda renderer: {
+    "type": "mood", "has_more": True, "data": [MOOD_OUT.dump(m) for m in BUILTIN_MOODS[:2]]})
 
 
 def mood_json(mood) -> dict:
@@ -52,6 +74,9 @@ def mood_json(mood) -> dict:
 
 
 # --- lines --------------------------------------------------------------------------------
+_OUTPUT_NOTE = "The rendered cowsay art, final newline included, as `cowsay` prints it."
+
+
 class LineOut(Schema):
     id = PublicId(ids.LINE)
     animal = Text()
@@ -61,8 +86,16 @@ class LineOut(Schema):
     output = Text()
     created_at = Timestamp()
 
+    openapi = BodyDoc(
+        "A line: what an animal says or thinks.",
+        lambda renderer: render_line(samples.LINE, renderer),
+        notes={"mood": "The mood's own name.", "output": _OUTPUT_NOTE},
+        text_example=lambda renderer: render_line(samples.LINE, renderer)["output"])
+
 
 LINE_OUT = LineOut()
+LINE_LIST = list_of("LineList", LineOut, "line", lambda renderer: {
+    "type": "line", "has_more": False, "data": [render_line(samples.LINE, renderer)]})
 
 
 def line_json(line, output: str) -> dict:
@@ -107,6 +140,13 @@ def render_line(line, renderer) -> dict:
 class RenderOut(Schema):
     output = Text()
 
+    openapi = BodyDoc(
+        "What a line with the given parameters would show; nothing is stored.",
+        lambda renderer: RenderOut().dump({"output": render_line(samples.LINE,
+                                                                 renderer)["output"]}),
+        notes={"output": _OUTPUT_NOTE},
+        text_example=lambda renderer: render_line(samples.LINE, renderer)["output"])
+
 
 # --- conversations ------------------------------------------------------------------------
 class ConversationListItemOut(Schema):
@@ -114,12 +154,23 @@ class ConversationListItemOut(Schema):
     heading = Text()
     created_at = Timestamp()
 
+    openapi = BodyDoc("A conversation as lists show it (no `lines`).",
+                      lambda renderer: ConversationListItemOut().dump(samples.CONVERSATION))
+
 
 class ConversationOut(ConversationListItemOut):
     lines = fields.List(fields.Nested(LineOut))
 
+    openapi = BodyDoc(
+        "A conversation with all its lines, oldest first.",
+        lambda renderer: conversation_json(samples.CONVERSATION, renderer),
+        text_example=lambda renderer: conversation_text(samples.CONVERSATION, renderer))
+
 
 ITEM_OUT = ConversationListItemOut()
+CONVERSATION_LIST = list_of("ConversationList", ConversationListItemOut, "conversation",
+                            lambda renderer: {"type": "conversation", "has_more": False,
+                                              "data": [ITEM_OUT.dump(samples.CONVERSATION)]})
 
 
 def item_json(convo) -> dict:

@@ -9,17 +9,17 @@ from typing import Any
 from flask import Response
 from marshmallow import Schema
 
-from app.api.common import missing, page, parse_id
-from app.api.encoders import DEFAULT_ANIMAL, render_line
+from app.api.common import page, parse_id
+from app.api.encoders import DEFAULT_ANIMAL, LINE_LIST, render_line
 from app.api.encoders import LineOut as LineOut
-from app.api.fields import Bool, ObjectList, Text
 from app.domain import ids
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, NewLine
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import MOOD_MISSING, InvalidParams, NotFound, ParamProblem
-from app.openapi.doc import Doc, Link, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Bool, ObjectList, Text
 
 
 class CreateLine(Schema):
@@ -27,6 +27,19 @@ class CreateLine(Schema):
     think = Bool()
     mood = Text(min_length=1, max_length=30, printable_ascii=True)
     text = Text(min_length=0, max_length=1000, allow_newlines=True)
+
+    openapi = ParamsDoc(
+        notes={"animal": "Must be listed by `GET /animals`.",
+               "mood": "A built-in mood or one of yours, case-insensitive.",
+               "text": "Rendered literally."},
+        defaults={"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
+                  "text": ""})
+
+
+LINES_NOTE = ("Each element holds the parameters of one line, as `POST "
+              "/conversations/{conversation_id}/lines` takes them; the server's "
+              "`MAX_BATCH_LINES` sets how many. Only a JSON body can carry it: in a form it is "
+              "a string, which is refused.")
 
 
 ANIMAL_MISSING = "must name an animal listed by GET /animals"
@@ -41,7 +54,9 @@ def line_list(max_lines: int, **kwargs: Any) -> ObjectList:
 def create_lines_body(max_lines: int) -> type[Schema]:
     """The body of POST .../lines/batch on a server taking `max_lines` lines at once
     (MAX_BATCH_LINES); one class per value, so the route and its handler share it."""
-    return Schema.from_dict({"lines": line_list(max_lines, required=True)}, name="CreateLines")
+    schema = Schema.from_dict({"lines": line_list(max_lines, required=True)}, name="CreateLines")
+    schema.openapi = ParamsDoc(notes={"lines": LINES_NOTE})  # type: ignore[attr-defined]
+    return schema
 
 
 def line_problems(valid: dict, library, mood_known: Callable[[str], bool]
@@ -138,7 +153,7 @@ def handle_create_lines(lines, renderer, max_lines: int, max_batch: int):
     return handler
 
 
-def handle_list_lines(lines, users, renderer):
+def handle_list_lines(lines, renderer):
     """GET /conversations/{id}/lines: the conversation's lines, oldest first."""
 
     def rendered(rows: list) -> list[dict]:
@@ -146,19 +161,19 @@ def handle_list_lines(lines, users, renderer):
 
     def handler(conversation_id: str) -> Response:
         rid = parse_id(ids.CONVERSATION, conversation_id)
-        return page("line", rendered, lines.list, rid, users=users)
+        return page("line", rendered, lines.list, rid)
 
     return handler
 
 
-def handle_get_line(lines, users, renderer):
+def handle_get_line(lines, renderer):
     """GET /conversations/{id}/lines/{line}: one line; Accept: text/plain gives its output."""
 
     def handler(conversation_id: str, line_id: str) -> Response:
         line = lines.get(current_user(), parse_id(ids.CONVERSATION, conversation_id),
                          parse_id(ids.LINE, line_id))
         if line is None:
-            raise missing(users, current_user())
+            raise NotFound()
         body = render_line(line, renderer)
         if respond.wants_text():
             return respond.text(body["output"])
@@ -167,14 +182,14 @@ def handle_get_line(lines, users, renderer):
     return handler
 
 
-def handle_delete_line(lines, users):
+def handle_delete_line(lines):
     """DELETE /conversations/{id}/lines/{line}: remove one line."""
 
     def handler(conversation_id: str, line_id: str) -> Response:
         deleted = lines.delete(current_user(), parse_id(ids.CONVERSATION, conversation_id),
                                parse_id(ids.LINE, line_id))
         if not deleted:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler
@@ -184,17 +199,12 @@ def handle_delete_line(lines, users):
 
 LIST_LINES_DOC = Doc(
     handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),
-    success=(Success(200, "One page of the list, oldest first.", "LineList"),))
-LINE_BODY_DEFAULTS = {"animal": DEFAULT_ANIMAL, "think": False, "mood": BUILTIN_MOODS[0].name,
-                      "text": ""}
-LINE_BODY_NOTES = {"animal": "Must be listed by `GET /animals`.",
-                   "mood": "A built-in mood or one of yours, case-insensitive.",
-                   "text": "Rendered literally."}
+    success=(Success(200, "One page of the list, oldest first.", LINE_LIST),))
 LINE_EXAMPLE = {"animal": "default", "think": False, "mood": "tired", "text": "Moo."}
 
 CREATE_LINE_DOC = Doc(
     handle_create_line, "Lines", errors=(NotFound,),
-    success=(Success(201, "The new line, rendered.", "LineOut", links={
+    success=(Success(201, "The new line, rendered.", LineOut, links={
         "GetLine": Link(handle_get_line,
                         {"conversation_id": "$request.path.conversation_id",
                          "line_id": "$response.body#/id"},
@@ -205,26 +215,22 @@ CREATE_LINE_DOC = Doc(
                            "Delete the line."),
     }),),
     conflicts=("add more than {max_lines} lines to a conversation",),
-    request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
+    request_example=LINE_EXAMPLE,
     notes="`animal` must be listed by `GET /animals`; `mood` is a built-in or one of "
           "yours, case-insensitively, and the line reports the mood's own name. "
           "`output` is rendered from the mood as it is now, so changing a mood shows in "
           "every line that uses it.")
 GET_LINE_DOC = Doc(
     handle_get_line, "Lines", etag=True, errors=(NotFound,),
-    success=(Success(200, "The line.", "LineOut",
+    success=(Success(200, "The line.", LineOut,
                      text="With `Accept: text/plain`: just its rendered `output`."),))
 DELETE_LINE_DOC = Doc(
     handle_delete_line, "Lines", errors=(NotFound,),
     success=(Success(204, "Deleted."),))
-LINES_NOTE = ("Each element holds the parameters of one line, as `POST "
-              "/conversations/{conversation_id}/lines` takes them; the server's "
-              "`MAX_BATCH_LINES` sets how many. Only a JSON body can carry it: in a form it is "
-              "a string, which is refused.")
 CREATE_LINES_DOC = Doc(
     handle_create_lines, "Lines", errors=(NotFound,),
     success=(Success(201, "The new lines, rendered, in the order given; `Location` is the "
-                          "conversation's list of lines.", "LineList", links={
+                          "conversation's list of lines.", LINE_LIST, links={
         "ListLines": Link(handle_list_lines,
                           {"conversation_id": "$request.path.conversation_id"},
                           "List the conversation's lines."),
@@ -236,7 +242,6 @@ CREATE_LINES_DOC = Doc(
     conflicts=("add more than {max_lines} lines to a conversation",),
     request_example={"lines": [LINE_EXAMPLE, {"animal": "owl", "think": True,
                                               "text": "Who?"}]},
-    body_notes={"lines": LINES_NOTE},
     notes="Every line is validated as `POST /conversations/{conversation_id}/lines` "
           "validates one, and every problem is reported at once, named by its element: "
           "`lines[3].mood`. The lines are created in one transaction, in the order given, "

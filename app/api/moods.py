@@ -7,15 +7,15 @@ from urllib.parse import quote
 from flask import Response
 from marshmallow import Schema, ValidationError
 
-from app.api.common import missing, page
+from app.api.common import page
+from app.api.encoders import MOOD_LIST, mood_json
 from app.api.encoders import MoodOut as MoodOut
-from app.api.encoders import mood_json
-from app.api.fields import Text
 from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import ActionNotAllowed, NotFound, ParamProblem
-from app.openapi.doc import Doc, Link, Success
+from app.http.fields import Text
 
 NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 
@@ -23,6 +23,12 @@ NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 class PutMood(Schema):
     eyes = Text(min_length=2, max_length=2, printable_ascii=True)
     tongue = Text(min_length=2, max_length=2, printable_ascii=True)
+
+    openapi = ParamsDoc(notes={
+        "eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, omitted "
+                "keeps the current value.",
+        "tongue": f"When creating, default `{BUILTIN_MOODS[0].tongue}` (two spaces); when "
+                  "updating, omitted keeps the current value."})
 
 
 def _moods(rows: list) -> list[dict]:
@@ -46,22 +52,22 @@ def _nameable(name: str) -> bool:
     return not _unnameable(name)
 
 
-def handle_list_moods(moods, users):
+def handle_list_moods(moods):
     """GET /moods: built-ins first in their fixed order, then yours in creation order."""
 
     def handler() -> Response:
-        return page("mood", _moods, moods.list, users=users, cursor_ok=_nameable)
+        return page("mood", _moods, moods.list, cursor_ok=_nameable)
 
     return handler
 
 
-def handle_get_mood(moods, users):
+def handle_get_mood(moods):
     """GET /moods/{name}: a built-in or one of yours."""
 
     def handler(name: str) -> Response:
         mood = None if _unnameable(name) else moods.get(current_user(), name)
         if mood is None:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.ok(mood_json(mood))
 
     return handler
@@ -85,7 +91,7 @@ def handle_put_mood(moods, max_moods: int):
     return handler
 
 
-def handle_delete_mood(moods, users):
+def handle_delete_mood(moods):
     """DELETE /moods/{name}: delete your mood unless lines use it."""
 
     def handler(name: str) -> Response:
@@ -93,7 +99,7 @@ def handle_delete_mood(moods, users):
             raise ActionNotAllowed(f"delete built-in mood {name.lower()}")
         deleted = not _unnameable(name) and moods.delete(current_user(), name)
         if not deleted:
-            raise missing(users, current_user())
+            raise NotFound()
         return respond.no_content()
 
     return handler
@@ -108,22 +114,18 @@ _MOOD_LINKS = {
 
 LIST_MOODS_DOC = Doc(
     handle_list_moods, "Moods", etag=True, paginated=True,
-    success=(Success(200, "One page of the list, oldest first.", "MoodList"),),
+    success=(Success(200, "One page of the list, oldest first.", MOOD_LIST),),
     notes="The cursors of this list are mood names (case-insensitive), built-ins included.")
 GET_MOOD_DOC = Doc(
     handle_get_mood, "Moods", etag=True, errors=(NotFound,),
-    success=(Success(200, "The mood.", "MoodOut"),),
+    success=(Success(200, "The mood.", MoodOut),),
     notes="`name` is case-insensitive; the response shows the mood's own name.")
 PUT_MOOD_DOC = Doc(
     handle_put_mood, "Moods",
-    success=(Success(200, "Your mood, updated.", "MoodOut", links=_MOOD_LINKS),
-             Success(201, "Your new mood.", "MoodOut", links=_MOOD_LINKS)),
+    success=(Success(200, "Your mood, updated.", MoodOut, links=_MOOD_LINKS),
+             Success(201, "Your new mood.", MoodOut, links=_MOOD_LINKS)),
     conflicts=("update built-in mood borg", "create more than {max_moods} moods"),
     request_example={"eyes": "^^", "tongue": "U "},
-    body_notes={"eyes": f"When creating, default `{BUILTIN_MOODS[0].eyes}`; when updating, "
-                        "omitted keeps the current value.",
-                "tongue": f"When creating, default `{BUILTIN_MOODS[0].tongue}` (two spaces); "
-                          "when updating, omitted keeps the current value."},
     notes="PUT is idempotent by itself, so it takes no Idempotency-Key. `name` is "
           "case-insensitive: an existing mood whose name differs only in case is updated "
           "and keeps the case it was created with. The name travels in the path, so it "

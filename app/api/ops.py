@@ -11,9 +11,9 @@ from typing import Any
 
 from flask import Response
 
+from app.domain.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 from app.http import respond
-from app.openapi.doc import Doc, Success
-from app.platform.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
+from app.http.doc import Component, Doc, Success
 
 
 def _status_code(status: str) -> int:
@@ -89,36 +89,71 @@ def handle_metrics(metrics, sample):
 
     def handler() -> Response:
         sample()
-        return Response(metrics.scrape(), content_type=metrics_content_type(),
+        return Response(metrics.scrape(), content_type=metrics.content_type,
                         headers={"Cache-Control": "no-store"})
 
     return handler
 
 
-def metrics_content_type() -> str:
-    from app.platform.metrics import CONTENT_TYPE
-
-    return CONTENT_TYPE
-
-
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+_STATUS = {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "critical"]}
+_CHECKED_AT = {"type": "string", "format": "date-time", "nullable": True,
+               "description": "When the status was determined (`null` only before a "
+                              "worker's first check)."}
+HEALTH_LIVE = Component("HealthLive", {
+    "type": "object", "required": ["status"], "additionalProperties": False,
+    "properties": {"status": {"type": "string", "enum": ["healthy"]}}},
+    lambda renderer: {"status": "healthy"})
+HEALTH_SUMMARY = Component("HealthSummary", {
+    "type": "object", "required": ["status"], "additionalProperties": False,
+    "properties": {"status": _STATUS, "checked_at": _CHECKED_AT,
+                   "message": {"type": "string", "description": "Why, when shutting down."}}},
+    lambda renderer: {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z"})
+HEALTH_CHECK = Component("HealthCheck", {
+    "type": "object", "required": ["status", "message", "duration_ms", "details"],
+    "additionalProperties": False,
+    "properties": {
+        "status": _STATUS,
+        "message": {"type": "string"},
+        "duration_ms": {"type": "number", "minimum": 0},
+        "details": {"type": "object", "additionalProperties": True},
+    }})
+HEALTH_DETAILED = Component("HealthDetailed", {
+    "type": "object", "required": ["status", "checked_at", "checks"],
+    "additionalProperties": False,
+    "properties": {"status": _STATUS, "checked_at": _CHECKED_AT,
+                   "checks": {"type": "object",
+                              "additionalProperties": {"$ref": "#/components/schemas/"
+                                                               "HealthCheck"}}}},
+    lambda renderer: {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z",
+                      "checks": {"migrations": {
+                          "status": "healthy", "message": "schema is current",
+                          "duration_ms": 1.52, "details": {"current": 3, "expected": 3}}}},
+    requires=(HEALTH_CHECK,))
+PROMETHEUS_TEXT = Component(
+    "PrometheusText", {"type": "string", "description": "Prometheus text exposition format."},
+    lambda renderer: ('# HELP http_requests_total Requests answered.\n'
+                      '# TYPE http_requests_total counter\n'
+                      'http_requests_total{method="GET",route="/animals",status="200"} 42.0\n'),
+    media_type="text/plain")
+
 
 LIVE_DOC = Doc(
     handle_live, "Operations",
-    success=(Success(200, "The process serves.", "HealthLive"),))
+    success=(Success(200, "The process serves.", HEALTH_LIVE),))
 READY_DOC = Doc(
     handle_ready, "Operations",
-    success=(Success(200, "Ready: `healthy` or `degraded`.", "HealthSummary"),
+    success=(Success(200, "Ready: `healthy` or `degraded`.", HEALTH_SUMMARY),
              Success(503, "Not ready: `unhealthy` or `critical`, or shutting down "
-                          "(then with a `message`).", "HealthSummary")))
+                          "(then with a `message`).", HEALTH_SUMMARY)))
 QUICK_DOC = Doc(
     handle_quick, "Operations",
-    success=(Success(200, "Last known status `healthy` or `degraded`.", "HealthSummary"),
-             Success(503, "Last known status `unhealthy` or `critical`.", "HealthSummary")))
+    success=(Success(200, "Last known status `healthy` or `degraded`.", HEALTH_SUMMARY),
+             Success(503, "Last known status `unhealthy` or `critical`.", HEALTH_SUMMARY)))
 DETAILED_DOC = Doc(
     handle_detailed, "Operations",
-    success=(Success(200, "Overall `healthy` or `degraded`.", "HealthDetailed"),
-             Success(503, "Overall `unhealthy` or `critical`.", "HealthDetailed")),
+    success=(Success(200, "Overall `healthy` or `degraded`.", HEALTH_DETAILED),
+             Success(503, "Overall `unhealthy` or `critical`.", HEALTH_DETAILED)),
     notes="Components: `database` (pool statistics), `migrations`, `memory`, "
           "`lifecycle`, and others as the deployment configures them (read replica, "
           "rate-limit store). Hostnames and versions appear in `details` only with "
@@ -126,4 +161,4 @@ DETAILED_DOC = Doc(
 METRICS_DOC = Doc(
     handle_metrics, "Operations",
     success=(Success(200, "Prometheus text exposition format 0.0.4, merged across the "
-                          "workers.", "PrometheusText"),))
+                          "workers.", PROMETHEUS_TEXT),))

@@ -6,8 +6,6 @@ from flask import Response
 
 from app.api.encoders import RenderOut as RenderOut
 from app.api.lines import (
-    LINE_BODY_DEFAULTS,
-    LINE_BODY_NOTES,
     LINE_EXAMPLE,
     CreateLine,
     line_problems,
@@ -16,15 +14,14 @@ from app.api.lines import (
 from app.domain.models import BUILTIN_MOODS_BY_NAME, Mood
 from app.http import respond
 from app.http.auth import current_user
-from app.openapi.doc import Doc, Success
+from app.http.doc import Doc, Success
 
 
-def handle_render(moods, renderer, presence):
+def handle_render(moods, renderer):
     """POST /render: render a line's parameters as cowsay art, storing nothing."""
     schema = CreateLine()
 
     def handler() -> Response:
-        presence.ensure()  # a deleted user's token is refused, even for built-in moods
         user = current_user()
         own: dict[str, Mood] = {}
 
@@ -49,9 +46,9 @@ def handle_render(moods, renderer, presence):
 
 RENDER_DOC = Doc(
     handle_render, "Lines",
-    success=(Success(200, "The rendered art.", "RenderOut",
+    success=(Success(200, "The rendered art.", RenderOut,
                      text="With `Accept: text/plain`: the rendered text itself."),),
-    request_example=LINE_EXAMPLE, body_defaults=LINE_BODY_DEFAULTS, body_notes=LINE_BODY_NOTES,
+    request_example=LINE_EXAMPLE,
     notes="The parameters are validated exactly as `POST /conversations/{conversation_id}/lines` "
           "validates them (a built-in mood or one of yours, case-insensitively), and the "
           "output is what that line's `output` would be. Nothing is stored, so the request "

@@ -9,23 +9,29 @@ from app.api.common import parse_id
 from app.api.encoders import CREATED_USER_OUT, USER_OUT
 from app.api.encoders import CreatedUserOut as CreatedUserOut
 from app.api.encoders import UserOut as UserOut
-from app.api.fields import Email, Text
 from app.domain import ids
+from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
+from app.http.doc import Doc, ParamsDoc, Success
 from app.http.errors import AuthInvalid, NotFound
-from app.openapi.doc import Doc, Success
-from app.platform.db import UnitOfWork
+from app.http.fields import Email, Text
+
+EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
 
 
 class CreateUser(Schema):
     name = Text(min_length=1, max_length=100)
     email = Email()
 
+    openapi = ParamsDoc(notes=EMAIL_NOTES)
+
 
 class UpdateUser(Schema):
     name = Text(min_length=1, max_length=100, allow_none=True)  # null clears
     email = Email(allow_none=True)
+
+    openapi = ParamsDoc(notes=EMAIL_NOTES)
 
 
 def handle_create_user(users, tokens):
@@ -90,13 +96,11 @@ def handle_delete_user(users, presence):
 
 # --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
 
-EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
-
 CREATE_USER_DOC = Doc(
     handle_create_user, "Users",
-    success=(Success(201, "The new user, with its token.", "CreatedUserOut"),),
+    success=(Success(201, "The new user, with its token.", CreatedUserOut),),
     conflicts=("use email ada@example.com, which is already registered",),
-    request_example={"name": "Ada", "email": "ada@example.com"}, body_notes=EMAIL_NOTES,
+    request_example={"name": "Ada", "email": "ada@example.com"},
     notes="Both parameters are optional: `{}` creates a user with `null` name and email. "
           "The token authenticates every other endpoint; it cannot be shown again. "
           "Idempotency keys of this endpoint are scoped by client address. "
@@ -104,12 +108,12 @@ CREATE_USER_DOC = Doc(
           "`GET /users/{user_id}` with the `id` of this response.")
 GET_USER_DOC = Doc(
     handle_get_user, "Users", etag=True, errors=(NotFound,),
-    success=(Success(200, "Your user object.", "UserOut"),))
+    success=(Success(200, "Your user object.", UserOut),))
 UPDATE_USER_DOC = Doc(
     handle_update_user, "Users", errors=(NotFound,),
-    success=(Success(200, "The changed user object.", "UserOut"),),
+    success=(Success(200, "The changed user object.", UserOut),),
     conflicts=("use email ada@example.com, which is already registered",),
-    request_example={"name": "Ada Lovelace", "email": None}, body_notes=EMAIL_NOTES)
+    request_example={"name": "Ada Lovelace", "email": None})
 DELETE_USER_DOC = Doc(
     handle_delete_user, "Users", errors=(NotFound,),
     success=(Success(204, "Deleted, with its moods, conversations and lines."),))

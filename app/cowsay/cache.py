@@ -21,7 +21,7 @@ class Renderer:
 
     def __init__(self, library: CowLibrary, max_entries: int = 4096, tracing=None) -> None:
         self._library = library
-        self._tracing = tracing  # app.platform.tracing.Tracing: a span per render (a miss)
+        self._tracing = tracing  # app.ops.tracing.Tracing: a span per render (a miss)
         self._cached = functools.lru_cache(maxsize=max_entries)(self._render)
         self._thread = threading.local()
 

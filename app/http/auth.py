@@ -1,7 +1,8 @@
 """Bearer authentication and per-caller rate limiting, as wrappers around handlers.
 
-`required` verifies the token with no database round trip, then applies the
-user's rate limit; `public` applies the client address's limit. Failed
+`required` verifies the token with no database round trip, applies the
+user's rate limit, and refuses a deleted user's token (through the presence
+cache); `public` applies the client address's limit. Failed
 authentication is limited per address too. Decisions are left in the request's state for
 the middleware to turn into RateLimit headers on whatever response follows. A request
 that rendered much (renders the cache missed) is charged more admissions afterwards.
@@ -24,15 +25,16 @@ def current_user() -> int:
 
 
 class Authenticator:
-    """`renders_missed` (the serving thread's cache misses since it last asked, see
-    Renderer.take_thread_misses) and `renders_per_admission` make the user's limit count
-    work, as a points-based API limit does: each `renders_per_admission` renders a request
-    missed cost it one more admission, charged when it has answered, so the user's next
-    requests wait for it. 0 (or no counter) charges one admission per request."""
+    """`presence.ensure()` makes a deleted user's token `auth_invalid`. `renders_missed`
+    (the serving thread's cache misses since it last asked) and `renders_per_admission`
+    make the user's limit count work: each `renders_per_admission` renders a request
+    missed cost it one more admission, charged once it has answered."""
 
-    def __init__(self, tokens, limiter=None, renders_missed: Callable[[], int] | None = None,
+    def __init__(self, tokens, presence, limiter=None,
+                 renders_missed: Callable[[], int] | None = None,
                  renders_per_admission: int = 0):
         self.tokens = tokens
+        self.presence = presence  # ensure(): auth_invalid once the current user is deleted
         self.limiter = limiter
         self._renders_missed = renders_missed if renders_per_admission > 0 else None
         self._renders_per_admission = renders_per_admission
@@ -57,7 +59,8 @@ class Authenticator:
         return request_state().client_addr or "unknown"
 
     def required(self, handler: Callable) -> Callable:
-        """The handler runs only for a valid bearer token within the user's rate limit."""
+        """The handler runs only for a valid bearer token of a user who still exists, within
+        the user's rate limit."""
 
         limits_users = USER_POLICY in self._limited
         limits_addresses = IP_POLICY in self._limited
@@ -78,11 +81,11 @@ class Authenticator:
                 raise AuthInvalid()
             state.user_id = user_id
             state.user_public_id = ids.encode(ids.USER, user_id)
-            if not limits_users:
-                return handler(*args, **kwargs)
-            self._limit(USER_POLICY, str(user_id))
+            if limits_users:
+                self._limit(USER_POLICY, str(user_id))
+            self.presence.ensure()
             missed = self._renders_missed
-            if missed is None:
+            if missed is None or not limits_users:
                 return handler(*args, **kwargs)
             missed()  # what this thread missed before: not this request's work
             try:

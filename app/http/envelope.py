@@ -11,14 +11,13 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 from flask import Flask, Response
 from gunicorn.http.errors import NoMoreData, ParseException
 from werkzeug.exceptions import HTTPException
 
 from app.domain.errors import DomainError
-from app.http import patterns, respond
+from app.http import admission, patterns, respond
 from app.http.client_addr import client_address
 from app.http.errors import (
     ApiError,
@@ -31,14 +30,10 @@ from app.http.errors import (
     UnsupportedMediaType,
     from_domain,
 )
+from app.http.observers import AccessLogWriter, RequestMetrics, RequestTrace, RequestTracer
 from app.http.request_state import RequestState, enter, leave
 from app.http.tokens import SIGNED_ID
-from app.platform import admission
-from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
-from app.platform.logs import AccessLog
-
-if TYPE_CHECKING:
-    from app.platform.tracing import RequestSpan, Tracing
+from app.store.db import DatabaseUnavailable, end_wait_budget, wait_budget
 
 _REQUEST_ID = re.compile(patterns.REQUEST_ID)
 _TOKEN_START = re.compile(SIGNED_ID, re.IGNORECASE)
@@ -78,8 +73,8 @@ class Envelope:
     much (context-local lookups, werkzeug's header checks), on every request.
     """
 
-    def __init__(self, app, config, access_log: AccessLog, metrics,
-                 tracing: Tracing | None = None):
+    def __init__(self, app, config, access_log: AccessLogWriter, metrics: RequestMetrics,
+                 tracing: RequestTracer | None = None):
         self.app = app
         self.tracing = tracing  # None: tracing off, and each request pays one branch for it
         self.access_log = access_log
@@ -156,7 +151,7 @@ class Envelope:
         return body
 
     def finish(self, method: str, state: RequestState, answer: list, our_request_id: bool,
-               seconds: float, trace: RequestSpan | None = None) -> None:
+               seconds: float, trace: RequestTrace | None = None) -> None:
         status = int(answer[0][:3]) if answer else 500
         self.metrics.observe_request(method, state.route, status, seconds)
         size = answer[1] if answer else "0"
@@ -168,8 +163,8 @@ class Envelope:
                               span_id=None if trace is None else trace.span_id)
 
 
-def install_middleware(app: Flask, config, logger: logging.Logger, access_log: AccessLog,
-                       metrics, tracing: Tracing | None = None) -> None:
+def install_middleware(app: Flask, config, logger: logging.Logger, access_log: AccessLogWriter,
+                       metrics: RequestMetrics, tracing: RequestTracer | None = None) -> None:
     """Wrap `app` in the Envelope and answer errors in the contract's shape.
 
     With `tracing`, the causes of 5xx answers (an unreachable database, an

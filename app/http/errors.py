@@ -31,6 +31,7 @@ from app.domain.errors import (
     MoodMissing,
     UserGone,
 )
+from app.domain.pages import MAX_LIMIT
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ErrorCode:
     data: Callable[[Any], Any] | None = _FIELDS_AS_DATA
     convert: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    when: str = ""
+    data_schema: Mapping[str, Any] | None = None
+    example: Callable[[Any, Any], Any] = lambda error, config: error()
 
 
 def _text(value: Any) -> str:
@@ -100,42 +104,95 @@ def _params_data(error: Any) -> list[dict[str, Any]]:
 
 SUPPORTED_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
 _RETRY = {"convert": {"retry_after": _whole_seconds}, "headers": {"Retry-After": "{retry_after}"}}
+_RETRY_DATA = {"type": "object", "required": ["retry_after"], "additionalProperties": False,
+               "properties": {"retry_after": {"type": "integer", "minimum": 1}}}
 
 CODES: dict[str, ErrorCode] = {row.code: row for row in (
     ErrorCode("invalid_request", 400, "InvalidRequest", ("reason",),
-              "The request could not be read: {reason}."),
+              "The request could not be read: {reason}.",
+              when="the body does not parse, or its JSON is not an object",
+              data_schema={"type": "object", "required": ["reason"],
+                           "additionalProperties": False,
+                           "properties": {"reason": {"type": "string"}}},
+              example=lambda error, config: error("the body is not valid JSON")),
     ErrorCode("invalid_params", 400, "InvalidParams", ("problems",), _params_message,
               data=_params_data,
               convert={"problems": lambda problems: sorted(problems,
-                                                        key=lambda p: _natural(p.params))}),
+                                                        key=lambda p: _natural(p.params))},
+              when="parameters are invalid; `data` lists every problem at once",
+              data_schema={"type": "array", "minItems": 1, "items": {
+                  "type": "object", "required": ["params", "message"],
+                  "additionalProperties": False,
+                  "properties": {"params": {"type": "array", "minItems": 1,
+                                            "items": {"type": "string"}},
+                                 "message": {"type": "string"}}}},
+              example=lambda error, config: error.one(
+                  "limit", f"must be an integer between 1 and {MAX_LIMIT}")),
     ErrorCode("auth_required", 401, "AuthRequired", (),
               "This endpoint requires a bearer token in the Authorization header.",
-              headers={"WWW-Authenticate": "Bearer"}),
+              headers={"WWW-Authenticate": "Bearer"},
+              when="no `Authorization: Bearer` header"),
     ErrorCode("auth_invalid", 401, "AuthInvalid", (), "The bearer token is not valid.",
-              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}),
-    ErrorCode("not_found", 404, "NotFound", (), "The requested resource does not exist."),
+              headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+              when="the token is unknown, malformed or forged, or its user was deleted"),
+    ErrorCode("not_found", 404, "NotFound", (), "The requested resource does not exist.",
+              when="nothing of yours is at this path (another user's object and a malformed "
+                   "id are not found too)"),
     ErrorCode("method_not_allowed", 405, "MethodNotAllowed", ("allowed",),
               "This endpoint only allows {allowed}.", headers={"Allow": "{allowed}"},
-              convert={"allowed": sorted}),
+              convert={"allowed": sorted},
+              when="the path exists but not with this method",
+              data_schema={"type": "object", "required": ["allowed"],
+                           "additionalProperties": False,
+                           "properties": {"allowed": {"type": "array",
+                                                      "items": {"type": "string"}}}},
+              example=lambda error, config: error(["GET", "POST"])),
     ErrorCode("action_not_allowed", 409, "ActionNotAllowed", ("action",),
-              "You may not {action}."),
+              "You may not {action}.",
+              when="a rule refuses the action named in `data.action`",
+              data_schema={"type": "object", "required": ["action"],
+                           "additionalProperties": False,
+                           "properties": {"action": {"type": "string"}}},
+              example=lambda error, config: error(
+                  f"create more than {config.max_conversations_per_user} conversations")),
     ErrorCode("idempotency_key_in_use", 409, "IdempotencyKeyInUse", (),
-              "A request with this idempotency key is still being processed; retry later."),
+              "A request with this idempotency key is still being processed; retry later.",
+              when="the first request with this `Idempotency-Key` is still running; "
+                   "retry later"),
     ErrorCode("idempotency_key_reused", 422, "IdempotencyKeyReused", (),
               "This idempotency key was already used with a different method, path or "
-              "parameters."),
+              "parameters.",
+              when="this `Idempotency-Key` was used with a different method, path or "
+                   "parameters"),
     ErrorCode("payload_too_large", 413, "PayloadTooLarge", ("max_bytes",),
-              "The request body must not exceed {max_bytes} bytes."),
+              "The request body must not exceed {max_bytes} bytes.",
+              when="the body is larger than `MAX_BODY_BYTES`",
+              data_schema={"type": "object", "required": ["max_bytes"],
+                           "additionalProperties": False,
+                           "properties": {"max_bytes": {"type": "integer", "minimum": 0}}},
+              example=lambda error, config: error(config.max_body_bytes)),
     ErrorCode("unsupported_media_type", 415, "UnsupportedMediaType", ("supported",),
               "The request body must be one of: {supported}.",
-              convert={"supported": list}, defaults={"supported": SUPPORTED_MEDIA_TYPES}),
+              convert={"supported": list}, defaults={"supported": SUPPORTED_MEDIA_TYPES},
+              when="a non-empty body that is neither JSON nor a form",
+              data_schema={"type": "object", "required": ["supported"],
+                           "additionalProperties": False,
+                           "properties": {"supported": {"type": "array",
+                                                        "items": {"type": "string"}}}}),
     ErrorCode("rate_limited", 429, "RateLimited", ("retry_after",),
-              "Too many requests; retry after {retry_after} seconds.", **_RETRY),
+              "Too many requests; retry after {retry_after} seconds.", **_RETRY,
+              when="the rate limit is exceeded; retry after `Retry-After` seconds",
+              data_schema=_RETRY_DATA, example=lambda error, config: error(12)),
     ErrorCode("internal_failure", 500, "InternalFailure", (),
-              "An internal error occurred; it has been logged under this request's id."),
+              "An internal error occurred; it has been logged under this request's id.",
+              when="an unexpected failure; details are only in the log, under the "
+                   "response's `X-Request-ID`"),
     ErrorCode("service_unavailable", 503, "ServiceUnavailable", ("retry_after",),
               "The service is temporarily unavailable; retry after {retry_after} seconds.",
-              defaults={"retry_after": 1}, **_RETRY),
+              defaults={"retry_after": 1}, **_RETRY,
+              when="the database is unreachable, the connection pool stayed exhausted, "
+                   "or the server is shutting down; retry after `Retry-After` seconds",
+              data_schema=_RETRY_DATA, example=lambda error, config: error(1)),
 )}
 
 
@@ -149,6 +206,8 @@ class ApiError(Exception):
 
     code: str
     status: int  # CODES[code].status, on the class too (for the OpenAPI description)
+    when: str  # when it happens, for the OpenAPI description
+    data_schema: Mapping[str, Any] | None  # JSON Schema of `data`; None: no `data`
 
     def __init__(self, *args: Any, **kwargs: Any):
         row = CODES[self.code]
@@ -197,10 +256,16 @@ class ApiError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
 
+    @classmethod
+    def example(cls, config: Any) -> ApiError:
+        """An instance for the OpenAPI document, with this server's limits."""
+        return CODES[cls.code].example(cls, config)
+
 
 def _constructor(code: str, **methods: Any) -> type[ApiError]:
     row = CODES[code]
-    namespace = {"code": code, "status": row.status, "__module__": __name__,
+    namespace = {"code": code, "status": row.status, "when": row.when,
+                 "data_schema": row.data_schema, "__module__": __name__,
                  "__qualname__": row.name, "__doc__": f"`{code}`, {row.status}.", **methods}
     return type(row.name, (ApiError,), namespace)
 

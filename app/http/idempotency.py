@@ -36,7 +36,7 @@ from app.http.errors import (
     InvalidParams,
     api_error,
 )
-from app.repo.idempotency import StoredResponse
+from app.store.idempotency import StoredResponse
 
 TTL_SECONDS = 24 * 3600
 HEADER = "Idempotency-Key"
@@ -61,7 +61,7 @@ def canonical_params(schema: Schema) -> bytes:
 
 class Idempotency:
     def __init__(self, db, repo, metrics, fault_injection: bool = False, tracing=None):
-        self.tracing = tracing  # app.platform.tracing.Tracing, or None when off
+        self.tracing = tracing  # app.ops.tracing.Tracing, or None when off
         self.db = db
         self.repo = repo
         self.metrics = metrics

@@ -1,32 +1,11 @@
-"""List parameters (limit, starting_after, ending_before) and keyset pages."""
+"""List parameters (limit, starting_after, ending_before) read from a query string."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from app.domain.pages import DEFAULT_LIMIT, MAX_LIMIT, Page
 from app.http.errors import CURSOR_MISSING, InvalidParams, ParamProblem
-
-DEFAULT_LIMIT, MAX_LIMIT = 10, 100
-
-
-@dataclass(frozen=True)
-class Page:
-    limit: int = DEFAULT_LIMIT
-    starting_after: str | None = None
-    ending_before: str | None = None
-
-    @property
-    def cursor(self) -> str | None:
-        return self.starting_after if self.starting_after is not None else self.ending_before
-
-    @property
-    def cursor_param(self) -> str:
-        return "starting_after" if self.starting_after is not None else "ending_before"
-
-    @property
-    def backward(self) -> bool:
-        return self.ending_before is not None
 
 
 def parse_page(args: Mapping[str, str]) -> Page:

@@ -35,7 +35,7 @@ A `Decision` reports, in the IETF RateLimit header fields draft's terms:
 The state lives in a store with one method,
 `decide(key, interval_us, tolerance_us) -> (allowed, tat_after_us)`, where
 tat_after_us is the key's TAT after the decision minus the store's "now", in
-microseconds. `app.repo.ratelimits.RateLimitRepository` is the production
+microseconds. `app.store.ratelimits.RateLimitRepository` is the production
 store (PostgreSQL, shared by every worker and instance); `MemoryStore` here is
 the same arithmetic in-process with an injected clock, for tests.
 
@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.platform.health import DEGRADED, HEALTHY
+from app.domain.health import DEGRADED, HEALTHY
 
 MICROS = 1_000_000
 # The policies' names: in RateLimit headers, metrics labels and store keys.
@@ -293,7 +293,7 @@ class RateLimiter:
                  log_every: float = 10.0, degraded_for: float = 60.0, tracing=None,
                  remember_refusals: bool = False):
         self._refused: dict[str, int] | None = {} if remember_refusals else None
-        self._tracing = tracing  # app.platform.tracing.Tracing, or None when off
+        self._tracing = tracing  # app.ops.tracing.Tracing, or None when off
         self._policies = {p.name: (p if p.enabled else None) for p in (user_policy, ip_policy)}
         self.store = store
         self._metrics = metrics

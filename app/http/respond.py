@@ -18,7 +18,6 @@ from flask import Request, Response, request
 from marshmallow import Schema
 from xxhash import xxh3_128_hexdigest
 
-from app.api.fields import load_params
 from app.http.errors import (
     CODES,
     ApiError,
@@ -28,6 +27,7 @@ from app.http.errors import (
     ParamProblem,
     UnsupportedMediaType,
 )
+from app.http.fields import load_params
 from app.http.request_state import request_state
 
 JSON_TYPE = "application/json; charset=utf-8"

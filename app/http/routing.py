@@ -14,6 +14,8 @@ handler), with no lookups in the table.
 from __future__ import annotations
 
 import functools
+import inspect
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -25,7 +27,7 @@ from marshmallow import Schema
 from app.http.request_state import request_state
 
 if TYPE_CHECKING:
-    from app.openapi.doc import Doc
+    from app.http.doc import Doc
 
 
 class Guard(Enum):
@@ -92,10 +94,11 @@ def register(app: Flask, routes: Iterable[Route], auth, idempotency) -> None:
     """Add every route to `app`, wrapped as its entry says.
 
     `auth` supplies the guards (`required`, `public`), `idempotency(schema,
-    scope)` the Idempotency-Key wrapper. A duplicate method and path fails
-    here, at construction.
+    scope)` the Idempotency-Key wrapper. A duplicate method and path, or a
+    handler whose parameters do not match its entry, fails here, at construction.
     """
     for route in routes:
+        check_handler(route)
         handler = route.handler
         if route.idempotent is not None:
             handler = idempotency(route.body(), route.idempotent)(handler)
@@ -105,6 +108,27 @@ def register(app: Flask, routes: Iterable[Route], auth, idempotency) -> None:
             handler = auth.public(handler)
         app.add_url_rule(route.path, endpoint=route.endpoint, view_func=_view(route.path, handler),
                          methods=[route.method], provide_automatic_options=False)
+
+
+def check_handler(route: Route) -> None:
+    """Refuse a handler whose parameters are not its path's variables, plus `uow` exactly
+    when the route is idempotent (the Idempotency-Key wrapper passes one by that name)."""
+    expected = set(re.findall(r"<(?:[^:<>]+:)?([^<>]+)>", route.path))
+    if route.idempotent is not None:
+        expected.add("uow")
+    parameters = inspect.signature(route.handler).parameters.values()
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        return  # a wrapper that passes everything on: its handler was checked when made
+    named = {p.name for p in parameters}
+    if named != expected:
+        missing, extra = sorted(expected - named), sorted(named - expected)
+        raise TypeError(
+            f"{route.endpoint}: its handler takes ({', '.join(sorted(named))}) but the route "
+            f"passes ({', '.join(sorted(expected))})"
+            + (f"; missing: {', '.join(missing)}" if missing else "")
+            + (f"; not passed: {', '.join(extra)}" if extra else "")
+            + ("" if route.idempotent is not None or "uow" not in named
+               else " (`uow` comes only with idempotent=)"))
 
 
 def _view(path: str, handler: Callable) -> Callable:

@@ -5,10 +5,11 @@ its guard (authenticated, rate limited), its body schema and its
 Idempotency-Key scope from the entry itself, and what the entry cannot say
 (statuses and bodies, links, pagination, ETags, notes) from the `Doc` next to
 its handler in app/api/<area>.py. Summaries and descriptions come from the
-maker functions' docstrings, limits from the running configuration, and the
-shared parts (schemas, errors, headers, parameters, examples) from
-app/openapi/components.py. Routes and document cannot drift apart: there is
-no second table.
+maker functions' docstrings, limits from the running configuration, response
+bodies and errors from themselves (a schema's `openapi`, an error's `when`,
+`data_schema` and `example`), and the shared parts (fields, headers,
+parameters) from app/openapi/components.py. Routes and document cannot drift
+apart: there is no second table.
 
 The document is built once per worker, when the app is constructed
 (`spec_json`), and served as precomputed bytes.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -25,7 +27,10 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
+from marshmallow.fields import Nested
 
+from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
+from app.http.doc import BodyDoc, Component, Doc, ParamsDoc, Success
 from app.http.errors import (
     ALL_ERRORS,
     ActionNotAllowed,
@@ -44,7 +49,6 @@ from app.http.errors import (
 )
 from app.http.routing import Route
 from app.openapi import components as c
-from app.openapi.doc import Doc, Success
 
 OPENAPI_VERSION = "3.0.3"
 TITLE = "SayPI"
@@ -151,7 +155,7 @@ def _error_response(route: Route, status: int, errors: list[type[ApiError]],
     schema = refs[0] if len(refs) == 1 else {"oneOf": refs}
     lines_ = []
     for error in errors:
-        when = c.ERROR_WHEN[error]
+        when = error.when
         if error is ActionNotAllowed and conflicts:
             when = "a rule refuses the action: " + "; ".join(
                 f"You may not {_format(a, config)}" for a in conflicts)
@@ -177,20 +181,23 @@ def _error_response(route: Route, status: int, errors: list[type[ApiError]],
     }
 
 
+def _name(body: Any) -> str:
+    """The component name of a response body: a Component's, or the schema class's."""
+    return body.name if isinstance(body, Component) else body.__name__
+
+
 def _success_response(route: Route, success: Success,
-                      examples: Mapping[str, Any]) -> dict[str, Any]:
+                      examples: Mapping[Any, Any]) -> dict[str, Any]:
     response: dict[str, Any] = {"description": success.description,
                                 "headers": _headers(route, success.status)}
-    if success.schema is not None:
-        if success.schema == "PrometheusText":
-            content = {"text/plain": {"schema": c.ref("schemas", success.schema),
-                                      "example": examples[success.schema]}}
-        else:
-            content = {"application/json": {"schema": c.ref("schemas", success.schema),
-                                             "example": examples[success.schema]}}
+    body = success.schema
+    if body is not None:
+        media_type = body.media_type if isinstance(body, Component) else "application/json"
+        content = {media_type: {"schema": c.ref("schemas", _name(body)),
+                                "example": examples[body]}}
         if success.text is not None:
             content["text/plain"] = {"schema": {"type": "string", "description": success.text},
-                                     "example": examples[f"text:{success.schema}"]}
+                                     "example": examples[("text", body)]}
             response["description"] += " " + success.text
         response["content"] = content
     if success.links:
@@ -259,17 +266,55 @@ def _operation(route: Route, config, error_examples: Mapping[type[ApiError], Api
     return operation
 
 
-def _bodies(routes: Sequence[Route]) -> dict[type[Schema], Doc]:
-    """Each request body schema with the doc that describes its parameters."""
-    bodies: dict[type[Schema], Doc] = {}
+def _responses(routes: Sequence[Route]) -> tuple[list[type[Schema]], list[Component]]:
+    """Every response body the routes' docs name, and what those refer to: the marshmallow
+    schemas (each after the schemas it nests) and the JSON Schema components."""
+    schemas: list[type[Schema]] = []
+    components: list[Component] = []
+
+    def add(body: Any) -> None:
+        if isinstance(body, Component):
+            for required in (*body.requires, *([body.items] if body.items else [])):
+                add(required)
+            if body not in components:
+                components.append(body)
+            return
+        for field_ in body._declared_fields.values():
+            inner = getattr(field_, "inner", field_)  # a List's item field
+            if isinstance(inner, Nested) and isinstance(inner.nested, type):
+                add(inner.nested)
+        if body not in schemas:
+            schemas.append(body)
+
     for route in routes:
-        if route.body is None:
-            continue
-        doc = _doc(route)
-        seen = bodies.setdefault(route.body, doc)
-        if (seen.body_defaults, seen.body_notes) != (doc.body_defaults, doc.body_notes):
-            raise ValueError(f"{route.body.__name__} is described differently by "
-                             f"{operation_id(seen.maker)} and {operation_id(doc.maker)}")
+        for success in _doc(route).success:
+            if success.schema is not None:
+                add(success.schema)
+    return schemas, components
+
+
+def _examples(schemas: Iterable[type[Schema]], components: Iterable[Component],
+              renderer: Renderer) -> dict[Any, Any]:
+    """Each body's example (and its text/plain form, under ("text", body)), made by its own
+    description from the example objects."""
+    examples: dict[Any, Any] = {}
+    for schema in schemas:
+        doc: BodyDoc = schema.openapi  # type: ignore[attr-defined]
+        examples[schema] = doc.example(renderer)
+        if doc.text_example is not None:
+            examples[("text", schema)] = doc.text_example(renderer)
+    for component in components:
+        if component.example is not None:
+            examples[component] = component.example(renderer)
+    return examples
+
+
+def _bodies(routes: Sequence[Route]) -> list[type[Schema]]:
+    """Each request body schema, once, in the order of the routes."""
+    bodies: list[type[Schema]] = []
+    for route in routes:
+        if route.body is not None and route.body not in bodies:
+            bodies.append(route.body)
     return bodies
 
 
@@ -367,19 +412,19 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         "description": "The token `POST /users` returns, once. Tokens are verified without a "
                        "database round trip and never appear in URLs or logs."})
 
-    for schema, (description, notes) in c.RESPONSE_NOTES.items():
-        c.response_component(spec, schema, notes, description)
-    for schema, doc in _bodies(routes).items():
-        c.request_component(spec, schema, doc.body_defaults, doc.body_notes)
-    examples = c.example_objects()
-    for name, item, kind in (("MoodList", "MoodOut", "mood"),
-                             ("ConversationList", "ConversationListItemOut", "conversation"),
-                             ("LineList", "LineOut", "line")):
-        spec.components.schema(name, component=c.list_component(item, kind))
-    for name, component in c.health_components().items():
-        spec.components.schema(name, component=component)
+    response_schemas, components = _responses(routes)
+    for schema in response_schemas:
+        doc: BodyDoc = schema.openapi  # type: ignore[attr-defined]
+        c.response_component(spec, schema, doc.notes, doc.description)
+    for schema in _bodies(routes):
+        params: ParamsDoc = getattr(schema, "openapi", None) or ParamsDoc()
+        c.request_component(spec, schema, params.defaults, params.notes)
+    renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("saypi.openapi")))
+    examples = _examples(response_schemas, components, renderer)
+    for component in components:
+        spec.components.schema(component.name, component=dict(component.schema))
 
-    error_examples = c.error_examples(config)
+    error_examples = {error: error.example(config) for error in ALL_ERRORS}
     spec.components.schema("Error", component={
         "type": "object", "required": ["code", "message"],
         "description": "The body of every error response.",
@@ -394,13 +439,13 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         "example": error_examples[InvalidParams].body(),
     })
     for error in ALL_ERRORS:
-        data = c.ERROR_DATA[error]
+        data = error.data_schema
         properties: dict[str, Any] = {"code": {"type": "string", "enum": [error.code]},
                                       "message": {"type": "string"}}
         if data is not None:
             properties["data"] = data
         spec.components.schema(c.error_name(error), component={
-            "description": f"`{error.code}` ({error.status}): {c.ERROR_WHEN[error]}.",
+            "description": f"`{error.code}` ({error.status}): {error.when}.",
             "allOf": [c.ref("schemas", "Error"), {
                 "type": "object", "required": ["code", "message", *(["data"] if data else [])],
                 "additionalProperties": False, "properties": properties}],
@@ -419,10 +464,9 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
     for path, operations in paths.items():
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
-    for name in ("MoodList", "ConversationList", "LineList", *c.RESPONSE_SCHEMA_NAMES,
-                 *c.health_components()):
-        if name in examples:
-            document["components"]["schemas"][name]["example"] = examples[name]
+    for body in (*response_schemas, *components):
+        if body in examples:
+            document["components"]["schemas"][_name(body)]["example"] = examples[body]
     return document
 
 

@@ -2,33 +2,28 @@
 
 Request and response bodies come from the marshmallow schemas the handlers
 validate and dump with (through apispec's marshmallow plugin, taught the
-custom fields of app/api/fields.py here), error bodies from the error classes
-of app/http/errors.py (their examples are real instances), and response
-examples are dumped by the handlers' own schemas from domain objects.
-Headers and parameters are shared by many operations; app/openapi/builder.py
-decides which operation refers to which.
+custom fields of app/http/fields.py here). Headers and parameters are shared
+by many operations; app/openapi/builder.py decides which operation refers to
+which.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from apispec import APISpec
 from marshmallow import Schema
 
-from app.api import conversations, lines, moods, render, users
-from app.api.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.domain import ids
-from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
+from app.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.http import errors as api
 from app.http import patterns
+from app.http.errors import CURSOR_MISSING
+from app.http.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
-from app.http.pagination import CURSOR_MISSING, DEFAULT_LIMIT, MAX_LIMIT
 
-# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/api/fields.py.
+# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/http/fields.py.
 # JSON Schema patterns from the rules the validators use (app/http/patterns.py).
 _CONTROL = patterns.CONTROL_CHARS
 NO_CONTROL = patterns.anchored(f"[^{_CONTROL}]*")
@@ -48,91 +43,13 @@ def ref(kind: str, name: str) -> dict[str, str]:
 
 
 
-# What each error's `data` holds (API.md's error table); None: the body has no `data`.
-ERROR_DATA: dict[type[api.ApiError], dict[str, Any] | None] = {
-    api.InvalidRequest: {"type": "object", "required": ["reason"], "additionalProperties": False,
-                     "properties": {"reason": {"type": "string"}}},
-    api.InvalidParams: {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["params", "message"], "additionalProperties": False,
-        "properties": {"params": {"type": "array", "minItems": 1, "items": {"type": "string"}},
-                       "message": {"type": "string"}}}},
-    api.AuthRequired: None,
-    api.AuthInvalid: None,
-    api.NotFound: None,
-    api.MethodNotAllowed: {"type": "object", "required": ["allowed"], "additionalProperties": False,
-                       "properties": {"allowed": {"type": "array",
-                                                  "items": {"type": "string"}}}},
-    api.ActionNotAllowed: {"type": "object", "required": ["action"], "additionalProperties": False,
-                       "properties": {"action": {"type": "string"}}},
-    api.IdempotencyKeyInUse: None,
-    api.IdempotencyKeyReused: None,
-    api.PayloadTooLarge: {"type": "object", "required": ["max_bytes"],
-                      "additionalProperties": False,
-                      "properties": {"max_bytes": {"type": "integer", "minimum": 0}}},
-    api.UnsupportedMediaType: {"type": "object", "required": ["supported"],
-                           "additionalProperties": False,
-                           "properties": {"supported": {"type": "array",
-                                                        "items": {"type": "string"}}}},
-    api.RateLimited: {"type": "object", "required": ["retry_after"], "additionalProperties": False,
-                  "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
-    api.InternalFailure: None,
-    api.ServiceUnavailable: {"type": "object", "required": ["retry_after"],
-                         "additionalProperties": False,
-                         "properties": {"retry_after": {"type": "integer", "minimum": 1}}},
-}
-
-# When each error happens, for the response descriptions.
-ERROR_WHEN: dict[type[api.ApiError], str] = {
-    api.InvalidRequest: "the body does not parse, or its JSON is not an object",
-    api.InvalidParams: "parameters are invalid; `data` lists every problem at once",
-    api.AuthRequired: "no `Authorization: Bearer` header",
-    api.AuthInvalid: "the token is unknown, malformed or forged, or its user was deleted",
-    api.NotFound: "nothing of yours is at this path (another user's object and a malformed id "
-              "are not found too)",
-    api.MethodNotAllowed: "the path exists but not with this method",
-    api.ActionNotAllowed: "a rule refuses the action named in `data.action`",
-    api.IdempotencyKeyInUse: "the first request with this `Idempotency-Key` is still running; "
-                         "retry later",
-    api.IdempotencyKeyReused: "this `Idempotency-Key` was used with a different method, path or "
-                          "parameters",
-    api.PayloadTooLarge: "the body is larger than `MAX_BODY_BYTES`",
-    api.UnsupportedMediaType: "a non-empty body that is neither JSON nor a form",
-    api.RateLimited: "the rate limit is exceeded; retry after `Retry-After` seconds",
-    api.InternalFailure: "an unexpected failure; details are only in the log, under the "
-                     "response's `X-Request-ID`",
-    api.ServiceUnavailable: "the database is unreachable, the connection pool stayed exhausted, or "
-                        "the server is shutting down; retry after `Retry-After` seconds",
-}
-
-
 def error_name(error: type[api.ApiError]) -> str:
     return f"{error.__name__}Error"
 
 
-def error_examples(config) -> dict[type[api.ApiError], api.ApiError]:
-    return {
-        api.InvalidRequest: api.InvalidRequest("the body is not valid JSON"),
-        api.InvalidParams: api.InvalidParams.one("limit", f"must be an integer between 1 and "
-                                                  f"{MAX_LIMIT}"),
-        api.AuthRequired: api.AuthRequired(),
-        api.AuthInvalid: api.AuthInvalid(),
-        api.NotFound: api.NotFound(),
-        api.MethodNotAllowed: api.MethodNotAllowed(["GET", "POST"]),
-        api.ActionNotAllowed: api.ActionNotAllowed(
-            f"create more than {config.max_conversations_per_user} conversations"),
-        api.IdempotencyKeyInUse: api.IdempotencyKeyInUse(),
-        api.IdempotencyKeyReused: api.IdempotencyKeyReused(),
-        api.PayloadTooLarge: api.PayloadTooLarge(config.max_body_bytes),
-        api.UnsupportedMediaType: api.UnsupportedMediaType(),
-        api.RateLimited: api.RateLimited(12),
-        api.InternalFailure: api.InternalFailure(),
-        api.ServiceUnavailable: api.ServiceUnavailable(1),
-    }
-
-
 # --- fields -> JSON Schema -----------------------------------------------------------------
 def field_properties(self, field, ret: dict, **kwargs: Any) -> dict:
-    """apispec attribute function for the custom fields of app/api/fields.py."""
+    """apispec attribute function for the custom fields of app/http/fields.py."""
     if isinstance(field, Text):
         props: dict[str, Any] = {"type": "string"}
         if isinstance(field, Email):
@@ -230,61 +147,6 @@ def response_component(spec: APISpec, schema: type[Schema], descriptions: Mappin
     component["description"] = description
 
 
-def list_component(item: str, kind: str) -> dict[str, Any]:
-    return {
-        "type": "object", "required": ["type", "has_more", "data"],
-        "additionalProperties": False,
-        "description": f"One page of {kind}s, oldest first.",
-        "properties": {
-            "type": {"type": "string", "enum": [kind]},
-            "has_more": {"type": "boolean", "description": (
-                "Whether more objects follow this page (with `ending_before`: precede it).")},
-            "data": {"type": "array", "items": ref("schemas", item)},
-        },
-    }
-
-
-HEALTH_STATUS = {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "critical"]}
-
-
-def health_components() -> dict[str, dict[str, Any]]:
-    check = {
-        "type": "object", "required": ["status", "message", "duration_ms", "details"],
-        "additionalProperties": False,
-        "properties": {
-            "status": HEALTH_STATUS,
-            "message": {"type": "string"},
-            "duration_ms": {"type": "number", "minimum": 0},
-            "details": {"type": "object", "additionalProperties": True},
-        },
-    }
-    checked_at = {"type": "string", "format": "date-time", "nullable": True,
-                  "description": "When the status was determined (`null` only before a "
-                                 "worker's first check)."}
-    return {
-        "HealthLive": {"type": "object", "required": ["status"], "additionalProperties": False,
-                       "properties": {"status": {"type": "string", "enum": ["healthy"]}}},
-        "HealthSummary": {
-            "type": "object", "required": ["status"], "additionalProperties": False,
-            "properties": {"status": HEALTH_STATUS, "checked_at": checked_at,
-                           "message": {"type": "string",
-                                       "description": "Why, when shutting down."}}},
-        "HealthCheck": check,
-        "HealthDetailed": {
-            "type": "object", "required": ["status", "checked_at", "checks"],
-            "additionalProperties": False,
-            "properties": {"status": HEALTH_STATUS, "checked_at": checked_at,
-                           "checks": {"type": "object",
-                                      "additionalProperties": ref("schemas", "HealthCheck")}}},
-        "PrometheusText": {"type": "string",
-                           "description": "Prometheus text exposition format."},
-        "AnimalList": {
-            "type": "object", "required": ["animals"], "additionalProperties": False,
-            "properties": {"animals": {"type": "array", "items": {"type": "string"},
-                                       "description": "Animal names, sorted."}}},
-    }
-
-
 # --- headers and parameters -----------------------------------------------------------------
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {"description": "The request's id: the one sent, when it is 1-128 "
@@ -378,74 +240,3 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
              "schema": {"type": "string", "pattern": MOOD_NAME},
              "example": "sleepy"},
 }
-
-
-
-# --- examples ---------------------------------------------------------------------------------
-def example_objects() -> dict[str, Any]:
-    """Response examples, dumped by the handlers' own schemas from domain objects."""
-    from app.cowsay import BUNDLED_COW_DIR, CowLibrary, Renderer
-    from app.http.tokens import TokenSigner
-
-    created = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
-    user = User(0x3A1F0C6E2B9D4857, "Ada", "ada@example.com", created)
-    tired = next(m for m in BUILTIN_MOODS if m.name == "tired")
-    sleepy = Mood("sleepy", "-.", "U ", True)
-    line = Line(0x5E2A9C7F1D3B0846, "default", False, tired, "Moo.", created)
-    convo = Conversation(0x0B6D2F9E4C8A1735, "Morning on the farm", created, (line,))
-    renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("saypi.openapi")))
-    line_json = lines.render_line(line, renderer)
-    convo_json = conversations.conversation_json(convo, renderer)
-    item = conversations.ConversationListItemOut().dump(convo)
-    return {
-        "UserOut": users.UserOut().dump(user),
-        "CreatedUserOut": users.CreatedUserOut().dump(
-            {**user._asdict(), "token": TokenSigner(("an example secret, not used",)).sign(
-                user.id)}),
-        "MoodOut": moods.MoodOut().dump(sleepy),
-        "LineOut": line_json,
-        "ConversationOut": convo_json,
-        "AnimalList": {"animals": ["cat", "default", "fish", "owl", "robot", "turtle"]},
-        "MoodList": {"type": "mood", "has_more": True,
-                     "data": [moods.MoodOut().dump(m) for m in BUILTIN_MOODS[:2]]},
-        "ConversationList": {"type": "conversation", "has_more": False, "data": [item]},
-        "LineList": {"type": "line", "has_more": False, "data": [line_json]},
-        "HealthLive": {"status": "healthy"},
-        "HealthSummary": {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z"},
-        "HealthDetailed": {"status": "healthy", "checked_at": "2024-05-01T09:30:00.123456Z",
-                           "checks": {"migrations": {
-                               "status": "healthy", "message": "schema is current",
-                               "duration_ms": 1.52, "details": {"current": 3,
-                                                                "expected": 3}}}},
-        "PrometheusText": ('# HELP http_requests_total Requests answered.\n'
-                           '# TYPE http_requests_total counter\n'
-                           'http_requests_total{method="GET",route="/animals",status="200"} '
-                           '42.0\n'),
-        "text:ConversationOut": conversations.conversation_text(convo, renderer),
-        "text:LineOut": line_json["output"],
-        "RenderOut": render.RenderOut().dump({"output": line_json["output"]}),
-        "text:RenderOut": line_json["output"],
-    }
-
-
-# --- response bodies: the schemas operations' Success entries name ---------------------------
-RESPONSE_NOTES: dict[type[Schema], tuple[str, dict[str, str]]] = {
-    users.UserOut: ("A user.", {}),
-    users.CreatedUserOut: ("A new user, with the token shown only this once.", {
-        "token": "Bearer token for `Authorization: Bearer <token>`; shown only in this "
-                 "response."}),
-    moods.MoodOut: ("A mood: the eyes and tongue an animal is drawn with.", {
-        "name": "The mood's own name, in the case it was created with.",
-        "user_defined": "`false` for the eight built-ins."}),
-    lines.LineOut: ("A line: what an animal says or thinks.", {
-        "mood": "The mood's own name.",
-        "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
-    render.RenderOut: ("What a line with the given parameters would show; nothing is "
-                       "stored.", {
-        "output": "The rendered cowsay art, final newline included, as `cowsay` prints it."}),
-    conversations.ConversationListItemOut: ("A conversation as lists show it (no `lines`).",
-                                            {}),
-    conversations.ConversationOut: ("A conversation with all its lines, oldest first.", {}),
-}
-
-RESPONSE_SCHEMA_NAMES = tuple(schema.__name__ for schema in RESPONSE_NOTES)

@@ -2,7 +2,7 @@
 
 Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set: then `build_tracing` returns
 None, nothing of the SDK is built, and every caller's cost is one `is None`
-branch (the SQL hook is not even installed, app/platform/traced_sql.py).
+branch (the SQL hook is not even installed, app/ops/traced_sql.py).
 
 On, each gunicorn worker builds one `Tracing` after fork (app/deps.py): a
 TracerProvider of its own, never installed as OpenTelemetry's global one

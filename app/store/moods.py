@@ -6,9 +6,9 @@ from psycopg import errors as pg_errors
 
 from app.domain.errors import LimitReached, MoodInUse, UserGone
 from app.domain.models import Mood
-from app.http.pagination import Page
-from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
-from app.repo.reading import fetch_one
+from app.domain.pages import Page
+from app.store.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
+from app.store.reading import fetch_one
 
 _VISIBLE = "(user_id IS NULL OR user_id = %(user_id)s)"
 _LIST_ITEMS = (f"SELECT id, name, eyes, tongue, user_id IS NOT NULL FROM moods "

@@ -28,10 +28,10 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
-from app.platform.tracing import ChildSpan
+from app.ops.tracing import ChildSpan
 
 if TYPE_CHECKING:
-    from app.platform.tracing import Tracing
+    from app.ops.tracing import Tracing
 
 _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*)*([A-Za-z]+)")
 _WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)

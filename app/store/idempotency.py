@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from psycopg.types.json import Jsonb
 
-from app.platform.db import UnitOfWork
+from app.store.db import UnitOfWork
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Where each user's last write stands in the primary's WAL, shared by every worker and instance.
 
-Read-your-writes (app/platform/cluster.py): after a write commits, its
+Read-your-writes (app/store/cluster.py): after a write commits, its
 user's position is recorded; a read of that user goes to a replica only if
 the replica has replayed that far. A position matters only while some
 replica in rotation may still lag behind it, so it expires after
@@ -22,8 +22,8 @@ import time
 
 import psycopg
 
-from app.platform.redis_link import LuaScript, RedisDown, RedisLink
-from app.repo.replication import PRIMARY_POSITION, primary_position
+from app.store.redis_link import LuaScript, RedisDown, RedisLink
+from app.store.replication import PRIMARY_POSITION, primary_position
 
 
 class PositionsUnavailable(Exception):
@@ -126,7 +126,7 @@ class RedisWritePositions:
 
     def record(self, user_id: int, conn: psycopg.Connection) -> bool:
         """True once Redis has the position; False when it did not confirm it in time (the
-        caller then holds replica reads through the primary: app/platform/cluster.py)."""
+        caller then holds replica reads through the primary: app/store/cluster.py)."""
         position = primary_position(conn)
         if self._unrecorded:
             self._retry_unrecorded()

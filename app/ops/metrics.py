@@ -19,7 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from app.http.ratelimit import POLICY_NAMES
 from app.http.request_state import STANDARD_METHODS
-from app.platform.health import SEVERITY
+from app.ops.health import SEVERITY
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -49,6 +49,8 @@ class Metrics:
     before the first event (a multiprocess scrape shows only series that
     exist in some worker's file).
     """
+
+    content_type = CONTENT_TYPE  # of what `scrape` returns
 
     def __init__(self, directory: str | None, version: str):
         self.directory = directory

@@ -40,11 +40,11 @@ from typing import Any, Protocol
 
 import psycopg
 
-from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
-from app.platform.deadlines import Deadlines
-from app.platform.health import pool_details
-from app.repo.replication import hold_replica_reads, primary_sample, replica_status
-from app.repo.write_positions import PositionsUnavailable
+from app.domain.health import pool_details
+from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.store.deadlines import Deadlines
+from app.store.replication import hold_replica_reads, primary_sample, replica_status
+from app.store.write_positions import PositionsUnavailable
 
 PRIMARY = "primary"
 # Why a read that could have gone to a replica went to the primary.

@@ -10,8 +10,8 @@ from psycopg import errors as pg_errors
 from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
-from app.platform.db import UnitOfWork
-from app.repo.reading import fetch_one
+from app.store.db import UnitOfWork
+from app.store.reading import fetch_one
 
 _COLUMNS = "id, name, email, created_at"
 UPDATABLE = ("name", "email")  # the columns update() may set

@@ -201,7 +201,11 @@ class RepeatFilter(logging.Filter):
         # key -> [window start, records passed, records dropped, last dropped record]
         self._groups: dict[tuple, list] = {}
         self._next_sweep = 0.0
-        _REPEAT_FILTERS.add(self)
+        if hasattr(os, "register_at_fork"):
+            # The lock is new in a forked child (gunicorn forks workers from the master,
+            # whose logger was built first); the hook holds the filter weakly.
+            reset = weakref.WeakMethod(self._reset_after_fork)
+            os.register_at_fork(after_in_child=lambda: (method := reset()) and method())
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
@@ -281,14 +285,6 @@ class RepeatFilter(logging.Filter):
         if self.emit is not None:
             for last, count in due:
                 self.emit(self.summary(last, count))
-
-
-# Every RepeatFilter's lock is new in a forked child (gunicorn forks workers
-# from the master, whose logger was built first).
-_REPEAT_FILTERS: weakref.WeakSet[RepeatFilter] = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: [f._reset_after_fork()
-                                                for f in list(_REPEAT_FILTERS)])
 
 
 class _TextFormatter(logging.Formatter):

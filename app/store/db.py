@@ -119,7 +119,7 @@ class UnitOfWork:
 
     `writers` collects the users whose data the transaction changed, so their
     read-your-writes positions are recorded once it commits
-    (app/platform/cluster.py).
+    (app/store/cluster.py).
     """
 
     __slots__ = ("conn", "writers")
@@ -137,7 +137,7 @@ class Database:
                  connection_class: type[psycopg.Connection] = psycopg.Connection):
         self.settings = settings
         # The pool's connections' class: psycopg's own, or, with tracing on, one whose
-        # cursors make a span per statement (app/platform/traced_sql.py).
+        # cursors make a span per statement (app/ops/traced_sql.py).
         self._connection_class = connection_class
         self.logger = logger
         self.name = name
@@ -467,9 +467,9 @@ class Migration:
 
 
 def load_migrations() -> list[Migration]:
-    """Every app/platform/migrations/NNNN_name.sql, in version order."""
+    """Every app/store/migrations/NNNN_name.sql, in version order."""
     migrations = []
-    for entry in resources.files("app.platform.migrations").iterdir():
+    for entry in resources.files("app.store.migrations").iterdir():
         if not entry.name.endswith(".sql"):
             continue
         number, _, rest = entry.name.partition("_")

@@ -9,20 +9,11 @@ frame is shared.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from app.http.pagination import Page
+from app.domain.pages import KeysetResult, Page
 
 USER_EXISTS = "EXISTS (SELECT 1 FROM users WHERE id = %(user_id)s)"
-
-
-@dataclass(frozen=True)
-class KeysetResult:
-    scope_exists: bool  # the list's owner (user, or the user's conversation) exists
-    cursor_found: bool
-    rows: list[tuple]  # item columns only, oldest first
-    has_more: bool
 
 
 def keyset_sql(items: str, cursor: str | None, page: Page, key: str = "id",

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from app.domain import ids
 from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
 from app.domain.models import Line, NewLine
-from app.http.pagination import Page
-from app.platform.db import UnitOfWork
-from app.repo import new_lines
-from app.repo.conversations import line_from_row
-from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
-from app.repo.reading import fetch_one
+from app.domain.pages import Page
+from app.store import new_lines
+from app.store.conversations import line_from_row
+from app.store.db import UnitOfWork
+from app.store.keyset import KeysetResult, keyset_sql, run_keyset
+from app.store.reading import fetch_one
 
 _LINE_COLUMNS = ("l.rid, l.animal, l.think, l.text, l.created_at, "
                  "m.name, m.eyes, m.tongue, m.user_id IS NOT NULL")

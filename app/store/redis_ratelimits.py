@@ -1,4 +1,4 @@
-"""The rate-limit store in Redis: the same GCRA as app/repo/ratelimits.py, one script call.
+"""The rate-limit store in Redis: the same GCRA as app/store/ratelimits.py, one script call.
 
 One key per limited key, holding its TAT in whole microseconds on Redis's
 clock (TIME, read inside the script, so every worker and instance shares
@@ -12,7 +12,7 @@ purging.
 
 from __future__ import annotations
 
-from app.platform.redis_link import LuaScript, RedisLink
+from app.store.redis_link import LuaScript, RedisLink
 
 # KEYS[1]: the key; ARGV: interval_us (T), tolerance_us (tau), want, give_back, keep.
 # Returns {admissions granted (0: refused), TAT after the decision - now}.

@@ -6,7 +6,7 @@ fake type-checks against the real thing. Handlers and Deps name these
 interfaces, never a concrete repository.
 
 A `uow` argument joins the call to a unit of work (one database transaction
-that several calls share, see app/platform/db.py): the idempotency wrapper
+that several calls share, see app/store/db.py): the idempotency wrapper
 passes one to its handler, so the key, the write and the stored response
 commit together. Without one, a call runs as its own statement or
 transaction.
@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from app.domain.models import Conversation, Line, Mood, NewLine, User
-from app.http.pagination import Page
-from app.platform.db import UnitOfWork
-from app.repo.keyset import KeysetResult
+from app.domain.pages import KeysetResult, Page
+from app.domain.unit_of_work import UnitOfWork
 
 
 class Users(Protocol):
@@ -84,3 +83,7 @@ class Lines(Protocol):
     def list(self, user_id: int, conversation: int, page: Page) -> KeysetResult: ...
 
     def delete(self, user_id: int, conversation: int, rid: int) -> bool: ...
+
+
+class SlowQueries(Protocol):
+    def sleep(self, seconds: float) -> None: ...

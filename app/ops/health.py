@@ -22,60 +22,30 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 from psycopg_pool import PoolTimeout, TooManyRequests
 
-from app.platform.db import Migration, pending_migrations, serves_with
-
-HEALTHY, DEGRADED, UNHEALTHY, CRITICAL = "healthy", "degraded", "unhealthy", "critical"
-SEVERITY = {HEALTHY: 0, DEGRADED: 1, UNHEALTHY: 2, CRITICAL: 3}
+from app.domain.health import (
+    CRITICAL,
+    DEGRADED,
+    HEALTHY,
+    SEVERITY,
+    UNHEALTHY,
+    Checker,
+    CheckResult,
+    HealthReport,
+    pool_details,
+    worst,
+)
+from app.store.db import Migration, pending_migrations, serves_with
 
 # Detail keys shown only with HEALTH_DETAILS=true (they help an attacker map the
 # system), and keys never shown at all (they could carry credentials).
 REVEALING_DETAILS = re.compile(r"host|address|addr|version|server|port", re.IGNORECASE)
 NEVER_SHOWN = re.compile(r"dsn|url|conninfo|password|passwd|secret|token", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    status: str
-    message: str
-    details: dict[str, Any] = field(default_factory=dict)
-    duration_ms: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"status": self.status, "message": self.message,
-                "duration_ms": round(self.duration_ms, 2), "details": self.details}
-
-
-@dataclass(frozen=True)
-class HealthReport:
-    status: str
-    checked_at: datetime
-    checks: dict[str, CheckResult]
-
-    @property
-    def serving(self) -> bool:
-        return SEVERITY[self.status] <= SEVERITY[DEGRADED]
-
-    def summary(self) -> dict[str, Any]:
-        return {"status": self.status,
-                "checked_at": self.checked_at.isoformat().replace("+00:00", "Z")}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.summary(),
-                "checks": {name: r.to_json() for name, r in self.checks.items()}}
-
-
-Checker = Callable[[], CheckResult]
-
-
-def worst(statuses) -> str:
-    return max(statuses, key=SEVERITY.__getitem__, default=HEALTHY)
 
 
 def public_details(details: dict[str, Any], show_revealing: bool) -> dict[str, Any]:
@@ -207,21 +177,6 @@ class HealthManager:
 
 
 # --- checkers ----------------------------------------------------------------------
-def pool_details(stats: dict[str, int]) -> dict[str, int]:
-    """The pool's numbers as /health/detailed shows them (psycopg_pool's stats renamed)."""
-    size = stats.get("pool_size", 0)
-    available = stats.get("pool_available", 0)
-    return {
-        "size": size, "available": available, "in_use": size - available,
-        "waiting": stats.get("requests_waiting", 0), "min": stats.get("pool_min", 0),
-        "max": stats.get("pool_max", 0),
-        # psycopg_pool counts both timeouts and "too many waiting" refusals here.
-        "acquire_timeouts": stats.get("requests_errors", 0),
-        "connection_errors": stats.get("connections_errors", 0),
-        "connections_lost": stats.get("connections_lost", 0),
-    }
-
-
 def database_checker(db, timeout: float, show_details: bool) -> Checker:
     """SELECT 1 through the pool within the timeout, plus the pool's stats.
 

@@ -56,10 +56,11 @@ from gunicorn import http, util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
+from app.http import admission
 from app.http.envelope import request_ids
 from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
-from app.platform import admission, bodies
-from app.platform.framing import framing_refusal, parse_error_answer
+from app.ops import bodies
+from app.ops.framing import framing_refusal, parse_error_answer
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -100,7 +101,7 @@ class SayPIWorker(ThreadWorker):
 
     Errors gunicorn answers itself (malformed request lines, bad headers) are
     JSON in the contract's shape too, with an X-Request-ID: `400 invalid_request`
-    or `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the
+    or `500 internal_failure`. `worker_class_for` in app/ops/serve.py sets the
     three class attributes from the configuration.
     """
 

@@ -30,12 +30,59 @@ class Link:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamsDoc:
+    """What the document says of a request schema's parameters: set as the schema's `openapi`."""
+
+    notes: Mapping[str, str] = field(default_factory=dict)  # per parameter
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # per parameter
+
+
+@dataclass(frozen=True, slots=True)
+class BodyDoc:
+    """What the document says of a response schema: set as the schema's `openapi`."""
+
+    description: str
+    example: Callable[[Any], Any]  # the renderer -> an example body
+    notes: Mapping[str, str] = field(default_factory=dict)  # per property
+    text_example: Callable[[Any], str] | None = None  # the renderer -> its text/plain form
+
+
+@dataclass(frozen=True, slots=True, eq=False)  # compared and hashed by identity
+class Component:
+    """A response body written as JSON Schema: `requires` are the components it refers to."""
+
+    name: str
+    schema: Mapping[str, Any]
+    example: Callable[[Any], Any] | None = None  # the renderer -> an example body
+    requires: tuple[Component, ...] = ()
+    items: Any = None  # a list's item schema (a marshmallow Schema with `openapi`)
+    media_type: str = "application/json"
+
+
+def list_of(name: str, item: Any, kind: str, example: Callable[[Any], Any]) -> Component:
+    """A keyset page of `item` objects: `{"type": kind, "has_more", "data"}`."""
+    return Component(name, {
+        "type": "object", "required": ["type", "has_more", "data"],
+        "additionalProperties": False,
+        "description": f"One page of {kind}s, oldest first.",
+        "properties": {
+            "type": {"type": "string", "enum": [kind]},
+            "has_more": {"type": "boolean", "description": (
+                "Whether more objects follow this page (with `ending_before`: precede it).")},
+            "data": {"type": "array", "items": {"$ref": f"#/components/schemas/"
+                                                         f"{item.__name__}"}},
+        },
+    }, example, items=item)
+
+
+@dataclass(frozen=True, slots=True)
 class Success:
     """One successful status of an operation and what its body is."""
 
     status: int
     description: str
-    schema: str | None = None  # component name; None: no body
+    # A marshmallow schema with an `openapi` BodyDoc, or a Component; None: no body.
+    schema: Any = None
     text: str | None = None  # what `Accept: text/plain` returns instead, if it can
     links: Mapping[str, Link] = field(default_factory=dict)
 
@@ -56,8 +103,6 @@ class Doc:
     errors: tuple[type[ApiError], ...] = ()  # beyond those the route's facts imply
     paginated: bool = False  # limit, starting_after, ending_before
     etag: bool = False  # successful GETs carry an ETag and answer If-None-Match with 304
-    request_example: Mapping[str, Any] | None = None
-    body_defaults: Mapping[str, Any] = field(default_factory=dict)  # per body parameter
-    body_notes: Mapping[str, str] = field(default_factory=dict)  # per body parameter
+    request_example: Mapping[str, Any] | None = None  # the body's schema has the notes
     conflicts: tuple[str, ...] = ()  # actions refused with 409 action_not_allowed
     notes: str = ""  # decisions beyond the docstring, where the contract is silent

@@ -4,7 +4,7 @@
 -- And while a write's position may be missing from the shared store (Redis
 -- did not confirm it), every worker of every instance reads from the primary
 -- until `until`: one row, read by each worker's replica monitor. `prev_until`
--- and `set_at` tell what it held a moment ago (app/repo/replication.py).
+-- and `set_at` tell what it held a moment ago (app/store/replication.py).
 -- Both are additive: the previous release runs on them.
 ALTER TABLE write_positions SET LOGGED;
 

@@ -3,8 +3,7 @@
 Two ways in, one set of hooks:
 - `run.py serve` embeds gunicorn through `GunicornApp`;
 - `gunicorn -c deploy/gunicorn.conf.py` loads `cli_config` and `cli_settings`
-  from here, and gunicorn imports the app as `app.platform.serve:worker_app()` in each
-  worker.
+  from here, and its worker class builds the app in each worker.
 
 Either way the master only wipes the metrics directory, forks, and marks dead
 workers' metrics; every pool, thread and Flask app is built inside a worker.
@@ -16,7 +15,6 @@ deploy/gunicorn.conf.py sets that variable only after `cli_config` ran.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import tempfile
@@ -27,10 +25,11 @@ from typing import IO, Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.glogging import Logger as GunicornLogger
 
-WORKER_APP = "app.platform.serve:worker_app()"
+WORKER_APP = "app.ops.serve:worker_app()"
+Build = Callable[[], tuple[Any, Any]]  # in a worker: its wsgi app, and what it closes at exit
 
 
-def gunicorn_options(config, logger) -> dict[str, Any]:
+def gunicorn_options(config, logger, build: Build | None = None) -> dict[str, Any]:
     """gunicorn settings derived from Config (plus the lifecycle hooks).
 
     Every option SayPI relies on is set here, so run(argv, env, stdout)
@@ -49,7 +48,7 @@ def gunicorn_options(config, logger) -> dict[str, Any]:
     return {
         "bind": [bind],
         "workers": config.web_concurrency,
-        "worker_class": worker_class_for(config),
+        "worker_class": worker_class_for(config, build),
         "threads": config.threads,
         "graceful_timeout": max(1, round(config.graceful_timeout)),
         "timeout": 30,
@@ -82,7 +81,7 @@ def on_starting_for(multiproc_dir: str | None) -> Callable:
     def on_starting(server) -> None:
         """Master, once at start: wipe the metrics of any earlier run."""
         if multiproc_dir:
-            from app.platform import metrics as metrics_mod
+            from app.ops import metrics as metrics_mod
 
             metrics_mod.reset_directory(multiproc_dir)
 
@@ -115,25 +114,32 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
     def child_exit(server, worker) -> None:
         """Master, when a worker died: drop its live gauges from the merged metrics."""
         if multiproc_dir:
-            from app.platform import metrics as metrics_mod
+            from app.ops import metrics as metrics_mod
 
             metrics_mod.mark_process_dead(worker.pid, multiproc_dir)
 
     return child_exit
 
 
-def worker_class_for(config) -> type:
-    """SayPI's gthread worker (app/platform/worker.py) with this configuration's request limits."""
-    from app.platform.worker import SayPIWorker
+def worker_class_for(config, build: Build | None = None) -> type:
+    """SayPI's gthread worker (app/ops/worker.py) with this configuration's request limits;
+    with `build`, the worker builds its app itself (wsgi app, resources), after fork."""
+    from app.ops.worker import SayPIWorker
 
-    return type("SayPIWorker", (SayPIWorker,), {
+    attributes: dict[str, Any] = {
         "header_timeout": config.header_timeout,
         "max_header_bytes": config.max_header_bytes,
         "health_threads": config.health_threads,
         "body_timeout": config.body_timeout,
         "max_body_bytes": config.max_body_bytes,
         "queue_timeout": config.db_pool_timeout,
-    })
+    }
+    if build is not None:
+        def load_wsgi(self) -> None:
+            self.wsgi, self.worker_resources = build()
+
+        attributes["load_wsgi"] = load_wsgi
+    return type("SayPIWorker", (SayPIWorker,), attributes)
 
 
 def listening_at(cfg) -> str:
@@ -152,7 +158,7 @@ def logger_class_for(log_format: str, secrets: tuple[str, ...] = ()) -> type:
     """gunicorn's own log lines (boot, worker exits, invalid requests) in SayPI's format,
     on stdout, through the same redaction as every other line: gunicorn quotes a
     malformed header line, `Authorization Bearer usr_...` included, in its warning."""
-    from app.platform.logs import RedactionFilter, formatter
+    from app.ops.logs import RedactionFilter, formatter
 
     class SayPILogger(GunicornLogger):
         def setup(self, cfg) -> None:
@@ -177,8 +183,8 @@ def logger_class_for(log_format: str, secrets: tuple[str, ...] = ()) -> type:
 def _resources_of(worker):
     """The Deps this worker process built, whichever way gunicorn was started."""
     resources = getattr(worker.app, "worker_resources", None)
-    if resources is None and _factory is not None:
-        resources = _factory.resources
+    if resources is None:
+        resources = getattr(worker, "worker_resources", None)
     return resources
 
 
@@ -202,34 +208,11 @@ class GunicornApp(BaseApplication):
 
 
 # --- gunicorn -c deploy/gunicorn.conf.py -------------------------------------------------------
-class WorkerFactory:
-    """Builds the app in a worker, never in the master, and keeps what that worker must close."""
-
-    def __init__(self, build: Callable[[], tuple[Any, Any]]):
-        self._build = build
-        self._master_pid = os.getpid()
-        self.resources = None
-
-    def load(self):
-        if os.getpid() == self._master_pid:
-            raise RuntimeError("SayPI builds its app in each worker after fork (it holds a "
-                               "connection pool); do not set preload_app")
-        app, self.resources = self._build()
-        return app
-
-
-# gunicorn finds the WSGI app through an import string, so the factory that
-# deploy/gunicorn.conf.py made in the master is handed over through this one
-# module-level slot; forked workers inherit it.
-_factory: WorkerFactory | None = None
-
-
 def worker_app():
-    """The WSGI app for `wsgi_app = "app.platform.serve:worker_app()"`, built in the worker."""
-    if _factory is None:
-        raise RuntimeError("no SayPI worker factory: start gunicorn with "
-                           "-c deploy/gunicorn.conf.py")
-    return _factory.load()
+    """`wsgi_app` for gunicorn's command line, which requires one; SayPI's worker class
+    builds the app instead, so only a master asked to preload the app gets here."""
+    raise RuntimeError("SayPI builds its app in each worker after fork (it holds a "
+                       "connection pool); do not set preload_app")
 
 
 def cli_config(env: Mapping[str, str], stdout: IO[str]):
@@ -265,7 +248,7 @@ def serving_config(config, warn: Callable[[str], None]):
     directory for the workers' metrics."""
     changes: dict[str, Any] = {}
     if not config.user_secrets:
-        from app.platform.secrets_store import development_secret
+        from app.ops.secrets_store import development_secret
 
         data_dir = Path(config.data_dir).resolve()
         secret, _created = development_secret(data_dir)
@@ -279,23 +262,21 @@ def serving_config(config, warn: Callable[[str], None]):
     return config.replace(**changes) if changes else config
 
 
-def cli_settings(config, stdout: IO[str]) -> dict[str, Any]:
-    """gunicorn settings for deploy/gunicorn.conf.py, and the worker factory they load.
+def cli_settings(config, stdout: IO[str],
+                 build_app: Callable[[Any, Any, str], tuple[Any, Any]]) -> dict[str, Any]:
+    """gunicorn settings for deploy/gunicorn.conf.py; each worker calls
+    `build_app(config, logger, dsn)` for its (wsgi app, resources).
 
     Call only after PROMETHEUS_MULTIPROC_DIR is in the environment.
     """
-    global _factory
-    from app.platform.logs import new_logger
+    from app.ops.logs import new_logger
 
     logger = new_logger(stdout, config.log_level, config.log_format, config.user_secrets)
 
-    def build():
-        from app.deps import build_worker_app
+    def build() -> tuple[Any, Any]:
+        return build_app(config, logger, config.database_url)
 
-        return build_worker_app(config, logger, config.database_url)
-
-    _factory = WorkerFactory(build)
-    return {**gunicorn_options(config, logger), "wsgi_app": WORKER_APP}
+    return {**gunicorn_options(config, logger, build), "wsgi_app": WORKER_APP}
 
 
 def _free_port(host: str) -> int:

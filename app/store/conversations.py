@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from app.domain import ids
 from app.domain.errors import LimitReached, MoodMissing, UserGone
 from app.domain.models import Conversation, Line, Mood, NewLine
-from app.http.pagination import Page
-from app.platform.db import UnitOfWork
-from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
-from app.repo.new_lines import (
+from app.domain.pages import Page
+from app.store.db import UnitOfWork
+from app.store.keyset import KeysetResult, keyset_sql, run_keyset
+from app.store.new_lines import (
     ALL_RESOLVED,
     INSERT_RESOLVED,
     INSERTED_COLUMNS,
@@ -18,7 +18,7 @@ from app.repo.new_lines import (
     RESOLVED_LINES,
     line_params,
 )
-from app.repo.reading import fetch_all
+from app.store.reading import fetch_all
 
 # One statement: the conversation and its lines with their moods, oldest first.
 _GET_WITH_LINES = """

@@ -67,11 +67,12 @@ from pathlib import Path
 
 import psycopg
 
-from bench.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
 from bench.postgres import BenchDatabase, open_database, open_replicated
 from bench.seed import Seeded, line_params, seed
-from bench.servers import ROOT, Server, ServerFailed, base_env, python
+from bench.servers import Server, ServerFailed, base_env, python
 from bench.settings import UNBOUNDED_LIMITS
+from harness import ROOT
+from harness.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
 
 RESULTS = ROOT / "bench-results"
 

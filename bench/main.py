@@ -25,9 +25,10 @@ from bench.pgcount import RoundTripCounter
 from bench.postgres import BenchDatabase, open_database
 from bench.scenarios import SCENARIOS, build_request_files, read_requests, replay
 from bench.seed import Seeded, grow_conversations, seed
-from bench.servers import ROOT, CpuSnapshot, Server, ServerFailed, base_env, python
+from bench.servers import CpuSnapshot, Server, ServerFailed, base_env, python
 from bench.settings import BenchSettings, describe
 from bench.wrk import WrkResult, WrkUnavailable, ensure_wrk, run_wrk
+from harness import ROOT
 
 RESULTS = ROOT / "bench-results"
 

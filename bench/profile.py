@@ -23,9 +23,9 @@ from pathlib import Path
 
 from bench.main import RESULTS, Bench, publish, with_bench
 from bench.scenarios import read_requests
-from bench.servers import ROOT
 from bench.settings import BenchSettings
 from bench.wrk import LUA
+from harness import ROOT
 
 # First match wins, walking from the sampled frame towards the root; stdlib
 # frames with no rule of their own count for the layer that called them.

@@ -45,7 +45,7 @@ from bench.seed import seed
 from bench.servers import Server
 from bench.settings import UNBOUNDED_LIMITS
 from bench.wrk import WrkResult
-from tests.services import PgCluster, RedisServer, wait_until
+from harness.services import PgCluster, RedisServer, wait_until
 
 ROWS = (
     ("scale_ref", "reference: bare Flask + pool, same query, no rate limiting"),

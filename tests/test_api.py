@@ -17,7 +17,8 @@ from app.client import (
     NotFoundError,
 )
 from app.domain.models import BUILTIN_MOODS
-from tests.conftest import Server, run_threads, server_env
+from harness.saypi import Server, server_env
+from tests.conftest import run_threads
 
 BUILTINS = ["default", "borg", "dead", "greedy", "stoned", "tired", "wired", "young"]
 

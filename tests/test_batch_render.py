@@ -32,7 +32,8 @@ from app.repo.conversations import ConversationRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
 from app.repo.users import UserRepository
-from tests.conftest import Server, run_threads, server_env
+from harness.saypi import Server, server_env
+from tests.conftest import run_threads
 
 # On the capped server a batch may hold more lines than a conversation may, so both caps
 # can be reached.

@@ -21,7 +21,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import SETTINGS, Config
-from tests.conftest import ROOT, eventually, server_env
+from harness import ROOT
+from harness.saypi import server_env
+from tests.conftest import eventually
 
 DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"

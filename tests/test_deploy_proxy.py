@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, eventually, free_port
-from tests.services import stop_process
+from harness import ROOT
+from harness.services import free_port, stop_process
+from tests.conftest import eventually
 from tests.test_slow_clients import (
     Tricklers,
     get,

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ROOT
+from harness import ROOT
 from tests.test_openapi import CONTRACT
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -18,8 +18,9 @@ import uuid
 import pytest
 
 from bench.fleet import Attempt, LoadGenerator, Phase, Write, markdown, summarize, targets
-from bench.haproxy import CONFIG, Backend, HAProxy, check_config, find_haproxy, render_config
-from tests.conftest import eventually, free_port
+from harness.haproxy import CONFIG, Backend, HAProxy, check_config, find_haproxy, render_config
+from harness.services import free_port
+from tests.conftest import eventually
 
 HAPROXY = find_haproxy()
 needs_haproxy = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")

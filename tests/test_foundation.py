@@ -12,8 +12,10 @@ import psycopg
 import pytest
 
 from app.config import SETTINGS
-from tests.conftest import SECRET, eventually, free_port, run_inline
-from tests.pgcontrol import RestartablePostgres
+from harness.pgcontrol import RestartablePostgres
+from harness.saypi import SECRET
+from harness.services import free_port
+from tests.conftest import eventually, run_inline
 
 
 # --- configuration -------------------------------------------------------------------
@@ -214,7 +216,7 @@ def test_readiness_follows_the_database_without_restarting(start_server, tmp_pat
 
 def test_embedded_database_when_database_url_is_unset(tmp_path):
     """The `make run` path: no DATABASE_URL, so run() starts and later stops its own PostgreSQL."""
-    from tests.conftest import Server
+    from harness.saypi import Server
 
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "DATA_DIR": str(tmp_path / "d"),
            "PORT": str(free_port()), "USER_SECRETS": SECRET}

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from app.client import Client
 from app.http.trace_context import parse_traceparent
-from tests.conftest import Server, server_env
+from harness.saypi import Server, server_env
 from tests.otlp_receiver import OtlpReceiver
 
 EXAMPLES = int(os.environ.get("SAYPI_HOSTILE_EXAMPLES", "150"))

@@ -22,8 +22,9 @@ import httpx
 import pytest
 
 from app.platform.logs import REDACTED, AccessLog, RedactionFilter, RepeatFilter, new_logger
-from tests.conftest import ROOT, eventually, run_threads
-from tests.pgcontrol import RestartablePostgres
+from harness import ROOT
+from harness.pgcontrol import RestartablePostgres
+from tests.conftest import eventually, run_threads
 
 MAC = "c2VjcmV0LXRva2VuLXZhbHVlLXh5eg"
 TOKEN = f"usr_0123456789abcdef.{MAC}"

@@ -23,8 +23,9 @@ from app.platform.db import (
     serves_with,
 )
 from app.platform.health import HEALTHY, UNHEALTHY, migrations_checker
-from tests.conftest import run_inline, server_env
-from tests.services import stop_process
+from harness.saypi import server_env
+from harness.services import stop_process
+from tests.conftest import run_inline
 
 LOGGER = logging.getLogger("test")
 
@@ -155,7 +156,7 @@ def test_breaking_statements_are_recognised(sql):
 def git(*args: str) -> str:
     import subprocess
 
-    from tests.conftest import ROOT
+    from harness import ROOT
 
     done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     if done.returncode != 0:

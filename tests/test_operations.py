@@ -31,8 +31,8 @@ from app.platform.health import (
     public_details,
     rate_limit_store_checker,
 )
+from harness.pgcontrol import RestartablePostgres
 from tests.conftest import eventually
-from tests.pgcontrol import RestartablePostgres
 
 CHECK_FIELDS = {"status", "message", "duration_ms", "details"}
 POOL_FIELDS = {"size", "available", "in_use", "waiting", "max", "acquire_timeouts"}

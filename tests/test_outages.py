@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.pgcontrol import RestartablePostgres
+from harness.pgcontrol import RestartablePostgres
 
 HTTP = httpx.Client(timeout=15, limits=httpx.Limits(max_keepalive_connections=0))
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import ROOT
+from harness import ROOT
 from tests.test_docs_browser import CHROMIUM, RECORD_CSP_VIOLATIONS, chromium
 
 ARTIFACTS = ROOT / "test-artifacts"

@@ -15,7 +15,7 @@ import pytest
 from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra, gcra_take
 from app.platform.redis_link import RedisDown, RedisLink
 from app.repo.redis_ratelimits import KEY_PREFIX, RedisRateLimitStore
-from tests.services import RedisServer, free_port
+from harness.services import RedisServer, free_port
 from tests.test_ratelimit_unit import FakeMetrics
 
 LOG = logging.getLogger("test.ratelimit.redis")

@@ -17,7 +17,7 @@ import pytest
 from app.http.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
 from app.platform.db import Database, DatabaseUnavailable, PoolSettings
 from app.repo.ratelimits import RateLimitRepository
-from tests.conftest import free_port
+from harness.services import free_port
 from tests.test_ratelimit_unit import Clock, FakeMetrics
 
 LOG = logging.getLogger("test.ratelimit")

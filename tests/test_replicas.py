@@ -15,13 +15,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.conftest import (
-    eventually,
-    metric_total,
-    replicated_env,
-    wait_for_replica_reads,
-)
-from tests.services import RedisServer
+from harness.services import RedisServer
+from tests.conftest import eventually, metric_total, replicated_env, wait_for_replica_reads
 
 pytestmark = pytest.mark.slow
 # Rate limits on, every request decided in Redis, at a rate no test exhausts.

@@ -38,7 +38,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.domain.models import BUILTIN_MOODS
-from tests.conftest import ROOT
+from harness import ROOT
 
 EXAMPLES = int(os.environ.get("SAYPI_FUZZ_EXAMPLES", "8"))
 ARTIFACTS = ROOT / "test-artifacts"

@@ -15,7 +15,8 @@ import httpx
 
 from app.client import Client
 from app.http.trace_context import parse_traceparent
-from tests.conftest import SECRET, eventually, metric_total
+from harness.saypi import SECRET
+from tests.conftest import eventually, metric_total
 from tests.otlp_receiver import CLIENT_KIND, SERVER_KIND, STATUS_ERROR, OtlpReceiver
 
 CONVERSATION_ROUTE = "GET /conversations/<conversation_id>"

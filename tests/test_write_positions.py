@@ -11,7 +11,7 @@ import pytest
 from app.platform.redis_link import RedisDown, RedisLink
 from app.repo.replication import primary_position
 from app.repo.write_positions import KEY_PREFIX, PositionsUnavailable, RedisWritePositions
-from tests.services import free_port
+from harness.services import free_port
 
 LOG = logging.getLogger("test.write_positions")
 

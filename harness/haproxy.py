@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.servers import ROOT, Process, apt_install
+from harness import ROOT
+from harness.processes import Process, apt_install
 
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 ERRORS = ROOT / "deploy" / "haproxy" / "errors"

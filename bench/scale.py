@@ -38,11 +38,11 @@ from pathlib import Path
 import psycopg
 
 from app.platform.db import migrate
-from bench.main import summarize
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import build_request_files, read_requests, replay
 from bench.seed import seed
 from bench.servers import Server
+from bench.session import summarize
 from bench.settings import UNBOUNDED_LIMITS
 from bench.wrk import WrkResult
 from harness.services import PgCluster, RedisServer, wait_until

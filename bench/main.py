@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from bench import profile, report, scale, sweep, tracing
-from bench.fleet import fleet
+from bench.fleet.orchestration import fleet
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import SCENARIOS, read_requests, replay
 from bench.seed import grow_conversations

@@ -4,8 +4,7 @@
   instance, a stats socket) that `haproxy -c` accepts;
 - a real HAProxy with that configuration in front of two real SayPIs: both
   UP on the stats socket, and one of them stopped with SIGTERM while
-  requests go on costs none of them (the retry and redispatch settings);
-- the phase table's arithmetic on made-up attempts.
+  requests go on costs none of them (the retry and redispatch settings).
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import uuid
 
 import pytest
 
-from bench.fleet import Attempt, LoadGenerator, Phase, Write, markdown, summarize, targets
 from harness.haproxy import CONFIG, Backend, HAProxy, check_config, find_haproxy, render_config
 from harness.services import free_port
 from tests.conftest import eventually
@@ -118,39 +116,3 @@ def test_a_stopping_instance_costs_no_request_through_haproxy(start_server, post
         assert not failed, (failed[:10], len(results), proxy.log_tail())
     finally:
         proxy.stop()
-
-
-def test_the_phase_table_counts_what_happened():
-    phase = Phase("crash", started=100.0, ended=110.0)
-    attempts = [Attempt("crash", "get", 101.0, 0.002, 200),
-                Attempt("crash", "get", 102.0, 0.010, 503, retry_after=True),
-                Attempt("crash", "write", 103.0, 0.004, None, "RemoteDisconnected"),
-                Attempt("crash", "write", 103.5, 0.006, 201),
-                Attempt("other", "get", 104.0, 9.0, 500)]
-    acked = Write("crash", "k1", "cv_1", attempts=2, status=201, line_id="ln_0000000000000001")
-    lost = Write("crash", "k2", "cv_1", attempts=1, status=201, line_id="ln_0000000000000002")
-    twice = Write("crash", "k3", "cv_1", attempts=3, status=503)
-    load = LoadGenerator(port=1, seeded=None, clients=1, rate=1.0, write_give_up_seconds=1.0)
-    load.attempts, load.writes = attempts, [acked, lost, twice]  # never started
-    rows = {acked.marker: 1, twice.marker: 2}
-    proxy_log = [{"time": 101.5, "server": "saypi1", "status": 200, "term": "----",
-                  "retries": 1, "redispatched": True, "request": "GET /x HTTP/1.1"}]
-    (row,) = summarize([phase], load, rows, {acked.line_id}, proxy_log, 3.0)
-    row["instance_threads"] = 8
-    assert row["requests"] == 4 and row["ok"] == 2
-    assert row["statuses"] == {"503": 1}
-    assert row["connection_errors"] == {"RemoteDisconnected": 1}
-    assert row["max_ms"] == 10.0
-    assert row["writes_acknowledged"] == 2 and row["acknowledged_lost"] == 1
-    assert row["keys_with_several_rows"] == 1 and row["retried_writes_not_one_row"] == 0
-    assert row["haproxy_retried"] == 1 and row["haproxy_redispatched"] == 1
-    verdicts = {t["target"]: t["met"] for t in targets([row])}
-    assert verdicts["nothing acknowledged lost"] is False
-    assert verdicts["nothing duplicated"] is False
-    assert verdicts["only requests in flight on the killed instance fail"] is True
-    text = markdown({"generated_at": "now", "settings": {
-        "instances": 3, "workers": 2, "threads": 4, "clients": 8, "rate": 120.0},
-        "haproxy_version": "2.6", "database": "db", "elapsed_seconds": 1.0,
-        "phases": [row], "targets": targets([row])})
-    assert "| crash | 10 | 4 | 2 | 503: 1 | RemoteDisconnected: 1 |" in text
-    assert "| 2 | 1 |" in text  # writes retried by clients, HAProxy retried

@@ -5,7 +5,7 @@ On 127.0.0.1 only and bounded in time: one PostgreSQL (embedded, or a new
 database on DATABASE_URL's server), N instances of `run.py serve` each on its
 own port (REUSE_PORT is on by default: two instances on one port would share
 its traffic), and deploy/haproxy/haproxy.cfg with one server line per
-instance (bench/haproxy.py). A Python load generator (threads, each with one
+instance (harness/haproxy.py). A Python load generator (threads, each with one
 keep-alive http.client connection to HAProxy, paced) sends the benchmark's mix
 (60 % GET a conversation, 20 % list, 20 % POST a line with an
 Idempotency-Key) while the harness runs, one after the other:
@@ -43,11 +43,9 @@ primary. FLEET_TOPOLOGY=single is one PostgreSQL, as above.
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import os
-import random
 import re
 import secrets
 import shutil
@@ -56,19 +54,19 @@ import socket
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import psycopg
-
+from bench.fleet.analysis import Phase, count_rows, haproxy_log, summarize, targets
+from bench.fleet.load import LoadGenerator
+from bench.fleet.report import markdown
 from bench.postgres import BenchDatabase, open_database, open_replicated
-from bench.seed import Seeded, line_params, seed
+from bench.seed import Seeded, seed
 from bench.servers import Server, ServerFailed, base_env, python
 from bench.settings import UNBOUNDED_LIMITS
 from harness import ROOT
@@ -327,163 +325,7 @@ class Fleet:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
-# --- the load generator -----------------------------------------------------------------------
-@dataclass
-class Attempt:
-    phase: str
-    kind: str  # get, list, write
-    started: float  # time.time()
-    seconds: float
-    status: int | None  # None: no response
-    error: str = ""  # the exception's name when there was no response
-    retry_after: bool = False
-
-
-@dataclass
-class Write:
-    phase: str
-    key: str
-    conversation: str
-    attempts: int = 0
-    status: int | None = None
-    line_id: str | None = None  # from the 201 (or its replay)
-    finished: float = 0.0
-    read_back: int | None = None  # status of the writer's read of its line right after
-
-    @property
-    def acknowledged(self) -> bool:
-        return self.status == 201 and self.line_id is not None
-
-    @property
-    def marker(self) -> str:
-        return f"fleet {self.key}"
-
-
-RETRYABLE = {409, 429, 500, 502, 503, 504}
-
-
-class LoadGenerator:
-    """Paced threads, each with one keep-alive connection to HAProxy; bounded in time."""
-
-    def __init__(self, port: int, seeded: Seeded, clients: int, rate: float,
-                 write_give_up_seconds: float):
-        self.port = port
-        self.seeded = seeded
-        self.clients = clients
-        self.interval = clients / rate  # seconds between two requests of one thread
-        self.write_give_up = write_give_up_seconds
-        self.phase = "idle"
-        self.attempts: list[Attempt] = []
-        self.writes: list[Write] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True,
-                                          name=f"fleet-client-{i}") for i in range(clients)]
-
-    def start(self) -> None:
-        for thread in self._threads:
-            thread.start()
-
-    def stop(self, timeout: float) -> None:
-        self._stop.set()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.1, deadline - time.monotonic()))
-
-    def _client(self, index: int) -> None:
-        rng = random.Random(index)
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        next_at = time.monotonic() + rng.random() * self.interval
-        count = 0
-        try:
-            while not self._stop.is_set():
-                delay = next_at - time.monotonic()
-                if delay > 0:
-                    self._stop.wait(delay)
-                    if self._stop.is_set():
-                        break
-                next_at = max(next_at + self.interval, time.monotonic())
-                roll = rng.random()
-                count += 1
-                if roll < 0.6:
-                    token, cid = rng.choice(self.seeded.read_conversations)
-                    conn = self._send(conn, "get", "GET", f"/conversations/{cid}", token)[0]
-                elif roll < 0.8:
-                    token = rng.choice(self.seeded.readers)[1]
-                    conn = self._send(conn, "list", "GET", "/conversations?limit=10", token)[0]
-                else:
-                    conn = self._write(conn, rng, index * 1_000_000 + count)
-        finally:
-            conn.close()
-
-    def _write(self, conn, rng: random.Random, number: int):
-        token, cid = rng.choice(self.seeded.write_conversations)
-        write = Write(self.phase, uuid.uuid4().hex, cid)
-        self.writes.append(write)
-        params = line_params(number, self.seeded.texts)
-        params["text"] = write.marker
-        body = json.dumps(params)
-        give_up = time.monotonic() + self.write_give_up
-        pause = 0.05
-        while True:
-            write.attempts += 1
-            conn, status, headers, payload = self._send(
-                conn, "write", "POST", f"/conversations/{cid}/lines", token, body,
-                {"Idempotency-Key": write.key})
-            write.status = status
-            if status == 201:
-                try:
-                    write.line_id = json.loads(payload)["id"]
-                except (ValueError, KeyError):
-                    write.line_id = None
-                if write.line_id is not None:  # read-your-writes, through any instance
-                    conn, write.read_back, _, _ = self._send(
-                        conn, "read back", "GET", f"/conversations/{cid}/lines/{write.line_id}",
-                        token)
-                break
-            if (status is not None and status not in RETRYABLE) or self._stop.is_set() \
-                    or time.monotonic() + pause > give_up:
-                break
-            wait = pause
-            if headers.get("retry-after", "").isdigit():
-                wait = max(wait, min(1.0, float(headers["retry-after"])))
-            time.sleep(wait)
-            pause = min(1.0, pause * 2)
-        write.finished = time.time()
-        return conn
-
-    def _send(self, conn, kind: str, method: str, target: str, token: str, body: str = "",
-              extra: dict[str, str] | None = None):
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-        if body:
-            headers["Content-Type"] = "application/json"
-        headers.update(extra or {})
-        phase, started, clock = self.phase, time.time(), time.monotonic()
-        try:
-            conn.request(method, target, body=body.encode() if body else None, headers=headers)
-            response = conn.getresponse()
-            payload = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()  # reconnects on the next request
-            self.attempts.append(Attempt(phase, kind, started, time.monotonic() - clock, None,
-                                         type(exc).__name__))
-            return conn, None, {}, b""
-        response_headers = {k.lower(): v for k, v in response.getheaders()}
-        self.attempts.append(Attempt(phase, kind, started, time.monotonic() - clock,
-                                     response.status, retry_after="retry-after" in
-                                     response_headers))
-        return conn, response.status, response_headers, payload
-
-
 # --- phases ---------------------------------------------------------------------------------
-@dataclass
-class Phase:
-    name: str
-    started: float = 0.0  # time.time()
-    ended: float = 0.0
-    events: list[dict] = field(default_factory=list)
-    database_back: float | None = None  # time.time() when pg_ctl restart returned
-
-
 def run_phases(fleet: Fleet, load: LoadGenerator) -> list[Phase]:
     s = fleet.settings
     phases: list[Phase] = []
@@ -555,229 +397,6 @@ def run_phases(fleet: Fleet, load: LoadGenerator) -> list[Phase]:
     database.ended = time.time()
     load.phase = "after"
     return phases
-
-
-# --- the figures ----------------------------------------------------------------------------
-def percentile(values: list[float], fraction: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
-_HAPROXY_LINE = re.compile(
-    r'\[(?P<date>\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2}\.\d{3})\] \S+ (?P<backend>\S+)/(?P<server>\S+)'
-    r' (?P<timers>\S+) (?P<status>-?\d+) \S+ \S+ \S+ (?P<term>\S{4}) '
-    r'(?P<conns>\S+) \S+ "(?P<request>[^"]*)"')
-
-
-def haproxy_log(path: Path) -> list[dict]:
-    """The request lines of HAProxy's httplog: time, server, status, termination, retries."""
-    out = []
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return out
-    for line in text.splitlines():
-        match = _HAPROXY_LINE.search(line)
-        if not match:
-            continue
-        when = datetime.strptime(match["date"], "%d/%b/%Y:%H:%M:%S.%f").astimezone()
-        retries = match["conns"].split("/")[-1]
-        out.append({"time": when.timestamp(), "server": match["server"],
-                    "status": int(match["status"]), "term": match["term"],
-                    "retries": int(retries.lstrip("+") or 0),
-                    "redispatched": retries.startswith("+"), "request": match["request"]})
-    return out
-
-
-def count_rows(dsn: str, writes: list[Write]) -> tuple[dict[str, int], set[str]]:
-    """Rows per write marker, and which acknowledged line ids exist, from PostgreSQL."""
-    from app.domain import ids
-
-    markers = [w.marker for w in writes]
-    acked = {w.line_id: ids.decode(ids.LINE, w.line_id) for w in writes if w.acknowledged}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = dict(conn.execute("SELECT text, count(*) FROM lines WHERE text = ANY(%s) "
-                                 "GROUP BY text", (markers,)).fetchall())
-        found = {row[0] for row in conn.execute("SELECT rid FROM lines WHERE rid = ANY(%s)",
-                                                ([n for n in acked.values() if n],))}
-    existing = {line_id for line_id, number in acked.items() if number in found}
-    return rows, existing
-
-
-def summarize(phases: list[Phase], load: LoadGenerator, rows: dict[str, int],
-              existing: set[str], proxy_log: list[dict], db_pool_timeout: float) -> list[dict]:
-    out = []
-    for phase in phases:
-        attempts = [a for a in load.attempts if a.phase == phase.name]
-        writes = [w for w in load.writes if w.phase == phase.name]
-        statuses = Counter(a.status for a in attempts if a.status is not None)
-        errors = Counter(a.error for a in attempts if a.status is None)
-        latencies = [a.seconds * 1000 for a in attempts]
-        acked = [w for w in writes if w.acknowledged]
-        unacked = [w for w in writes if not w.acknowledged]
-        logged = [r for r in proxy_log if phase.started <= r["time"] < (phase.ended or 1e12)]
-        row = {
-            "phase": phase.name, "seconds": round((phase.ended or time.time()) - phase.started, 1),
-            "requests": len(attempts),
-            "ok": sum(n for code, n in statuses.items() if 200 <= code < 300),
-            "statuses": {str(code): n for code, n in sorted(statuses.items())
-                         if not 200 <= code < 300},
-            "connection_errors": dict(errors),
-            "p50_ms": round(percentile(latencies, 0.50), 1),
-            "p99_ms": round(percentile(latencies, 0.99), 1),
-            "max_ms": round(max(latencies, default=0.0), 1),
-            "writes": len(writes),
-            "writes_acknowledged": len(acked),
-            "writes_retried": sum(1 for w in writes if w.attempts > 1),
-            "rows_for_acknowledged": sum(rows.get(w.marker, 0) for w in acked),
-            "acknowledged_lost": sum(1 for w in acked if rows.get(w.marker, 0) == 0
-                                     or w.line_id not in existing),
-            "keys_with_several_rows": sum(1 for w in writes if rows.get(w.marker, 0) > 1),
-            "unacknowledged": len(unacked),
-            "unacknowledged_with_a_row": sum(1 for w in unacked if rows.get(w.marker, 0) == 1),
-            "retried_writes_not_one_row": sum(1 for w in acked if w.attempts > 1
-                                              and rows.get(w.marker, 0) != 1),
-            "read_back": sum(1 for w in acked if w.read_back == 200),
-            "read_back_missing": sum(1 for w in acked if w.read_back == 404),
-            "haproxy_requests": len(logged),
-            "haproxy_retried": sum(1 for r in logged if r["retries"] > 0),
-            "haproxy_redispatched": sum(1 for r in logged if r["redispatched"]),
-            # Answered by HAProxy itself: no server was UP (or the queue timed out).
-            "haproxy_no_server": sum(1 for r in logged if r["server"] == "<NOSRV>"),
-            "haproxy_terminations": dict(Counter(r["term"] for r in logged
-                                                 if r["term"] != "----")),
-            "events": phase.events,
-        }
-        if phase.name == "database restart":
-            row.update(database_figures(phase, attempts, db_pool_timeout))
-        out.append(row)
-    return out
-
-
-def database_figures(phase: Phase, attempts: list[Attempt], db_pool_timeout: float) -> dict:
-    back = phase.database_back
-    failed = [a for a in attempts if a.status is None or not 200 <= a.status < 300]
-    figures = {
-        "status_500": sum(1 for a in attempts if a.status == 500),
-        "non_503_failures": sum(1 for a in failed if a.status != 503),
-        "503_without_retry_after": sum(1 for a in failed if a.status == 503
-                                       and not a.retry_after),
-        "answer_budget_s": db_pool_timeout + 1,
-        "slower_than_budget": sum(1 for a in attempts if a.seconds > db_pool_timeout + 1),
-    }
-    if back is not None:
-        last_failure_end = max((a.started + a.seconds for a in failed), default=None)
-        figures["full_service_after_s"] = (
-            0.0 if last_failure_end is None else round(max(0.0, last_failure_end - back), 2))
-        figures["failed_after_2s"] = sum(1 for a in failed if a.started > back + 2.0)
-        first_failure = min((a.started for a in failed), default=None)
-        figures["failures_window_s"] = (
-            None if first_failure is None else round(last_failure_end - first_failure, 2))
-    return figures
-
-
-def targets(rows: list[dict]) -> list[dict]:
-    """Each target with its figure and whether it was met."""
-    by = {r["phase"]: r for r in rows}
-    out = []
-
-    def target(phase: str, what: str, met: bool, figure: str) -> None:
-        out.append({"phase": phase, "target": what, "met": bool(met), "figure": figure})
-
-    for row in rows:
-        target(row["phase"], "nothing acknowledged lost", row["acknowledged_lost"] == 0,
-               f"{row['writes_acknowledged']} acknowledged, {row['acknowledged_lost']} "
-               f"without their row")
-        target(row["phase"], "nothing duplicated", row["keys_with_several_rows"] == 0,
-               f"{row['keys_with_several_rows']} keys with more than one row")
-        if row["writes_retried"] and row["phase"] != "crash":
-            target(row["phase"], "writes retried with the same key end with exactly one row",
-                   row["retried_writes_not_one_row"] == 0,
-                   f"{row['writes_retried']} writes retried by their clients, "
-                   f"{row['retried_writes_not_one_row']} acknowledged without exactly one row")
-        target(row["phase"], "a writer reads its acknowledged line right after (never a 404)",
-               row["read_back_missing"] == 0,
-               f"{row['read_back']} read back, {row['read_back_missing']} missing")
-    if "rolling restart" in by:
-        r = by["rolling restart"]
-        failed = r["requests"] - r["ok"]
-        target("rolling restart", "0 failed requests", failed == 0,
-               f"{failed} of {r['requests']} not 2xx")
-    if "crash" in by:
-        r = by["crash"]
-        failed = r["requests"] - r["ok"]
-        in_flight = r.get("instance_threads")
-        target("crash", "only requests in flight on the killed instance fail",
-               in_flight is None or failed <= in_flight,
-               f"{failed} failed (the killed instance holds at most {in_flight or '?'} "
-               f"requests: its maxconn)")
-        target("crash", "writes retried with the same key end with exactly one row",
-               r["retried_writes_not_one_row"] == 0,
-               f"{r['writes_retried']} writes retried by their clients (HAProxy retried "
-               f"{r['haproxy_retried']} requests itself), {r['retried_writes_not_one_row']} "
-               f"acknowledged without exactly one row")
-    r = by.get("database restart")
-    if r and "full_service_after_s" in r:
-        target("database restart", "no 500s", r["status_500"] == 0,
-               f"{r['status_500']} answers 500")
-        target("database restart", "failures only 503 with Retry-After",
-               r["non_503_failures"] == 0 and r["503_without_retry_after"] == 0,
-               f"{r['non_503_failures']} other failures, {r['503_without_retry_after']} 503 "
-               f"without Retry-After")
-        target("database restart", f"every answer within DB_POOL_TIMEOUT + 1 s "
-               f"({r['answer_budget_s']:g} s)", r["slower_than_budget"] == 0,
-               f"max {r['max_ms']:.0f} ms, {r['slower_than_budget']} slower")
-        target("database restart", "full service 2 s after the database is back",
-               r["full_service_after_s"] <= 2.0,
-               f"last failure {r['full_service_after_s']} s after it was back")
-    return out
-
-
-def markdown(data: dict) -> str:
-    s = data["settings"]
-    out = [f"# SayPI fleet, {data['generated_at']}", "",
-           f"{s['instances']} instances x {s['workers']} workers x {s['threads']} threads "
-           f"behind HAProxy {data['haproxy_version']}; {data['database']}; load: "
-           f"{s['clients']} clients, {s['rate']:g} req/s paced (60 % GET conversation, "
-           f"20 % list, 20 % POST line with Idempotency-Key, retried with the same key); "
-           f"{data['elapsed_seconds']} s in all.", "",
-           "| phase | s | requests | 2xx | non-2xx | conn errors | p50 ms | p99 ms | max ms "
-           "| writes acked | rows (acked) | lost | dup keys | writes retried by clients "
-           "| HAProxy retried |",
-           "|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in data["phases"]:
-        non2xx = ", ".join(f"{code}: {n}" for code, n in r["statuses"].items()) or "-"
-        conn = ", ".join(f"{name}: {n}" for name, n in r["connection_errors"].items()) or "-"
-        out.append(f"| {r['phase']} | {r['seconds']:g} | {r['requests']} | {r['ok']} | {non2xx} "
-                   f"| {conn} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
-                   f"| {r['writes_acknowledged']} | {r['rows_for_acknowledged']} "
-                   f"| {r['acknowledged_lost']} | {r['keys_with_several_rows']} "
-                   f"| {r['writes_retried']} | {r['haproxy_retried']} |")
-    if data.get("reads_by_pool"):
-        pools = ", ".join(f"{pool} {n}" for pool, n in sorted(data["reads_by_pool"].items()))
-        out += ["", f"Users' reads by the pool that served them (db_reads_total of every "
-                    f"instance that stopped gracefully or ran to the end): {pools}."]
-    out += ["", "| phase | target | met | figure |", "|---|---|---|---|"]
-    for t in data["targets"]:
-        out.append(f"| {t['phase']} | {t['target']} | {'yes' if t['met'] else '**no**'} "
-                   f"| {t['figure']} |")
-    out += ["", "Events (seconds into the phase):", ""]
-    for r in data["phases"]:
-        events = "; ".join(f"{e['at']:g}s {e['event']}" for e in r["events"])
-        extra = ""
-        if r["haproxy_terminations"]:
-            extra = f" HAProxy termination states: {r['haproxy_terminations']}."
-        if r["haproxy_no_server"]:
-            extra += (f" {r['haproxy_no_server']} answered by HAProxy itself (no server UP: "
-                      f"its JSON 503 with Retry-After).")
-        if r["unacknowledged"]:
-            extra += (f" {r['unacknowledged']} writes given up unacknowledged, "
-                      f"{r['unacknowledged_with_a_row']} of them with a row.")
-        out.append(f"- **{r['phase']}**: {events or '-'}.{extra}")
-    return "\n".join(out) + "\n"
 
 
 # --- the command ----------------------------------------------------------------------------

@@ -98,7 +98,7 @@ def run_threads(target, arguments) -> None:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator:
-    """A PostgreSQL primary with a streaming hot standby (tests/services.py), for the session."""
+    """A PostgreSQL primary with a streaming hot standby (harness/services.py), for the session."""
     from harness.services import PgCluster
 
     cluster = PgCluster().start()
@@ -194,8 +194,8 @@ def deployed_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture
 def receiver() -> Iterator:
-    """A real OTLP/HTTP receiver (tests/otlp_receiver.py) for a test's exported spans."""
-    from tests.otlp_receiver import OtlpReceiver
+    """A real OTLP/HTTP receiver (tests/e2e/otlp_receiver.py) for a test's exported spans."""
+    from tests.e2e.otlp_receiver import OtlpReceiver
 
     with OtlpReceiver() as running:
         yield running

@@ -16,7 +16,7 @@ from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra, gcra_take
 from app.platform.redis_link import RedisDown, RedisLink
 from app.repo.redis_ratelimits import KEY_PREFIX, RedisRateLimitStore
 from harness.services import RedisServer, free_port
-from tests.test_ratelimit_unit import FakeMetrics
+from tests.unit.test_ratelimit import FakeMetrics
 
 LOG = logging.getLogger("test.ratelimit.redis")
 SLOW = Policy("user", 1, 5)  # T = 60 s: nothing replenishes during a test

@@ -1,6 +1,6 @@
 """Operations end to end: health endpoints, the pool under failure, metrics across workers.
 
-Servers are started through run() (tests/conftest.py) against a real
+Servers are started through run() (harness/saypi.py) against a real
 PostgreSQL; slow queries are real (`SELECT pg_sleep` through the pool, the
 fault-injection route /debug/db-sleep) and so are database restarts.
 """

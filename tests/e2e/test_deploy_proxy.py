@@ -21,7 +21,7 @@ import pytest
 from harness import ROOT
 from harness.services import free_port, stop_process
 from tests.conftest import eventually
-from tests.test_slow_clients import (
+from tests.e2e.test_slow_clients import (
     Tricklers,
     get,
     is_open,

@@ -7,7 +7,7 @@ from app.config import Config
 from app.platform.metrics import Metrics
 from app.platform.tracing import build_tracing
 from tests.conftest import eventually
-from tests.otlp_receiver import OtlpReceiver
+from tests.e2e.otlp_receiver import OtlpReceiver
 
 ENVIRON = {"REQUEST_METHOD": "GET", "PATH_INFO": "/conversations/cv_0123456789abcdef",
            "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http"}

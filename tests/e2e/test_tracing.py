@@ -1,6 +1,6 @@
 """Tracing end to end: SayPI started through run() exporting to a real OTLP/HTTP receiver.
 
-The receiver (tests/otlp_receiver.py) decodes what the SDK's exporter sends,
+The receiver (tests/e2e/otlp_receiver.py) decodes what the SDK's exporter sends,
 as a collector would. Spans are exported on a short schedule
 (OTEL_BSP_SCHEDULE_DELAY), except where a test shows that the flush at
 shutdown is what sends them.
@@ -17,7 +17,7 @@ from app.client import Client
 from app.http.trace_context import parse_traceparent
 from harness.saypi import SECRET
 from tests.conftest import eventually, metric_total
-from tests.otlp_receiver import CLIENT_KIND, SERVER_KIND, STATUS_ERROR, OtlpReceiver
+from tests.e2e.otlp_receiver import CLIENT_KIND, SERVER_KIND, STATUS_ERROR, OtlpReceiver
 
 CONVERSATION_ROUTE = "GET /conversations/<conversation_id>"
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from app.client import Client
 from app.http.trace_context import parse_traceparent
 from harness.saypi import Server, server_env
-from tests.otlp_receiver import OtlpReceiver
+from tests.e2e.otlp_receiver import OtlpReceiver
 
 EXAMPLES = int(os.environ.get("SAYPI_HOSTILE_EXAMPLES", "150"))
 CASES = {"count": 0}

@@ -18,7 +18,7 @@ from app.http.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
 from app.platform.db import Database, DatabaseUnavailable, PoolSettings
 from app.repo.ratelimits import RateLimitRepository
 from harness.services import free_port
-from tests.test_ratelimit_unit import Clock, FakeMetrics
+from tests.unit.test_ratelimit import Clock, FakeMetrics
 
 LOG = logging.getLogger("test.ratelimit")
 

@@ -3,7 +3,7 @@
 They implement the interfaces of app/repo/protocols.py with plain Python
 data, so `new_server(fake_deps())` is the real Flask app, envelope and
 handlers without PostgreSQL or gunicorn: the in-process test layer
-(tests/test_handlers.py). They keep the behaviour handlers depend on (caps,
+(tests/inprocess/test_handlers.py). They keep the behaviour handlers depend on (caps,
 ownership, keyset pages with their scope and cursor answers, idempotency
 locks) and nothing else; SQL itself is tested end to end.
 """

@@ -1,6 +1,6 @@
 """Reads on a real streaming replica, hot state in a real Redis: read-your-writes and faults.
 
-The suite's own primary and hot standby (tests/services.py PgCluster) and
+The suite's own primary and hot standby (harness/services.py PgCluster) and
 redis-server; SayPI started through run() with DATABASE_REPLICA_URLS and
 REDIS_URL. Replay on the standby is paused to make it lag on purpose.
 """

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from app.http.ratelimit import MICROS, MemoryStore, Policy, decision_from_store, gcra, gcra_take
 from app.http.ratelimit_leases import BURST_SHARE, GROWTH, LeasedStore
-from tests.test_ratelimit_unit import Clock
+from tests.unit.test_ratelimit import Clock
 
 BIG = Policy("user", 60, 1024)  # T = 1 s, burst 1024: leases of up to 128
 LEASE_SECONDS = 1.0

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from harness import ROOT
-from tests.test_openapi import CONTRACT
+from tests.inprocess.test_openapi import CONTRACT
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",

@@ -348,7 +348,7 @@ def test_gunicorn_conf_refuses_a_missing_database_url(tmp_path):
 
 def test_gunicorn_conf_serves_with_the_same_hooks(postgres, tmp_path):
     from tests.conftest import run_inline
-    from tests.test_operations import _stale_metrics_file, scrape, value
+    from tests.e2e.test_operations import _stale_metrics_file, scrape, value
 
     database_url = postgres.new_database(migrated=False)
     metrics_dir = tmp_path / "metrics"

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from app.config import SETTINGS
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_readme_documents_every_setting():

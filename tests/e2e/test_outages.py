@@ -1,7 +1,7 @@
 """Database outages end to end: readiness, fast refusals, recovery, one wait budget (issue #12).
 
 Every server here runs on a private PostgreSQL that the test stops and
-starts for real (tests/pgcontrol.py). Timings are reported, and bounded only
+starts for real (harness/pgcontrol.py). Timings are reported, and bounded only
 where the contract sets the bound (DB_POOL_TIMEOUT + 1 s per request) or far
 above what a correct server needs, so the tests stay reliable on a loaded
 two-core machine; the figures printed are the measurements.

@@ -1,6 +1,6 @@
 """GET /playground over plain HTTP: a self-contained page under a strict policy.
 
-The page's behaviour in a browser is tests/test_playground_browser.py; here,
+The page's behaviour in a browser is tests/e2e/test_playground_browser.py; here,
 what any client sees: the policy, no inline script or style, the assets with
 their types and ETags, the redirect from /, and none of it in /openapi.json.
 """

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from harness import ROOT
-from tests.test_docs_browser import CHROMIUM, RECORD_CSP_VIOLATIONS, chromium
+from tests.e2e.test_docs_browser import CHROMIUM, RECORD_CSP_VIOLATIONS, chromium
 
 ARTIFACTS = ROOT / "test-artifacts"
 SESSION_KEY = "saypi.playground.session"

@@ -13,7 +13,7 @@ import pytest
 
 from app.http.tokens import TokenSigner
 from app.server import new_server
-from tests.fakes import SECRET, fake_deps
+from tests.inprocess.fakes import SECRET, fake_deps
 
 
 class Caller:

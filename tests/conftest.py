@@ -1,8 +1,6 @@
-"""Test fixtures: a real PostgreSQL, migrated template databases, SayPI started through run().
-
-With SAYPI_TEST_DATABASE_URL unset (CI), the suite starts its own embedded
-PostgreSQL, the same mechanism `make run` uses. Each server gets its own
-database cloned from a migrated template, so tests run in any order.
+"""Fixtures of every tier: the e2e tier's real services (harness/), and the no-I/O guard of
+the unit and in-process tiers. With SAYPI_TEST_DATABASE_URL unset (CI), the suite starts
+its own embedded PostgreSQL; each server gets a database cloned from a migrated template.
 """
 
 from __future__ import annotations
@@ -10,16 +8,56 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from harness.postgres import Postgres
 from harness.saypi import Server, server_env
+
+# The tiers `make test-fast` runs: no socket, no process, so no PostgreSQL either.
+FAST_TIERS = ("unit", "inprocess")
+# Fixtures that start real services, for the e2e tier only.
+SERVICE_FIXTURES = {"postgres", "start_server", "shared_server", "deployed_server",
+                    "pg_cluster", "redis_server", "pgbouncer", "receiver"}
+
+
+def _tier(path) -> str:
+    return Path(path).parent.name
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if _tier(item.path) in FAST_TIERS and used:
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(used)}: an e2e test, it "
+                                    f"belongs in tests/e2e/")
+
+
+@pytest.fixture(autouse=True)
+def no_io_in_fast_tiers(request, monkeypatch) -> None:
+    """A unit or in-process test that opens a socket or starts a process fails."""
+    if _tier(request.node.path) not in FAST_TIERS:
+        return
+
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            pytest.fail(f"{what} in a {_tier(request.node.path)} test: that is e2e's, "
+                        f"in tests/e2e/", pytrace=False)
+        return refused
+
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"socket.{name}"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starting a process"))
+    for name in ("fork", "system", "posix_spawn", "posix_spawnp"):
+        monkeypatch.setattr(os, name, refuse(f"os.{name}"))
 
 
 @pytest.fixture(scope="session")

@@ -50,15 +50,6 @@ def test_the_fleet_config_is_the_deployed_one_with_a_server_line_per_instance(tm
         assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_rendering_needs_exactly_one_template_line():
-    with pytest.raises(ValueError, match="exactly one"):
-        render_config([Backend("saypi1", "127.0.0.1:1")], template="global\n")
-    with pytest.raises(ValueError, match="unusable"):
-        render_config([Backend("saypi1", "127.0.0.1:1 backup")])
-    with pytest.raises(ValueError, match="at least one"):
-        render_config([])
-
-
 @needs_haproxy
 @pytest.mark.slow
 def test_a_stopping_instance_costs_no_request_through_haproxy(start_server, postgres,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.http.ratelimit import MICROS, MemoryStore, Policy, RateLimiter, gcra
+from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra
 from app.platform.db import Database, DatabaseUnavailable, PoolSettings
 from app.repo.ratelimits import RateLimitRepository
 from harness.services import free_port
@@ -249,11 +249,3 @@ def test_closed_pool_fails_open(dsn):
         assert decision.allowed and decision.fail_open
     assert metrics.rate_limit_store_errors.value == 3
     assert limiter.health()[0] == "degraded"
-
-
-def test_memory_store_matches_the_repository_contract():
-    clock = Clock()
-    store = MemoryStore(clock)
-    answers = [store.decide("k", SLOW.interval_us, SLOW.tolerance_us) for _ in range(6)]
-    assert answers == [(True, k * SLOW.interval_us) for k in range(1, 6)] + \
-        [(False, 5 * SLOW.interval_us)]

@@ -1,4 +1,5 @@
-"""Orchestration of `python -m bench` (run, sweep, profile, report)."""
+"""`python -m bench`: the default run (every scenario, references, round trips), and the other
+commands (scale, sweep, profile, tracing, report, fleet) by name."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""deploy/haproxy/haproxy.cfg as the fleet renders it: its template server line exactly once.
-"""
+"""deploy/haproxy/haproxy.cfg as the fleet renders it: its template server line exactly once."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The in-memory rate-limit store keeps the PostgreSQL repository's contract.
-"""
+"""The in-memory rate-limit store keeps the PostgreSQL repository's contract."""
 
 from __future__ import annotations
 

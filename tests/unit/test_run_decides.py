@@ -1,5 +1,4 @@
-"""run() sets every option gunicorn would otherwise read from its own environment variables.
-"""
+"""run() sets every option gunicorn would otherwise read from its own environment variables."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ test: $(STAMP)       ## every tier: unit, in-process and end to end (real Postgr
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## the unit and in-process tiers (and the benchmark's own tests): no PostgreSQL, seconds
-	$(BIN)/python -m pytest -q tests/unit tests/inprocess bench/tests
+	$(BIN)/python -m pytest -q -p no:schemathesis tests/unit tests/inprocess bench/tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -25,7 +25,7 @@ def manifests() -> list[dict]:
     """Every Kubernetes object in deploy/kubernetes (kustomization.yaml is not one)."""
     docs = []
     for path in sorted(KUBERNETES.glob("*.yaml")):
-        docs.extend(doc for doc in yaml.safe_load_all(path.read_text())
+        docs.extend(doc for doc in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader)
                     if doc and doc["kind"] != "Kustomization")
     return docs
 

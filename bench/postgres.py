@@ -50,7 +50,7 @@ def open_database(env, logger: logging.Logger) -> BenchDatabase:
 
 def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, str]]:
     """A primary with a streaming hot standby and a redis-server of the benchmark's own
-    (tests/services.py), a migrated database on the primary, and the SayPI settings that
+    (harness/services.py), a migrated database on the primary, and the SayPI settings that
     use them (DATABASE_REPLICA_URLS, REDIS_URL). `restart` restarts the primary."""
     from harness.services import PgCluster, RedisServer
 

@@ -3,7 +3,7 @@ the rate-limit state in PostgreSQL or in Redis, and reads on a streaming replica
 
 It needs what the issue of scaling past one database added, so it brings its
 own: a PostgreSQL primary with a hot standby (PostgreSQL's own tools, as the
-test suite makes them: tests/services.py) and a redis-server, on free
+test suite makes them: harness/services.py) and a redis-server, on free
 loopback ports, stopped at the end. The same seeded data go to the primary
 and reach the standby by streaming; the reference app reads the primary.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -49,3 +50,17 @@ class Postgres:
                 pass
         if self._stop:
             self._stop()
+
+
+def open_postgres(admin_dsn: str | None, directory: Path) -> Postgres:
+    """The machine's PostgreSQL at `admin_dsn`, else an embedded one in `directory` (the
+    mechanism `make run` uses); its migrated template made."""
+    if admin_dsn:
+        pg = Postgres(admin_dsn)
+    else:
+        from app.platform.embedded_pg import start_embedded
+
+        embedded = start_embedded(directory, logging.getLogger("test"))
+        pg = Postgres(embedded.dsn, stop=embedded.stop)
+    pg.make_template()
+    return pg

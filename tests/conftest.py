@@ -6,7 +6,6 @@ its own embedded PostgreSQL; each server gets a database cloned from a migrated 
 from __future__ import annotations
 
 import io
-import logging
 import os
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness.postgres import Postgres
+from harness.postgres import Postgres, open_postgres
 from harness.saypi import Server, server_env
 
 # The tiers `make test-fast` runs: no socket, no process, so no PostgreSQL either.
@@ -62,15 +61,7 @@ def no_io_in_fast_tiers(request, monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory) -> Iterator[Postgres]:
-    admin = os.environ.get("SAYPI_TEST_DATABASE_URL")
-    if admin:
-        pg = Postgres(admin)
-    else:
-        from app.platform.embedded_pg import start_embedded
-
-        embedded = start_embedded(tmp_path_factory.mktemp("pg"), logging.getLogger("test"))
-        pg = Postgres(embedded.dsn, stop=embedded.stop)
-    pg.make_template()
+    pg = open_postgres(os.environ.get("SAYPI_TEST_DATABASE_URL"), tmp_path_factory.mktemp("pg"))
     yield pg
     pg.close()
 

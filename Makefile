@@ -21,9 +21,11 @@ lint: $(STAMP)
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate
 
-bench: $(STAMP)      ## throughput and latency against reference apps, scale-out and tracing rows; see bench-results/
+bench: $(STAMP)      ## throughput and latency against reference apps, scale-out, tracing, overload and heavy-user rows; see bench-results/
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench tracing
+	$(BIN)/python -m bench overload
+	$(BIN)/python -m bench heavy
 
 fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
 	$(BIN)/python -m bench fleet

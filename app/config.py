@@ -202,7 +202,8 @@ class Config:
         "most connections per worker (match THREADS)")
     db_pool_timeout: float = setting(
         "DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,
-        "seconds a request waits for a connection before 503")
+        "seconds a request may wait, for a thread and then for database connections, before "
+        "503 service_unavailable with Retry-After")
     db_pool_max_waiting: int = setting(
         "DB_POOL_MAX_WAITING", _int(0, 100000), 64,
         "requests that may queue for a connection per worker before fast 503s (0: no bound)")
@@ -261,6 +262,10 @@ class Config:
     rate_limit_lease_seconds: float = setting(
         "RATE_LIMIT_LEASE_SECONDS", _float(0.01), 1.0,
         "seconds a worker holds leased admissions before giving the unused ones back")
+    rate_limit_renders_per_admission: int = setting(
+        "RATE_LIMIT_RENDERS_PER_ADMISSION", _int(0), 50,
+        "renders missing the render cache that cost an authenticated request one more "
+        "admission of the user's limit (0: requests cost one admission whatever they render)")
     trusted_proxies: tuple = setting(
         "TRUSTED_PROXIES", _networks, (),
         "comma separated CIDRs of proxies whose X-Forwarded-For is believed")
@@ -305,6 +310,11 @@ class Config:
     health_threads: int = setting(
         "HEALTH_THREADS", _int(1, 16), 2,
         "threads per worker reserved for /health/*, so probes never wait behind the API")
+    body_timeout: float = setting(
+        "BODY_TIMEOUT", _float(0.1, 300), 10.0,
+        "seconds a request has to send its body (up to MAX_BODY_BYTES) once its head is "
+        "complete; slower connections are closed. A request gets a thread only once its body "
+        "has arrived")
     database_replica_urls: tuple[str, ...] = setting(
         "DATABASE_REPLICA_URLS", _csv, (),
         "comma separated DSNs of PostgreSQL streaming replicas that serve reads (unset: every "
@@ -315,6 +325,10 @@ class Config:
     replica_check_interval: float = setting(
         "REPLICA_CHECK_INTERVAL", _float(0.05, 60), 0.25,
         "seconds between each worker's reads of every replica's replay position and lag")
+    replica_read_timeout: float = setting(
+        "REPLICA_READ_TIMEOUT", _float(0.05, 60), 2.0,
+        "seconds a read on a replica may take (cut off client-side, so a hung replica "
+        "counts too) before it runs again on the primary and the replica leaves rotation")
     redis_url: str | None = setting(
         "REDIS_URL", _optional_str, None,
         "Redis for per-request hot state: rate limits and the users' last-write positions "

@@ -27,8 +27,9 @@ from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.ratelimit_leases import LeasedStore
 from app.http.tokens import TokenSigner
 from app.platform import health as health_mod
-from app.platform.cluster import Cluster, Replica, ReplicaSettings
+from app.platform.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
 from app.platform.db import Database, load_migrations, pool_settings
+from app.platform.deadlines import Deadlines
 from app.platform.logs import AccessLog, RedactionFilter
 from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
@@ -128,7 +129,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         rate_limit_state = leases = LeasedStore(rate_limit_state, config.rate_limit_lease_max,
                                                 config.rate_limit_lease_seconds)
     limiter = RateLimiter(*policies_from_config(config), rate_limit_state, metrics,
-                          logger.getChild("ratelimit"), tracing=tracing)
+                          logger.getChild("ratelimit"), tracing=tracing,
+                          remember_refusals=True)
     checkers = {
         "database": health_mod.database_checker(db, config.health_check_timeout,
                                                 config.health_details),
@@ -180,7 +182,9 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         config=config, logger=logger, access_log=access_log, metrics=metrics,
         sample_metrics=sample_metrics, lifecycle=lifecycle, health=health, db=db,
         cluster=cluster, redis=redis,
-        auth=Authenticator(TokenSigner(config.user_secrets), limiter),
+        auth=Authenticator(TokenSigner(config.user_secrets), limiter,
+                           renderer.take_thread_misses,
+                           config.rate_limit_renders_per_admission),
         idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection,
                                 tracing=tracing),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
@@ -198,12 +202,15 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
     the users' write positions (Redis when configured, else the primary)."""
     if not config.database_replica_urls:
         return Cluster(primary)
-    settings = ReplicaSettings(config.replica_max_lag_seconds, config.replica_check_interval)
+    settings = ReplicaSettings(config.replica_max_lag_seconds, config.replica_check_interval,
+                               config.replica_read_timeout)
+    deadlines = Deadlines()
     replicas = []
     for number, url in enumerate(config.database_replica_urls, start=1):
         name = f"replica{number}"
-        db = Database(url, pool_settings(config), logger.getChild(f"db.{name}"),
-                      name=f"saypi-{name}", connection_class=connections)
+        db = ReplicaDatabase(url, pool_settings(config), logger.getChild(f"db.{name}"),
+                             name=f"saypi-{name}", connection_class=connections,
+                             deadlines=deadlines, check_seconds=settings.check_timeout)
         # A replica that is down at start must not hold the worker back: its
         # reads go to the primary until the monitor sees it serve.
         db.open(wait_seconds=min(1.0, config.db_connect_timeout))
@@ -218,7 +225,8 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
                                         logger=logger.getChild("positions"))
     else:
         positions = PostgresWritePositions(primary, ttl)
-    return Cluster(primary, replicas, positions, settings, logger.getChild("cluster"))
+    return Cluster(primary, replicas, positions, settings, logger.getChild("cluster"),
+                   deadlines)
 
 
 def build_worker_tracing(config: Config, metrics: Metrics

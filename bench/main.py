@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench import profile, report, scale, sweep, tracing
+from bench import heavy, overload, profile, report, scale, sweep, tracing
 from bench.fleet.orchestration import fleet
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import SCENARIOS, read_requests, replay
@@ -18,7 +18,7 @@ from bench.servers import Server
 from bench.session import RESULTS, Bench, interleave, machine_info, publish, with_bench
 from bench.settings import BenchSettings, describe
 
-USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
+USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|heavy|report|fleet]
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -31,6 +31,12 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
            bench-results/profile-get.md (+ .svg when py-spy can)
   tracing  GET /conversations/{id} with tracing off, on at sample ratio 0.1 and 1.0 (a
            local OTLP sink), and with the collector down; writes bench-results/tracing.*
+  overload fresh GETs' p99 with 200 slow-body connections held, and fresh GETs' statuses
+           and latency (503 against DB_POOL_TIMEOUT) while PATCHes wait on a row lock;
+           writes bench-results/overload.md and overload.json
+  heavy    one user at and beyond the user rate limit reading 1000-line conversations
+           that thrash the render cache: the share of the CPU it takes, renders charged to
+           the limit and not; writes bench-results/heavy.md and heavy.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -304,10 +310,14 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return run_scale(env)
     if command == "sweep":
         return sweep.sweep(env)
+    if command == "heavy":
+        return heavy.heavy(env)
     if command == "fleet":
         return fleet(env, argv[1:])
     if command == "tracing":
         return tracing.tracing(env)
+    if command == "overload":
+        return overload.overload(env)
     if command == "profile":
         return profile.profile(env)
     print(USAGE + describe())

@@ -433,3 +433,52 @@ def scale_targets(result: dict) -> list[tuple[str, str, str, bool]]:
          "about 0 (under 5 % of the reference's)",
          ref_pg > 0 and replica_pg < 0.05 * ref_pg),
     ]
+
+
+def heavy_markdown(result: dict) -> list[str]:
+    """The "One heavy user" section (bench/heavy.py's rows)."""
+    rows = result.get("rows", {})
+    if not rows:
+        return []
+    cpus = result.get("cpus")
+    out = ["## One heavy user", "",
+           f"One user, {result.get('clients')} keep-alive clients, reading in turn "
+           f"{result.get('conversations')} conversations of {result.get('lines')} long random "
+           "lines (more distinct renders than a worker's render cache holds), production "
+           "limits (600 requests a minute, burst 60), state in PostgreSQL. CPU share: the "
+           f"SayPI processes' CPU time over the run's wall time and the machine's {cpus} "
+           "cores (target: at most 25 %). `charged`: renders that missed the cache cost "
+           "admissions (RATE_LIMIT_RENDERS_PER_ADMISSION, default); `uncharged`: set to 0.",
+           "", "| server: load | 200/s | 429/s | app cores | CPU share | PG cores | p50 ms "
+           "| p99 ms | other CPU s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, v in rows.items():
+        out.append(f"| {name} | {v['ok_per_s']:.2f} | {v['refused_per_s']:,.1f} "
+                   f"| {v['app_cores']:.2f} | {v['cpu_share_pct']:.1f} % "
+                   f"| {v['postgres_cores']:.2f} | {v['p50_ms']:.1f} | {v['p99_ms']:.1f} "
+                   f"| {v['other_cpu_seconds']:.1f} |")
+    out.append("")
+    demand = result.get("demand", {})
+    if demand:
+        out += ["At the limit (10 requests a second offered), from CPU per request: a read's "
+                "CPU from the uncharged run at the limit, a refusal's from the charged unpaced "
+                "run, the reads let through from the charged run at the limit. On a busy "
+                "machine the wall-clock shares above understate what an idle one would give.",
+                "", "| lines | CPU ms per read | CPU ms per 429 | reads/s let through charged "
+                "| share uncharged | share charged |", "|---|---:|---:|---:|---:|---:|"]
+        for kind, v in demand.items():
+            out.append(f"| {kind} | {v['cpu_ms_per_read']:.1f} | {v['cpu_ms_per_refusal']:.2f} "
+                       f"| {v['charged_reads_per_s']:.2f} | {v['uncharged_share_pct']:.1f} % "
+                       f"| {v['charged_share_pct']:.1f} % |")
+        out.append("")
+    overhead = result.get("overhead", {})
+    if overhead:
+        out += ["Cached reads (scenario 2 and the 1000-line conversation), rate limits on and "
+                "unbounded, renders charged (`charged`) or not (`uncharged`, as before the "
+                "charge existed):", "",
+                "| scenario, server | req/s | p99 ms | app CPU us/req | errors |",
+                "|---|---:|---:|---:|---:|"]
+        for name, v in overhead.items():
+            out.append(f"| {name} | {v['rps']:,.1f} | {v['p99_ms']:.2f} "
+                       f"| {v['app_cpu_us_per_request']:,.0f} | {v['errors']} |")
+        out.append("")
+    return out

@@ -124,6 +124,37 @@ class PgNode:
     def running(self) -> bool:
         return self.run("pg_ctl", "-D", str(self.pgdata), "status", check=False).returncode == 0
 
+    def pids(self) -> list[int]:
+        """The postmaster's PID and its children's (backends, walreceiver, ...)."""
+        postmaster = int((self.pgdata / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.split("/")[2]))
+        return [postmaster, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the server (postmaster first: it forks no more): connections stay open
+        and nothing answers. Returns the PIDs for `thaw`."""
+        postmaster = self.pids()[0]
+        os.kill(postmaster, signal.SIGSTOP)
+        children = self.pids()[1:]  # listed once the postmaster can fork no more
+        for pid in children:
+            os.kill(pid, signal.SIGSTOP)
+        return [postmaster, *children]
+
+    @staticmethod
+    def thaw(pids: list[int]) -> None:
+        for pid in reversed(pids):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
     def execute(self, sql: str, dbname: str = "postgres"):
         with psycopg.connect(self.dsn(dbname), autocommit=True, connect_timeout=5) as conn:
             cursor = conn.execute(sql)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from json.encoder import encode_basestring as json_string
 
 from app.cowsay.balloon import render
@@ -22,12 +23,14 @@ class Renderer:
         self._library = library
         self._tracing = tracing  # app.platform.tracing.Tracing: a span per render (a miss)
         self._cached = functools.lru_cache(maxsize=max_entries)(self._render)
+        self._thread = threading.local()
 
     def _render(self, animal: str, eyes: str, tongue: str, think: bool, text: str
                 ) -> tuple[str, str]:
         cow = self._library.get(animal)
         if cow is None:
             raise KeyError(animal)
+        self._thread.misses = getattr(self._thread, "misses", 0) + 1
         if self._tracing is None:
             output = render(cow, eyes, tongue, think, text)
         else:
@@ -50,6 +53,13 @@ class Renderer:
     def render_json(self, animal: str, eyes: str, tongue: str, think: bool, text: str) -> str:
         """The rendered output as a JSON string literal; raises KeyError as render() does."""
         return self._entry(animal, eyes, tongue, think, text)[1]
+
+    def take_thread_misses(self) -> int:
+        """Renders this thread has missed the cache for since its last call (then zero)."""
+        missed = getattr(self._thread, "misses", 0)
+        if missed:
+            self._thread.misses = 0
+        return missed
 
     def cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of the render cache."""

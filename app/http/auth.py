@@ -3,7 +3,8 @@
 `required` verifies the token with no database round trip, then applies the
 user's rate limit; `public` applies the client address's limit. Failed
 authentication is limited per address too. Decisions are left in the request's state for
-the middleware to turn into RateLimit headers on whatever response follows.
+the middleware to turn into RateLimit headers on whatever response follows. A request
+that rendered much (renders the cache missed) is charged more admissions afterwards.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ def current_user() -> int:
 
 
 class Authenticator:
-    def __init__(self, tokens, limiter=None):
+    """`renders_missed` (the serving thread's cache misses since it last asked, see
+    Renderer.take_thread_misses) and `renders_per_admission` make the user's limit count
+    work, as a points-based API limit does: each `renders_per_admission` renders a request
+    missed cost it one more admission, charged when it has answered, so the user's next
+    requests wait for it. 0 (or no counter) charges one admission per request."""
+
+    def __init__(self, tokens, limiter=None, renders_missed: Callable[[], int] | None = None,
+                 renders_per_admission: int = 0):
         self.tokens = tokens
         self.limiter = limiter
+        self._renders_missed = renders_missed if renders_per_admission > 0 else None
+        self._renders_per_admission = renders_per_admission
         # The policies that limit anything: a disabled one costs a request nothing.
         self._limited = frozenset() if limiter is None else \
             frozenset(name for name in POLICY_NAMES if limiter.policy(name) is not None)
@@ -37,6 +47,11 @@ class Authenticator:
         request_state().rate_limit = decision
         if not decision.allowed:
             raise RateLimited(decision.retry_after)
+
+    def _charge(self, state, key: str, extra: int) -> None:
+        decision = self.limiter.charge(USER_POLICY, key, extra)
+        if decision is not None:
+            state.rate_limit = decision  # the headers tell the client what is left
 
     def _client_key(self) -> str:
         return request_state().client_addr or "unknown"
@@ -63,9 +78,19 @@ class Authenticator:
                 raise AuthInvalid()
             state.user_id = user_id
             state.user_public_id = ids.encode(ids.USER, user_id)
-            if limits_users:
-                self._limit(USER_POLICY, str(user_id))
-            return handler(*args, **kwargs)
+            if not limits_users:
+                return handler(*args, **kwargs)
+            self._limit(USER_POLICY, str(user_id))
+            missed = self._renders_missed
+            if missed is None:
+                return handler(*args, **kwargs)
+            missed()  # what this thread missed before: not this request's work
+            try:
+                return handler(*args, **kwargs)
+            finally:
+                extra = missed() // self._renders_per_admission
+                if extra:
+                    self._charge(state, str(user_id), extra)
 
         return wrapped
 

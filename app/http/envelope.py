@@ -32,6 +32,8 @@ from app.http.errors import (
     from_domain,
 )
 from app.http.request_state import RequestState, enter, leave
+from app.http.tokens import SIGNED_ID
+from app.platform import admission
 from app.platform.db import DatabaseUnavailable, end_wait_budget, wait_budget
 from app.platform.logs import AccessLog
 
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     from app.platform.tracing import RequestSpan, Tracing
 
 _REQUEST_ID = re.compile(patterns.REQUEST_ID)
+_TOKEN_START = re.compile(SIGNED_ID, re.IGNORECASE)
+# Shorter ids or credentials than this are not compared with each other.
+_SHARED_CREDENTIAL_MIN = 8
 # The security headers OWASP's REST cheat sheet lists for API responses (with
 # Cache-Control: no-store on authenticated ones). Each header costs every
 # response ~3 us under load (gunicorn checks and formats each in Python), so
@@ -62,10 +67,11 @@ NO_STORE = ("Cache-Control", "no-store")
 class Envelope:
     """The WSGI layer around the Flask app: what every request gets, whatever answers it.
 
-    A request id (the client's X-Request-ID when well-formed, else a new
-    one), the client's address, the refusal of a declared body over the
-    limit (before Flask reads any of it), the request's budget for waiting on
-    database connections, the security headers, Cache-Control on
+    A request id (the client's X-Request-ID when well-formed and holding no
+    credential, else a new one), the client's address, the refusal of a
+    declared body over the limit (before Flask reads any of it), the
+    request's budget for waiting on database connections (less what it
+    waited for a thread), the security headers, Cache-Control on
     authenticated answers, the RateLimit headers, one access line and the
     request metrics. It works on the WSGI environ and header list directly:
     as Flask before/after_request hooks the same work cost about twice as
@@ -86,7 +92,8 @@ class Envelope:
     def __call__(self, environ: dict, start_response):
         started = time.perf_counter()
         incoming = environ.get("HTTP_X_REQUEST_ID")
-        ours = not (incoming and _REQUEST_ID.fullmatch(incoming))
+        ours = not (incoming and _REQUEST_ID.fullmatch(incoming)
+                    and not holds_a_credential(incoming, environ.get("HTTP_AUTHORIZATION")))
         request_id = self.new_request_id() if ours else incoming
         client = environ.get("REMOTE_ADDR") or ""
         if self.trusted:
@@ -115,8 +122,13 @@ class Envelope:
             answer[:] = [status, length]
             return start_response(status, headers, exc_info)
 
+        admitted = admission.current()
         length = environ.get("CONTENT_LENGTH")
-        if length:
+        if admitted is not None and admitted.body_too_large:
+            # The worker refused it unread and closes the connection after the answer.
+            environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
+            state.refusal = PayloadTooLarge(self.max_body)
+        elif length:
             if length.isdigit() and int(length) > self.max_body:
                 # Read it off the connection now; the route answers 413 (routes.py),
                 # inside Flask, so the answer gets CORS headers like any other.
@@ -125,7 +137,10 @@ class Envelope:
                 state.refusal = PayloadTooLarge(self.max_body)
         elif "HTTP_TRANSFER_ENCODING" in environ:
             state.refusal = _read_chunked(environ, self.max_body)
-        token, budget = enter(state), wait_budget(self.db_wait)
+        # The wait for a thread counts: a request that queued for the whole
+        # budget gets 503 at its first checkout instead of waiting again.
+        queued = time.monotonic() - admitted.ready_at if admitted is not None else 0.0
+        token, budget = enter(state), wait_budget(self.db_wait - queued)
         if self.tracing is not None:
             trace = self.tracing.start_request(environ, client)
         try:
@@ -236,6 +251,22 @@ def _read_chunked(environ: dict, max_body: int) -> ApiError | None:
         refusal, body = InvalidRequest("the chunked body is malformed"), b""
     environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
     return refusal
+
+
+def holds_a_credential(request_id: str, authorization: str | None) -> bool:
+    """Whether a client's request id looks like a token or shares the request's credential.
+
+    Such an id is replaced by a generated one: a request id is echoed and
+    written on every log line, and the token must never reach the logs.
+    """
+    if _TOKEN_START.search(request_id) is not None:
+        return True
+    if not authorization:
+        return False
+    credential = authorization.rpartition(" ")[2]
+    secret = credential.rpartition(".")[2]  # a token's MAC, or the whole credential
+    return (len(secret) >= _SHARED_CREDENTIAL_MIN and secret in request_id) or \
+        (len(request_id) >= _SHARED_CREDENTIAL_MIN and request_id in credential)
 
 
 def request_ids():

@@ -139,6 +139,15 @@ def gcra_take(tat_us: int | None, now_us: int, interval_us: int, tolerance_us: i
     return granted, base + granted * interval_us
 
 
+def gcra_charge(tat_us: int | None, now_us: int, interval_us: int, count: int) -> int:
+    """Charge `count` admissions after the fact, whatever is left: the TAT after, in
+    microseconds. It is `count` requests arriving at `now` and admitted beyond the
+    tolerance, so the key's next requests are refused until the debt has replenished.
+    The SQL and Redis stores implement exactly this; keep the three in step."""
+    base = now_us if tat_us is None or tat_us < now_us else tat_us
+    return base + count * interval_us
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of one check, with what the response headers report."""
@@ -192,6 +201,10 @@ class Store(Protocol):
     def decide(self, key: str, interval_us: int, tolerance_us: int) -> tuple[bool, int]:
         """Admit or refuse one request for `key`: (admitted, TAT after - now, microseconds)."""
 
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """Take `count` more admissions of `key` whatever is left (`gcra_charge`): TAT after
+        - now, microseconds."""
+
 
 class MemoryStore:
     """GCRA state in this process, on an injected clock (seconds). For tests and tools only:
@@ -217,6 +230,13 @@ class MemoryStore:
                 return 0, tolerance_us + interval_us
             self._tats[key] = tat
         return granted, tat - now
+
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """`gcra_charge` on this store's state: the TAT after - now."""
+        now = round(self._clock() * MICROS)
+        with self._lock:
+            tat = self._tats[key] = gcra_charge(self._tats.get(key), now, interval_us, count)
+        return tat - now
 
     def give_back(self, returns: list[tuple[str, int, int]]) -> None:
         """Return unused admissions, (key, count, interval_us) each: TAT moves back."""
@@ -257,11 +277,22 @@ class RateLimiter:
     metrics.rate_limit_store_errors and logged as a warning at most once per
     `log_every` seconds (with the number of failures not logged), and
     `health()` reports degraded for `degraded_for` seconds.
+
+    With `remember_refusals`, a refused key is refused again in this process,
+    without asking the store, until the time its refusal named (Retry-After):
+    nothing but admissions moves a key's TAT forward, and no admission can pass
+    before then, so the store would refuse too (save for admissions leases give
+    back early, which then wait at most until that time). A client that ignores
+    Retry-After costs a refusal's HTTP work, not a store round trip as well.
     """
+
+    REMEMBERED_MAX = 10_000  # refused keys one process remembers at most
 
     def __init__(self, user_policy: Policy, ip_policy: Policy, store: Store, metrics,
                  logger: logging.Logger, clock: Callable[[], float] = time.monotonic,
-                 log_every: float = 10.0, degraded_for: float = 60.0, tracing=None):
+                 log_every: float = 10.0, degraded_for: float = 60.0, tracing=None,
+                 remember_refusals: bool = False):
+        self._refused: dict[str, int] | None = {} if remember_refusals else None
         self._tracing = tracing  # app.platform.tracing.Tracing, or None when off
         self._policies = {p.name: (p if p.enabled else None) for p in (user_policy, ip_policy)}
         self.store = store
@@ -300,15 +331,53 @@ class RateLimiter:
         return decision
 
     def _decide(self, policy_name: str, policy: Policy, key: str) -> Decision:
+        full_key = f"{policy_name}:{key}"
+        refused = self._refused
+        if refused is not None and full_key in refused:
+            now = round(self._clock() * MICROS)
+            tat = refused.get(full_key)
+            if tat is not None and tat - policy.tolerance_us > now:
+                self._metrics.rate_limited.labels(policy_name).inc()
+                return decision_from_store(policy, False, tat - now)
+            refused.pop(full_key, None)
         try:
-            allowed, tat_after = self.store.decide(f"{policy_name}:{key}", policy.interval_us,
+            allowed, tat_after = self.store.decide(full_key, policy.interval_us,
                                                    policy.tolerance_us)
         except Exception as exc:  # fail open: any store failure admits the request
             self._store_failed(exc)
             return fresh_decision(policy)
         if not allowed:
             self._metrics.rate_limited.labels(policy_name).inc()
+            if refused is not None:
+                self._remember(refused, full_key, tat_after)
         return decision_from_store(policy, allowed, tat_after)
+
+    def _remember(self, refused: dict[str, int], key: str, tat_after: int) -> None:
+        now = round(self._clock() * MICROS)
+        if len(refused) >= self.REMEMBERED_MAX:
+            with self._lock:  # forget the refusals that have passed (or all, if none has)
+                for old, tat in list(refused.items()):
+                    if tat <= now:
+                        refused.pop(old, None)
+                if len(refused) >= self.REMEMBERED_MAX:
+                    refused.clear()
+        refused[key] = now + tat_after
+
+    def charge(self, policy_name: str, key: str, count: int) -> Decision | None:
+        """Charge `count` more admissions to a request already admitted, for the work it
+        caused (renders missed): the key's next requests pay for it. The Decision reports
+        the state after the charge; None when the policy is disabled or the store failed
+        (the charge is then forgiven, as a failing store admits)."""
+        policy = self._policies[policy_name]
+        if policy is None or count < 1:
+            return None
+        try:
+            tat_after = self.store.charge(f"{policy_name}:{key}", policy.interval_us, count)
+        except Exception as exc:
+            self._store_failed(exc)
+            return None
+        self._metrics.rate_limit_charged.labels(policy_name).inc(count)
+        return decision_from_store(policy, True, tat_after)
 
     def _store_failed(self, exc: Exception) -> None:
         self._metrics.rate_limit_store_errors.inc()

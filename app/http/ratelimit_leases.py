@@ -73,6 +73,8 @@ class TakingStore(Protocol):
 
     def give_back(self, returns: list[tuple[str, int, int]]) -> None: ...
 
+    def charge(self, key: str, interval_us: int, count: int) -> int: ...
+
     def purge_expired(self) -> int: ...
 
 
@@ -170,6 +172,20 @@ class LeasedStore:
                 self._leases[key] = Lease(unused, round(taken_at * MICROS) + tat_after,
                                           taken_at + self.lease_seconds, want, interval_us)
         return True, tat_after - unused * interval_us
+
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """Charge `count` admissions after the fact: first from the key's leased credits
+        (already charged in the store), the rest in the store; TAT after - now."""
+        with self._lock:
+            lease = self._leases.get(key)
+            spent = 0
+            if lease is not None and not lease.refilling and lease.credits:
+                spent = min(lease.credits, count)
+                lease.credits -= spent
+        if spent < count:
+            return self.store.charge(key, interval_us, count - spent)
+        return max(interval_us, lease.tat_us - lease.credits * interval_us
+                   - round(self._clock() * MICROS))
 
     def sweep(self) -> int:
         """Give back the unused credits of ended leases (one store call for all of them)

@@ -16,6 +16,9 @@ import threading
 from app.domain import ids
 
 _CONTEXT = b"saypi-token-v1:"
+# How every token begins: a user's public id and the dot before its MAC (a regular
+# expression, for `search`; whatever follows is the secret part).
+SIGNED_ID = r"usr_[0-9a-f]{16}\."
 
 
 class TokenSigner:

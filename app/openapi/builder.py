@@ -278,6 +278,11 @@ def _info_description(config) -> str:
     limits = (f"On this server: {user_rate} requests per minute per user (burst "
               f"{config.rate_limit_user_burst}) and {ip_rate} per minute per client address "
               f"(burst {config.rate_limit_ip_burst}); 0 means that limit is off.")
+    per = config.rate_limit_renders_per_admission
+    if per and user_rate:
+        limits += (f" A request that renders lines not rendered recently costs one more "
+                   f"request of the user's limit per {per} such lines, charged after it "
+                   f"answers (its `RateLimit` header shows what is left).")
     return f"""\
 SayPI is a cowsay conversation API: users create conversations in which animals speak or
 think lines of text, rendered as classic cowsay art.

@@ -288,8 +288,9 @@ def health_components() -> dict[str, dict[str, Any]]:
 # --- headers and parameters -----------------------------------------------------------------
 HEADERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {"description": "The request's id: the one sent, when it is 1-128 "
-                                    "characters of `[A-Za-z0-9._-]`, else a generated one. "
-                                    "Every log line of the request carries it.",
+                                    "characters of `[A-Za-z0-9._-]` and holds no credential "
+                                    "(see the parameter), else a generated one. Every log "
+                                    "line of the request carries it.",
                      "required": True, "schema": {"type": "string", "pattern": REQUEST_ID}},
     "RateLimit": {"description": "Remaining quota `r` and seconds `t` until it is full "
                                  "again, e.g. `\"user\";r=59;t=1` (policy `\"ip\"` before "
@@ -354,7 +355,10 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "X-Request-ID": {
         "name": "X-Request-ID", "in": "header", "required": False,
         "description": "Your id for this request, echoed in the response and the logs when it "
-                       "is 1-128 characters of `[A-Za-z0-9._-]`; otherwise one is generated.",
+                       "is 1-128 characters of `[A-Za-z0-9._-]`; otherwise one is generated. "
+                       "An id that looks like a token (`usr_` and 16 hex digits, then a dot) "
+                       "or shares the Authorization header's credential is replaced by a "
+                       "generated one too, so a token never reaches the logs.",
         "schema": {"type": "string"}},
 }
 

@@ -14,14 +14,13 @@ Repositories say what a call is, and this module decides where it goes:
 - `connection`, `transaction`, `unit_of_work`: the primary, for everything
   that is not one user's data (idempotency keys, rate limits, migrations).
 
-Read-your-writes, step by step: a write commits on the primary at WAL
-position P; the user's position becomes P (never lowered); a replica
-reports, every REPLICA_CHECK_INTERVAL, how far it has replayed (R); a read
-of the user goes to a replica only if R >= P. R only grows while the replica
-runs, so a stale R is a safe under-estimate. Replica lag in seconds is
-measured against the primary's positions sampled over time: a replica whose
-replay stands behind a position the primary passed more than
-REPLICA_MAX_LAG_SECONDS ago is out of rotation until it catches up.
+Read-your-writes: a write commits at WAL position P and its user's position
+becomes P in the shared store before it answers; a read goes to a replica
+only if its replay R >= P (R only grows: a stale R under-estimates), and
+only while this worker's sample of the primary is fresh. A write the store
+did not confirm holds every replica read, fleet-wide, through a row on the
+primary; lag is unknown (out of rotation) until proven. The reasoning,
+failure by failure: docs/read-your-writes.md.
 
 Without replicas none of this runs: `read` is a checkout from the primary
 and `write` is the primary's connection, as before.
@@ -42,17 +41,19 @@ from typing import Any, Protocol
 import psycopg
 
 from app.platform.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.platform.deadlines import Deadlines
 from app.platform.health import pool_details
-from app.repo.replication import primary_position, replica_status
+from app.repo.replication import hold_replica_reads, primary_sample, replica_status
 from app.repo.write_positions import PositionsUnavailable
 
 PRIMARY = "primary"
 # Why a read that could have gone to a replica went to the primary.
-FALLBACK_REASONS = ("no_replica", "behind", "positions_unavailable", "replica_failed")
+FALLBACK_REASONS = ("no_replica", "behind", "positions_unavailable", "replica_failed",
+                    "unsampled", "held")
 
 
 class WritePositions(Protocol):
-    def record(self, user_id: int, conn: psycopg.Connection) -> None: ...
+    def record(self, user_id: int, conn: psycopg.Connection) -> bool: ...
 
     def get(self, user_id: int) -> int | None: ...
 
@@ -73,6 +74,11 @@ class Replica:
         self.lag_seconds: float | None = None
         self.state = "starting"  # starting, ok, lagging, down, promoted
         self.last_error = ""
+        # The first primary sample seen ahead of the replay, kept while the replay
+        # stays behind it (the lag keeps growing past the sample window), and whether
+        # an earlier sample proves the replay was level with the primary before it.
+        self.behind: tuple[float, int] | None = None
+        self.behind_known = True
 
     def describe(self, show_host: bool) -> dict[str, Any]:
         details: dict[str, Any] = {"state": self.state, "in_rotation": self.in_rotation,
@@ -115,6 +121,39 @@ class ReadTally:
 class ReplicaSettings:
     max_lag_seconds: float
     check_interval: float
+    read_timeout: float = 2.0
+
+    @property
+    def check_timeout(self) -> float:
+        """The bound of each of the monitor's checks (the primary's sample, a replica's)."""
+        return max(0.05, min(1.0, self.check_interval * 2))
+
+    @property
+    def sample_fresh_seconds(self) -> float:
+        """How old the primary's last sample may be for a replica to serve a read: a
+        monitor cycle samples it at least this often while the primary answers."""
+        return self.check_interval + self.check_timeout + 0.25
+
+    @property
+    def hold_seconds(self) -> float:
+        """How long after a write every replica in rotation has replayed it: one in
+        rotation lags at most max_lag_seconds, measured with one interval's delay, and
+        routing uses replay positions up to one interval old."""
+        return self.max_lag_seconds + 2 * self.check_interval + 1
+
+
+class ReplicaDatabase(Database):
+    """A replica's pool whose checks of idle connections run under a deadline: a frozen
+    server answers no ping, whatever its statement_timeout."""
+
+    def __init__(self, *args: Any, deadlines: Deadlines, check_seconds: float, **kwargs: Any):
+        self.deadlines = deadlines
+        self.check_seconds = check_seconds
+        super().__init__(*args, **kwargs)
+
+    def _check_connection(self, conn: psycopg.Connection) -> None:
+        with self.deadlines.bound(conn, self.check_seconds):
+            super()._check_connection(conn)
 
 
 class Cluster:
@@ -123,7 +162,8 @@ class Cluster:
     def __init__(self, primary: Database, replicas: Sequence[Replica] = (),
                  positions: WritePositions | None = None,
                  settings: ReplicaSettings | None = None,
-                 logger: logging.Logger | None = None):
+                 logger: logging.Logger | None = None,
+                 deadlines: Deadlines | None = None):
         self.primary = primary
         self.replicas = tuple(replicas)
         self.positions = positions
@@ -136,6 +176,9 @@ class Cluster:
         self._rotation: tuple[Replica, ...] = ()
         self._turn = itertools.count()
         self._primary_samples: deque[tuple[float, int]] = deque()
+        self._sampled_at = float("-inf")  # when the last good sample of the primary began
+        self._held_until = float("-inf")  # no replica read before then (the primary's hold)
+        self.deadlines = deadlines or Deadlines()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
 
@@ -151,8 +194,8 @@ class Cluster:
         """The primary's unit of work; its writers' positions are recorded once it commits."""
         with self.primary.unit_of_work() as uow:
             yield uow
-        if self.routing and uow.writers:
-            self._record(uow.writers, None)
+        if self.routing and uow.writers and self._record(uow.writers, None):
+            self._settle()
 
     def dedicated_connection(self) -> psycopg.Connection:
         return self.primary.dedicated_connection()
@@ -182,24 +225,41 @@ class Cluster:
         with Checkout(self.primary, None, translate=True) as conn:
             with (conn.transaction() if transaction else contextlib.nullcontext()):
                 yield conn
-            self._record((user_id,), conn)
+            unsettled = self._record((user_id,), conn)
+        if unsettled:
+            self._settle()  # with the connection back in the pool
 
-    def _record(self, user_ids, conn: psycopg.Connection | None) -> None:
-        """Record the primary's position now for each user; their commit is behind it."""
+    def _record(self, user_ids, conn: psycopg.Connection | None) -> bool:
+        """Record the primary's position now for each user (their commit is behind it)
+        before the write answers; True if the write must `_settle` first (`_record_on`)."""
         try:
             if conn is None:
                 with Checkout(self.primary, None, translate=True) as fresh:
-                    for user_id in user_ids:
-                        self.positions.record(user_id, fresh)
-                return
-            for user_id in user_ids:
-                self.positions.record(user_id, conn)
+                    return self._record_on(user_ids, fresh)
+            return self._record_on(user_ids, conn)
         except (psycopg.Error, DatabaseUnavailable) as exc:
-            # The write committed; only its position is unknown. Readers of this user
-            # may see a replica that lags it until the replica catches up (bounded by
-            # REPLICA_MAX_LAG_SECONDS); say so loudly.
+            # The write committed, but neither the store nor the primary holds its
+            # position: a 2xx could be followed by a stale read, so it answers 503
+            # (a retry with its Idempotency-Key replays the outcome).
             self.logger.error("write position not recorded for %d user(s): %s",
                               len(user_ids), type(exc).__name__)
+            raise DatabaseUnavailable("write position not recorded") from exc
+
+    def _record_on(self, user_ids, conn: psycopg.Connection) -> bool:
+        """A position the store did not confirm (Redis hung or down) holds every replica
+        read of every worker for hold_seconds, durably, on the primary. Unless the hold
+        already stood when every monitor last sampled it (a later write of the same
+        outage), the write must wait until they have (True)."""
+        confirmed = [self.positions.record(user_id, conn) for user_id in user_ids]
+        if all(confirmed):
+            return False
+        settle = self.settings.sample_fresh_seconds + 0.05
+        return not hold_replica_reads(conn, 2 * self.settings.hold_seconds, settle)
+
+    def _settle(self) -> None:
+        """Wait until every worker's last sample of the primary is younger than the hold:
+        a read with an older sample goes to the primary, one with a newer sees the hold."""
+        time.sleep(self.settings.sample_fresh_seconds + 0.05)
 
     # --- one user's reads --------------------------------------------------------------
     def read(self, user_id: int, fn: Callable[..., Any], *args: Any) -> Any:
@@ -207,8 +267,10 @@ class Cluster:
         if self.routing:
             replica = self._choose(user_id)
             if replica is not None:
+                timeout = self.settings.read_timeout
                 try:
-                    with Checkout(replica.db, None, translate=True) as conn:
+                    with Checkout(replica.db, timeout, translate=True) as conn, \
+                            self.deadlines.bound(conn, timeout):
                         result = fn(conn, *args)
                 except (DatabaseUnavailable, psycopg.Error) as exc:
                     self._replica_failed(replica, exc)
@@ -224,6 +286,14 @@ class Cluster:
         rotation = self._rotation
         if not rotation:
             self.tally.add("fallback:no_replica")
+            return None
+        now = time.monotonic()
+        if now - self._sampled_at > self.settings.sample_fresh_seconds:
+            # this worker may not know of a hold a write set elsewhere
+            self.tally.add("fallback:unsampled")
+            return None
+        if now < self._held_until:
+            self.tally.add("fallback:held")
             return None
         positions = self.positions
         if not positions.trusted():
@@ -255,6 +325,7 @@ class Cluster:
     def start(self) -> None:
         if not self.routing:
             return
+        self.deadlines.start()
         self.check_replicas()
         self._monitor = threading.Thread(target=self._monitor_loop, name="replica-monitor",
                                          daemon=True)
@@ -264,6 +335,7 @@ class Cluster:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=2)
+        self.deadlines.close()
         for replica in self.replicas:
             replica.db.close()
 
@@ -275,28 +347,38 @@ class Cluster:
                 self.logger.exception("replica check failed")
 
     def check_replicas(self) -> None:
-        """Sample the primary's position, read each replica's replay, and set the rotation."""
-        now = time.monotonic()
-        timeout = max(0.05, min(1.0, self.settings.check_interval * 2))
-        try:
-            with self.primary.pooled(timeout=timeout) as conn:
-                self._primary_samples.append((now, primary_position(conn)))
-        except Exception:  # noqa: S110 - the primary's own checker reports it
-            pass
-        window = self.settings.max_lag_seconds + 2 * self.settings.check_interval + 1
-        samples = self._primary_samples
-        while len(samples) > 1 and now - samples[1][0] > window:
-            samples.popleft()
+        """Sample the primary's position (before each replica, so a hung one delays the
+        next sample by one bounded check), read each replica's replay, set the rotation."""
+        timeout = self.settings.check_timeout
         for replica in self.replicas:
-            self._check(replica, now, timeout)
+            self._sample_primary(timeout)
+            self._check(replica, time.monotonic(), timeout)
         rotation = tuple(r for r in self.replicas if r.in_rotation)
         if rotation != self._rotation:
             self._rotation = rotation
 
+    def _sample_primary(self, timeout: float) -> None:
+        started = time.monotonic()
+        try:
+            with self.primary.pooled(timeout=timeout) as conn, \
+                    self.deadlines.bound(conn, timeout):
+                position, hold = primary_sample(conn)
+        except Exception:  # the primary's own checker reports it
+            return
+        # the hold's end on this clock, from after the answer: never earlier than it is
+        self._held_until = max(self._held_until, time.monotonic() + hold)
+        samples = self._primary_samples
+        samples.append((started, position))  # a time before the read: lag over-estimated
+        window = self.settings.max_lag_seconds + 2 * self.settings.check_interval + 1
+        while len(samples) > 1 and started - samples[1][0] > window:
+            samples.popleft()
+        self._sampled_at = started
+
     def _check(self, replica: Replica, now: float, timeout: float) -> None:
         was = replica.in_rotation
         try:
-            with replica.db.pooled(timeout=timeout) as conn:
+            with replica.db.pooled(timeout=timeout) as conn, \
+                    self.deadlines.bound(conn, timeout):
                 in_recovery, replayed = replica_status(conn)
         except Exception as exc:
             replica.db.connection_failed()
@@ -314,9 +396,14 @@ class Cluster:
                                   replica.name)
             return
         replica.replayed = replayed
-        behind_since = next((at for at, position in self._primary_samples
-                             if position > replayed), None)
-        replica.lag_seconds = 0.0 if behind_since is None else now - behind_since
+        replica.lag_seconds = self._lag(replica, now)
+        if not replica.behind_known:
+            replica.in_rotation, replica.state = False, "lagging"
+            replica.last_error = (f"behind the first primary position this worker saw, "
+                                  f"{replica.lag_seconds:.1f}s ago: lag unknown")
+            if was:
+                self.logger.warning("replica %s lag unknown; out of rotation", replica.name)
+            return
         if replica.lag_seconds > self.settings.max_lag_seconds:
             replica.in_rotation, replica.state = False, "lagging"
             replica.last_error = f"{replica.lag_seconds:.1f}s behind the primary"
@@ -328,6 +415,28 @@ class Cluster:
         if not was:
             self.logger.warning("replica %s in rotation (lag %.2fs)", replica.name,
                                 replica.lag_seconds)
+
+    def _lag(self, replica: Replica, now: float) -> float:
+        """Seconds since the primary first stood past the replica's replay, as sampled.
+
+        Lag is known only if a sample at or below the replay precedes the first one
+        past it: a worker that has just started and finds the replay behind its first
+        sample cannot tell one second of lag from an hour's (`behind_known` False)."""
+        replayed = replica.replayed
+        if replica.behind is not None and replica.behind[1] <= replayed:
+            replica.behind = None  # it got past that sample: measure again
+        samples = self._primary_samples
+        first = next((i for i, (_, position) in enumerate(samples) if position > replayed),
+                     None)
+        if first is None:
+            replica.behind, replica.behind_known = None, True
+            return 0.0
+        if replica.behind is None:
+            replica.behind = samples[first]
+            # the oldest sample is past the replay: behind since before this worker
+            # looked, or since before the window (then far beyond the maximum lag)
+            replica.behind_known = first > 0
+        return now - replica.behind[0]
 
     def describe(self, show_hosts: bool) -> dict[str, Any]:
         return {replica.name: replica.describe(show_hosts) for replica in self.replicas}

@@ -33,6 +33,8 @@ from app.http.request_state import STANDARD_METHODS, request_state_or_none
 
 # Attributes every LogRecord has; anything else came in through `extra`.
 _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+# The ones the redaction filter handles first, before it scrubs every other field.
+_REDACTED_FIRST = {"msg", "args", "exc_info", "exc_text", "stack_info"}
 _SENSITIVE_KEYS = re.compile(r"authorization|token|secret|password|passwd|dsn|cookie|api_key",
                              re.IGNORECASE)
 # A SayPI token is `usr_<16 hex>.<base64url MAC>` (app/http/tokens.py). Its shape is
@@ -54,7 +56,9 @@ _EXCEPTION_FORMATTER = logging.Formatter()
 
 
 class RedactionFilter(logging.Filter):
-    """Removes tokens, secrets and passwords from a record's message and extras."""
+    """Removes tokens, secrets and passwords from every field of a record: its message,
+    traceback, extras, and the standard attributes (`request_id`, logger and thread
+    names) too. An extra whose name sounds secret is replaced whole."""
 
     def __init__(self, secrets: Iterable[str] = ()):
         super().__init__()
@@ -103,14 +107,29 @@ class RedactionFilter(logging.Filter):
             record.exc_text = self.scrub(record.exc_text)
         if record.stack_info:
             record.stack_info = self.scrub(record.stack_info)
-        for key in list(vars(record)):
-            if key in _RECORD_ATTRS:
+        fields = vars(record)
+        standard = []
+        for key, value in list(fields.items()):
+            if key in _REDACTED_FIRST or value is None or isinstance(value, int | float):
                 continue
-            if _SENSITIVE_KEYS.search(key):
-                setattr(record, key, REDACTED)
+            if key in _RECORD_ATTRS:
+                if isinstance(value, str) and key != "request_id":
+                    standard.append(value)  # logging's own: checked together, below
+                else:
+                    fields[key] = self._scrub_value(value)
+            elif _SENSITIVE_KEYS.search(key):
+                fields[key] = REDACTED
             else:
-                setattr(record, key, self._scrub_value(getattr(record, key)))
+                fields[key] = self._scrub_value(value)
+        if standard and self._may_hold_secret("\n".join(standard)):
+            for key, value in list(fields.items()):
+                if key in _RECORD_ATTRS and isinstance(value, str) and key not in _REDACTED_FIRST:
+                    fields[key] = self.scrub(value)
         return True
+
+    def _may_hold_secret(self, text: str) -> bool:
+        return _MAY_HOLD_SECRET.search(text) is not None or \
+            any(secret in text for secret in self.secrets)
 
 
 class RequestIdFilter(logging.Filter):

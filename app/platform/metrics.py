@@ -64,6 +64,10 @@ class Metrics:
             registry=registry)
         for policy in POLICY_NAMES:
             self.rate_limited.labels(policy)
+        self.rate_limit_charged = Counter(
+            "rate_limit_charged_total",
+            "Admissions charged after a request for the work it caused (renders missed).",
+            ["policy"], registry=registry)
         self.rate_limit_store_errors = Counter(
             "rate_limit_store_errors_total",
             "Rate-limit decisions that failed in the store (the request was allowed).",

@@ -88,11 +88,22 @@ class RedisLink:
         timeout per call while Redis is really down."""
         mine = self._mine
         conn = getattr(mine, "conn", None)
+        reused = conn is not None
         try:
             if conn is None:
                 conn = mine.conn = self.client.connection_pool.get_connection()
-            conn.send_command(*command)
-            reply = conn.read_response()
+            try:
+                conn.send_command(*command)
+                reply = conn.read_response()
+            except redis.ConnectionError:
+                if not reused:
+                    raise
+                # A connection Redis dropped while it sat here (Redis restarted): one
+                # more try on a fresh one, which costs no timeout, so that each thread's
+                # stale connection does not count as a new failure of a Redis that is up.
+                conn.disconnect()
+                conn.send_command(*command)
+                reply = conn.read_response()
         except redis.ResponseError:
             raise
         except (redis.RedisError, OSError) as exc:

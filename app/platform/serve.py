@@ -123,13 +123,16 @@ def child_exit_for(multiproc_dir: str | None) -> Callable:
 
 
 def worker_class_for(config) -> type:
-    """SayPI's gthread worker (app/platform/worker.py) with this configuration's head limits."""
+    """SayPI's gthread worker (app/platform/worker.py) with this configuration's request limits."""
     from app.platform.worker import SayPIWorker
 
     return type("SayPIWorker", (SayPIWorker,), {
         "header_timeout": config.header_timeout,
         "max_header_bytes": config.max_header_bytes,
         "health_threads": config.health_threads,
+        "body_timeout": config.body_timeout,
+        "max_body_bytes": config.max_body_bytes,
+        "queue_timeout": config.db_pool_timeout,
     })
 
 

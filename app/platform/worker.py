@@ -1,4 +1,4 @@
-"""SayPI's gunicorn worker: request heads read in the main loop, health on its own lane.
+"""SayPI's gunicorn worker: requests read in the main loop, health on its own lane.
 
 gunicorn's gthread worker hands every accepted connection to a thread, which
 then blocks reading the request head (for up to 5 s before the first byte,
@@ -8,12 +8,19 @@ while fresh requests queue behind them. `SayPIWorker` changes only where the
 head is read:
 
 - the main loop's selector waits for a connection to become readable and
-  reads its bytes without blocking, until the blank line that ends the head;
-  only then does a thread get the connection, with the head already buffered
-  in gunicorn's parser, so a thread never waits on a client for a head;
+  reads its bytes without blocking, until the blank line that ends the head
+  and then to the end of its body (bodies.py; up to `max_body_bytes`, else
+  the request gets a thread at once and is refused with 413 unread); only
+  then does a thread get the connection, with head and body buffered in
+  gunicorn's parser, so a thread never waits on a client;
 - a head not complete `header_timeout` seconds after the connection was
   accepted (or after a kept-alive connection's next request began) is cut
   off: the connection is closed, as HAProxy's `timeout http-request` would;
+  so is a body not complete `body_timeout` seconds after its head;
+- a request still waiting for an API thread `queue_timeout` seconds
+  (DB_POOL_TIMEOUT) after it arrived whole is answered 503 with
+  Retry-After by the main loop, and the envelope's budget for database
+  waits is what is left of that time (admission.py);
 - a head larger than `max_header_bytes` is answered `400 invalid_request`
   ("the request headers are too large") in the contract's JSON, without a
   thread; gunicorn's own limits (line length, field count and size) still
@@ -45,11 +52,14 @@ from concurrent import futures
 from functools import partial
 from http import HTTPStatus
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from app.http.errors import ApiError, InternalFailure, InvalidRequest, ServiceUnavailable
+from app.http.envelope import request_ids
+from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
+from app.platform import admission, bodies
+from app.platform.framing import framing_refusal, parse_error_answer
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -58,6 +68,9 @@ RECV_BYTES = 65536
 #: those bytes with a reset that could destroy the response in flight.
 LINGER_SECONDS = 2.0
 LINGER_MAX_BYTES = 65536
+#: What a connection whose body was refused unread (over MAX_BODY_BYTES) may
+#: still send while it lingers, so its client reads the 413 rather than a reset.
+REFUSED_BODY_LINGER_BYTES = 1024 * 1024
 HEALTH_PREFIX = b"/health/"
 TOO_LARGE_REASON = "the request headers are too large"
 
@@ -65,31 +78,15 @@ TOO_LARGE_REASON = "the request headers are too large"
 _WAIT, _READY, _TOO_LARGE, _GONE = range(4)
 
 
-def contract_error_bytes(error: ApiError) -> bytes:
+def contract_error_bytes(error: ApiError, request_id: str) -> bytes:
     """A complete HTTP/1.1 response, closing the connection, carrying `error` as JSON."""
     body = json.dumps(error.body(), separators=(",", ":")).encode()
     extra = "".join(f"{name}: {value}\r\n" for name, value in error.headers.items())
     head = (f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\n"
             f"Connection: close\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"X-Content-Type-Options: nosniff\r\n{extra}Content-Length: {len(body)}\r\n\r\n")
+            f"X-Content-Type-Options: nosniff\r\nX-Request-ID: {request_id}\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
-
-
-class _ContractErrorSocket:
-    """Wraps a client socket so gunicorn's own HTML error page leaves as the contract's JSON."""
-
-    def __init__(self, sock):
-        self._sock = sock
-
-    def __getattr__(self, name):
-        return getattr(self._sock, name)
-
-    def sendall(self, data: bytes) -> None:
-        status_line = data.split(b"\r\n", 1)[0].decode("latin-1")
-        _, status, reason = [*status_line.split(" ", 2), "", ""][:3]
-        error = InternalFailure() if status.startswith("5") else \
-            InvalidRequest(reason.lower() or "the request is malformed")
-        self._sock.sendall(contract_error_bytes(error))
 
 
 def is_health_request(head: bytes | bytearray) -> bool:
@@ -102,26 +99,34 @@ class SayPIWorker(ThreadWorker):
     """gunicorn's gthread worker with heads read by the main loop (see the module docstring).
 
     Errors gunicorn answers itself (malformed request lines, bad headers) are
-    JSON in the contract's shape too: `400 invalid_request` or
-    `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the three
-    class attributes from the configuration.
+    JSON in the contract's shape too, with an X-Request-ID: `400 invalid_request`
+    or `500 internal_failure`. `worker_class_for` in app/platform/serve.py sets the
+    three class attributes from the configuration.
     """
 
     header_timeout: float = 5.0
     max_header_bytes: int = 32768
     health_threads: int = 2
+    body_timeout: float = 10.0
+    max_body_bytes: int = 65536
+    queue_timeout: float = 3.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Insertion order is deadline order: every entry gets now + a constant.
         self._heads: OrderedDict[TConn, float] = OrderedDict()
         self._lingering: OrderedDict[TConn, float] = OrderedDict()
+        self._bodies: OrderedDict[TConn, float] = OrderedDict()
+        # Requests handed to the API threads and not started yet, with when to shed them.
+        self._queued: OrderedDict[futures.Future, tuple[TConn, float]] = OrderedDict()
         self._health_pool: futures.ThreadPoolExecutor | None = None
         self._listening_stopped = False
-        self._too_large = contract_error_bytes(InvalidRequest(TOO_LARGE_REASON))
-        self._shutting_down = contract_error_bytes(ServiceUnavailable(1))
+        self._new_request_id = None  # made in the worker process: its prefix is random
+        self._too_large = InvalidRequest(TOO_LARGE_REASON)
+        self._shutting_down = ServiceUnavailable(1)
 
     def init_process(self):
+        self._new_request_id = request_ids()
         self._health_pool = futures.ThreadPoolExecutor(
             max_workers=self.health_threads, thread_name_prefix="saypi-health")
         super().init_process()  # runs the worker until it stops
@@ -137,8 +142,31 @@ class SayPIWorker(ThreadWorker):
             self._health_pool.shutdown(wait=False)
         super().handle_quit(sig, frame)
 
+    # --- answers made without the app: framing and gunicorn's errors ----------------------
+    def handle_request(self, req, conn):
+        refusal = framing_refusal(req)
+        if refusal is not None:
+            raise refusal  # to handle_error, by gunicorn's `handle`
+        return self._handle_admitted(req, conn)
+
     def handle_error(self, req, client, addr, exc):
-        super().handle_error(req, _ContractErrorSocket(client), addr, exc)
+        """gunicorn's answer to what it could not parse or serve, in the contract's JSON
+        (its own is an HTML page, without X-Request-ID), logged under that answer's id."""
+        request_id = self._new_request_id()
+        error = parse_error_answer(exc)
+        ip = addr[0] if isinstance(addr, tuple) and addr else addr
+        ids = {"request_id": request_id}
+        if error.status < 500:
+            self.log.warning("Invalid request from ip=%s: %s", ip, exc, extra=ids)
+        elif getattr(req, "uri", None) is not None:
+            self.log.exception("Error handling request %s %s", getattr(req, "method", ""),
+                               req.uri, extra=ids)
+        else:
+            self.log.exception("Error handling request (no URI read)", extra=ids)
+        try:
+            util.write_nonblock(client, contract_error_bytes(error, request_id))
+        except Exception:
+            self.log.debug("Failed to send error message.")
 
     # --- reading heads in the main loop -----------------------------------------------------
     def enqueue_req(self, conn):
@@ -201,26 +229,25 @@ class SayPIWorker(ThreadWorker):
         if outcome == _READY:
             head = conn.saypi_head
             conn.saypi_head = None
-            if conn.parser is None:
-                conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-            conn.parser.unreader.unread(bytes(head))
-            conn.data_ready = True
-            self._dispatch(conn, self._health_pool if is_health_request(head) else self.tpool)
+            self._await_body(conn, head)
         elif outcome == _TOO_LARGE:
             conn.saypi_head = None
+            request_id = self._new_request_id()
             self.log.warning("Invalid request from ip=%s: request head larger than %d bytes",
                              conn.client[0] if isinstance(conn.client, tuple) else conn.client,
-                             self.max_header_bytes)
-            self._answer_and_close(conn, self._too_large)
+                             self.max_header_bytes, extra={"request_id": request_id})
+            self._answer_and_close(conn, contract_error_bytes(self._too_large, request_id))
         else:
             self._close(conn)
 
-    def _dispatch(self, conn, pool: futures.ThreadPoolExecutor) -> None:
+    def _dispatch(self, conn, pool: futures.ThreadPoolExecutor) -> futures.Future:
         fs = pool.submit(self.handle, conn)
         fs.add_done_callback(lambda fut: self.method_queue.defer(self._finished, conn, fut))
+        return fs
 
     def _finished(self, conn, fs) -> None:
         """On the main loop after a thread served `conn`: keep it alive, or linger and close."""
+        self._queued.pop(fs, None)
         try:
             result = fs.result() if not fs.cancelled() else False
         except Exception:
@@ -229,6 +256,121 @@ class SayPIWorker(ThreadWorker):
             self.finish_request(conn, fs)  # keep-alive (or gunicorn's deferral)
         else:
             self._linger_close(conn)
+
+    # --- reading bodies in the main loop ----------------------------------------------------
+    def _await_body(self, conn, received: bytearray) -> None:
+        """Hand `conn` to a thread once its body has arrived too: at once if it has none."""
+        conn.saypi_continued = False
+        end = received.find(b"\r\n\r\n")
+        scan = bodies.BodyScan(received[:end], self.max_body_bytes) if end >= 0 else None
+        outcome = scan.scan(received, end + 4) if scan is not None else bodies.AS_IS
+        if outcome != bodies.WAIT:
+            self._body_settled(conn, received, end + 4, outcome)
+            return
+        conn.saypi_body = (scan, received, end + 4)
+        if scan.expects_continue:
+            # gunicorn would send it when the application reads the body, but
+            # the body is read here, before any thread has the request.
+            try:
+                conn.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
+                conn.saypi_continued = True
+            except OSError:
+                pass
+        self._bodies[conn] = time.monotonic() + self.body_timeout
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self._on_body_readable, conn))
+
+    def _on_body_readable(self, conn, _sock) -> None:
+        scan, received, start = conn.saypi_body
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            received += data
+            outcome = scan.scan(received, start)
+            if outcome == bodies.WAIT:
+                return
+        self.poller.unregister(conn.sock)
+        del self._bodies[conn]
+        conn.saypi_body = None
+        if data:
+            self._body_settled(conn, received, start, outcome)
+        else:
+            self._close(conn)
+
+    def _body_settled(self, conn, received: bytearray, start: int, outcome: int) -> None:
+        """Give the request to a thread: whole, or with its head only when the body is refused."""
+        too_large = outcome == bodies.TOO_LARGE
+        if too_large:
+            received = received[:start]  # refused unread: nothing of it is kept
+            conn.saypi_linger_bytes = REFUSED_BODY_LINGER_BYTES
+        if conn.parser is None:
+            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        conn.parser.unreader.unread(bytes(received))
+        conn.data_ready = True
+        conn.saypi_too_large = too_large
+        conn.saypi_ready_at = ready_at = time.monotonic()
+        if is_health_request(received):
+            self._dispatch(conn, self._health_pool)
+        else:
+            fs = self._dispatch(conn, self.tpool)
+            if not fs.done():
+                self._queued[fs] = (conn, ready_at + self.queue_timeout)
+
+    def _handle_admitted(self, req, conn):
+        """On the request's thread: tell the envelope what the main loop learnt (admission.py)."""
+        ready_at = getattr(conn, "saypi_ready_at", None)
+        if ready_at is None:  # TLS and HTTP/2: read on the thread, as gunicorn does
+            return super().handle_request(req, conn)
+        too_large = conn.saypi_too_large
+        if too_large:
+            req.force_close()  # the body is still on the socket, never read
+        if too_large or conn.saypi_continued:
+            # gunicorn sends 100 Continue as the request starts: not for a
+            # refused body, and not a second time.
+            req._expected_100_continue = False
+        token = admission.admit(admission.Admission(ready_at, too_large))
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            admission.release(token)
+
+    # --- load shedding: requests that waited too long for a thread --------------------------
+    def _shed_late_requests(self, now: float) -> None:
+        """Answer 503 to queued requests whose wait for a thread used up DB_POOL_TIMEOUT.
+
+        They would only wait for a database connection with no budget left,
+        behind requests that are late already: the client gets a fast 503
+        with Retry-After instead, and the thread goes to a request in time.
+        """
+        shed = 0
+        while self._queued:
+            fs, (conn, deadline) = next(iter(self._queued.items()))
+            if deadline > now:
+                break
+            del self._queued[fs]
+            if fs.cancel():  # not started: _finished then closes the connection
+                shed += 1
+                try:
+                    conn.sock.send(self._shed_response())
+                except OSError:
+                    pass
+        if shed:
+            self.log.warning("Shed %d request(s) that waited %.1f s for a thread", shed,
+                             self.queue_timeout)
+
+    def _shed_response(self) -> bytes:
+        return contract_error_bytes(ServiceUnavailable(1), self._new_request_id())
+
+    def wait_for_and_dispatch_events(self, timeout):
+        """Wake up in time for the next shedding, not only once a second."""
+        if self._queued:
+            _, deadline = next(iter(self._queued.values()))
+            timeout = min(timeout, max(0.0, deadline - time.monotonic()) + 0.001)
+        super().wait_for_and_dispatch_events(timeout)
 
     # --- closing without blocking the main loop ---------------------------------------------
     def _answer_and_close(self, conn, response: bytes) -> None:
@@ -259,7 +401,7 @@ class SayPIWorker(ThreadWorker):
         except OSError:
             data = b""
         conn.saypi_drained += len(data)
-        if not data or conn.saypi_drained >= LINGER_MAX_BYTES:
+        if not data or conn.saypi_drained >= getattr(conn, "saypi_linger_bytes", LINGER_MAX_BYTES):
             self.poller.unregister(conn.sock)
             del self._lingering[conn]
             self._close(conn)
@@ -269,10 +411,11 @@ class SayPIWorker(ThreadWorker):
         conn.close()
 
     def murder_pending(self):
-        """Each main-loop turn: also cut off late heads and end finished lingers."""
+        """Each main-loop turn: also cut off late heads and bodies, shed, end lingers."""
         super().murder_pending()
         now = time.monotonic()
-        for waiting in (self._heads, self._lingering):
+        self._shed_late_requests(now)
+        for waiting in (self._heads, self._bodies, self._lingering):
             while waiting:
                 conn, deadline = next(iter(waiting.items()))
                 if deadline > now:
@@ -312,7 +455,8 @@ class SayPIWorker(ThreadWorker):
                     break
                 self.nr_conns += 1
                 conn = TConn(self.cfg, client, addr, listener.getsockname())
-                self._answer_and_close(conn, self._shutting_down)
+                self._answer_and_close(
+                    conn, contract_error_bytes(self._shutting_down, self._new_request_id()))
             listener.close()
         # Heads still arriving get what kept-alive connections get: a short linger.
         deadline = time.monotonic() + STOP_KEEPALIVE_LINGER

@@ -48,6 +48,20 @@ SELECT false, held.tat - clock.now
        clock
 """
 
+# `app.http.ratelimit.gcra_charge`: TAT := max(TAT, now) + count * T, on the database's
+# clock, for a key with or without a row.
+_CHARGE = """
+WITH clock AS MATERIALIZED (
+    SELECT clock_timestamp() AS now
+)
+INSERT INTO rate_limits AS r (key, tat)
+SELECT %(key)s, clock.now + %(charge_us)s::bigint * interval '1 microsecond' FROM clock
+ON CONFLICT (key) DO UPDATE
+   SET tat = greatest(r.tat, excluded.tat - %(charge_us)s::bigint * interval '1 microsecond')
+             + %(charge_us)s::bigint * interval '1 microsecond'
+RETURNING r.tat - (SELECT now FROM clock)
+"""
+
 # Rows whose TAT has passed are the fresh state; deleting them changes no decision.
 # Bounded batches on the tat index; SKIP LOCKED leaves rows a request (or another
 # worker's purge) holds.
@@ -83,6 +97,16 @@ class RateLimitRepository:
         if row is None:  # refused on a row newer than the snapshot: assume it is fresh
             return False, tolerance_us + interval_us
         return row[0], row[1] // _MICROSECOND
+
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """Take `count` more admissions of `key` whatever is left: TAT after - now (us).
+
+        One round trip, outside a transaction, failing as `decide` does.
+        """
+        with self.db.connection() as conn:
+            row = conn.execute(_CHARGE, {"key": key, "charge_us": count * interval_us}
+                               ).fetchone()
+        return row[0] // _MICROSECOND
 
     def purge_expired(self) -> int:
         """Delete rows whose TAT has passed, in bounded batches; the number deleted."""

@@ -62,6 +62,20 @@ end
 return #KEYS
 """)
 
+# KEYS[1]: the key; ARGV[1]: microseconds to charge (count * T). `gcra_charge`:
+# TAT := max(TAT, now) + charge. Returns TAT after - now.
+_CHARGE = LuaScript("""
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local stored = redis.call('GET', KEYS[1])
+local base = now
+if stored and tonumber(stored) > now then base = tonumber(stored) end
+local after = base + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%.0f', after),
+           'PX', math.floor((after - now) / 1000) + 1)
+return string.format('%.0f', after - now)
+""")
+
 KEY_PREFIX = "saypi:rl:"
 
 
@@ -81,6 +95,10 @@ class RedisRateLimitStore:
         granted, tat_after = self.link.run_script(
             _TAKE, (KEY_PREFIX + key,), (interval_us, tolerance_us, want, give_back, keep))
         return int(granted), int(tat_after)
+
+    def charge(self, key: str, interval_us: int, count: int) -> int:
+        """`app.http.ratelimit.gcra_charge` in one script call: TAT after - now."""
+        return int(self.link.run_script(_CHARGE, (KEY_PREFIX + key,), (count * interval_us,)))
 
     def give_back(self, returns: list[tuple[str, int, int]]) -> None:
         """Return unused admissions, (key, count, interval_us) each, in one script call."""

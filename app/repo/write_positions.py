@@ -6,8 +6,8 @@ the replica has replayed that far. A position matters only while some
 replica in rotation may still lag behind it, so it expires after
 `ttl_seconds` (a few times REPLICA_MAX_LAG_SECONDS).
 
-Two stores with one interface. `PostgresWritePositions` keeps them in an
-UNLOGGED table on the primary: correct with no other service, but every
+Two stores with one interface. `PostgresWritePositions` keeps them in a
+table on the primary: correct with no other service, but every
 routed read costs a primary lookup. `RedisWritePositions` keeps them in
 Redis (REDIS_URL): no primary work for the read. Both raise
 PositionsUnavailable when they cannot answer; the reader then goes to the
@@ -31,22 +31,26 @@ class PositionsUnavailable(Exception):
 
 
 class PostgresWritePositions:
-    """Positions in the primary's UNLOGGED write_positions table."""
+    """Positions in the primary's write_positions table (logged: a crash keeps them)."""
 
     def __init__(self, db, ttl_seconds: float):
         self.db = db
         self.ttl_seconds = ttl_seconds
 
-    def record(self, user_id: int, conn: psycopg.Connection) -> None:
-        """Note the primary's WAL position now (after the user's commit), in one statement."""
+    def record(self, user_id: int, conn: psycopg.Connection) -> bool:
+        """Note the primary's WAL position now (after the user's commit), in one statement;
+        True: it is recorded (a failure raises)."""
+        # synchronous_commit on, whatever the server's: a crash must not lose the
+        # position of a write that answered (nor, before it in the WAL, the write)
         conn.execute(
             "INSERT INTO write_positions (user_id, position, expires_at) "
-            f"VALUES (%(user_id)s, {PRIMARY_POSITION}, "
-            "        now() + make_interval(secs => %(ttl)s)) "
+            f"SELECT %(user_id)s, {PRIMARY_POSITION}, now() + make_interval(secs => %(ttl)s) "
+            "FROM (SELECT set_config('synchronous_commit', 'on', true)) AS durable "
             "ON CONFLICT (user_id) DO UPDATE "
             "SET position = greatest(write_positions.position, excluded.position), "
             "    expires_at = excluded.expires_at",
             {"user_id": user_id, "ttl": self.ttl_seconds})
+        return True
 
     def get(self, user_id: int) -> int | None:
         try:
@@ -98,7 +102,9 @@ class RedisWritePositions:
     position that could not be recorded (Redis failed after the write
     committed) is kept here and retried on every later call, and until it is
     recorded, and for `hold_seconds` after Redis last failed, this worker
-    calls the store untrusted, so its reads go to the primary.
+    calls the store untrusted, so its reads go to the primary. Other workers
+    and instances cannot see that buffer: `record` answers False, and the
+    cluster holds every replica read, fleet-wide, through the primary.
 
     Every lookup reads the store's epoch key in the same round trip (MGET).
     Missing, Redis lost its data (a restart): the first reader sets it to
@@ -118,7 +124,9 @@ class RedisWritePositions:
         self._lock = threading.Lock()
         self._wall_clock = wall_clock
 
-    def record(self, user_id: int, conn: psycopg.Connection) -> None:
+    def record(self, user_id: int, conn: psycopg.Connection) -> bool:
+        """True once Redis has the position; False when it did not confirm it in time (the
+        caller then holds replica reads through the primary: app/platform/cluster.py)."""
         position = primary_position(conn)
         if self._unrecorded:
             self._retry_unrecorded()
@@ -131,6 +139,8 @@ class RedisWritePositions:
                 known = self._unrecorded.get(user_id)
                 if known is None or known[0] < position:
                     self._unrecorded[user_id] = (position, time.monotonic())
+            return False
+        return True
 
     def _store(self, user_id: int, position: int, despite_breaker: bool = False) -> None:
         self.link.run_script(_RECORD, (f"{KEY_PREFIX}{user_id}",),

@@ -1,12 +1,14 @@
 """Logging in real processes: every library logger goes through the JSON handler (in a
 subprocess, so this process's root logger is left alone), and SayPI's log while its
-PostgreSQL is down stays JSON and bounded.
+PostgreSQL is down stays JSON and bounded; a token sent as the request id never reaches the
+logs.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -120,3 +122,45 @@ def test_database_outage_log_is_json_and_bounded(start_server, tmp_path):
     pool_errors = [r for r in records if r["logger"] == "psycopg.pool"]
     assert all("\n" not in line for line in lines)
     assert len(pool_errors) <= 10 * seconds * workers * 3, len(pool_errors)
+
+
+# --- end to end: a token sent as the request id --------------------------------------------
+def test_a_token_sent_as_the_request_id_never_reaches_the_logs(start_server):
+    """X-Request-ID carrying the bearer token (whole, inside a longer id, its MAC alone, or
+    any token-shaped id) is replaced by a generated id, on the response and on every log
+    line, the error records of a failing request included; other ids are still echoed."""
+    server = start_server(LOG_FORMAT="json")
+    token = httpx.post(server.url + "/users", json={"name": "leaky"}, timeout=10).json()["token"]
+    other = httpx.post(server.url + "/users", json={"name": "other"}, timeout=10).json()["token"]
+    mac = token.split(".", 1)[1]
+    bearer = {"Authorization": f"Bearer {token}"}
+    sent = {token: bearer, f"req-{token}-1": bearer, mac: bearer, f"{mac}.2": bearer,
+            token.upper(): bearer, other: bearer, f"id-{token}": {}}
+    answered, listed = {}, {}
+    for request_id, headers in sent.items():
+        response = httpx.get(server.url + "/debug/fail", timeout=10,
+                             headers={**headers, "X-Request-ID": request_id})
+        assert response.status_code == 500, response.text
+        answered[request_id] = response.headers["x-request-id"]
+        response = httpx.get(server.url + "/moods", timeout=10,
+                             headers={**headers, "X-Request-ID": request_id})
+        assert response.status_code == (200 if headers else 401), response.text
+        listed[request_id] = response.headers["x-request-id"]
+    mine = httpx.get(server.url + "/moods", headers={**bearer, "X-Request-ID": "trace-7.a_b"},
+                     timeout=10)
+    assert mine.headers["x-request-id"] == "trace-7.a_b"
+
+    def failures(lines: list[str]) -> list[dict]:
+        return [json.loads(line) for line in lines
+                if line.startswith("{") and '"unhandled exception"' in line]
+
+    assert eventually(lambda: len(failures(server.log_lines())) >= len(sent), seconds=10)
+    assert server.stop() == 0
+    logs = server.log_path.read_text(errors="replace")
+    for secret in (token, mac, other.split(".", 1)[1], mac[:10], other.split(".", 1)[1][:10]):
+        assert secret not in logs and secret.upper() not in logs, secret
+    for ids in (answered, listed):
+        assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in ids.values()), ids
+    # The error records are under the id the client was given.
+    assert {record["request_id"] for record in failures(logs.splitlines())} == \
+        set(answered.values())

@@ -150,3 +150,36 @@ def test_cors_is_off_by_default(shared_server):
     response = httpx.get(shared_server.url + "/health/live",
                          headers={"Origin": "https://app.example"})
     assert "access-control-allow-origin" not in response.headers
+
+
+def test_renders_missing_the_cache_cost_more_admissions(start_server):
+    """A read that renders many lines the cache misses costs one admission per
+    RATE_LIMIT_RENDERS_PER_ADMISSION renders more (JSON and text/plain alike), so a user
+    cannot make the workers render at the rate of cheap requests."""
+    server = limited(start_server, RATE_LIMIT_USER_PER_MINUTE="6",  # nothing refills
+                     RATE_LIMIT_USER_BURST="30", RENDER_CACHE_SIZE="0",
+                     RATE_LIMIT_RENDERS_PER_ADMISSION="10")
+    token = token_for(server)
+    lines = [{"text": f"line {i} of a conversation that is rendered again and again"}
+             for i in range(50)]
+    created = httpx.post(server.url + "/conversations", json={"heading": "h", "lines": lines},
+                         headers={"Authorization": f"Bearer {token}"})
+    assert created.status_code == 201
+    # the 50 renders of the creation cost 5 admissions more than the request's own
+    assert int(STATE.match(created.headers["ratelimit"]).group(2)) <= 30 - 6 + 1
+    path = f"/conversations/{created.json()['id']}"
+    responses = []
+    for i in range(10):
+        headers = {"Authorization": f"Bearer {token}",
+                   "Accept": "text/plain" if i % 2 else "application/json"}
+        responses.append(httpx.get(server.url + path, headers=headers))
+    statuses = [r.status_code for r in responses]
+    assert statuses == [200] * 4 + [429] * 6, statuses  # 6 admissions a read, 24 left
+    first = int(STATE.match(responses[0].headers["ratelimit"]).group(2))
+    second = int(STATE.match(responses[1].headers["ratelimit"]).group(2))
+    assert first - second >= 5, (first, second)  # the text/plain read was charged too
+    assert responses[1].text.startswith("h\n\n")
+    assert int(responses[-1].headers["retry-after"]) >= 1
+    # a request that renders nothing is charged one admission, as before
+    other = token_for(server)
+    assert [get(server, other).status_code for _ in range(10)] == [200] * 10

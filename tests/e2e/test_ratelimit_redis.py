@@ -145,3 +145,16 @@ def test_a_restarted_redis_is_used_again_after_the_pause():
     finally:
         link.close()
         server.stop()
+
+
+def test_charge_takes_admissions_whatever_is_left(link):
+    store = RedisRateLimitStore(link)
+    T, tau = SLOW.interval_us, SLOW.tolerance_us
+    assert abs(store.charge("user:new", T, 3) - 3 * T) < 2 * MICROS  # no state: from now
+    assert store.decide("user:c", T, tau)[0] is True
+    assert abs(store.charge("user:c", T, 7) - 8 * T) < 2 * MICROS  # beyond the burst
+    allowed, tat = store.decide("user:c", T, tau)
+    assert not allowed and abs(tat - 8 * T) < 2 * MICROS
+    assert 0 < link.client.pttl(KEY_PREFIX + "user:c") <= 8 * 60_000 + 1
+    shift(link, "user:c", 4 * 60)
+    assert store.decide("user:c", T, tau)[0] is True

@@ -249,3 +249,18 @@ def test_closed_pool_fails_open(dsn):
         assert decision.allowed and decision.fail_open
     assert metrics.rate_limit_store_errors.value == 3
     assert limiter.health()[0] == "degraded"
+
+
+def test_charge_takes_admissions_whatever_is_left(db, dsn):
+    store = RateLimitRepository(db)
+    policy = Policy("user", 1, 5)  # T = 60 s, tau = 240 s
+    T, tau = policy.interval_us, policy.tolerance_us
+    after = store.charge("user:new", T, 3)  # a key without state: from now
+    assert abs(after - 3 * T) < MICROS
+    assert store.decide("user:c", T, tau)[0] is True
+    after = store.charge("user:c", T, 7)  # beyond the burst: a debt
+    assert abs(after - 8 * T) < MICROS
+    allowed, tat = store.decide("user:c", T, tau)
+    assert not allowed and abs(tat - 8 * T) < MICROS
+    shift(dsn, "user:c", 4 * 60)  # the debt replenished down to the burst's edge
+    assert store.decide("user:c", T, tau)[0] is True

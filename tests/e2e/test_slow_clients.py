@@ -17,6 +17,7 @@ import threading
 import time
 
 import httpx
+import psycopg
 
 from tests.conftest import eventually
 
@@ -49,8 +50,9 @@ def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
     return status, headers, body
 
 
-def get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+def get(path: str, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -58,13 +60,14 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
 
 
-def timed_fresh_requests(url: str, path: str, count: int, timeout: float) -> list[float]:
+def timed_fresh_requests(url: str, path: str, count: int, timeout: float,
+                         token: str | None = None) -> list[float]:
     """Latencies (ms) of `count` requests, each on a new connection; all must be 200."""
     port = int(url.rsplit(":", 1)[1])
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
-        status, headers, body = raw_request(port, get(path), timeout=timeout)
+        status, headers, body = raw_request(port, get(path, token), timeout=timeout)
         latencies.append((time.perf_counter() - started) * 1000)
         assert status == 200, body
         assert headers["x-request-id"]
@@ -190,6 +193,7 @@ def test_request_heads_larger_than_max_header_bytes_are_400_invalid_request(star
     assert status == 400
     assert headers["content-type"].startswith("application/json")
     assert headers["connection"] == "close"
+    assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers
     error = json.loads(body)
     assert error == {"code": "invalid_request",
                      "message": error["message"],
@@ -281,6 +285,7 @@ def test_connections_during_a_sigterm_drain_are_refused_or_answered_503_at_once(
             assert status == 503, (status, body)
             assert headers["connection"] == "close"
             assert json.loads(body)["code"] == "service_unavailable"
+            assert re.fullmatch(r"[0-9a-f]{32}", headers.get("x-request-id", "")), headers
             outcomes.append(("503", (time.perf_counter() - started) * 1000))
         time.sleep(0.1)
     thread.join(15)
@@ -318,3 +323,171 @@ def test_startup_line_names_the_listening_address(start_server):
     assert listening, server.logs()
     assert re.fullmatch(rf"Listening at: http://127\.0\.0\.1:{server.port} \(\d+\)",
                         listening[0]), listening
+
+
+# --- slow request bodies ------------------------------------------------------------------
+class SlowBodies:
+    """Connections that each send a complete head, then one more body byte every `every` s."""
+
+    HEADS = (
+        b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n",
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n",
+        b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n",
+    )
+
+    def __init__(self, port: int, count: int, every: float = 0.5):
+        self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        self.chunked = {sock: i % 3 == 2 for i, sock in enumerate(self.socks)}
+        self.every = every
+        self.closed_by_server = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        for i, sock in enumerate(self.socks):
+            sock.sendall(self.HEADS[i % 3] + (b"1\r\n{\r\n" if self.chunked[sock] else b"{"))
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            for sock in list(self.socks):
+                try:
+                    sock.sendall(b"1\r\n \r\n" if self.chunked[sock] else b" ")
+                    if not is_open(sock):
+                        raise ConnectionResetError
+                except OSError:
+                    self.socks.remove(sock)
+                    self.closed_by_server += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        for sock in self.socks:
+            sock.close()
+
+
+def test_fresh_requests_answered_while_slow_bodies_are_held_then_slow_bodies_cut_off(
+        start_server):
+    server = start_server(BODY_TIMEOUT="4")
+    token = httpx.post(server.url + "/users", json={"name": "fresh"}, timeout=10).json()["token"]
+    slow = SlowBodies(server.port, 36)  # 12 each: a length to /users, to /nope, chunked
+    try:
+        time.sleep(1.0)  # every slow connection has sent its head and some body bytes
+        api = timed_fresh_requests(server.url, "/animals", 30, timeout=10, token=token)
+        created = httpx.post(server.url + "/users", json={"name": "prompt"}, timeout=10)
+        assert created.status_code == 201, created.text
+        print(f"\nGET /animals, fresh connections, 36 slow bodies held: {summary(api)}")
+        assert slow.closed_by_server == 0  # not cut off before BODY_TIMEOUT
+        assert eventually(lambda: slow.closed_by_server == 36, seconds=20, every=0.2), \
+            f"{36 - slow.closed_by_server} slow bodies still held after BODY_TIMEOUT"
+    finally:
+        slow.close()
+
+
+def test_bodies_are_read_whole_before_a_thread_sees_them(start_server):
+    server = start_server(WEB_CONCURRENCY="1", THREADS="1")
+    body = json.dumps({"name": "split"}).encode()
+    head = (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    chunked_head = (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        # A length-delimited body in pieces, while the only thread stays free.
+        sock.sendall(head + body[:5])
+        time.sleep(0.3)
+        assert raw_request(server.port, get("/openapi.json"))[0] == 200
+        sock.sendall(body[5:])
+        status, headers, _ = read_response(sock)
+        assert status == 201 and headers["x-request-id"]
+        # A chunked one on the same kept-alive connection, with a trailer section.
+        sock.sendall(chunked_head + b"%x\r\n%s\r\n" % (5, body[:5]))
+        time.sleep(0.3)
+        assert raw_request(server.port, get("/openapi.json"))[0] == 200
+        sock.sendall(b"%x;ext=1\r\n%s\r\n0\r\nX-Trailer: t\r\n\r\n" % (
+            len(body) - 5, body[5:]))
+        assert read_response(sock)[0] == 201
+        # Expect: 100-continue is answered before the body is sent.
+        sock.sendall(head.replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+        assert sock.recv(25) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert read_response(sock)[0] == 201
+
+
+def test_body_over_max_body_bytes_is_413_before_it_is_sent(start_server):
+    server = start_server(MAX_BODY_BYTES="1000")
+    for framing in (b"Content-Length: 5000", b"Transfer-Encoding: chunked"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + framing + b"\r\n\r\n")
+            if b"chunked" in framing:
+                sock.sendall(b"%x\r\n%s" % (1500, b"a" * 1200))  # the rest never comes
+            status, headers, body = read_response(sock)
+            assert status == 413, body
+            assert json.loads(body)["code"] == "payload_too_large"
+            assert headers["connection"] == "close" and headers["x-request-id"]
+
+
+# --- load shedding: the wait for a thread counts against DB_POOL_TIMEOUT ------------------
+def test_requests_queued_behind_row_locks_get_200_or_503_with_retry_after(start_server):
+    server = start_server(WEB_CONCURRENCY="1", THREADS="4", DB_POOL_MIN="1", DB_POOL_MAX="2",
+                          DB_POOL_TIMEOUT="1", DB_STATEMENT_TIMEOUT="30000")
+    token = httpx.post(server.url + "/users", json={"name": "locked"}, timeout=10).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    cid = httpx.post(server.url + "/conversations", json={"heading": "h"}, headers=auth,
+                     timeout=10).json()["id"]
+    patched: list[int] = []
+
+    def patch(n: int) -> None:
+        try:
+            patched.append(httpx.patch(f"{server.url}/conversations/{cid}", headers=auth,
+                                       json={"heading": f"h{n}"}, timeout=60).status_code)
+        except httpx.HTTPError:
+            patched.append(-1)
+
+    with psycopg.connect(server.env["DATABASE_URL"]) as lock:
+        lock.execute("SELECT id FROM conversations FOR UPDATE")  # held until the block ends
+        patches = [threading.Thread(target=patch, args=(n,)) for n in range(16)]
+        for thread in patches:
+            thread.start()
+        time.sleep(0.5)  # two PATCHes wait on the lock holding both connections, 14 queue
+        outcomes = []
+        with httpx.Client(base_url=server.url, headers=auth, timeout=6) as client:
+            for path in [f"/conversations/{cid}", "/animals"] * 5:
+                started = time.perf_counter()
+                response = client.get(path)
+                outcomes.append((response.status_code,
+                                 round((time.perf_counter() - started) * 1000)))
+                assert response.status_code in (200, 503), response.text
+                assert response.headers["x-request-id"]
+                if response.status_code == 503:
+                    assert response.json()["code"] == "service_unavailable"
+                    assert int(response.headers["retry-after"]) >= 1
+        lock.rollback()
+    for thread in patches:
+        thread.join(60)
+    shed = [line for line in server.log_lines() if "waited 1.0 s for a thread" in line]
+    print(f"\nDB_POOL_TIMEOUT=1, 16 PATCHes behind a row lock: fresh GETs (status, ms) "
+          f"{outcomes}; PATCH statuses {sorted(patched)}; shedding log lines {len(shed)}")
+    assert set(patched) <= {200, 503}
+
+
+def test_a_request_still_waiting_for_a_thread_after_db_pool_timeout_is_shed_with_503(
+        start_server):
+    server = start_server(WEB_CONCURRENCY="1", THREADS="2", DB_POOL_TIMEOUT="1")
+    token = httpx.post(server.url + "/users", json={"name": "shed"}, timeout=10).json()["token"]
+    busy = [threading.Thread(target=httpx.get, args=(server.url + "/debug/sleep?seconds=4",),
+                             kwargs={"timeout": 20}) for _ in range(2)]
+    for thread in busy:
+        thread.start()
+    time.sleep(0.5)  # both API threads sleep; a fresh request can only queue
+    status, headers, body = raw_request(server.port, get("/animals", token), timeout=10)
+    assert status == 503, body
+    assert json.loads(body)["code"] == "service_unavailable"
+    assert int(headers["retry-after"]) >= 1
+    assert headers["x-request-id"] and headers["connection"] == "close"
+    assert raw_request(server.port, get("/health/live"))[0] == 200  # its own lane
+    for thread in busy:
+        thread.join(20)
+    assert raw_request(server.port, get("/animals", token))[0] == 200
+    assert any("Shed 1 request(s) that waited 1.0 s for a thread" in line
+               for line in server.log_lines())

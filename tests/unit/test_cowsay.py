@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import wcwidth
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.cowsay import (
     BUNDLED_COW_DIR,
@@ -398,3 +400,28 @@ def test_renderer_caches_are_per_instance(bundled):
     one, two = Renderer(bundled), Renderer(bundled)
     one.render("default", "oo", "  ", False, "x")
     assert two.cache_stats() == (0, 0)
+
+
+@given(text=st.text(alphabet=st.sampled_from(" abc~!xyz0"), max_size=200),
+       limit=st.integers(1, 45))
+@settings(max_examples=2000, deadline=None)
+def test_printable_ascii_wraps_as_the_general_path(text, limit):
+    """The fast path for printable ASCII cuts exactly where the grapheme walk cuts."""
+    from app.cowsay.balloon import _wrap_any, _wrap_printable_ascii
+
+    assert _wrap_printable_ascii(text, limit) == _wrap_any(text, limit)
+
+
+def test_renderer_counts_each_threads_misses():
+    import threading
+
+    renderer = Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("t")), 16)
+    for text in ("a", "b", "a"):
+        renderer.render("default", "oo", "  ", False, text)
+    seen: list[int] = []
+    worker = threading.Thread(target=lambda: (renderer.render("default", "oo", "  ", False, "c"),
+                                              seen.append(renderer.take_thread_misses())))
+    worker.start()
+    worker.join()
+    assert seen == [1]
+    assert renderer.take_thread_misses() == 2 and renderer.take_thread_misses() == 0

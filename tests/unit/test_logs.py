@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from app.http.request_state import RequestState, enter, leave
 from app.platform.logs import REDACTED, AccessLog, RedactionFilter, RepeatFilter, new_logger
 from tests.conftest import run_threads
 
@@ -73,6 +74,28 @@ def test_tokens_in_exceptions_bytes_and_objects_are_redacted():
     assert "Traceback (most recent call last)" in lines[0]["exc_info"]
     assert "ValueError: bad header [REDACTED]" in lines[0]["exc_info"]
     assert LEAK not in out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_every_field_of_a_record_is_redacted_the_request_id_included(fmt):
+    """A request id is a field like any other: the one stamped from the request being
+    served, and one passed in `extra`."""
+    out = io.StringIO()
+    logger = new_logger(out, "INFO", fmt, name=f"logs-fields-{fmt}")
+    state = RequestState({}, f"req-{TOKEN}", "127.0.0.1")
+    entered = enter(state)
+    try:
+        logger.warning("database unavailable: %s", "connection refused")
+    finally:
+        leave(entered)
+    logger.warning("explicit", extra={"request_id": TOKEN})
+    assert "database unavailable: connection refused" in out.getvalue()
+    assert LEAK not in out.getvalue(), out.getvalue()
+    assert out.getvalue().count(REDACTED) == 2
+    record = logging.makeLogRecord({"msg": "m", "request_id": TOKEN, "threadName": TOKEN,
+                                    "name": f"saypi.{TOKEN}", "funcName": TOKEN})
+    assert RedactionFilter().filter(record)
+    assert all(LEAK not in str(value) for value in vars(record).values()), vars(record)
 
 
 def test_redaction_filter_leaves_ordinary_records_alone():

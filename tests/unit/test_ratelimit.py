@@ -56,6 +56,7 @@ class FakeMetrics:
     def __init__(self):
         self.rate_limited = FakeCounter()
         self.rate_limit_store_errors = FakeCounter()
+        self.rate_limit_charged = FakeCounter()
 
 
 def limiter(user=(60, 5), ip=(60, 5), clock=None, store=None, metrics=None, **kw):
@@ -379,3 +380,44 @@ def test_client_address(peer, xff, trusted, expected):
 def test_parse_address_bounds_its_input():
     assert parse_address("1" * 1000) is None
     assert parse_address(" 1.2.3.4 ") is not None
+
+
+class CountingMemoryStore(MemoryStore):
+    def __init__(self, clock):
+        super().__init__(clock)
+        self.decisions = 0
+
+    def decide(self, key, interval_us, tolerance_us):
+        self.decisions += 1
+        return super().decide(key, interval_us, tolerance_us)
+
+
+def test_a_remembered_refusal_skips_the_store_until_its_retry_after():
+    clock = Clock()
+    store = CountingMemoryStore(clock)
+    metrics = FakeMetrics()
+    limits = limiter(user=(60, 2), clock=clock, store=store, metrics=metrics,
+                     remember_refusals=True)
+    assert [limits.check("user", "u").allowed for _ in range(3)] == [True, True, False]
+    asked = store.decisions
+    again = [limits.check("user", "u") for _ in range(5)]
+    assert not any(d.allowed for d in again) and store.decisions == asked  # no store call
+    assert {d.retry_after for d in again} == {1} and metrics.rate_limited.value == 6
+    clock.advance(1.0)  # T = 1 s: the next admission is due
+    assert limits.check("user", "u").allowed and store.decisions == asked + 1
+    assert limits.check("user", "other").allowed  # other keys are not affected
+
+
+def test_a_charge_is_a_debt_the_next_requests_wait_for():
+    clock = Clock()
+    metrics = FakeMetrics()
+    limits = limiter(user=(60, 5), clock=clock, metrics=metrics)
+    assert limits.check("user", "u").allowed
+    after = limits.charge("user", "u", 9)  # the request's work: 9 more admissions
+    assert after.allowed and after.remaining == 0 and after.reset == 10
+    refused = limits.check("user", "u")
+    assert not refused.allowed and refused.retry_after == 6  # 10 s of TAT, 4 of tolerance
+    assert metrics.rate_limit_charged.by_label == {"user": 9}
+    clock.advance(6.0)
+    assert limits.check("user", "u").allowed
+    assert limits.charge("ip", "u", 0) is None

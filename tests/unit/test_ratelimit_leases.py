@@ -37,6 +37,10 @@ class CountingStore:
         self.returned += sum(count for _, count, _ in returns)
         self.inner.give_back(returns)
 
+    def charge(self, key, interval_us, count):
+        self.charged = getattr(self, "charged", 0) + count
+        return self.inner.charge(key, interval_us, count)
+
     def purge_expired(self) -> int:
         return self.inner.purge_expired()
 
@@ -266,3 +270,26 @@ def test_a_burst_after_a_pause_passes_at_most_what_the_leases_hold_beyond_the_qu
     admitted = sum(decide(second, policy)[0] for _ in range(100))
     admitted += sum(decide(first, policy)[0] for _ in range(held))
     assert admitted == policy.quota + held
+
+
+def test_a_charge_spends_leased_admissions_first_then_the_store_and_refuses_after():
+    clock = Clock()
+    store, (worker,) = workers(1, clock)
+    for _ in range(3):  # a busy key: the worker holds leased admissions
+        assert decide(worker)[0]
+    held = worker.held()
+    assert held > 0
+    worker.charge("user:1", BIG.interval_us, held + 2000)
+    assert worker.held() == 0 and store.charged == 2000
+    assert not decide(worker)[0]  # the debt is beyond the burst: refused
+    clock.advance(2000 + 10)  # T = 1 s: the debt has replenished
+    assert decide(worker)[0]
+
+
+def test_gcra_charge_is_admissions_beyond_the_tolerance():
+    from app.http.ratelimit import gcra_charge
+
+    T = BIG.interval_us
+    assert gcra_charge(None, 5 * MICROS, T, 3) == 5 * MICROS + 3 * T
+    assert gcra_charge(2 * MICROS, 5 * MICROS, T, 3) == 5 * MICROS + 3 * T  # past: from now
+    assert gcra_charge(9 * MICROS, 5 * MICROS, T, 3) == 9 * MICROS + 3 * T

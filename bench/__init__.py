@@ -18,9 +18,10 @@ Modules: `settings` (environment knobs), `postgres` and `seed` (the database
 and its data), `servers` (readiness, RSS, CPU), `reference_apps`, `wrk`
 (load generation; `requests.lua`), `pgcount` (round-trip counting),
 `scenarios` (what is measured), `session` (one run: database, servers,
-measurements), `report` (Markdown, JSON, PNG), `profile` (py-spy on a worker
-under load), `wsgi_calls` (the app called without HTTP), `main` (the
-commands); `fleet/` (`python -m bench fleet`: instances behind HAProxy
-through a rolling restart, a crash and a database restart). The services
-themselves (PostgreSQL, the standby, Redis, HAProxy) come from `harness`.
+measurements), `overload` and `heavy` (their own rows), `report` (Markdown,
+JSON, PNG), `profile` (py-spy on a worker under load), `wsgi_calls` (the app
+called without HTTP), `main` (the commands); `fleet/` (`python -m bench
+fleet`: instances behind HAProxy through a rolling restart, a crash and a
+database restart). The services themselves (PostgreSQL, the standby, Redis,
+HAProxy) come from `harness`.
 """

@@ -4,17 +4,20 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test lint migrate bench fleet fuzz venv clean
+.PHONY: run test test-fast lint migrate bench fleet fuzz venv clean
 
 run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/python run.py serve
 
-test: $(STAMP)       ## the whole suite against a real PostgreSQL and real gunicorn
+test: $(STAMP)       ## every tier: unit, in-process and end to end (real PostgreSQL, gunicorn, Redis, proxies)
 	$(BIN)/python -m pytest -q
 
-lint: $(STAMP)       ## ruff, and the import contract (tests/test_layers.py: layers, no circles)
+test-fast: $(STAMP)  ## the unit and in-process tiers (and the benchmark's own tests): no PostgreSQL, seconds
+	$(BIN)/python -m pytest -q -p no:schemathesis tests/unit tests/inprocess bench/tests
+
+lint: $(STAMP)       ## ruff, and the import contract (tests/unit/test_layers.py: layers, no circles)
 	$(BIN)/ruff check .
-	$(BIN)/python tests/test_layers.py
+	$(BIN)/python tests/unit/test_layers.py
 
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate
@@ -29,7 +32,7 @@ fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, data
 	$(BIN)/python -m bench fleet
 
 fuzz: $(STAMP)       ## a longer schema-driven fuzzing campaign than the test suite runs
-	SAYPI_FUZZ_EXAMPLES=$${SAYPI_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest -q tests/test_schema_fuzz.py
+	SAYPI_FUZZ_EXAMPLES=$${SAYPI_FUZZ_EXAMPLES:-500} $(BIN)/python -m pytest -q tests/e2e/test_schema_fuzz.py
 
 venv: $(STAMP)
 

@@ -15,10 +15,13 @@ in the same run. Database round trips per request are counted by a small
 PostgreSQL wire-protocol proxy in a separate, untimed phase.
 
 Modules: `settings` (environment knobs), `postgres` and `seed` (the database
-and its data), `servers` (processes, readiness, RSS), `reference_apps`,
-`wrk` (load generation; `requests.lua`), `pgcount` (round-trip counting),
-`scenarios` (what is measured), `report` (Markdown, JSON, PNG), `profile`
-(py-spy on a worker under load), `main` (orchestration); `fleet` and
-`haproxy` (`python -m bench fleet`: instances behind HAProxy through a
-rolling restart, a crash and a database restart).
+and its data), `servers` (readiness, RSS, CPU), `reference_apps`, `wrk`
+(load generation; `requests.lua`), `pgcount` (round-trip counting),
+`scenarios` (what is measured), `session` (one run: database, servers,
+measurements), `overload` and `heavy` (their own rows), `report` (Markdown,
+JSON, PNG), `profile` (py-spy on a worker under load), `wsgi_calls` (the app
+called without HTTP), `main` (the commands); `fleet/` (`python -m bench
+fleet`: instances behind HAProxy through a rolling restart, a crash and a
+database restart). The services themselves (PostgreSQL, the standby, Redis,
+HAProxy) come from `harness`.
 """

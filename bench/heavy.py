@@ -17,10 +17,10 @@ import psycopg
 from app.domain import ids
 from app.http.tokens import TokenSigner
 from bench import report
-from bench.main import Bench, publish, summarize, with_bench
 from bench.scenarios import SCENARIOS
 from bench.seed import POSITIVE_63
 from bench.servers import CpuSnapshot
+from bench.session import Bench, publish, summarize, with_bench
 from bench.settings import UNBOUNDED_LIMITS, BenchSettings
 from bench.wrk import run_wrk, write_requests
 

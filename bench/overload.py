@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import httpx
 import psycopg
 
-from bench.main import Bench, machine_info, publish, with_bench
+from bench.session import Bench, machine_info, publish, with_bench
 from bench.settings import BenchSettings
 
 SLOW_HEAD = (b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -50,9 +50,9 @@ def open_database(env, logger: logging.Logger) -> BenchDatabase:
 
 def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, str]]:
     """A primary with a streaming hot standby and a redis-server of the benchmark's own
-    (tests/services.py), a migrated database on the primary, and the SayPI settings that
+    (harness/services.py), a migrated database on the primary, and the SayPI settings that
     use them (DATABASE_REPLICA_URLS, REDIS_URL). `restart` restarts the primary."""
-    from tests.services import PgCluster, RedisServer
+    from harness.services import PgCluster, RedisServer
 
     cluster = PgCluster().start()
     redis = RedisServer()
@@ -74,7 +74,7 @@ def open_replicated(logger: logging.Logger) -> tuple[BenchDatabase, dict[str, st
 
 def _embedded(logger: logging.Logger) -> BenchDatabase:
     from app.store.embedded_pg import EmbeddedUnavailable
-    from tests.pgcontrol import RestartablePostgres
+    from harness.pgcontrol import RestartablePostgres
 
     directory = Path(tempfile.mkdtemp(prefix="saypi-bench-pg-"))
     try:

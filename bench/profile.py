@@ -11,7 +11,6 @@ profile-get.svg (a flame graph of one worker).
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -21,11 +20,11 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from bench.main import RESULTS, Bench, publish, with_bench
-from bench.scenarios import read_requests
-from bench.servers import ROOT
+from bench.session import RESULTS, Bench, publish, with_bench
 from bench.settings import BenchSettings
 from bench.wrk import LUA
+from bench.wsgi_calls import call, time_calls, wsgi_environs
+from harness import ROOT
 
 # First match wins, walking from the sampled frame towards the root; stdlib
 # frames with no rule of their own count for the layer that called them.
@@ -119,57 +118,6 @@ def _scrub_paths(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("Profile at "))
 
 
-def _environs(path: Path, count: int) -> list[tuple[dict, bytes]]:
-    """WSGI environs for the first `count` requests of a request file (built once)."""
-    from werkzeug.test import EnvironBuilder
-
-    out = []
-    for method, target, token, body in read_requests(path)[:count]:
-        route, _, query = target.partition("?")
-        headers = {"Accept": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        builder = EnvironBuilder(path=route, query_string=query, method=method,
-                                 headers=headers, data=body.encode() if body else None,
-                                 content_type="application/json" if body else None)
-        environ = builder.get_environ()
-        builder.close()
-        environ["REMOTE_ADDR"] = "127.0.0.1"
-        out.append((environ, body.encode()))
-    return out
-
-
-def _call(app, environ: dict, body: bytes) -> str:
-    env = dict(environ)
-    env["wsgi.input"] = io.BytesIO(body)
-    status = []
-
-    def start_response(code, headers, exc_info=None):
-        status.append(code)
-
-    result = app(env, start_response)
-    try:
-        for _ in result:
-            pass
-    finally:
-        if hasattr(result, "close"):
-            result.close()
-    return status[0]
-
-
-def _time_calls(app, environs: list[tuple[dict, bytes]], count: int) -> dict:
-    """Wall and process-CPU microseconds per call, single thread, after a warm-up."""
-    for i in range(min(200, count)):
-        _call(app, *environs[i % len(environs)])
-    statuses: Counter = Counter()
-    wall, cpu = time.perf_counter(), time.process_time()
-    for i in range(count):
-        statuses[_call(app, *environs[i % len(environs)])] += 1
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    return {"calls": count, "wall_us": round(1e6 * wall / count, 1),
-            "cpu_us": round(1e6 * cpu / count, 1), "statuses": dict(statuses)}
-
-
 def in_process(bench: Bench, count: int) -> dict:
     """SayPI's and the references' WSGI apps called directly, without any HTTP server.
 
@@ -190,19 +138,19 @@ def in_process(bench: Bench, count: int) -> dict:
     logger = new_logger(sink, config.log_level, config.log_format, config.user_secrets)
     saypi, resources = build_worker_app(config, logger, bench.db.dsn)
     read, hello = read_app(config, bench.db.dsn), hello_app()
-    envs = {name: _environs(bench.files[name], 500)
+    envs = {name: wsgi_environs(bench.files[name], 500)
             for name in ("get", "list", "animals", "hello", "get_cap")}
     try:
         timings = {
-            "hello (reference)": _time_calls(hello, envs["hello"], count),
-            "GET /animals": _time_calls(saypi, envs["animals"], count),
-            "same-query read (reference)": _time_calls(read, envs["get"], count),
-            "GET /conversations/{id}": _time_calls(saypi, envs["get"], count),
-            "GET /conversations?limit=10": _time_calls(saypi, envs["list"], count),
+            "hello (reference)": time_calls(hello, envs["hello"], count),
+            "GET /animals": time_calls(saypi, envs["animals"], count),
+            "same-query read (reference)": time_calls(read, envs["get"], count),
+            "GET /conversations/{id}": time_calls(saypi, envs["get"], count),
+            "GET /conversations?limit=10": time_calls(saypi, envs["list"], count),
             "same-query read, 1000 lines (reference)":
-                _time_calls(read, envs["get_cap"], max(20, count // 50)),
+                time_calls(read, envs["get_cap"], max(20, count // 50)),
             "GET /conversations/{id}, 1000 lines":
-                _time_calls(saypi, envs["get_cap"], max(20, count // 50)),
+                time_calls(saypi, envs["get_cap"], max(20, count // 50)),
         }
         profiles = {}
         try:
@@ -214,7 +162,7 @@ def in_process(bench: Bench, count: int) -> dict:
                 profiler = Profiler(interval=0.0002)
                 profiler.start()
                 for i in range(count):
-                    _call(saypi, *envs[name][i % len(envs[name])])
+                    call(saypi, *envs[name][i % len(envs[name])])
                 profiler.stop()
                 layers, functions = _pyinstrument_tables(profiler.last_session.root_frame())
                 profiles[name] = {"layers": layers, "functions": functions,

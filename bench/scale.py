@@ -3,7 +3,7 @@ the rate-limit state in PostgreSQL or in Redis, and reads on a streaming replica
 
 It needs what the issue of scaling past one database added, so it brings its
 own: a PostgreSQL primary with a hot standby (PostgreSQL's own tools, as the
-test suite makes them: tests/services.py) and a redis-server, on free
+test suite makes them: harness/services.py) and a redis-server, on free
 loopback ports, stopped at the end. The same seeded data go to the primary
 and reach the standby by streaming; the reference app reads the primary.
 
@@ -38,14 +38,14 @@ from pathlib import Path
 import psycopg
 
 from app.store.db import migrate
-from bench.main import summarize
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import build_request_files, read_requests, replay
 from bench.seed import seed
 from bench.servers import Server
+from bench.session import summarize
 from bench.settings import UNBOUNDED_LIMITS
 from bench.wrk import WrkResult
-from tests.services import PgCluster, RedisServer, wait_until
+from harness.services import PgCluster, RedisServer, wait_until
 
 ROWS = (
     ("scale_ref", "reference: bare Flask + pool, same query, no rate limiting"),

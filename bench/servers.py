@@ -1,4 +1,4 @@
-"""Processes the benchmark starts: each in its own session (process group), stopped by that id.
+"""The servers the benchmark starts, when they are ready, and what they cost.
 
 Also the /proc readings the report needs: a gunicorn master's workers, their
 resident memory and CPU time, and how much CPU every other process on the
@@ -9,58 +9,18 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness.processes import Process
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 class ServerFailed(RuntimeError):
     pass
-
-
-class Process:
-    """A subprocess the benchmark started in its own session (process group), its output in
-    `log_path`; stopped by that group's id."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path):
-        self.name = name
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to the process group this server was started in; SIGKILL if it lingers."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
-        self._log.close()
-
-    def log_tail(self, limit: int = 4000) -> str:
-        self._log.flush()
-        try:
-            with open(self.log_path, "rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                size = handle.tell()
-                handle.seek(max(0, size - limit))
-                return handle.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
 
 
 
@@ -142,32 +102,6 @@ def base_env(env, controlled: set[str], home: str) -> dict[str, str]:
         if setting.env not in controlled and setting.env in env:
             out[setting.env] = env[setting.env]
     return out
-
-
-def apt_install(package: str, binary: Callable[[], str | None], say) -> str:
-    """The tool's path (`binary()`), installing the Debian package when it is missing and
-    we are root with apt-get; RuntimeError saying what to do when that cannot be."""
-    found = binary()
-    if found:
-        return found
-    apt = shutil.which("apt-get")
-    if apt is None or os.geteuid() != 0:
-        why = "apt-get is not available" if apt is None else "this is not running as root"
-        raise RuntimeError(f"{package} is not installed and cannot be installed here ({why}). "
-                           f"Install the Debian package `{package}` "
-                           f"(sudo apt-get install {package}).")
-    say(f"{package} is missing: installing the Debian package (apt-get install {package})")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = [apt, "install", "-y", "-q", "--no-install-recommends", package]
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        subprocess.run([apt, "update", "-q"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
-    found = binary()
-    if done.returncode != 0 or not found:
-        raise RuntimeError(f"apt-get install {package} failed:\n"
-                           + (done.stderr or done.stdout)[-2000:])
-    return found
 
 
 # --- /proc helpers ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench.main import Bench, interleave, machine_info, publish, with_bench
+from bench.session import Bench, interleave, machine_info, publish, with_bench
 from bench.settings import BenchSettings
 
 SCENARIOS = ("get", "list", "post_line")

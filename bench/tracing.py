@@ -28,9 +28,11 @@ import statistics
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench.main import Bench, _free_port, machine_info, publish, summarize, with_bench
 from bench.servers import Server, python
+from bench.session import Bench, machine_info, publish, summarize, with_bench
 from bench.settings import BenchSettings
+from bench.wsgi_calls import time_calls, wsgi_environs
+from harness.services import free_port
 
 SCENARIO = "get"
 ROWS = (
@@ -45,14 +47,14 @@ def tracing(env: Mapping[str, str]) -> int:
     settings = BenchSettings.from_env(env)
 
     def measure(bench: Bench) -> int:
-        sink_port = _free_port()
+        sink_port = free_port()
         sink = Server("otlp-sink", [python(), "-m", "bench.otlp_sink", str(sink_port)],
                       {"PATH": env.get("PATH", "/usr/bin:/bin")}, sink_port,
                       bench.work / "otlp-sink.log", "/ready", 0)
         try:
             sink.wait_ready()
             bench.extra_roots[sink.process.pid] = "collector"
-            down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+            down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
             servers: dict[str, Server] = {}
             for key, _title, ratio in ROWS:
                 extra = {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}
@@ -110,12 +112,11 @@ def in_process_rows(bench: Bench, sink_url: str, count: int) -> list[dict]:
     """CPU microseconds per GET /conversations/{id} of the WSGI app alone, per row."""
     from app.ops.logs import new_logger
     from app.server import build_worker_app
-    from bench.profile import _environs, _time_calls
 
     metrics_dir = bench.work / "metrics-tracing-in-process"
     metrics_dir.mkdir(exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    environs = _environs(bench.files[SCENARIO], 500)
+    environs = wsgi_environs(bench.files[SCENARIO], 500)
     devnull = open(os.devnull, "w")  # left open: worker threads may log while winding down
     apps = {}
     try:
@@ -130,7 +131,7 @@ def in_process_rows(bench: Bench, sink_url: str, count: int) -> list[dict]:
         cpu: dict[str, list[float]] = {key: [] for key in apps}
         for _ in range(3):
             for key, (_title, app, _resources) in apps.items():
-                cpu[key].append(_time_calls(app, environs, count)["cpu_us"])
+                cpu[key].append(time_calls(app, environs, count)["cpu_us"])
         bench.say("in process: " + ", ".join(f"{key} {min(v):.0f} us" for key, v in cpu.items()))
         return [{"key": key, "title": apps[key][0], "cpu_us": min(values), "calls": count}
                 for key, values in cpu.items()]

@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.servers import apt_install
+from harness.processes import apt_install
 
 LUA = Path(__file__).resolve().parent / "requests.lua"
 

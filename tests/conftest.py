@@ -1,18 +1,14 @@
-"""Test fixtures: a real PostgreSQL, migrated template databases, SayPI started through run().
-
-With SAYPI_TEST_DATABASE_URL unset (CI), the suite starts its own embedded
-PostgreSQL, the same mechanism `make run` uses. Each server gets its own
-database cloned from a migrated template, so tests run in any order.
+"""Fixtures of every tier: the e2e tier's real services (harness/), and the no-I/O guard of
+the unit and in-process tiers. With SAYPI_TEST_DATABASE_URL unset (CI), the suite starts
+its own embedded PostgreSQL; each server gets a database cloned from a migrated template.
 """
 
 from __future__ import annotations
 
 import io
-import logging
 import os
-import signal
+import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,143 +16,54 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psycopg
 import pytest
 
-from tests.services import free_port
+from harness.postgres import Postgres, open_postgres
+from harness.saypi import Server, server_env
 
-ROOT = Path(__file__).resolve().parent.parent
-SECRET = "test-secret-0123456789abcdef"
+# The tiers `make test-fast` runs: no socket, no process, so no PostgreSQL either.
+FAST_TIERS = ("unit", "inprocess")
+# Fixtures that start real services, for the e2e tier only.
+SERVICE_FIXTURES = {"postgres", "start_server", "shared_server", "deployed_server",
+                    "pg_cluster", "redis_server", "pgbouncer", "receiver"}
 
 
-def dsn_with_db(dsn: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
+def _tier(path) -> str:
+    return Path(path).parent.name
 
 
-class Postgres:
-    """An admin connection string and helpers to make databases from a template."""
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        used = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if _tier(item.path) in FAST_TIERS and used:
+            raise pytest.UsageError(f"{item.nodeid} uses {sorted(used)}: an e2e test, it "
+                                    f"belongs in tests/e2e/")
 
-    def __init__(self, admin_dsn: str, stop=None):
-        self.admin_dsn = admin_dsn
-        self._stop = stop
-        self.template = f"saypi_tpl_{uuid.uuid4().hex[:8]}"
-        self.created: list[str] = []
 
-    def execute(self, sql: str, dbname: str | None = None) -> None:
-        dsn = dsn_with_db(self.admin_dsn, dbname) if dbname else self.admin_dsn
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql)
+@pytest.fixture(autouse=True)
+def no_io_in_fast_tiers(request, monkeypatch) -> None:
+    """A unit or in-process test that opens a socket or starts a process fails."""
+    if _tier(request.node.path) not in FAST_TIERS:
+        return
 
-    def make_template(self) -> None:
-        from app.store.db import migrate
+    def refuse(what: str):
+        def refused(*args, **kwargs):
+            pytest.fail(f"{what} in a {_tier(request.node.path)} test: that is e2e's, "
+                        f"in tests/e2e/", pytrace=False)
+        return refused
 
-        self.execute(f'CREATE DATABASE "{self.template}"')
-        migrate(dsn_with_db(self.admin_dsn, self.template), logging.getLogger("test"))
-
-    def new_database(self, migrated: bool = True) -> str:
-        name = f"saypi_t_{uuid.uuid4().hex[:10]}"
-        template = f' TEMPLATE "{self.template}"' if migrated else ""
-        self.execute(f'CREATE DATABASE "{name}"{template}')
-        self.created.append(name)
-        return dsn_with_db(self.admin_dsn, name)
-
-    def close(self) -> None:
-        for name in [*self.created, self.template]:
-            try:
-                self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            except psycopg.Error:
-                pass
-        if self._stop:
-            self._stop()
+    for name in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, name, refuse(f"socket.{name}"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse("starting a process"))
+    for name in ("fork", "system", "posix_spawn", "posix_spawnp"):
+        monkeypatch.setattr(os, name, refuse(f"os.{name}"))
 
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory) -> Iterator[Postgres]:
-    admin = os.environ.get("SAYPI_TEST_DATABASE_URL")
-    if admin:
-        pg = Postgres(admin)
-    else:
-        from app.store.embedded_pg import start_embedded
-
-        embedded = start_embedded(tmp_path_factory.mktemp("pg"), logging.getLogger("test"))
-        pg = Postgres(embedded.dsn, stop=embedded.stop)
-    pg.make_template()
+    pg = open_postgres(os.environ.get("SAYPI_TEST_DATABASE_URL"), tmp_path_factory.mktemp("pg"))
     yield pg
     pg.close()
-
-
-class Server:
-    """A SayPI started as production starts it: `python run.py serve` (which calls run())."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, argv: list[str] | None = None):
-        self.port = int(env["PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.env = env
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "run.py"), *(argv or ["serve"])],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-
-    def wait_ready(self, timeout: float = 60.0) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"SayPI exited with {self.process.returncode}:\n{self.logs()}")
-            try:
-                if httpx.get(self.url + "/health/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"SayPI not ready after {timeout}s:\n{self.logs()}")
-
-    def logs(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def log_lines(self) -> list[str]:
-        return self.logs().splitlines()
-
-    def signal(self, sig: int) -> None:
-        self.process.send_signal(sig)
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
-
-
-def server_env(database_url: str, tmp_path: Path, **overrides: str) -> dict[str, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/root"),
-        "DATABASE_URL": database_url,
-        "PORT": str(free_port()),
-        "DATA_DIR": str(tmp_path / "data"),
-        "USER_SECRETS": SECRET,
-        "WEB_CONCURRENCY": "2",
-        "THREADS": "4",
-        "DB_POOL_MIN": "1",
-        "DB_POOL_MAX": "4",
-        "LOG_FORMAT": "json",
-        "RATE_LIMIT_USER_PER_MINUTE": "0",
-        "RATE_LIMIT_IP_PER_MINUTE": "0",
-        "FAULT_INJECTION": "true",
-        "GRACEFUL_TIMEOUT": "10",
-        "HEALTH_CACHE_SECONDS": "0.2",
-    }
-    if os.environ.get("COWPATH"):
-        env["COWPATH"] = os.environ["COWPATH"]
-    env.update(overrides)
-    return env
 
 
 @pytest.fixture
@@ -220,8 +127,8 @@ def run_threads(target, arguments) -> None:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator:
-    """A PostgreSQL primary with a streaming hot standby (tests/services.py), for the session."""
-    from tests.services import PgCluster
+    """A PostgreSQL primary with a streaming hot standby (harness/services.py), for the session."""
+    from harness.services import PgCluster
 
     cluster = PgCluster().start()
     yield cluster
@@ -231,7 +138,7 @@ def pg_cluster() -> Iterator:
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator:
     """A redis-server of the suite's own on a free port, for the session."""
-    from tests.services import RedisServer
+    from harness.services import RedisServer
 
     server = RedisServer().start()
     yield server
@@ -241,7 +148,7 @@ def redis_server() -> Iterator:
 @pytest.fixture(scope="session")
 def pgbouncer(pg_cluster) -> Iterator:
     """PgBouncer in transaction pooling mode in front of the cluster's primary."""
-    from tests.services import PgBouncer
+    from harness.services import PgBouncer
 
     bouncer = PgBouncer("127.0.0.1", pg_cluster.primary.port).start()
     yield bouncer
@@ -316,8 +223,8 @@ def deployed_server(request, postgres, tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture
 def receiver() -> Iterator:
-    """A real OTLP/HTTP receiver (tests/otlp_receiver.py) for a test's exported spans."""
-    from tests.otlp_receiver import OtlpReceiver
+    """A real OTLP/HTTP receiver (tests/e2e/otlp_receiver.py) for a test's exported spans."""
+    from tests.e2e.otlp_receiver import OtlpReceiver
 
     with OtlpReceiver() as running:
         yield running

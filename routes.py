@@ -1,14 +1,8 @@
 """Every route of the SayPI API, in one table.
 
-Each entry states its facts once, and both Flask (app/http/routing.py's
-`register`) and the OpenAPI document (app/openapi/builder.py) read them: the
-guard (`AUTHED`: bearer token, then the user's rate limit; `PUBLIC`: the
-client address's rate limit; `OPEN`: neither, for health, metrics and docs),
-the body schema, the Idempotency-Key scope (`BY_USER`, `BY_CLIENT`), and the
-description (`doc`, kept next to the handler it describes).
-
-Adding an endpoint is one entry here, plus its maker function and its `Doc`
-in app/api/<area>.py.
+Each entry states its facts once (guard, body schema, Idempotency-Key scope, `doc`), and
+both Flask and the OpenAPI document read them. Adding an endpoint is one entry here plus its
+maker and `Doc` in app/api/<area>.py; see docs/architecture.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """A small typed Python client for the SayPI API.
 
-Built on httpx (a maintained HTTP client with connection pooling, timeouts
-and a typed API; chosen over requests for its typing and explicit timeout
-defaults). One method per endpoint; `iter_*` methods walk every page;
-errors are raised as typed exceptions carrying the contract's code and data.
+Built on httpx rather than requests, for its typing and explicit timeouts. One method per
+endpoint; `iter_*` methods walk every page; errors are raised as typed exceptions carrying
+the contract's code and data.
 """
 
 from __future__ import annotations

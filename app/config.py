@@ -1,10 +1,8 @@
 """Typed, validated configuration read from environment variables and flags.
 
-Every setting is declared once, as a field of Config made by `setting(env,
-parse, default, help)`: its environment variable, type, default and help
-text. SETTINGS is read from those fields; it builds the argparse parser (so
-`--help` lists every setting), and validation reports every problem at once
-instead of stopping at the first.
+Every setting is declared once, as a `Config` field made by `setting(env, parse, default,
+help)`; SETTINGS, read from those fields, builds the argparse parser (so `--help` lists
+every setting), and validation reports every problem at once.
 """
 
 from __future__ import annotations

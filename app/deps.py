@@ -1,10 +1,8 @@
 """One worker's dependencies: built in one place, after fork, and closed at exit.
 
-Everything that holds a connection or a thread is created here, inside the
-gunicorn worker, never in the master: a pool opened before fork would share
-sockets between processes. `new_server(deps)` (app/server.py) turns a Deps
-into the Flask app; `routes(deps)` (routes.py) hands each maker function
-exactly the fields its handler needs.
+Everything that holds a connection or a thread is created inside the gunicorn worker, never
+in the master, whose sockets would be shared across the fork. `build_deps` builds each part
+unless given it (the in-process tests give fakes). See docs/architecture.md.
 """
 
 from __future__ import annotations

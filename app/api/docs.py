@@ -1,10 +1,8 @@
 """The API's own description: GET /openapi.json and a browsable reference at GET /docs.
 
-/docs is Swagger UI, served from the `swagger-ui-bundle` package by SayPI itself,
-never from a CDN. Its Content-Security-Policy lets the page load and fetch only
-from its own origin (plus `data:` images, which Swagger UI's stylesheet uses for
-icons); scripts come only from files, so the page has no inline script.
-Everything is read and serialised once, when the app is constructed.
+/docs is Swagger UI from the `swagger-ui-bundle` package, served by SayPI itself (never a
+CDN), under a Content-Security-Policy allowing only its own origin and `data:` images; no
+inline script. Everything is read and serialised once, when the app is constructed.
 """
 
 from __future__ import annotations

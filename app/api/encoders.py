@@ -1,10 +1,8 @@
 """What the API answers with: the output schemas, and the fast encoders that equal them.
 
-The marshmallow schemas are the description (the OpenAPI document is made
-from them); the hot reads build the same JSON directly, as dicts or as text,
-because they run for every line of every read. tests/test_serializers.py
-keeps each fast encoder equal to its schema's dump. Public ids come from the
-templates of app/domain/ids.py.
+The marshmallow schemas are the description (the OpenAPI document is made from them); the
+hot reads build the same JSON directly, because they run for every line of every read.
+A unit test keeps each fast encoder equal to its schema's dump.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """The playground: GET /playground, a page where a person tries the API in a browser.
 
-The page and its files are plain HTML, CSS and JavaScript modules in
-app/static/playground/ (package data, no build step), read once when the app
-is constructed and served with ETags, like /docs. Its Content-Security-Policy
-allows only this origin's scripts, styles, images and fetches: the page has
-no inline script or style, and nothing comes from another host. Like /docs,
-it is not part of the OpenAPI description.
+Plain HTML, CSS and JavaScript modules (package data, no build step), read once and served
+with ETags under a Content-Security-Policy that allows only this origin and no inline script
+or style. Not part of the OpenAPI description.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
-"""Cowsay engine for SayPI: reads classic ``.cow`` animal files and renders speech
-balloons exactly as the classic ``cowsay`` 3.03 program does, so API output matches
-what people know from the command line, without running Perl on every request.
+"""Cowsay engine: reads classic ``.cow`` files and renders balloons exactly as cowsay 3.03 does.
 
-The package, in the order a render flows: `perl` parses ``.cow`` files into
-templates, `library` finds and loads them, `balloon` wraps the text and draws
-the balloon and the animal, `cache` keeps what was rendered.
+In the order a render flows: `perl` parses ``.cow`` files into templates, `library` finds
+and loads them, `balloon` wraps the text and draws the balloon and the animal, `cache` keeps
+what was rendered. No Perl runs on a request.
 """
 
 from app.cowsay.balloon import BALLOON_WIDTH, render, wrap_text

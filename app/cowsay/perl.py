@@ -1,11 +1,8 @@
 """The ``.cow`` parser: the subset of Perl that cow files use, turned into templates.
 
-A ``.cow`` file is a small Perl program assigning ``$the_cow`` (usually from a
-here-document). Rather than executing Perl, this module understands the subset of
-Perl that cow files use (here-documents, string interpolation and escapes, and a few
-simple assignments such as ``$extra = chop($eyes);``) and turns each file into a
-template once, at load time. Anything outside that subset is reported as a
-:class:`CowParseError` and the file is skipped.
+Rather than executing Perl, it understands here-documents, interpolation and escapes, and a
+few simple assignments (``$extra = chop($eyes);``), once per file at load time. Anything
+else is a :class:`CowParseError` and the file is skipped.
 """
 
 from __future__ import annotations

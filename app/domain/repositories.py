@@ -1,15 +1,8 @@
 """What the handlers need from storage, as typing.Protocol interfaces.
 
-The PostgreSQL repositories beside this module implement them; so do the
-in-memory fakes of the in-process test layer (tests/fakes.py), which is how a
-fake type-checks against the real thing. Handlers and Deps name these
-interfaces, never a concrete repository.
-
-A `uow` argument joins the call to a unit of work (one database transaction
-that several calls share, see app/store/db.py): the idempotency wrapper
-passes one to its handler, so the key, the write and the stored response
-commit together. Without one, a call runs as its own statement or
-transaction.
+Implemented by the PostgreSQL repositories and by the in-process tests' fakes, so a fake
+type-checks against the real thing. A `uow` argument joins a call to a unit of work (one
+transaction several calls share); without one a call runs on its own.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """Bearer authentication and per-caller rate limiting, as wrappers around handlers.
 
-`required` verifies the token with no database round trip, applies the
-user's rate limit, and refuses a deleted user's token (through the presence
-cache); `public` applies the client address's limit. Failed
-authentication is limited per address too. Decisions are left in the request's state for
-the middleware to turn into RateLimit headers on whatever response follows. A request
-that rendered much (renders the cache missed) is charged more admissions afterwards.
+`required` verifies the token, applies the user's limit and refuses a deleted user's token;
+`public` applies the address's limit. Decisions go to the request's state for the RateLimit
+headers; heavy renders are charged afterwards. See docs/envelope.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,8 @@
 """The client's address: the socket peer, or what trusted proxies say it is.
 
-X-Forwarded-For is a comma separated list to which each proxy appends the
-address it received the request from, so only the entries appended by proxies
-we trust are believable, and those are at the right. `client_address` walks
-from the right, skipping entries that are themselves trusted proxies, and
-returns the first one that is not: the address that connected to our
-outermost trusted proxy. Anything further left was written by the client.
-
-Rules, in order:
-- TRUSTED_PROXIES empty, or the peer not in it: the peer, header ignored.
-- A trusted peer without the header: the peer.
-- The right-most entry that is not trusted.
-- Every entry trusted: the left-most.
-- A malformed entry (not an IP address) stops the walk: nothing to its left
-  can be vouched for, so the answer is the nearest valid address to its right
-  (an entry or the peer itself). A client cannot use this to choose its
-  address: the entries it controls are all left of the one its first proxy
-  appended.
-
-Entries may carry a port (`1.2.3.4:80`, `[2001:db8::1]:443`) or brackets; the
-answer is the normalised address without them (IPv4-mapped IPv6 as IPv4), so
-one client has one rate-limit key. Gunicorn joins repeated X-Forwarded-For
-headers with commas, in order, which is what this expects.
+X-Forwarded-For is walked from the right, past trusted proxies, to the first address they
+vouch for; the answer is normalised so one client has one rate-limit key. The rules, in
+order: see docs/envelope.md ("Client addresses").
 """
 
 from __future__ import annotations

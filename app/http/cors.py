@@ -1,21 +1,7 @@
 """CORS for browser clients on other origins; off unless CORS_ORIGINS lists some.
 
-Decisions:
-- Only listed origins get CORS headers (compared case-insensitively, without a
-  trailing slash); `*` lists every origin and is answered with a literal `*`.
-  Credentials (cookies) are never allowed: the API authenticates with a Bearer
-  token, which a browser sends only when the page's script adds it.
-- A preflight (OPTIONS with Origin and Access-Control-Request-Method) is
-  answered in a before_request hook, before routing, for any path: routes
-  have no automatic OPTIONS, so routing would answer 405. A listed origin gets
-  204 with Allow-Origin, Allow-Methods, Allow-Headers and Max-Age. An unlisted
-  origin gets 204 without any Access-Control-* header, which a browser treats
-  as a refusal; that needs no error code outside the contract's table and
-  tells the caller nothing about the list.
-- On other responses (errors included) a listed origin gets Allow-Origin and
-  Expose-Headers, so scripts can read ids, ETags and rate limits.
-- Every response carries `Vary: Origin` while CORS is on (unless the list is
-  `*`), so a shared cache never gives one origin's answer to another.
+Listed origins get CORS headers and preflights answered before routing; unlisted origins a
+204 with no Access-Control-* header; no credentials, `Vary: Origin`. See docs/envelope.md.
 """
 
 from __future__ import annotations

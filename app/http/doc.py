@@ -1,12 +1,7 @@
 """How an API area describes its operations for the OpenAPI document.
 
-A `Doc` says what a route's entry in routes.py does not: its tag, which
-statuses it answers with which bodies, its links, whether it is paginated or
-carries ETags, and decisions where the contract is silent. Whether it is
-authenticated, rate limited or idempotent, and its body schema, are facts of
-the `Route` (app/http/routing.py) and are read from there.
-
-Plain data that imports nothing of SayPI at run time, so every app/api module can
+A `Doc` says what a route's entry does not (tag, statuses and bodies, links, pagination,
+ETags, notes). Plain data that imports nothing of SayPI at run time, so every api module can
 describe its handlers without importing the builder.
 """
 

@@ -1,16 +1,8 @@
-"""The API's errors: API.md's table of codes, the errors as values, and the domain's mapping.
+"""The API's errors: the contract's table of codes, the errors as values, and the domain's mapping.
 
-`CODES` is the contract's error table, declared once: for each code its one
-HTTP status and how its message, `data` and headers are built from the
-error's own fields (never from free text). An error value is a code and
-those fields, nothing more: `InvalidParams(problems)`, `NotFound()`,
-`ActionNotAllowed(action)`, `ServiceUnavailable(retry_after)`, constructors
-made from the table's rows. `respond.error_response` reads the status and
-headers from the table.
-
-`DOMAIN_ERRORS` says how each refusal of app/domain/errors.py reads to a
-client; the Flask error handler (app/http/envelope.py) and the idempotency
-wrapper apply it through `from_domain`, so no handler translates them itself.
+`CODES` gives each code its status and how its message, `data` and headers are built from
+the error's own fields; `DOMAIN_ERRORS` says how each domain refusal reads to a client, so no
+handler translates one itself. See docs/envelope.md ("Errors").
 """
 
 from __future__ import annotations

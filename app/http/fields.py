@@ -1,9 +1,8 @@
 """Strict marshmallow fields for request parameters.
 
-JSON values must already have the documented type (no coercion: "true" is not
-a boolean, 5 is not a string). Form bodies are all strings, so `decode`
-converts form values for these fields before validation; both then meet the
-same strict rules, and every message reads as the end of "Parameter `x` ...".
+JSON values must already have the documented type (no coercion); form values, all strings,
+are converted by `decode` first, and both meet the same rules. Every message reads as the
+end of "Parameter `x` ...".
 """
 
 from __future__ import annotations

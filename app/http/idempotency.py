@@ -1,17 +1,7 @@
 """Idempotency keys for POST: replay the first response, never execute twice.
 
-Within 24 h the same key from the same caller with the same method, path and
-parameters replays the first response byte for byte. The key's lock, the
-business write and the stored response share one transaction, so a crash or
-a retry never creates a duplicate. A concurrent duplicate finds the lock
-taken and gets 409 at once; no thread waits. Responses with 5xx, 429 or 409
-idempotency_key_in_use are not recorded, so their retries execute.
-
-The transaction is an explicit unit of work: the wrapped handler receives it
-as its `uow` argument (None when the request has no key) and passes it to
-the repository calls that must commit with the key. Which calls join is
-written in the handler, so the order of wrappers in routes.py cannot change
-it.
+The key's lock, the write and the stored response share one unit of work, handed to the
+handler as `uow`; a concurrent duplicate gets 409 at once. See docs/envelope.md.
 """
 
 from __future__ import annotations

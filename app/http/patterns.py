@@ -1,10 +1,8 @@
 """The contract's character rules, written once as regular expressions.
 
-Each is in the syntax both Python's `re` and ECMA 262 (JSON Schema patterns,
-so the OpenAPI description) read: `\\uXXXX` escapes, classes and counts only.
-The `*_CHARS` names are character-class bodies, to put inside `[...]` or
-`[^...]`; the others match a whole value (use `fullmatch`, or `anchored` for a
-JSON Schema pattern).
+Each reads the same in Python's `re` and ECMA 262 (JSON Schema): `\\uXXXX` escapes, classes
+and counts only. `*_CHARS` are class bodies for `[...]`/`[^...]`; the others match a whole
+value (`fullmatch`, or `anchored` for a JSON Schema pattern).
 """
 
 from __future__ import annotations

@@ -1,15 +1,7 @@
 """Whether the authenticated user still exists, for routes that read no table.
 
-Data routes notice a deleted user in their own query. A route such as
-`GET /animals` would otherwise need a round trip just for that, so each
-worker keeps a bounded set of users it has confirmed to exist and listens
-for deletions (PostgreSQL LISTEN/NOTIFY, sent in the deleting transaction).
-A deletion drops the user from the set; while the listener is not connected
-the set is empty and every check asks the database, so a lost notification
-can never let a deleted user's token through. The only window is between a
-deletion's commit and its notice reaching the other workers' listeners; the
-deleting request narrows it by answering only once its own listener has
-seen the notice (all listeners get it from PostgreSQL at the same moment).
+Each worker keeps a bounded set of users it confirmed, emptied by LISTEN/NOTIFY deletion
+notices; while the listener is down every check asks the database. See docs/envelope.md.
 """
 
 from __future__ import annotations

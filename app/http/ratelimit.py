@@ -1,46 +1,8 @@
 """Rate limiting: GCRA arithmetic, policies, decisions, response headers, the limiter.
 
-GCRA (the generic cell rate algorithm) keeps one number per key: the
-theoretical arrival time (TAT), when the key's state will be fully
-replenished. With the emission interval T and the tolerance tau, a request
-arriving at `now` is
-
-    admitted  when  max(TAT, now) - now <= tau,  and then TAT := max(TAT, now) + T
-    refused   otherwise, and TAT is left unchanged (a refusal costs nothing).
-
-A missing key, or a TAT in the past, is the fresh state.
-
-Semantics of a `Policy(name, per_minute, burst)`:
-
-- `per_minute` 0 disables the policy. Otherwise T = 60 / per_minute seconds
-  (kept as whole microseconds, the resolution of PostgreSQL's timestamptz, so
-  the Python and the SQL arithmetic are exact and agree to the microsecond).
-- `burst` B is how many requests are admitted back to back from the fresh
-  state (0 is treated as 1). tau = (B - 1) * T: request k (1-based) of a burst
-  sees max(TAT, now) - now = (k - 1) * T, so requests 1..B pass and B+1 does
-  not; after that one request is admitted every T seconds, and an idle key
-  earns back one request per T up to B.
-
-A `Decision` reports, in the IETF RateLimit header fields draft's terms:
-
-- `limit` (q): the quota, B.
-- `window` (w): seconds to refill the whole burst from empty, ceil(B * T).
-- `remaining` (r): requests admissible right now after this one,
-  floor((tau + T - (TAT - now)) / T), never negative.
-- `reset` (t): when admitted, whole seconds (rounded up) until the state is
-  fully replenished, ceil(TAT - now); when refused, whole seconds (rounded
-  up, at least 1) until the next request would be admitted,
-  ceil(TAT - tau - now). A refused request's `Retry-After` equals t.
-
-The state lives in a store with one method,
-`decide(key, interval_us, tolerance_us) -> (allowed, tat_after_us)`, where
-tat_after_us is the key's TAT after the decision minus the store's "now", in
-microseconds. `app.store.ratelimits.RateLimitRepository` is the production
-store (PostgreSQL, shared by every worker and instance); `MemoryStore` here is
-the same arithmetic in-process with an injected clock, for tests.
-
-`RateLimiter` is the facade the request path calls: `check(policy, key)` per
-request, failing open when the store fails.
+`gcra`/`gcra_take` are the arithmetic every store runs, `Policy` and `Decision` give it
+meaning and the IETF RateLimit headers, `RateLimiter` is what the request path calls
+(failing open), `MemoryStore` the same arithmetic in-process for tests. See docs/rate-limits.md.
 """
 
 from __future__ import annotations

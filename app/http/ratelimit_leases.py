@@ -1,50 +1,8 @@
 """Admission leases: a worker takes several GCRA admissions of a busy key in one store call.
 
-With the rate-limit state in Redis, every limited request costs a round
-trip; on the 2-core benchmark machine that is a sixth of a whole GET's CPU
-(system calls on both sides, a context switch, a Lua call), paid again and
-again for an answer that is nearly always "yes". A `LeasedStore` sits between
-the limiter and a store that can `take` several admissions at once
-(`gcra_take` in app/http/ratelimit.py, which the Redis store runs as its
-script). When a worker sees a key again while the key's last lease is live,
-it takes `want` admissions at once, charged as if that many requests had
-arrived together, and admits the key's next requests from them without a
-round trip.
-
-What this keeps of exact GCRA, and what it gives up:
-
-- Light keys are exact: a key's first request in a worker takes one
-  admission, and so does every request of a key that comes at most once
-  per lease. A lease used up while live is followed by one GROWTH times
-  larger; a lease that ends (after `lease_seconds` without a request of its
-  key on that worker) with admissions left is followed by one of the size
-  that was used. A worker forgets a key after ten lease times of silence.
-- Small bursts are exact: one lease holds at most an eighth of the key's
-  burst (and at most `max_lease`), so a policy with a burst under 16 never
-  leases; and one thread at a time takes a key's next lease, so a worker
-  holds at most that eighth.
-- No new lease near the limit: a lease never takes a key below half its
-  burst (`keep`), so once a key has less than half its burst left, every
-  request that finds no leased admission asks the store.
-- Every admission is charged in the shared state, so the sustained rate is
-  the policy's. The error is bounded by what leases hold: an admission is
-  charged when its lease is taken, and if that charge has already
-  replenished when it is used, it passes as if free; and admissions one
-  worker holds are not available to the others. So a burst can pass, or be
-  refused, at most the admissions the key's leases hold: an eighth of the
-  burst per worker that served the key in the last `lease_seconds`.
-- Unused admissions go back to the store (the key's TAT moves back) when
-  the lease ends: at the worker's next store call for the key, or by
-  `sweep()`, which the worker runs every second. Only those whose charge
-  has not replenished yet go back; giving back the others would make room
-  that was never taken.
-- Headers: a request served from a lease reports what GCRA would report to
-  it from the lease's view (the key's state when the lease was taken, and
-  this worker's requests since), as if the unused admissions had not been
-  charged yet.
-
-`max_lease` 1 (RATE_LIMIT_LEASE_MAX=1) is exact GCRA on every request:
-deps.py then does not wrap the store.
+A `LeasedStore` admits a key's next requests from admissions already charged, saving a
+Redis round trip each, at a bounded cost in exactness (an eighth of a key's burst per
+worker at most). What is kept of exact GCRA and what is given up: see docs/leases.md.
 """
 
 from __future__ import annotations

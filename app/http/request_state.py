@@ -1,16 +1,8 @@
 """What the layers serving one request tell each other.
 
-The WSGI envelope (app/http/envelope.py) creates a RequestState for every
-request and makes it current for the thread serving it; inside Flask,
-routing records the route, authentication the user and the rate-limit
-decision. After the app has answered, the envelope reads it back for the
-response headers, the access log and the metrics. One small object instead
-of Flask's `g`, which is gone by the time the envelope needs it.
-
-The current state lives in a context variable, as Flask's own request does:
-reading it costs a few dozen nanoseconds, against about half a microsecond
-for each attribute read through Flask's `request` proxy, and a request reads
-it several times.
+The envelope makes a RequestState current for the request's thread (a context variable);
+routing, authentication and rate limiting write to it, the envelope reads it back for
+headers, the access line and metrics. See docs/envelope.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The one place that reads request bodies and writes responses.
 
-`decode` turns a JSON or form body into validated parameters (or raises the
-contract's 400/413/415 errors); `ok`, `created`, `no_content` and `text`
-write responses, adding an ETag to successful GETs and answering a matching
-If-None-Match with 304.
+`decode` turns a JSON or form body into validated parameters (or the contract's 400/413/415
+errors); `ok`, `created`, `no_content` and `text` write responses, with an ETag on successful
+GETs and 304 for a matching If-None-Match.
 """
 
 from __future__ import annotations

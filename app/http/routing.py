@@ -1,14 +1,8 @@
 """The route table's vocabulary, and `register`, which gives a table to Flask.
 
-A `Route` states every fact about one endpoint once: method, path, handler,
-guard (who may call it and which rate limit applies), the body schema, the
-Idempotency-Key scope, and its description. Flask registration (here) and the
-OpenAPI builder (app/openapi/builder.py) both read the same entries, so what
-is served and what is documented cannot drift apart.
-
-All the work happens once, at registration: each request runs the same
-wrappers as a hand-written chain would (view -> guard -> idempotency ->
-handler), with no lookups in the table.
+A `Route` states every fact about one endpoint once, for Flask and the OpenAPI document
+alike; `register` does all its work once, refusing a handler that does not match its route.
+See docs/architecture.md ("The route table").
 """
 
 from __future__ import annotations

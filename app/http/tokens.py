@@ -1,9 +1,8 @@
 """Bearer tokens: the user's public id and an HMAC-SHA256 over it with a server secret.
 
-Verified without a database round trip. Several secrets may be configured:
-the first signs, all verify (rotation). Comparison is constant-time. A
-deleted user's id is gone from the database, which every data route notices
-in its own query, so tokens need no per-user state to be revoked.
+Verified without a database round trip, in constant time; the first secret signs, all
+verify (rotation). A deleted user's id is gone from the database, so tokens need no
+per-user state to be revoked. See docs/envelope.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """W3C Trace Context: the `traceparent` and `tracestate` request headers, parsed strictly.
 
-Both headers are text a client chose, on every request, so parsing never
-raises and never logs: a malformed `traceparent` is simply absent (the
-request starts a new trace), and a `tracestate` that breaks any rule of the
-W3C grammar, or is longer than MAX_TRACESTATE_CHARS, is dropped whole (the
-recommendation allows discarding it; a partial state could misinform the
-vendor that wrote it). Hand-made rather than the OpenTelemetry API's
-propagator: that one reads the process-wide propagator configuration, and
-its TraceState logs a warning for each malformed member, which a hostile
-client could turn into a log line per request.
+Client text on every request, so parsing never raises and never logs: a malformed header is
+dropped whole. Hand-made rather than OpenTelemetry's propagator. See docs/envelope.md.
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Builds SayPI's OpenAPI 3.0.3 document from the route table.
 
-Every operation comes from one `Route` of routes.py: its method and path,
-its guard (authenticated, rate limited), its body schema and its
-Idempotency-Key scope from the entry itself, and what the entry cannot say
-(statuses and bodies, links, pagination, ETags, notes) from the `Doc` next to
-its handler in app/api/<area>.py. Summaries and descriptions come from the
-maker functions' docstrings, limits from the running configuration, response
-bodies and errors from themselves (a schema's `openapi`, an error's `when`,
-`data_schema` and `example`), and the shared parts (fields, headers,
-parameters) from app/openapi/components.py. Routes and document cannot drift
-apart: there is no second table.
-
-The document is built once per worker, when the app is constructed
-(`spec_json`), and served as precomputed bytes.
+Each operation comes from one `Route` and the `Doc` next to its handler; bodies and errors
+describe themselves. Built once per worker and served as precomputed bytes; there is no
+second table to drift apart. See docs/architecture.md ("The route table").
 """
 
 from __future__ import annotations

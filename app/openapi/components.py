@@ -1,10 +1,7 @@
 """The shared parts of SayPI's OpenAPI document: everything but the operations.
 
-Request and response bodies come from the marshmallow schemas the handlers
-validate and dump with (through apispec's marshmallow plugin, taught the
-custom fields of app/http/fields.py here). Headers and parameters are shared
-by many operations; app/openapi/builder.py decides which operation refers to
-which.
+Bodies come from the marshmallow schemas through apispec's marshmallow plugin, taught
+SayPI's custom fields here; headers and parameters are shared by many operations.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
 """Health checks: registered checkers run in parallel, each under a timeout, cached briefly.
 
-Statuses, best to worst: healthy, degraded (serving, but impaired), unhealthy
-(this component fails), critical (the service cannot serve). The overall
-status is the worst component's. A refresher thread runs the checks every
-few seconds, and at once when something it watches changes (the database
-becoming unreachable or reachable again); `/health/ready` and
-`/health/quick` read its last result without running anything, so a probe
-never waits on a check, however busy the database or the API threads are.
-
-A checker that does not finish within the timeout is reported unhealthy and
-left to finish on its own thread; until it does, later rounds report it as
-still hung instead of starting another copy, so a stuck dependency costs one
-thread per checker, never a growing pile of them, and never a hung endpoint.
+A refresher thread runs them; probes only read its last result, so a probe never waits on a
+check, and a hung checker costs one thread, never a pile. See docs/observability.md.
 """
 
 from __future__ import annotations

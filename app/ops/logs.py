@@ -1,16 +1,8 @@
 """Structured logging: JSON lines (python-json-logger) or text, request ids, redaction.
 
-Every record logged while a request is served carries that request's id, and
-with tracing on the current span's `trace_id` and `span_id`. A
-redaction filter runs on every record before it is formatted, so no bearer
-token, Authorization header, DSN password or configured secret can reach the
-output, whatever a caller passes in `extra` (or puts in an exception).
-
-The process's logger (`new_logger`, name "saypi") also carries the records of
-the libraries SayPI uses (psycopg, psycopg.pool, werkzeug, anything reaching
-the root logger): one handler, so with JSON logs every line on the stream is
-one JSON object, tracebacks inside it. A repeat filter on that handler keeps a
-failure that repeats per request (an outage) from flooding the log.
+Every record carries its request id (and trace ids), every field is redacted, the libraries'
+records share the one handler, and repeats of a failure are summarised. The access line
+takes a faster path. See docs/observability.md.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Prometheus metrics, correct across gunicorn workers (prometheus_client multiprocess mode).
 
-prometheus_client chooses its multiprocess storage from the
-PROMETHEUS_MULTIPROC_DIR environment variable when it is first imported;
-`run()` sets that variable before anything imports this module. Each worker
-writes its own files there; a scrape merges them all.
+prometheus_client picks its storage from PROMETHEUS_MULTIPROC_DIR at its first import, so
+the variable is set before anything imports this module. Request counts are tallied per
+thread and folded in every second. See docs/observability.md.
 """
 
 from __future__ import annotations

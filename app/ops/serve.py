@@ -1,16 +1,8 @@
 """Serving with gunicorn: gthread workers, app and pool built in each worker after fork.
 
-Two ways in, one set of hooks:
-- `run.py serve` embeds gunicorn through `GunicornApp`;
-- `gunicorn -c deploy/gunicorn.conf.py` loads `cli_config` and `cli_settings`
-  from here, and its worker class builds the app in each worker.
-
-Either way the master only wipes the metrics directory, forks, and marks dead
-workers' metrics; every pool, thread and Flask app is built inside a worker.
-
-Nothing here imports prometheus_client when this module is imported:
-prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, at its own import, and
-deploy/gunicorn.conf.py sets that variable only after `cli_config` ran.
+`run.py serve` and `gunicorn -c deploy/gunicorn.conf.py` share these hooks; the master only
+forks and tends the metrics directory. Importing this module imports no prometheus_client.
+See docs/worker.md ("Serving").
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """SQL statements as spans: a psycopg connection class whose cursors trace `execute`.
 
-Installed only when tracing is on (`Database(connection_class=...)`, the
-pool's `connection_class`), so with tracing off the statements run through
-psycopg's own classes and cost nothing extra. Each statement run inside a
-recorded span becomes one client span (one round trip: SayPI sends each
-statement on its own, without pipelines), named "<operation> <table>" and
-carrying the SQL text with its placeholders, never the parameter values.
-A transaction is a span too ("transaction", or "savepoint" inside one),
-parent of its statements, from BEGIN to COMMIT or ROLLBACK: two round trips
-of its own.
-The pool's check of a connection that sat idle (an empty query) is a round
-trip too, and appears as a span named "ping". Statements outside a request
-(health checks, the janitor, the presence listener) and in unsampled
-requests make no span.
+Installed only when tracing is on. One client span per statement inside a recorded request
+(SQL text with placeholders, never values), one per transaction, "ping" for the pool's idle
+check. See docs/observability.md.
 """
 
 from __future__ import annotations

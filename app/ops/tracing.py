@@ -1,33 +1,8 @@
 """Distributed tracing with the OpenTelemetry SDK, exported over OTLP/HTTP.
 
-Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set: then `build_tracing` returns
-None, nothing of the SDK is built, and every caller's cost is one `is None`
-branch (the SQL hook is not even installed, app/ops/traced_sql.py).
-
-On, each gunicorn worker builds one `Tracing` after fork (app/deps.py): a
-TracerProvider of its own, never installed as OpenTelemetry's global one
-(everything that makes spans is handed this object), with the SDK's
-BatchSpanProcessor and OTLP/HTTP exporter behind a bounded queue whose
-overflow, failed exports and spans abandoned at exit are counted in
-`tracing_spans_dropped_total{reason}`. `close()` (Deps.close, on graceful
-shutdown) exports what is still queued, for at most `flush_seconds`.
-
-Every setting comes from Config, passed explicitly: sampler, resource, span
-limits, batch sizes, endpoint, headers, timeout, compression and an HTTP
-session that ignores proxy variables. (The SDK still consults a few switches
-of its own in the process environment, such as OTEL_SDK_DISABLED.)
-
-The spans are hand-made, not the contrib Flask/WSGI/psycopg instrumentations:
-those install themselves process-wide (the WSGI and psycopg ones patch
-modules or wrap every connection and cursor, the Flask one hooks every app)
-and read their own options from the environment, they start their span
-before the route template is known and pay for header capture and semantic
-convention switches on every request, and they cannot be absent when
-tracing is off. The envelope already holds what a server span needs, so it
-starts one per request (`start_request`); `span()` makes the children (rate
-limit, idempotency, cowsay renders, SQL statements), and only inside a
-request that is being recorded: background jobs and unsampled requests make
-no child spans at all.
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT is set (then callers pay one `is None` branch). On,
+each worker has its own `Tracing`, never OpenTelemetry's global provider, and the spans are
+hand-made rather than the contrib instrumentations. See docs/observability.md.
 """
 
 from __future__ import annotations

@@ -1,44 +1,8 @@
 """SayPI's gunicorn worker: requests read in the main loop, health on its own lane.
 
-gunicorn's gthread worker hands every accepted connection to a thread, which
-then blocks reading the request head (for up to 5 s before the first byte,
-for ever once bytes trickle in). A few hundred idle connections, or a few
-dozen clients sending one header line a second, therefore hold every thread
-while fresh requests queue behind them. `SayPIWorker` changes only where the
-head is read:
-
-- the main loop's selector waits for a connection to become readable and
-  reads its bytes without blocking, until the blank line that ends the head
-  and then to the end of its body (bodies.py; up to `max_body_bytes`, else
-  the request gets a thread at once and is refused with 413 unread); only
-  then does a thread get the connection, with head and body buffered in
-  gunicorn's parser, so a thread never waits on a client;
-- a head not complete `header_timeout` seconds after the connection was
-  accepted (or after a kept-alive connection's next request began) is cut
-  off: the connection is closed, as HAProxy's `timeout http-request` would;
-  so is a body not complete `body_timeout` seconds after its head;
-- a request still waiting for an API thread `queue_timeout` seconds
-  (DB_POOL_TIMEOUT) after it arrived whole is answered 503 with
-  Retry-After by the main loop, and the envelope's budget for database
-  waits is what is left of that time (admission.py);
-- a head larger than `max_header_bytes` is answered `400 invalid_request`
-  ("the request headers are too large") in the contract's JSON, without a
-  thread; gunicorn's own limits (line length, field count and size) still
-  apply to the heads that pass;
-- requests for `/health/*` run on a small pool of their own, so probes never
-  queue behind API requests that wait for a database connection; they still
-  run through the whole WSGI app (request id, access line, metrics);
-- connections that close after their response linger (half-closed, reading
-  what the client still sends, for LINGER_SECONDS at most) in the selector
-  rather than in gunicorn's blocking `close_graceful` on the main loop;
-- on SIGTERM the worker stops listening at once: connections already queued
-  on its listening socket are answered `503 service_unavailable` with
-  `Connection: close`, then the socket is closed, so new connections are
-  refused instead of hanging until the worker exits.
-
-The request that already sent its head pays one non-blocking recv in the main
-thread instead of one blocking recv in its thread, plus a search for the
-blank line and a few attribute writes.
+Heads and bodies are read without blocking in the main loop, so a thread never waits on a
+client; slow ones are cut off, requests late for a thread are shed with 503, /health/* has
+threads of its own, closing connections linger, SIGTERM stops listening at once. See docs/worker.md.
 """
 
 from __future__ import annotations

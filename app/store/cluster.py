@@ -1,29 +1,8 @@
 """The primary and its read replicas: where each repository call runs.
 
-Repositories say what a call is, and this module decides where it goes:
-
-- `read(user_id, fn, *args)`: a read on behalf of one user. With replicas
-  configured it runs on a replica in rotation that has replayed the user's
-  last write, else on the primary. A replica that fails the read is taken
-  out of rotation and the read runs again on the primary, so a replica
-  failure is never a 5xx.
-- `write(user_id, uow)` / `write_transaction(user_id, uow)`: a change to
-  one user's data, on the primary. After it commits (or after its unit of
-  work commits), the user's write position is recorded in the shared store,
-  so every later read by that user, in any worker of any instance, sees it.
-- `connection`, `transaction`, `unit_of_work`: the primary, for everything
-  that is not one user's data (idempotency keys, rate limits, migrations).
-
-Read-your-writes: a write commits at WAL position P and its user's position
-becomes P in the shared store before it answers; a read goes to a replica
-only if its replay R >= P (R only grows: a stale R under-estimates), and
-only while this worker's sample of the primary is fresh. A write the store
-did not confirm holds every replica read, fleet-wide, through a row on the
-primary; lag is unknown (out of rotation) until proven. The reasoning,
-failure by failure: docs/read-your-writes.md.
-
-Without replicas none of this runs: `read` is a checkout from the primary
-and `write` is the primary's connection, as before.
+`read(user_id, ...)` runs on a replica that has replayed the user's last write, else on the
+primary; `write`/`write_transaction` run on the primary and record the user's position;
+`connection`, `transaction`, `unit_of_work` are the primary. See docs/read-your-writes.md.
 """
 
 from __future__ import annotations

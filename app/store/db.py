@@ -1,27 +1,8 @@
 """PostgreSQL access: the per-worker connection pool, units of work, and the migrations.
 
-`Database` owns one psycopg_pool.ConnectionPool. Reads run on autocommit
-connections (one statement, one round trip); writes use `transaction()`.
-A `UnitOfWork` is one transaction that several repository calls share,
-passed to each of them explicitly (`uow=`): the idempotency wrapper opens one
-and hands it to its handler, so the key, the write and the stored response
-commit together, and nothing but those arguments decides what joins it.
-Repositories are the only code that uses a connection; handlers never see one.
-
-Outages: the first connection error wakes a checker thread, which probes
-the server with a fresh connection. While the probe fails the database is
-*unreachable*: requests get DatabaseUnavailable (503) at once instead of
-waiting for the pool, readiness reports it, and the checker probes again
-every PROBE_INTERVAL_SECONDS (a bounded attempt rate per worker, whatever
-the outage's length). The first probe that succeeds replaces the pool with a
-fresh, pre-warmed one, so service is back within about a probe interval of
-the database answering: psycopg_pool's own reconnect backoff (1, 2, 4, 8 s
-...) and the waiters that timed out in its queue stay behind in the old
-pool, which is closed.
-
-A request's waits for a connection share one budget (`wait_budget`), so a
-request that waited for the rate limiter's connection does not wait as long
-again for its handler's.
+`Database` owns the pool, notices an outage and swaps in a fresh pool when the server is
+back; `Checkout` lends one connection under the request's `WaitBudget`; `UnitOfWork` is one
+transaction several repository calls share (`uow=`). See docs/outage-recovery.md.
 """
 
 from __future__ import annotations

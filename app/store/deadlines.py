@@ -1,11 +1,8 @@
 """Client-side deadlines for statements on a server that may hang.
 
-A frozen server (SIGSTOP, a stalled disk, a dead VM whose kernel still
-acknowledges) never runs statement_timeout and never answers a cancel, so a
-thread reading from it blocks until the server wakes. One watchdog thread per
-worker cuts the socket of a connection whose statement outlives its deadline:
-the blocked read ends at once with psycopg.OperationalError, the pool discards
-the connection, and the caller falls back as for any failed connection.
+A frozen server never runs statement_timeout nor answers a cancel, so one watchdog thread
+per worker cuts the socket of a connection whose statement outlives its deadline; the read
+fails at once and the caller falls back as for any failed connection.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Keyset pagination in one statement: the page, whether the cursor exists, whether the user does.
 
-Every list query has the same frame: a LATERAL page of `limit + 1` rows after
-(or before) the cursor's row id, joined to a row that says whether the
-cursor named an object of the same list and whether the user still exists.
-Each repository supplies its own item query and cursor query; only this
-frame is shared.
+Every list has the same frame: a LATERAL page of `limit + 1` rows after (or before) the
+cursor's row id, joined to a row saying whether the cursor and the user exist. Each
+repository supplies its own item and cursor queries.
 """
 
 from __future__ import annotations

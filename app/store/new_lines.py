@@ -1,11 +1,8 @@
-"""Several new lines in one statement: the SQL that LineRepository.create_many and
-ConversationRepository.create_with_lines share.
+"""Several new lines in one statement: the SQL that creating a batch of lines shares.
 
-The lines travel as one array per column, unnested `WITH ORDINALITY` so
-their order survives; each line's mood is resolved (built-in or the user's,
-case-insensitively) by the statement itself, so a batch is one round trip
-whichever moods it names. A statement that inserts nothing leaves the
-caller to find out why, with `refusal_facts`.
+The lines travel as one array per column, unnested `WITH ORDINALITY` so their order survives;
+the statement resolves each mood (built-in or the user's, case-insensitively), so a batch is
+one round trip. A statement that inserts nothing leaves the caller to ask why (`refusal_facts`).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The rate-limit store: GCRA state in PostgreSQL, shared by every worker and instance.
 
-One row per key in the UNLOGGED table rate_limits(key, tat). A decision is one
-statement on the database's clock, so every process sees one time and one
-state. The arithmetic is `app.http.ratelimit.gcra`'s, in whole microseconds
-(timestamptz's resolution), with intervals built as `n * interval
-'1 microsecond'` so no day or month part (and no time-zone rule) ever enters.
+One row per key in an UNLOGGED table; a decision is one statement on the database's clock,
+in whole microseconds with no day or month part ever entering. See docs/rate-limits.md.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
 """One worker's connection to Redis, with a short breaker so an outage costs requests nothing.
 
-redis-py keeps a connection pool per client; the client is made inside the
-gunicorn worker (app/deps.py), after fork, like the PostgreSQL pool. Every
-call is bounded by REDIS_TIMEOUT and never retried here: the callers have a
-fallback that is better than waiting (rate limits fail open, reads go to the
-primary). After a failure the link answers `RedisDown` at once for
-`pause_seconds`, then lets one call through to try again, so an outage
-costs one timeout per pause per worker, not one per request. The one
-exception is `attempt` (and `run_script(..., despite_breaker=True)`), which
-recording a write's position uses: it always tries.
-
-The request path calls `execute(...)`: one command on a connection the
-calling thread keeps for its life (taken once from redis-py's pool), sent
-and read with redis-py's own `Connection.send_command` / `read_response`.
-A gthread worker has a fixed set of threads, so this is a connection per
-thread, as psycopg's pool is; it skips the pool's checkout, lock and
-release and redis-py's command dispatch, which cost about half of a call's
-CPU when measured. Scripts run by EVALSHA of their SHA-1, loaded on NOSCRIPT.
+Every call is bounded by REDIS_TIMEOUT and never retried; after a failure calls fail at once
+for a pause, then one tries again. Each thread keeps its own connection. See docs/redis.md.
 """
 
 from __future__ import annotations

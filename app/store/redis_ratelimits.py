@@ -1,13 +1,7 @@
-"""The rate-limit store in Redis: the same GCRA as app/store/ratelimits.py, one script call.
+"""The rate-limit store in Redis: GCRA in one script call, on Redis's clock.
 
-One key per limited key, holding its TAT in whole microseconds on Redis's
-clock (TIME, read inside the script, so every worker and instance shares
-one clock and one state). The script is the arithmetic of
-`app.http.ratelimit.gcra_take` (which is `gcra` when one admission is
-wanted; app/http/ratelimit_leases.py asks for more): Lua numbers are
-doubles, exact for integers below 2^53 microseconds (year 2255). A key
-expires when its TAT passes, which is the fresh state, so nothing needs
-purging.
+One key per limited key holding its TAT in microseconds; the script is `gcra_take`'s
+arithmetic, and a key expires when its TAT passes. See docs/rate-limits.md.
 """
 
 from __future__ import annotations

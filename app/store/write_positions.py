@@ -1,17 +1,8 @@
 """Where each user's last write stands in the primary's WAL, shared by every worker and instance.
 
-Read-your-writes (app/store/cluster.py): after a write commits, its
-user's position is recorded; a read of that user goes to a replica only if
-the replica has replayed that far. A position matters only while some
-replica in rotation may still lag behind it, so it expires after
-`ttl_seconds` (a few times REPLICA_MAX_LAG_SECONDS).
-
-Two stores with one interface. `PostgresWritePositions` keeps them in a
-table on the primary: correct with no other service, but every
-routed read costs a primary lookup. `RedisWritePositions` keeps them in
-Redis (REDIS_URL): no primary work for the read. Both raise
-PositionsUnavailable when they cannot answer; the reader then goes to the
-primary, so a store failure never serves a stale read.
+Two stores with one interface: a table on the primary, or Redis. Both raise
+PositionsUnavailable when they cannot answer, so a store failure never serves a stale read.
+See docs/redis.md and docs/read-your-writes.md.
 """
 
 from __future__ import annotations

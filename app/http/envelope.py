@@ -62,15 +62,9 @@ NO_STORE = ("Cache-Control", "no-store")
 class Envelope:
     """The WSGI layer around the Flask app: what every request gets, whatever answers it.
 
-    A request id (the client's X-Request-ID when well-formed and holding no
-    credential, else a new one), the client's address, the refusal of a
-    declared body over the limit (before Flask reads any of it), the
-    request's budget for waiting on database connections (less what it
-    waited for a thread), the security headers, Cache-Control on
-    authenticated answers, the RateLimit headers, one access line and the
-    request metrics. It works on the WSGI environ and header list directly:
-    as Flask before/after_request hooks the same work cost about twice as
-    much (context-local lookups, werkzeug's header checks), on every request.
+    Request id, client address, body limits, the wait budget, security and RateLimit headers,
+    the access line and metrics, on the environ and header list directly (half the cost of
+    Flask hooks). See docs/envelope.md.
     """
 
     def __init__(self, app, config, access_log: AccessLogWriter, metrics: RequestMetrics,
@@ -226,12 +220,8 @@ def _discard_body(stream, length: int) -> None:
 def _read_chunked(environ: dict, max_body: int) -> ApiError | None:
     """Read a body sent without Content-Length (chunked) whole, or refuse it.
 
-    At most max_body + 1 bytes are read: a body over the limit is refused
-    with 413 (and discarded up to DISCARD_LIMIT), a malformed one with 400;
-    a body within the limit is handed on as if it had come with a
-    Content-Length, so nothing downstream ever sees a truncated body. When
-    reading fails, gunicorn marks the body failed and closes the connection
-    after the answer.
+    At most max_body + 1 bytes are read: over the limit is 413, malformed is 400, and a body
+    within it is handed on as if it had come with a Content-Length, never truncated.
     """
     stream = environ["wsgi.input"]
     try:

@@ -81,15 +81,9 @@ def gcra_take(tat_us: int | None, now_us: int, interval_us: int, tolerance_us: i
               want: int = 1, give_back: int = 0, keep: int = 0) -> tuple[int, int | None]:
     """Several GCRA steps at once: (admissions granted, TAT after), all in microseconds.
 
-    First `give_back` admissions taken earlier and never used are returned
-    (TAT moves back by give_back * T). Then one request is decided as by
-    `gcra`; when it is admitted, up to `want - 1` more admissions are taken
-    with it, as if that many requests had arrived at the same instant, but
-    only while at least `keep` admissions stay available after them. So the
-    grant is 0 (refused), 1, or at most min(want, available - keep), and
-    every admission granted is one GCRA would admit right now. A refusal
-    returns the TAT after the give-back (None when the key had no state).
-    The Redis store implements exactly this; keep the two in step.
+    Gives back `give_back` unused admissions, decides one request as `gcra` does, and when it
+    is admitted takes up to `want - 1` more while `keep` stay available. The Redis store
+    implements exactly this; keep the two in step. See docs/leases.md.
     """
     if tat_us is not None and give_back:
         tat_us -= give_back * interval_us
@@ -227,25 +221,10 @@ class MemoryStore:
 class RateLimiter:
     """Per-request checks against the store, failing open when the store fails.
 
-    `check(policy_name, key)` is called once per limited request ("user" with
-    the user's id after authentication, "ip" with the client address before
-    it). It returns None when that policy is disabled, else a Decision; the
-    caller sends `decision.headers()` and answers 429 when not
-    `decision.allowed`. It must run outside any database transaction (the
-    store's row lock would otherwise be held until that transaction ends).
-
-    When the store raises anything, the request is admitted (a Decision with
-    fail_open=True and a fresh key's numbers), the error is counted in
-    metrics.rate_limit_store_errors and logged as a warning at most once per
-    `log_every` seconds (with the number of failures not logged), and
-    `health()` reports degraded for `degraded_for` seconds.
-
-    With `remember_refusals`, a refused key is refused again in this process,
-    without asking the store, until the time its refusal named (Retry-After):
-    nothing but admissions moves a key's TAT forward, and no admission can pass
-    before then, so the store would refuse too (save for admissions leases give
-    back early, which then wait at most until that time). A client that ignores
-    Retry-After costs a refusal's HTTP work, not a store round trip as well.
+    `check(policy_name, key)` returns None for a disabled policy, else a Decision. Call it
+    outside any database transaction. A failing store admits, counts, logs at most once per
+    `log_every` and degrades health; with `remember_refusals` a refused key is refused again
+    locally until its Retry-After. See docs/rate-limits.md.
     """
 
     REMEMBERED_MAX = 10_000  # refused keys one process remembers at most

@@ -57,7 +57,7 @@ class Lease:
 
 
 class LeasedStore:
-    """The limiter's store for one worker: leases from `store`, as the module describes.
+    """The limiter's store for one worker: leases from `store` (docs/leases.md).
 
     Every change to a lease happens under one lock, and one thread at a time
     asks the store for a key's next lease: another thread that finds the key's

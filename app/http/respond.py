@@ -135,13 +135,8 @@ def decode(schema: Schema, check: Check | None = None) -> dict[str, Any]:
 def _etag(body: bytes, kind: str) -> str:
     """A strong validator: a 128-bit hash of the body, seeded by what kind of body it is.
 
-    XXH3 (the xxhash package) rather than a hashlib digest: an ETag needs no
-    resistance against an attacker (a client can only collide its own
-    conversations, to fool its own cache), only a negligible chance that two
-    bodies share one, and XXH3 hashes a 10-line conversation (~9 KB) in
-    0.2 us where SHA-1 took 5.6 us. It also keeps the GIL for bodies under
-    64 KiB, where hashlib lets go of it from 2 KiB on: with a worker's threads
-    all wanting the GIL, getting it back cost a read ~120 us.
+    XXH3 rather than a hashlib digest: no attacker to resist, much faster, and it keeps the GIL
+    for bodies under 64 KiB. See docs/envelope.md ("ETags").
     """
     return f'"{xxh3_128_hexdigest(body, zlib.crc32(kind.encode()))}"'
 

@@ -23,15 +23,9 @@ SIGNED_ID = r"usr_[0-9a-f]{16}\."
 class TokenSigner:
     """Signs and verifies tokens; remembers the last `remember` tokens it found valid.
 
-    A token's validity depends only on the secrets, fixed for the process, so
-    a token seen valid once stays valid: the memo saves the HMACs (~4 us) on
-    every authenticated request. Only valid tokens are kept, so invalid
-    guesses cannot fill it; past the limit the oldest is forgotten.
-
-    Every thread of a worker shares the memo. Lookups need no lock (a dict
-    read is atomic); inserts and evictions take one, since evicting
-    iterates the dict and another thread's insert in between would break
-    that iteration.
+    Validity depends only on the secrets, so a token seen valid stays valid and the memo saves
+    the HMACs; only valid tokens are kept. Lookups take no lock, inserts and evictions one.
+    See docs/envelope.md.
     """
 
     def __init__(self, secrets: tuple[str, ...], remember: int = 10_000):

@@ -23,13 +23,8 @@ MAX_TRAILERS = 8190 * 32
 class BodyScan:
     """The framing of one request's body, and how far its bytes have arrived.
 
-    `kind` is None when the request has no body or a framing gunicorn's
-    parser refuses from the head alone (two lengths, both a length and
-    chunked, a length that is not a number, a coding other than chunked
-    last): those requests go to a thread as they are and read nothing more.
-    A chunked body counts as too large when its data exceeds `max_body`, or
-    when its framing (sizes, extensions, trailers) would make what is kept
-    in memory exceed twice `max_body` plus 64 KiB.
+    `kind` is None with no body, or a framing gunicorn refuses from the head alone. A chunked
+    body is too large past `max_body` of data, or twice that plus 64 KiB kept. See docs/worker.md.
     """
 
     __slots__ = (

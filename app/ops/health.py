@@ -170,12 +170,8 @@ class HealthManager:
 def database_checker(db, timeout: float, show_details: bool) -> Checker:
     """SELECT 1 through the pool within the timeout, plus the pool's stats.
 
-    critical while the database is unreachable (the pool's checker found it
-    so, or this check cannot get a connection and a fresh one fails too);
-    degraded while requests wait for a connection, or when every connection
-    is busy but a fresh connection still gets an answer. The pool's own
-    size counts connection attempts in progress, so it cannot tell "busy"
-    from "down" by itself.
+    critical while the database is unreachable, degraded while requests wait for a connection
+    or every one is busy; see docs/outage-recovery.md ("Health").
     """
 
     # Half the time to get a connection, so a busy pool is reported as such
@@ -219,14 +215,8 @@ def database_checker(db, timeout: float, show_details: bool) -> Checker:
 def migrations_checker(db, migrations: list[Migration], timeout: float = 1.0) -> Checker:
     """The migrations applied to the database against those this build ships.
 
-    The build cannot serve while an expand migration is pending (the rule of
-    `serves_with`, the one `migrate()` stops by); when only its contract
-    migrations (and what follows them) are pending, it serves: they wait
-    until the previous release is gone.
-
-    When every connection is busy the check reuses the versions it read last
-    (saying so): a saturated pool must not take a worker out of service for a
-    fact that has not changed. The database check reports the saturation.
+    Pending expand migrations stop the build serving, pending contract ones do not. With every
+    connection busy it reuses the versions it read last (saying so).
     """
     expected_version = max(m.version for m in migrations)
     last_read: list[set[int]] = []

@@ -152,33 +152,10 @@ class TraceContextFilter(logging.Filter):
 class RepeatFilter(logging.Filter):
     """Rate-limits repeated warnings and errors, on a handler, and counts what it drops.
 
-    Records are grouped by (logger name, level, message template `record.msg`,
-    and for records with an exception its type and the line that raised it).
-    In each group the first `burst` records of a `window`-second window pass;
-    the rest of that window are dropped and counted, and once the window has
-    closed one summary record goes out in the group's name and level: the
-    last dropped record's message with "(repeated N more times in the last
-    1.0 s)" appended, and the count in its `repeated` field. An outage that
-    refuses every request thus logs a handful of lines a second per worker,
-    not one per request.
-
-    Decided:
-    - DEBUG and INFO records always pass (nothing is locked or counted for
-      them): ordinary operation is not a flood, and in text mode every
-      access line is an INFO record. CRITICAL always passes too.
-    - Errors carrying different exception types, or raised at different
-      places, are different groups, so a new kind of failure is never hidden
-      behind an old one; only exact repeats are dropped, and each group's
-      first records keep their traceback.
-    - A summary is emitted when the next record of any group reaches this
-      filter after the window closed, or by `flush()` (AccessLog.flush, which
-      each worker runs every second and at exit): a flood that simply stops
-      is still accounted for within about a second.
-    - The direct access-line path of AccessLog never comes here.
-
-    Thread-safe (one lock, held for a dict lookup and a few integer updates);
-    `emit` is called outside the lock and must handle a record (normally the
-    handler's `handle`, so summaries are redacted like any record).
+    Per group (logger, level, template, exception type and place) the first `burst` records of
+    each `window` pass, the rest are counted and summarised once the window closes; DEBUG, INFO
+    and CRITICAL always pass. Thread-safe; `emit` handles a summary outside the lock.
+    See docs/observability.md ("Repeated warnings").
     """
 
     def __init__(self, emit: Callable[[logging.LogRecord], object] | None = None,
@@ -345,13 +322,9 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
                libraries: bool | None = None) -> logging.Logger:
     """A logger writing one line per record to `stream`, with ids, redaction and repeat limits.
 
-    With `libraries` (the default for the process's logger, name "saypi"; off
-    for any other name, so a test's private logger leaves the process's root
-    alone) the same handler also serves the root logger and LIBRARY_LOGGERS,
-    at `level` or WARNING, whichever is higher: nothing of theirs reaches
-    Python's last-resort handler (plain text on stderr). Handlers other code
-    put on the root logger (pytest's, for one) are kept; an earlier new_logger
-    handler there is replaced.
+    With `libraries` (the default for the process's logger, "saypi") the same handler also
+    serves the root logger and LIBRARY_LOGGERS, at `level` or WARNING, whichever is higher,
+    keeping other code's root handlers and replacing an earlier one of ours.
     """
     logger = logging.getLogger(name)
     logger.handlers.clear()
@@ -386,23 +359,9 @@ def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
 class AccessLog:
     """The one line logged for every request.
 
-    With JSON logs the line is written straight to the stream (by
-    LineHandler.write_line, under the handler's lock), in exactly the shape
-    the JSON formatter gives (python-json-logger's default separators, ASCII
-    escaping; kept equal by tests/test_access_log.py): a LogRecord, two
-    filters and python-json-logger cost about 130 us a line, and even
-    json.dumps of the fields costs four times this f-string, while every field
-    here is known in advance. Strings a client chose (its own request id, an
-    unusual method) still go through the redaction filter's scrub, so a token
-    sent as a request id is redacted as anywhere else. Text logs, or a logger
-    not made by new_logger, take the ordinary logging path.
-
-    Access lines are flushed at most every FLUSH_SECONDS while requests come
-    in, and by `flush()`, which the worker calls every second and when it
-    exits (and which also emits the RepeatFilter's summaries of closed
-    windows): a flush per request is a system call that hands the GIL to
-    another thread, measured at 20-40 us a request. Any other record
-    flushes the stream, and the access lines before it, at once.
+    With JSON logs it is written straight to the stream in the JSON formatter's exact shape
+    (client-chosen strings still scrubbed), and flushed at most every FLUSH_SECONDS and by
+    `flush()`; otherwise it takes the ordinary logging path. See docs/observability.md.
     """
 
     FLUSH_SECONDS = 0.2

@@ -178,13 +178,8 @@ class Tracing:
         """A child of the current span for one `with` block, when the current span is being
         recorded; otherwise nothing is made (a no-op span is yielded).
 
-        An exception leaving the block marks the span failed (status error and
-        `error.type`, the SQLSTATE for database errors) without an exception
-        event: its message may hold parameter values. A refusal (a domain
-        error, or an API error below 500) does not: it is an answer, not a
-        failure. A statement that fails is a failed SQL span even when the
-        request turns it into a 4xx (a unique violation); the server span is
-        marked for 5xx answers only.
+        An exception marks the span failed without an exception event (its message may hold
+        values); a refusal does not. See docs/observability.md ("Tracing").
         """
         if not get_current_span().is_recording():
             return self._untraced

@@ -61,12 +61,11 @@ def is_health_request(head: bytes | bytearray) -> bool:
 
 
 class SayPIWorker(ThreadWorker):
-    """gunicorn's gthread worker with heads read by the main loop (see the module docstring).
+    """gunicorn's gthread worker with heads and bodies read by the main loop (docs/worker.md).
 
-    Errors gunicorn answers itself (malformed request lines, bad headers) are
-    JSON in the contract's shape too, with an X-Request-ID: `400 invalid_request`
-    or `500 internal_failure`. `worker_class_for` in app/ops/serve.py sets the
-    three class attributes from the configuration.
+    Errors gunicorn answers itself (malformed request lines, bad headers) are JSON in the
+    contract's shape too, with an X-Request-ID: `400 invalid_request` or `500 internal_failure`.
+    The configuration arrives as three class attributes, set when the worker class is made.
     """
 
     header_timeout: float = 5.0

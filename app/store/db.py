@@ -72,13 +72,8 @@ class PoolSettings:
 def connect_kwargs(settings: PoolSettings, application_name: str) -> dict:
     """psycopg.connect() arguments for every connection of a pool.
 
-    Directly on PostgreSQL, each connection's settings travel in the startup
-    packet (`options`) and statements are prepared after a few executions.
-    Behind PgBouncer in transaction pooling mode (`prepare` False) neither
-    may be used: a prepared statement lives in one server session while the
-    next transaction may run on another, and PgBouncer refuses the `options`
-    startup parameter. There the settings belong on the role or database
-    (deploy/pgbouncer/README.md), and statements are sent unprepared.
+    Settings go in the startup packet and statements are prepared, unless `prepare` is False
+    (PgBouncer in transaction pooling mode, which allows neither); see docs/outage-recovery.md.
     """
     kwargs: dict = {"autocommit": True, "connect_timeout": settings.connect_timeout,
                     "application_name": application_name}
@@ -96,11 +91,10 @@ def connect_kwargs(settings: PoolSettings, application_name: str) -> dict:
 
 
 class UnitOfWork:
-    """One open transaction that the repository calls given it join (see the module docstring).
+    """One open transaction that the repository calls given it join.
 
     `writers` collects the users whose data the transaction changed, so their
-    read-your-writes positions are recorded once it commits
-    (app/store/cluster.py).
+    read-your-writes positions are recorded once it commits.
     """
 
     __slots__ = ("conn", "writers")
@@ -270,14 +264,9 @@ class Database:
     def _check_loop(self) -> None:
         """The checker thread: pool checks while reachable, probes while not.
 
-        Every check_interval, and at once when woken by a connection error:
-        a probe decides whether the server is gone (then the database is
-        unreachable) or only some connections died (a restart: pool.check()
-        pings each idle connection, discards the dead ones and opens
-        replacements, so they go in milliseconds instead of failing one
-        request each). While unreachable it probes every
-        PROBE_INTERVAL_SECONDS and swaps in a fresh pool once one succeeds.
-        A storm of errors runs it at most once per CHECK_SPACING_SECONDS.
+        Every check_interval, and at once when woken by a connection error (at most once
+        per CHECK_SPACING_SECONDS); while unreachable it probes every PROBE_INTERVAL_SECONDS
+        and swaps in a fresh pool once one succeeds. See docs/outage-recovery.md.
         """
         while not self._stopping.is_set():
             interval = self.settings.check_interval if self._reachable \
@@ -338,20 +327,10 @@ class Database:
 class Checkout:
     """One connection out of the pool for one `with` block, and back into it after.
 
-    psycopg_pool's own `pool.connection()` also enters the connection's
-    context, which on the way out runs `commit()`: nothing to commit on an
-    autocommit connection, but still a lock and a trip through psycopg's wait
-    loop on every read. Reads here are single autocommit statements and
-    writes close their own `conn.transaction()`, so the block only needs
-    getconn/putconn (the pool rolls back or discards a connection returned
-    in any other state). One small class, not three nested generator-based
-    context managers: this runs on every request that touches the database.
-
-    With `translate` (the repositories' checkouts), an unreachable database
-    is refused at once, the wait for a connection comes out of the request's
-    WaitBudget, and pool exhaustion and lost connections leave the block as
-    DatabaseUnavailable (the handler answers 503); a lost connection wakes
-    the checker.
+    Only getconn/putconn, without psycopg_pool's `connection()` and its commit on exit: this
+    runs on every request that touches the database. With `translate`, an outage or exhaustion
+    leaves the block as DatabaseUnavailable within the request's WaitBudget.
+    See docs/outage-recovery.md.
     """
 
     __slots__ = ("conn", "db", "pool", "timeout", "translate")

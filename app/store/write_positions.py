@@ -86,22 +86,9 @@ EPOCH_KEY = "saypi:wpos:epoch"
 class RedisWritePositions:
     """Positions in Redis, with this worker's unrecorded ones kept until Redis takes them.
 
-    Every write tries to record its position, even while this worker's
-    breaker is open: a worker that alone lost Redis for a moment must not
-    leave the others, which still reach it, reading an older position (a
-    Redis that is really down costs each write one REDIS_TIMEOUT). A
-    position that could not be recorded (Redis failed after the write
-    committed) is kept here and retried on every later call, and until it is
-    recorded, and for `hold_seconds` after Redis last failed, this worker
-    calls the store untrusted, so its reads go to the primary. Other workers
-    and instances cannot see that buffer: `record` answers False, and the
-    cluster holds every replica read, fleet-wide, through the primary.
-
-    Every lookup reads the store's epoch key in the same round trip (MGET).
-    Missing, Redis lost its data (a restart): the first reader sets it to
-    now, and until `hold_seconds` after that time every worker of every
-    instance sends the reads to the primary, since positions recorded before
-    the restart are gone while replicas may still lag behind them.
+    Every write tries, even with the breaker open; an unrecorded position is retried on later
+    calls and makes this worker's reads go to the primary meanwhile. An epoch key read with
+    every lookup notices a Redis restarted empty. See docs/redis.md.
     """
 
     def __init__(self, link: RedisLink, ttl_seconds: float, hold_seconds: float,

@@ -173,8 +173,8 @@ class Config:
     """
 
     command: str
-    # `migrate --contract`: also apply migrations flagged `-- saypi: contract`
-    # (app/store/db.py), once no instance of the previous release is left.
+    # `migrate --contract`: also apply migrations flagged `-- saypi: contract`,
+    # once no instance of the previous release is left.
     contract: bool = False
     app_env: str = setting(
         "APP_ENV", _choice("development", "production"), "development",
@@ -342,7 +342,7 @@ class Config:
         "DB_PREPARE", _bool, True,
         "server-side prepared statements and per-connection settings; false behind PgBouncer "
         "in transaction pooling mode")
-    # Tracing (app/ops/tracing.py): the OpenTelemetry SDK's standard variables,
+    # Tracing: the OpenTelemetry SDK's standard variables,
     # read here like every other setting and handed to the SDK explicitly.
     otel_exporter_otlp_endpoint: str | None = setting(
         "OTEL_EXPORTER_OTLP_ENDPOINT", _otlp_endpoint, None,

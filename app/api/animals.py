@@ -18,7 +18,7 @@ def handle_list_animals(library):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 ANIMAL_LIST = Component("AnimalList", {
     "type": "object", "required": ["animals"], "additionalProperties": False,

@@ -127,7 +127,7 @@ def handle_delete_conversation(conversations):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 LIST_CONVERSATIONS_DOC = Doc(
     handle_list_conversations, "Conversations", etag=True, paginated=True,

@@ -195,7 +195,7 @@ def handle_delete_line(lines):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 LIST_LINES_DOC = Doc(
     handle_list_lines, "Lines", etag=True, paginated=True, errors=(NotFound,),

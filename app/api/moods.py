@@ -105,7 +105,7 @@ def handle_delete_mood(moods):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 _MOOD_LINKS = {
     "GetMood": Link(handle_get_mood, {"name": "$response.body#/name"}, "Read the mood back."),

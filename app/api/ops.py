@@ -95,7 +95,7 @@ def handle_metrics(metrics, sample):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 _STATUS = {"type": "string", "enum": ["healthy", "degraded", "unhealthy", "critical"]}
 _CHECKED_AT = {"type": "string", "format": "date-time", "nullable": True,
                "description": "When the status was determined (`null` only before a "

@@ -42,7 +42,7 @@ def handle_render(moods, renderer):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 RENDER_DOC = Doc(
     handle_render, "Lines",

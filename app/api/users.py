@@ -94,7 +94,7 @@ def handle_delete_user(users, presence):
     return handler
 
 
-# --- descriptions for the OpenAPI document (app/openapi) ----------------------------------
+# --- descriptions for the OpenAPI document -----------------------------------------------
 
 CREATE_USER_DOC = Doc(
     handle_create_user, "Users",

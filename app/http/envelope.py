@@ -119,8 +119,8 @@ class Envelope:
             state.refusal = PayloadTooLarge(self.max_body)
         elif length:
             if length.isdigit() and int(length) > self.max_body:
-                # Read it off the connection now; the route answers 413 (routes.py),
-                # inside Flask, so the answer gets CORS headers like any other.
+                # Read it off the connection now; the 413 is answered inside Flask,
+                # so the answer gets CORS headers like any other.
                 _discard_body(environ["wsgi.input"], int(length))
                 environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(), "0"
                 state.refusal = PayloadTooLarge(self.max_body)

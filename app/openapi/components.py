@@ -20,8 +20,8 @@ from app.http.errors import CURSOR_MISSING
 from app.http.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 
-# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the rules of app/http/fields.py.
-# JSON Schema patterns from the rules the validators use (app/http/patterns.py).
+# JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the fields' rules, made
+# from the same character rules the validators use.
 _CONTROL = patterns.CONTROL_CHARS
 NO_CONTROL = patterns.anchored(f"[^{_CONTROL}]*")
 NO_CONTROL_EXCEPT_NEWLINE_TAB = patterns.anchored(

@@ -29,7 +29,7 @@ _RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "r
 _REDACTED_FIRST = {"msg", "args", "exc_info", "exc_text", "stack_info"}
 _SENSITIVE_KEYS = re.compile(r"authorization|token|secret|password|passwd|dsn|cookie|api_key",
                              re.IGNORECASE)
-# A SayPI token is `usr_<16 hex>.<base64url MAC>` (app/http/tokens.py). Its shape is
+# A SayPI token is `usr_<16 hex>.<base64url MAC>`. Its shape is
 # redacted wherever it appears (with or without "Bearer", in a URL, a repr, a
 # traceback), also percent-encoded ("%5F", "%2E", "%2D") and with a MAC cut
 # short, down to 10 characters (60 bits).

@@ -276,7 +276,7 @@ class RequestTally:
                 self._requests.labels(method, route, str(status)).inc(count)
                 # Histogram has no public call to add many observations at once; its
                 # value objects are what observe() itself increments
-                # (tests/test_metrics_unit.py keeps the two equal).
+                # (a unit test keeps the two equal).
                 histogram = self._duration.labels(method, route)
                 histogram._sum.inc(now[1] - flushed[1])
                 for index, (was, is_) in enumerate(zip(flushed[2:], now[2:], strict=True)):

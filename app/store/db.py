@@ -112,7 +112,7 @@ class Database:
                  connection_class: type[psycopg.Connection] = psycopg.Connection):
         self.settings = settings
         # The pool's connections' class: psycopg's own, or, with tracing on, one whose
-        # cursors make a span per statement (app/ops/traced_sql.py).
+        # cursors make a span per statement.
         self._connection_class = connection_class
         self.logger = logger
         self.name = name

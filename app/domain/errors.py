@@ -1,8 +1,7 @@
 """What the domain refuses, as small exceptions carrying the data a message needs.
 
-Repositories and handlers raise these; they know nothing of HTTP. One table
-in app/http/errors.py (`DOMAIN_ERRORS`) says how each reads to a client, and
-the error handlers (app/http/envelope.py, app/http/idempotency.py) apply it.
+Repositories and handlers raise these; they know nothing of HTTP. How each
+reads to a client is decided once, in the HTTP layer, never by a handler.
 """
 
 from __future__ import annotations

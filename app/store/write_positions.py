@@ -104,7 +104,7 @@ class RedisWritePositions:
 
     def record(self, user_id: int, conn: psycopg.Connection) -> bool:
         """True once Redis has the position; False when it did not confirm it in time (the
-        caller then holds replica reads through the primary: app/store/cluster.py)."""
+        caller then holds replica reads through the primary; docs/redis.md)."""
         position = primary_position(conn)
         if self._unrecorded:
             self._retry_unrecorded()

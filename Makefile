@@ -15,9 +15,10 @@ test: $(STAMP)       ## every tier: unit, in-process and end to end (real Postgr
 test-fast: $(STAMP)  ## the unit and in-process tiers (and the benchmark's own tests): no PostgreSQL, seconds
 	$(BIN)/python -m pytest -q -p no:schemathesis tests/unit tests/inprocess bench/tests
 
-lint: $(STAMP)       ## ruff, and the import contract (tests/unit/test_layers.py: layers, no circles)
+lint: $(STAMP)       ## ruff, the import contract (tests/unit/test_layers.py), the prose rules (test_docs.py)
 	$(BIN)/ruff check .
 	$(BIN)/python tests/unit/test_layers.py
+	$(BIN)/python tests/unit/test_docs.py
 
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate

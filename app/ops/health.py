@@ -68,7 +68,7 @@ class HealthManager:
         self.cache_seconds = cache_seconds
         self.logger = logger
         self.clock = clock
-        # At most one run of each checker at a time (see the module docstring).
+        # At most one run of each checker at a time (see docs/observability.md).
         self._executor = ThreadPoolExecutor(max_workers=len(self.checkers) + 1,
                                             thread_name_prefix="health")
         self._lock = threading.Lock()

@@ -175,7 +175,7 @@ class Database:
     # --- reachability ----------------------------------------------------------
     @property
     def reachable(self) -> bool:
-        """False from a failed probe until a probe succeeds again (see the module docstring)."""
+        """False from a failed probe until a probe succeeds again (docs/outage-recovery.md)."""
         return self._reachable
 
     def unreachable_for(self) -> float:

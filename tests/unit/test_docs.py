@@ -20,7 +20,7 @@ MARKDOWN_LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
 def checked_modules(root: Path = ROOT) -> list[Path]:
     """The modules whose docstrings are held to the rule: app/, routes.py, run.py."""
     files = [p for p in root.glob("app/**/*.py") if "__pycache__" not in p.parts]
-    return sorted(files) + [root / "routes.py", root / "run.py"]
+    return [*sorted(files), root / "routes.py", root / "run.py"]
 
 
 def long_module_docstrings(root: Path = ROOT) -> list[str]:
@@ -36,7 +36,7 @@ def long_module_docstrings(root: Path = ROOT) -> list[str]:
 
 
 def source_files(root: Path = ROOT) -> list[Path]:
-    """Every Python file of the project where code may name a docs page (not this one's examples)."""
+    """Every Python file where code may name a docs page (but this one, for its examples)."""
     return sorted(p for p in root.rglob("*.py")
                   if not {"__pycache__", "node_modules"} & set(p.relative_to(root).parts)
                   and not any(part.startswith(".") for part in p.relative_to(root).parts)

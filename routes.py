@@ -20,6 +20,7 @@ from app.api import (
     conversations,
     debug,
     docs,
+    events,
     lines,
     moods,
     ops,
@@ -96,6 +97,11 @@ def documented_routes(d: Deps) -> list[Route]:
         Route("DELETE", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_delete_line(d.lines, d.users),
               guard=AUTHED, doc=lines.DELETE_LINE_DOC),
+
+        Route("GET", "/events", events.handle_list_events(d.events, d.users, d.renderer),
+              guard=AUTHED, doc=events.LIST_EVENTS_DOC),
+        Route("GET", "/events/<event_id>", events.handle_get_event(d.events, d.users, d.renderer),
+              guard=AUTHED, doc=events.GET_EVENT_DOC),
 
         Route("POST", "/render", render.handle_render(d.moods, d.renderer, d.presence),
               guard=AUTHED, body=lines.CreateLine, doc=render.RENDER_DOC),

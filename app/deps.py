@@ -10,6 +10,7 @@ exactly the fields its handler needs.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -34,6 +35,8 @@ from app.platform.metrics import Metrics
 from app.platform.periodic import Periodic
 from app.platform.redis_link import RedisLink
 from app.repo.conversations import ConversationRepository
+from app.repo.events import TYPES as EVENT_TYPES
+from app.repo.events import EventRepository
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
@@ -75,6 +78,7 @@ class Deps:
     slow_queries: SlowQueryRepository | None  # the fault-injection routes' slow query
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     tracing: Tracing | None = None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
+    events: EventRepository | None = None  # the event log's reads (GET /events)
 
     def start(self) -> None:
         """A first health report before this worker takes traffic, then the background work."""
@@ -149,10 +153,24 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
 
     library = CowLibrary.load(cow_search_path(config.cowpath), logger.getChild("cowsay"))
     renderer = Renderer(library, max_entries=config.render_cache_size, tracing=tracing)
-    users = UserRepository(cluster)
+    for event_type in EVENT_TYPES:
+        metrics.events_written.labels(event_type)
+
+    def events_written(event_type: str, count: int) -> None:
+        metrics.events_written.labels(event_type).inc(count)
+
+    users = UserRepository(cluster, events_written)
+    events = EventRepository(cluster, config.events_retention_hours)
+
+    oldest_event = [0.0]  # when the oldest event kept was written (0: none), as last seen
+
+    def purge_events() -> None:
+        events.purge_expired()
+        age = events.oldest_age()
+        oldest_event[0] = 0.0 if age is None else time.time() - age
     idempotency_keys = IdempotencyRepository(db)
     purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
-              rate_limit_state.purge_expired]
+              rate_limit_state.purge_expired, purge_events]
     if cluster.positions is not None:
         purges.append(cluster.positions.purge_expired)
     janitor = Periodic("janitor", config.purge_interval_seconds, purges,
@@ -161,6 +179,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
 
     def sample_metrics() -> None:
         metrics.flush_requests()
+        metrics.events_oldest_age.set(oldest_event[0] and time.time() - oldest_event[0])
         metrics.sample_pool(db.stats())
         metrics.sample_render_cache(*renderer.cache_stats())
         if cluster.routing:
@@ -184,10 +203,10 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
         idempotency=Idempotency(cluster, idempotency_keys, metrics, config.fault_injection,
                                 tracing=tracing),
         presence=UserPresence(users, logger.getChild("presence")), renderer=renderer,
-        users=users, moods=MoodRepository(cluster),
-        conversations=ConversationRepository(cluster),
-        lines=LineRepository(cluster), slow_queries=SlowQueryRepository(db),
-        jobs=(sampler, janitor), tracing=tracing,
+        users=users, moods=MoodRepository(cluster, events_written),
+        conversations=ConversationRepository(cluster, events_written),
+        lines=LineRepository(cluster, events_written), slow_queries=SlowQueryRepository(db),
+        jobs=(sampler, janitor), tracing=tracing, events=events,
     )
 
 

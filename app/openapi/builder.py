@@ -26,6 +26,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import Schema
 
+from app.api import events
 from app.http.errors import (
     ALL_ERRORS,
     ActionNotAllowed,
@@ -95,11 +96,12 @@ def _summary_and_description(doc: Doc, config) -> tuple[str, str]:
 
 def _format(text: str, config) -> str:
     """Fill in this server's limits: `{max_moods}`, `{max_conversations}`, `{max_lines}`,
-    `{max_batch_lines}`."""
+    `{max_batch_lines}`, `{retention}` (hours events are kept)."""
     for name, value in (("max_moods", config.max_moods_per_user),
                         ("max_conversations", config.max_conversations_per_user),
                         ("max_lines", config.max_lines_per_conversation),
-                        ("max_batch_lines", config.max_batch_lines)):
+                        ("max_batch_lines", config.max_batch_lines),
+                        ("retention", config.events_retention_hours)):
         text = text.replace("{" + name + "}", str(value))
     return text
 
@@ -211,6 +213,7 @@ def _operation(route: Route, config, error_examples: Mapping[type[ApiError], Api
                            **c.PATH_PARAMETERS[name]})
     if doc.paginated:
         parameters += ["limit", "starting_after", "ending_before"]
+    parameters += list(doc.query)
     if route.idempotent is not None:
         parameters.append("Idempotency-Key")
     if doc.etag:
@@ -352,6 +355,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
                                                "own."},
               {"name": "Conversations", "description": "A heading and the lines said in it."},
               {"name": "Lines", "description": "What an animal says or thinks, rendered."},
+              {"name": "Events", "description": "Every change you made, in commit order."},
               {"name": "Operations", "description": "Health checks and metrics: never "
                                                     "authenticated or rate limited."}],
         security=[{"bearerAuth": []}],
@@ -373,6 +377,9 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         spec.components.schema(name, component=c.list_component(item, kind))
     for name, component in c.health_components().items():
         spec.components.schema(name, component=component)
+    for name, component in events.event_components().items():
+        spec.components.schema(name, component=component)
+    spec.components.schema("EventList", component=c.list_component("EventOut", "event"))
 
     error_examples = c.error_examples(config)
     spec.components.schema("Error", component={
@@ -403,7 +410,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         })
     for name, header in c.HEADERS.items():
         spec.components.header(name, header)
-    for name, parameter in c.PARAMETERS.items():
+    for name, parameter in {**c.PARAMETERS, **events.QUERY_PARAMETERS}.items():
         spec.components.parameter(name, parameter["in"], {
             k: v for k, v in parameter.items() if k not in ("in",)})
 
@@ -415,7 +422,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         spec.path(path=path, operations=operations)
     document = spec.to_dict()
     for name in ("MoodList", "ConversationList", "LineList", *c.RESPONSE_SCHEMA_NAMES,
-                 *c.health_components()):
+                 *c.health_components(), "EventOut", "EventList"):
         if name in examples:
             document["components"]["schemas"][name]["example"] = examples[name]
     return document

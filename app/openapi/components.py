@@ -19,7 +19,7 @@ from typing import Any
 from apispec import APISpec
 from marshmallow import Schema
 
-from app.api import conversations, lines, moods, render, users
+from app.api import conversations, events, lines, moods, render, users
 from app.api.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
 from app.domain import ids
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
@@ -369,6 +369,9 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "line_id": {"description": "A line id (`ln_...`) of that conversation.",
                 "schema": {"type": "string", "pattern": f"^{ids.LINE}_[0-9a-f]{{16}}$"},
                 "example": "ln_5e2a9c7f1d3b0846"},
+    "event_id": {"description": "An event id (`evt_...`) of yours.",
+                 "schema": {"type": "string", "pattern": "^evt_[0-9a-f]{32}$"},
+                 "example": "evt_3a1f0c6e2b9d4857000000000000002a"},
     "name": {"description": "A mood name: 1-30 printable ASCII characters other than `/`, "
                             "case-insensitive, percent-encoded in the path.",
              "schema": {"type": "string", "pattern": MOOD_NAME},
@@ -393,7 +396,14 @@ def example_objects() -> dict[str, Any]:
     line_json = lines.render_line(line, renderer)
     convo_json = conversations.conversation_json(convo, renderer)
     item = conversations.ConversationListItemOut().dump(convo)
+    line_event = events.event_json(events.Event(
+        user.id, 42, "line.created", convo.id, created,
+        [line.id, line.animal, line.think, line.text,
+         int((created - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1000000,
+         *tired]), renderer)
     return {
+        "EventOut": line_event,
+        "EventList": {"type": "event", "has_more": True, "data": [line_event]},
         "UserOut": users.UserOut().dump(user),
         "CreatedUserOut": users.CreatedUserOut().dump(
             {**user._asdict(), "token": TokenSigner(("an example secret, not used",)).sign(

@@ -61,3 +61,4 @@ class Doc:
     body_notes: Mapping[str, str] = field(default_factory=dict)  # per body parameter
     conflicts: tuple[str, ...] = ()  # actions refused with 409 action_not_allowed
     notes: str = ""  # decisions beyond the docstring, where the contract is silent
+    query: tuple[str, ...] = ()  # query parameters beyond the list's (component names)

@@ -11,6 +11,7 @@ from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
 from app.platform.db import UnitOfWork
+from app.repo.events import INSERT, counter, user_data
 from app.repo.reading import fetch_one
 
 _COLUMNS = "id, name, email, created_at"
@@ -19,8 +20,9 @@ DELETED_CHANNEL = "saypi_user_deleted"
 
 
 class UserRepository:
-    def __init__(self, db):
+    def __init__(self, db, on_events: Callable[[str, int], None] | None = None):
         self.db = db
+        self.events_written = counter(on_events)
 
     def create(self, name: str | None, email: str | None,
                uow: UnitOfWork | None = None) -> User:
@@ -59,11 +61,19 @@ class UserRepository:
         with self.db.write_transaction(user_id) as conn:
             try:
                 row = conn.execute(
-                    f"UPDATE users SET {assignments} WHERE id = %(id)s RETURNING {_COLUMNS}",
+                    f"WITH changed AS (UPDATE users SET {assignments}, "
+                    f"  event_seq = event_seq + 1 WHERE id = %(id)s "
+                    f"  RETURNING {_COLUMNS}, event_seq), "
+                    f"logged AS ({INSERT} SELECT id, event_seq, 'user.updated', NULL, "
+                    f"  {user_data('changed')} FROM changed) "
+                    f"SELECT {_COLUMNS} FROM changed",
                     {**changes, "id": user_id}).fetchone()
             except pg_errors.UniqueViolation as exc:
                 raise EmailTaken(changes.get("email")) from exc
-        return User(*row) if row else None
+        if row is None:
+            return None
+        self.events_written("user.updated", 1)
+        return User(*row)
 
     def watch_deletions(self, on_listening: Callable[[], None],
                         on_deleted: Callable[[int], None], stop: threading.Event) -> None:

@@ -1,0 +1,23 @@
+-- The event log (an outbox): every change a user makes writes its events in
+-- the same transaction. `seq` numbers one user's events 1, 2, 3 ... in the
+-- order their transactions committed, with no holes: it is taken from
+-- users.event_seq, whose row lock the writing transaction holds until it
+-- commits (see docs/events.md). Expand only: the previous release neither
+-- reads nor writes these.
+ALTER TABLE users ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
+
+CREATE TABLE events (
+    user_id       bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    seq           bigint NOT NULL,
+    type          text NOT NULL,
+    conversation  bigint,                 -- the conversation's rid, or NULL
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    data          jsonb NOT NULL,         -- the object's fields as stored (docs/events.md)
+    PRIMARY KEY (user_id, seq)
+);
+-- The filters' keyset scans: by type, and by conversation (then type).
+CREATE INDEX events_user_type_seq_idx ON events (user_id, type, seq);
+CREATE INDEX events_user_conversation_idx ON events (user_id, conversation, type, seq)
+    WHERE conversation IS NOT NULL;
+-- Retention: the purge takes the oldest first.
+CREATE INDEX events_created_at_idx ON events (created_at);

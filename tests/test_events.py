@@ -259,3 +259,24 @@ def test_metrics_count_events_by_type_and_the_oldest_age(server):
     assert eventually(counted, 10)
     assert eventually(lambda: metric_total(server, "events_oldest_age_seconds") > 0, 10)
     assert "events_written_total" in httpx.get(server.url + "/metrics").text
+
+
+def test_event_bodies_match_the_openapi_description(server):
+    from openapi_schema_validator import OAS30Validator
+
+    client, user = new_client(server)
+    convo = client.create_conversation("Described", lines=[LINE])
+    client.update_user(user["id"], email="ada@example.com")
+    client.put_mood("sleepy")
+    client.delete_conversation(convo["id"])
+    spec = httpx.get(server.url + "/openapi.json").json()
+
+    def validate(name: str, body) -> None:
+        OAS30Validator({"$ref": f"#/components/schemas/{name}",
+                        "components": spec["components"]}).validate(body)
+
+    page = client.request("GET", "/events", params={"limit": 100}).json()
+    assert len(page["data"]) == 5
+    validate("EventList", page)
+    for event in page["data"]:
+        validate("EventOut", client.get_event(event["id"]))

@@ -20,7 +20,7 @@ from app.domain.models import Conversation, Line, Mood, User
 from app.http import pagination, respond
 from app.http.auth import current_user
 from app.http.errors import AuthInvalid, InvalidParams, NotFound, ParamProblem
-from app.openapi.doc import Doc, Success
+from app.openapi.doc import Doc, Link, Success
 from app.repo.events import TYPES, Event, from_micros
 
 EVENT = "evt"
@@ -148,7 +148,10 @@ ORDER_NOTE = (
     "hours).")
 LIST_EVENTS_DOC = Doc(
     handle_list_events, "Events", etag=True, paginated=True, query=("type", "conversation"),
-    success=(Success(200, "One page of your events, oldest first.", "EventList"),),
+    success=(Success(200, "One page of your events, oldest first.", "EventList", links={
+        "GetFirstEvent": Link(handle_get_event, {"event_id": "$response.body#/data/0/id"},
+                              "Read the page's first event."),
+    }),),
     notes=ORDER_NOTE + " `starting_after` and `ending_before` take any of your event ids, "
           "whatever the filters; one older than the retention is `400 invalid_params`. "
           "`conversation` names a conversation id: one that is not yours, or that never had "

@@ -55,6 +55,9 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|report|fleet]
            bench-results/profile-get.md (+ .svg when py-spy can)
   tracing  GET /conversations/{id} with tracing off, on at sample ratio 0.1 and 1.0 (a
            local OTLP sink), and with the collector down; writes bench-results/tracing.*
+  events   the writes (4, 4b, 5) before and after the event log, interleaved, CPU per
+           request and round trips; GET /events with 10 and 1M events; writes
+           bench-results/events.md and events.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -616,6 +619,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         from bench.tracing import tracing
 
         return tracing(env)
+    if command == "events":
+        from bench.events import events
+
+        return events(env)
     if command == "profile":
         from bench.profile import profile
 

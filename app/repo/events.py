@@ -96,15 +96,21 @@ def _items(filtered: bool, conversation: bool, op: str, direction: str) -> str:
     With a filter, one ordered index scan per type (at most nine, each at most
     limit + 1 rows), merged: the cost depends on the page, not on the log.
     """
-    where = (f"user_id = %(user_id)s AND seq {op} %(cursor)s "
-             f"AND created_at >= {_CUTOFF}")
+    fresh = f"created_at >= {_CUTOFF}"
     if not filtered:
-        return (f"SELECT {_COLUMNS} FROM events WHERE {where} "
+        return (f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s "
+                f"AND seq {op} %(cursor)s AND {fresh} "
                 f"ORDER BY seq {direction} LIMIT %(limit_plus_one)s")
-    narrow = " AND conversation = %(conversation)s" if conversation else ""
+    # The filters' indexes order by an expression of seq (migration 0004), each its own:
+    # only that index gives the order the scan asks for, so every plan takes it. With
+    # plain seq the primary key gives the order too, and a generic plan, which cannot
+    # know that a type's rows are few, may walk all the user's events on it.
+    key, narrow = ("seq - 0", "AND conversation = %(conversation)s ") if conversation \
+        else ("seq + 0", "")
     return (f"SELECT e.* FROM unnest(%(types)s::text[]) AS t(type) CROSS JOIN LATERAL ("
-            f"SELECT {_COLUMNS} FROM events WHERE {where} AND type = t.type{narrow} "
-            f"ORDER BY seq {direction} LIMIT %(limit_plus_one)s) e "
+            f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s "
+            f"AND type = t.type {narrow}AND {key} {op} %(cursor)s AND {fresh} "
+            f"ORDER BY {key} {direction} LIMIT %(limit_plus_one)s) e "
             f"ORDER BY e.seq {direction} LIMIT %(limit_plus_one)s")
 
 

@@ -102,9 +102,10 @@ def grow_events(dsn: str, user_id: int, count: int) -> None:
     """`count` line events for one user, as the writes store them."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO events (user_id, seq, type, conversation, data) "
-            "SELECT %(user)s, g, 'line.created', 1, jsonb_build_array(g, 'default', false, "
-            "'Moo.', 0, 'tired', '--', '  ', false) FROM generate_series(1, %(count)s) g",
+            "INSERT INTO events (user_id, seq, last_seq, type, conversation, data) "
+            "SELECT %(user)s, g, g, 'line.created', 1, jsonb_build_array(jsonb_build_array("
+            "g, 'default', false, 'Moo.', 0, 'tired', '--', '  ', false)) "
+            "FROM generate_series(1, %(count)s) g",
             {"user": user_id, "count": count})
         conn.execute("UPDATE users SET event_seq = %s WHERE id = %s", (count, user_id))
         conn.execute("VACUUM ANALYZE events")

@@ -202,7 +202,9 @@ def test_cursor_rules(server):
 
 def test_retention_boundary_and_purge(server):
     client, user = new_client(server)
-    convo = client.create_conversation("Old", lines=[LINE, LINE])
+    convo = client.create_conversation("Old")
+    client.create_line(convo["id"])
+    client.create_line(convo["id"])
     every = all_events(client)
     user_id = int(user["id"].split("_")[1], 16)
     with psycopg.connect(server.env["DATABASE_URL"], autocommit=True) as conn:
@@ -280,3 +282,31 @@ def test_event_bodies_match_the_openapi_description(server):
     validate("EventList", page)
     for event in page["data"]:
         validate("EventOut", client.get_event(event["id"]))
+
+
+def test_a_batchs_events_page_one_by_one_whatever_the_filter(server):
+    """A batch's events are stored together; every cursor inside them still works."""
+    client, _ = new_client(server)
+    convo = client.create_conversation("Batch")
+    client.put_mood("between")
+    batch = client.create_lines(convo["id"], [{"text": str(i)} for i in range(3)])
+    client.put_mood("after")
+    every = all_events(client)
+    assert [e["type"] for e in every] == ["conversation.created", "mood.created",
+                                          *["line.created"] * 3, "mood.created"]
+    assert [e["data"]["object"] for e in every[2:5]] == batch
+    for filters in ({}, {"type": "line.created"}, {"type": "line.*"},
+                    {"conversation": convo["id"]}):
+        expected = [e for e in every if (
+            e["type"].startswith(filters.get("type", "").rstrip("*"))
+            and filters.get("conversation") in (None, e["conversation"]))]
+        assert list(client.iter_events(page_size=1, **filters)) == expected, filters
+        for i, event in enumerate(expected):
+            after = client.list_events(limit=1, starting_after=event["id"], **filters)
+            assert after.data == expected[i + 1: i + 2]
+            assert after.has_more == (i + 2 < len(expected))
+            before = client.list_events(limit=1, ending_before=event["id"], **filters)
+            assert before.data == expected[max(0, i - 1): i]
+            assert before.has_more == (i > 1)
+    for event in every:
+        assert client.get_event(event["id"]) == event

@@ -30,11 +30,12 @@ def events_db(postgres):
         # for the types that have no events at all (line.deleted, mood.*).
         for user, count in ((BIG, BIG_EVENTS), (SMALL, 10)):
             conn.execute(
-                "INSERT INTO events (user_id, seq, type, conversation, data) "
-                "SELECT %(user)s, g, CASE WHEN g <= 3 THEN 'user.updated' "
+                "INSERT INTO events (user_id, seq, last_seq, type, conversation, data) "
+                "SELECT %(user)s, g, g, CASE WHEN g <= 3 THEN 'user.updated' "
                 "  ELSE 'line.created' END, "
                 "  CASE WHEN g <= 3 THEN NULL ELSE g %% %(convos)s END, "
-                "  jsonb_build_array(g, 'default', false, 'Moo.', 0, 'tired', '--', '  ', false) "
+                "  jsonb_build_array(jsonb_build_array(g, 'default', false, 'Moo.', 0, 'tired', "
+                "                                      '--', '  ', false)) "
                 "FROM generate_series(1, %(count)s) g",
                 {"user": user, "count": count, "convos": CONVERSATIONS})
         conn.execute("VACUUM ANALYZE events")

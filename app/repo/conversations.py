@@ -16,6 +16,7 @@ from app.repo.events import (
     conversation_data,
     counter,
     line_data,
+    one_event,
     take_seq,
 )
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
@@ -59,8 +60,8 @@ convo AS (INSERT INTO conversations (rid, user_id, heading)
           SELECT %(rid)s, owner.id, %(heading)s FROM owner
           RETURNING rid, heading, created_at),
 logged AS ({INSERT}
-           SELECT %(user_id)s, owner.event_seq, 'conversation.created', %(rid)s,
-                  {conversation_data("convo")}
+           SELECT {one_event("owner.event_seq", "conversation.created", "%(rid)s",
+                             conversation_data("convo"))}
            FROM owner, convo)
 SELECT rid, heading, created_at FROM convo
 """
@@ -72,8 +73,8 @@ changed AS (UPDATE conversations SET heading = %(heading)s
             RETURNING rid, heading, created_at),
 {take_seq("1", "EXISTS (SELECT 1 FROM changed)")},
 logged AS ({INSERT}
-           SELECT %(user_id)s, next_seq.event_seq, 'conversation.updated', %(rid)s,
-                  {conversation_data("changed")}
+           SELECT {one_event("next_seq.event_seq", "conversation.updated", "%(rid)s",
+                             conversation_data("changed"))}
            FROM next_seq, changed)
 SELECT rid FROM changed
 """
@@ -89,8 +90,8 @@ counted AS (UPDATE users SET conversation_count = conversation_count - 1,
                              event_seq = event_seq + 1
             WHERE id IN (SELECT user_id FROM gone) RETURNING id, event_seq),
 logged AS ({INSERT}
-           SELECT %(user_id)s, counted.event_seq, 'conversation.deleted', %(rid)s,
-                  {conversation_data("gone")}
+           SELECT {one_event("counted.event_seq", "conversation.deleted", "%(rid)s",
+                             conversation_data("gone"))}
            FROM counted, gone)
 SELECT id FROM counted
 """
@@ -107,13 +108,15 @@ convo AS (INSERT INTO conversations (rid, user_id, heading, line_count)
           RETURNING id, rid, heading, created_at),
 {INSERT_RESOLVED},
 logged AS ({INSERT}
-           SELECT %(user_id)s, owner.event_seq - %(n)s, 'conversation.created', %(rid)s,
-                  {conversation_data("convo")}
+           SELECT {one_event("owner.event_seq - %(n)s", "conversation.created", "%(rid)s",
+                             conversation_data("convo"))}
            FROM owner, convo
            UNION ALL
-           SELECT %(user_id)s, owner.event_seq - %(n)s + resolved.ord, 'line.created', %(rid)s,
-                  {line_data("inserted", "resolved", "mood_name")}
-           FROM owner, inserted JOIN resolved ON resolved.rid = inserted.rid)
+           SELECT %(user_id)s, owner.event_seq - %(n)s + 1, owner.event_seq, 'line.created',
+                  %(rid)s, jsonb_agg({line_data("inserted", "resolved", "mood_name")}
+                                     ORDER BY resolved.ord)
+           FROM owner, inserted JOIN resolved ON resolved.rid = inserted.rid
+           GROUP BY owner.event_seq)
 SELECT convo.rid, convo.heading, convo.created_at, {INSERTED_COLUMNS}
 FROM convo
 LEFT JOIN (inserted JOIN resolved ON resolved.rid = inserted.rid) ON true

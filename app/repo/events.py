@@ -59,7 +59,13 @@ def user_data(user: str) -> str:
             f"{micros(f'{user}.created_at')})")
 
 
-INSERT = "INSERT INTO events (user_id, seq, type, conversation, data) "
+INSERT = "INSERT INTO events (user_id, seq, last_seq, type, conversation, data) "
+
+
+def one_event(seq: str, event_type: str, conversation: str, data: str) -> str:
+    """The columns INSERT takes for a statement's one event, numbered `seq`."""
+    return (f"%(user_id)s, {seq}, {seq}, '{event_type}', {conversation}, "
+            f"jsonb_build_array({data})")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -86,48 +92,58 @@ class EventPage:
     has_more: bool
 
 
-_COLUMNS = "seq, type, conversation, created_at, data"
+_COLUMNS = "seq, last_seq, type, conversation, created_at, data"
 _CUTOFF = "now() - make_interval(hours => %(retention_hours)s)"
 
 
-def _items(filtered: bool, conversation: bool, op: str, direction: str) -> str:
-    """One page of the user's events after (or before) the cursor, on an index.
+def _items(filtered: bool, conversation: bool, backward: bool) -> str:
+    """The rows holding one page of the user's events after (or before) the cursor.
 
-    With a filter, one ordered index scan per type (at most nine, each at most
-    limit + 1 rows), merged: the cost depends on the page, not on the log.
+    Forward: the row that holds the cursor's next events, if the cursor's own
+    row holds more, then `limit + 1` rows after it (every row holds at least
+    one event). With a filter, that for each type (at most nine), each an
+    ordered index scan of its own: the cost depends on the page, not on the log.
     """
-    fresh = f"created_at >= {_CUTOFF}"
+    extra, key = "", "seq"
+    if filtered:
+        # The filters' indexes order by an expression of seq (migration 0004), each its
+        # own: only that index gives the order the scan asks for, so every plan takes
+        # it. With plain seq the primary key gives the order too, and a generic plan,
+        # which cannot know that a type's rows are few, may walk the whole log on it.
+        extra, key = "AND type = t.type ", "seq + 0"
+        if conversation:
+            extra, key = "AND type = t.type AND conversation = %(conversation)s ", "seq - 0"
+    rows = (f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s {extra}"
+            f"AND created_at >= {_CUTOFF} ")
+    if backward:
+        page = (f"{rows}AND {key} < %(cursor)s ORDER BY {key} DESC "
+                f"LIMIT %(limit_plus_one)s")
+    else:
+        page = (f"SELECT * FROM ({rows}AND {key} <= %(cursor)s ORDER BY {key} DESC LIMIT 1) "
+                f"straddling WHERE last_seq > %(cursor)s UNION ALL "
+                f"({rows}AND {key} > %(cursor)s ORDER BY {key} LIMIT %(limit_plus_one)s)")
     if not filtered:
-        return (f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s "
-                f"AND seq {op} %(cursor)s AND {fresh} "
-                f"ORDER BY seq {direction} LIMIT %(limit_plus_one)s")
-    # The filters' indexes order by an expression of seq (migration 0004), each its own:
-    # only that index gives the order the scan asks for, so every plan takes it. With
-    # plain seq the primary key gives the order too, and a generic plan, which cannot
-    # know that a type's rows are few, may walk all the user's events on it.
-    key, narrow = ("seq - 0", "AND conversation = %(conversation)s ") if conversation \
-        else ("seq + 0", "")
-    return (f"SELECT e.* FROM unnest(%(types)s::text[]) AS t(type) CROSS JOIN LATERAL ("
-            f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s "
-            f"AND type = t.type {narrow}AND {key} {op} %(cursor)s AND {fresh} "
-            f"ORDER BY {key} {direction} LIMIT %(limit_plus_one)s) e "
-            f"ORDER BY e.seq {direction} LIMIT %(limit_plus_one)s")
+        return page
+    return (f"SELECT e.* FROM unnest(%(types)s::text[]) AS t(type) "
+            f"CROSS JOIN LATERAL ({page}) e")
 
 
 def _list_sql(filtered: bool, conversation: bool, backward: bool) -> str:
-    op, direction = ("<", "DESC") if backward else (">", "ASC")
-    return ("SELECT u.event_seq, cur.seq IS NOT NULL, "
+    return ("SELECT u.event_seq, cur.last_seq >= %(cursor)s, "
             f"cur.created_at >= {_CUTOFF}, page.* FROM (SELECT 1) one "
             "LEFT JOIN users u ON u.id = %(user_id)s "
-            "LEFT JOIN events cur ON cur.user_id = %(user_id)s AND cur.seq = %(cursor)s "
-            f"LEFT JOIN LATERAL ({_items(filtered, conversation, op, direction)}) page ON true")
+            "LEFT JOIN LATERAL (SELECT last_seq, created_at FROM events "
+            "  WHERE user_id = %(user_id)s AND seq <= %(cursor)s "
+            "  ORDER BY seq DESC LIMIT 1) cur ON true "
+            f"LEFT JOIN LATERAL ({_items(filtered, conversation, backward)}) page ON true")
 
 
 _LISTS = {(f, c, b): _list_sql(f, c, b) for f in (False, True) for c in (False, True)
           for b in (False, True) if f or not c}
 
-_GET = (f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s AND seq = %(seq)s "
-        f"AND created_at >= {_CUTOFF}")
+# The row holding event `seq`, if it is still kept (the caller checks its last_seq).
+_GET = (f"SELECT {_COLUMNS} FROM events WHERE user_id = %(user_id)s AND seq <= %(seq)s "
+        f"AND created_at >= {_CUTOFF} ORDER BY seq DESC LIMIT 1")
 
 
 def _run_list(conn: Any, sql: str, params: dict) -> list[tuple]:
@@ -138,8 +154,11 @@ def _run_get(conn: Any, params: dict) -> tuple | None:
     return conn.execute(_GET, params).fetchone()
 
 
-def _event(user_id: int, row: Sequence) -> Event:
-    return Event(user_id, row[0], row[1], row[2], row[3], row[4])
+def _events(user_id: int, row: Sequence) -> list[Event]:
+    """The events a row holds, in order."""
+    seq, _, event_type, conversation, created_at, data = row
+    return [Event(user_id, seq + i, event_type, conversation, created_at, item)
+            for i, item in enumerate(data)]
 
 
 class EventRepository:
@@ -166,7 +185,10 @@ class EventRepository:
             "retention_hours": self.retention_hours, "types": list(types or ()),
             "conversation": conversation})
         event_seq, cursor_found, cursor_fresh = rows[0][0], rows[0][1], rows[0][2]
-        events = [_event(user_id, row[3:]) for row in rows if row[3] is not None]
+        events = [event for row in rows if row[3] is not None
+                  for event in _events(user_id, row[3:])
+                  if (event.seq < cursor if page.backward else event.seq > cursor)]
+        events.sort(key=_seq, reverse=page.backward)
         has_more = len(events) > page.limit
         events = events[: page.limit]
         if page.backward:
@@ -184,7 +206,9 @@ class EventRepository:
     def get(self, user_id: int, seq: int) -> Event | None:
         row = self.db.read(user_id, _run_get, {"user_id": user_id, "seq": seq,
                                                "retention_hours": self.retention_hours})
-        return _event(user_id, row) if row else None
+        if row is None or row[1] < seq:
+            return None
+        return _events(user_id, row)[seq - row[0]]
 
     def purge_expired(self, batch: int = 1000, batches: int = 10) -> int:
         """Delete events older than the retention, oldest first, `batch` rows per statement
@@ -208,6 +232,10 @@ class EventRepository:
             row = conn.execute("SELECT extract(epoch FROM now() - min(created_at))::float8 "
                                "FROM events").fetchone()
         return row[0]
+
+
+def _seq(event: Event) -> int:
+    return event.seq
 
 
 def counter(on_written: Callable[[str, int], None] | None) -> Callable[[str, int], None]:

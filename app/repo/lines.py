@@ -17,6 +17,7 @@ from app.repo.events import (
     OWNER_LOCKED,
     counter,
     line_data,
+    one_event,
     take_seq,
 )
 from app.repo.keyset import KeysetResult, keyset_sql, run_keyset
@@ -50,8 +51,8 @@ WITH {LOCK_OWNER},
               RETURNING rid, animal, think, text, created_at),
      {take_seq("1", "EXISTS (SELECT 1 FROM line)")},
      logged AS ({INSERT}
-                SELECT %(user_id)s, next_seq.event_seq, 'line.created', %(conversation)s,
-                       {line_data("line", "mood")}
+                SELECT {one_event("next_seq.event_seq", "line.created", "%(conversation)s",
+                                  line_data("line", "mood"))}
                 FROM next_seq, line, mood)
 SELECT line.rid, line.animal, line.think, line.text, line.created_at,
        mood.name, mood.eyes, mood.tongue, mood.user_defined
@@ -73,9 +74,12 @@ convo AS (UPDATE conversations SET line_count = line_count + %(n)s
 {new_lines.INSERT_RESOLVED},
 {take_seq("%(n)s", "EXISTS (SELECT 1 FROM inserted)")},
 logged AS ({INSERT}
-           SELECT %(user_id)s, next_seq.event_seq - %(n)s + resolved.ord, 'line.created',
-                  %(conversation)s, {line_data("inserted", "resolved", "mood_name")}
-           FROM next_seq, inserted JOIN resolved ON resolved.rid = inserted.rid)
+           SELECT %(user_id)s, next_seq.event_seq - %(n)s + 1, next_seq.event_seq,
+                  'line.created', %(conversation)s,
+                  jsonb_agg({line_data("inserted", "resolved", "mood_name")}
+                            ORDER BY resolved.ord)
+           FROM next_seq, inserted JOIN resolved ON resolved.rid = inserted.rid
+           GROUP BY next_seq.event_seq)
 SELECT {new_lines.INSERTED_COLUMNS}
 FROM inserted JOIN resolved ON resolved.rid = inserted.rid
 ORDER BY inserted.id
@@ -92,8 +96,8 @@ counted AS (UPDATE conversations SET line_count = line_count - 1
             WHERE id IN (SELECT conversation_id FROM gone) RETURNING id),
 {take_seq("1", "EXISTS (SELECT 1 FROM gone)")},
 logged AS ({INSERT}
-           SELECT %(user_id)s, next_seq.event_seq, 'line.deleted', %(conversation)s,
-                  {line_data("gone", "mood")}
+           SELECT {one_event("next_seq.event_seq", "line.deleted", "%(conversation)s",
+                             line_data("gone", "mood"))}
            FROM next_seq, gone
            JOIN (SELECT id, name, eyes, tongue, user_id IS NOT NULL AS user_defined
                  FROM moods) mood ON mood.id = gone.mood_id)

@@ -9,7 +9,15 @@ from psycopg import errors as pg_errors
 from app.domain.errors import LimitReached, MoodInUse, UserGone
 from app.domain.models import Mood
 from app.http.pagination import Page
-from app.repo.events import INSERT, LOCK_OWNER, OWNER_LOCKED, counter, mood_data, take_seq
+from app.repo.events import (
+    INSERT,
+    LOCK_OWNER,
+    OWNER_LOCKED,
+    counter,
+    mood_data,
+    one_event,
+    take_seq,
+)
 from app.repo.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
 from app.repo.reading import fetch_one
 
@@ -28,7 +36,7 @@ WITH changed AS (UPDATE moods SET eyes = coalesce(%(eyes)s, eyes),
                  WHERE user_id = %(user_id)s AND lower(name) = lower(%(name)s) {_RETURNING}),
 {take_seq("1", "EXISTS (SELECT 1 FROM changed)")},
 logged AS ({INSERT}
-           SELECT %(user_id)s, next_seq.event_seq, 'mood.updated', NULL, {mood_data("changed")}
+           SELECT {one_event("next_seq.event_seq", "mood.updated", "NULL", mood_data("changed"))}
            FROM next_seq, changed)
 SELECT name, eyes, tongue, user_defined FROM changed
 """
@@ -38,7 +46,7 @@ WITH created AS (INSERT INTO moods (user_id, name, eyes, tongue)
 counted AS (UPDATE users SET mood_count = mood_count + 1, event_seq = event_seq + 1
             WHERE id = %(user_id)s RETURNING event_seq),
 logged AS ({INSERT}
-           SELECT %(user_id)s, counted.event_seq, 'mood.created', NULL, {mood_data("created")}
+           SELECT {one_event("counted.event_seq", "mood.created", "NULL", mood_data("created"))}
            FROM counted, created)
 SELECT name, eyes, tongue, user_defined FROM created
 """
@@ -49,7 +57,7 @@ gone AS (DELETE FROM moods WHERE user_id = %(user_id)s AND lower(name) = lower(%
 counted AS (UPDATE users SET mood_count = mood_count - 1, event_seq = event_seq + 1
             WHERE id = %(user_id)s AND EXISTS (SELECT 1 FROM gone) RETURNING id, event_seq),
 logged AS ({INSERT}
-           SELECT %(user_id)s, counted.event_seq, 'mood.deleted', NULL, {mood_data("gone")}
+           SELECT {one_event("counted.event_seq", "mood.deleted", "NULL", mood_data("gone"))}
            FROM counted, gone)
 SELECT id FROM counted
 """

@@ -11,7 +11,7 @@ from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
 from app.platform.db import UnitOfWork
-from app.repo.events import INSERT, counter, user_data
+from app.repo.events import INSERT, counter, one_event, user_data
 from app.repo.reading import fetch_one
 
 _COLUMNS = "id, name, email, created_at"
@@ -64,10 +64,11 @@ class UserRepository:
                     f"WITH changed AS (UPDATE users SET {assignments}, "
                     f"  event_seq = event_seq + 1 WHERE id = %(id)s "
                     f"  RETURNING {_COLUMNS}, event_seq), "
-                    f"logged AS ({INSERT} SELECT id, event_seq, 'user.updated', NULL, "
-                    f"  {user_data('changed')} FROM changed) "
+                    f"logged AS ({INSERT} SELECT "
+                    f"  {one_event('event_seq', 'user.updated', 'NULL', user_data('changed'))} "
+                    f"  FROM changed) "
                     f"SELECT {_COLUMNS} FROM changed",
-                    {**changes, "id": user_id}).fetchone()
+                    {**changes, "id": user_id, "user_id": user_id}).fetchone()
             except pg_errors.UniqueViolation as exc:
                 raise EmailTaken(changes.get("email")) from exc
         if row is None:

@@ -6,13 +6,16 @@
 -- reads nor writes these.
 ALTER TABLE users ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
 
+-- One row per statement and type: a batch's lines are one row of events
+-- seq .. last_seq, `data` an array of their objects (one element per event).
 CREATE TABLE events (
     user_id       bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
-    seq           bigint NOT NULL,
+    seq           bigint NOT NULL,        -- the row's first event
+    last_seq      bigint NOT NULL,        -- its last: seq unless the row holds several
     type          text NOT NULL,
     conversation  bigint,                 -- the conversation's rid, or NULL
     created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    data          jsonb NOT NULL,         -- the object's fields as stored (docs/events.md)
+    data          jsonb NOT NULL,         -- each event's object as stored (docs/events.md)
     PRIMARY KEY (user_id, seq)
 );
 -- The filters' keyset scans: by type, and by conversation (then type). Each orders

@@ -10,6 +10,7 @@ database round trips per request, and GET /events with 10 and 1,000,000 events.
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import subprocess
 import tarfile
@@ -33,7 +34,7 @@ from bench.settings import BenchSettings
 from bench.wrk import write_requests
 
 MIGRATION = "app/platform/migrations/0004_events.sql"
-WRITES = ("post_line", "post_batch", "mix")
+WRITES = ("post_line", "post_line_spread", "post_batch", "mix")
 # Writes must not meet the line cap however long the runs.
 EXTRA = {"MAX_LINES_PER_CONVERSATION": "100000000"}
 BIG_EVENTS = 1_000_000
@@ -139,11 +140,31 @@ def token_of(bench: Bench, index: int) -> tuple[str, int]:
     return token, user_id
 
 
+def spread_posts(bench: Bench) -> None:
+    """Scenario 4 with the writers taken in turn: the main file sends each writer's
+    conversations one after the other, so up to ten requests of one user run at once
+    and wait for each other's lock; here consecutive requests are different users'."""
+    by_user: dict[str, list[str]] = {}
+    for token, cid in bench.seeded.write_conversations:
+        by_user.setdefault(token, []).append(cid)
+    turns = [(token, cids[i]) for i in range(max(map(len, by_user.values())))
+             for token, cids in by_user.items() if i < len(cids)]
+    requests = [("POST", f"/conversations/{cid}/lines", token, body)
+                for (token, cid), (_, _, _, body) in zip(
+                    itertools.islice(itertools.cycle(turns), 5000),
+                    itertools.cycle(read_requests(bench.files["post_line"])), strict=False)]
+    bench.files["post_line_spread"] = write_requests(bench.work / "spread.requests", requests)
+    SCENARIOS["post_line_spread"] = Scenario(
+        "post_line_spread", "4. POST /conversations/{id}/lines, writers in turn", "saypi",
+        "post_line_spread", (201,))
+
+
 def events(env: Mapping[str, str]) -> int:
     settings = BenchSettings.from_env(env)
     ref = baseline_ref(env)
 
     def work(bench: Bench) -> int:
+        spread_posts(bench)
         trees = {"before": extract(ref, bench.work / "baseline"), "after": ROOT}
         servers = {label: start_tree(bench, label, tree) for label, tree in trees.items()}
         for server in servers.values():

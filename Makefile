@@ -21,6 +21,7 @@ migrate: $(STAMP)    ## apply migrations and exit
 bench: $(STAMP)      ## throughput and latency against reference apps, scale-out and tracing rows; see bench-results/
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench tracing
+	$(BIN)/python -m bench events
 
 fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
 	$(BIN)/python -m bench fleet

@@ -10,6 +10,7 @@ exactly the fields its handler needs.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from app.platform.periodic import Periodic
 from app.platform.redis_link import RedisLink
 from app.repo.conversations import ConversationRepository
 from app.repo.events import TYPES as EVENT_TYPES
-from app.repo.events import EventRepository
+from app.repo.events import EventRepository, EventTally
 from app.repo.idempotency import IdempotencyRepository
 from app.repo.lines import LineRepository
 from app.repo.moods import MoodRepository
@@ -156,8 +157,18 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     for event_type in EVENT_TYPES:
         metrics.events_written.labels(event_type)
 
-    def events_written(event_type: str, count: int) -> None:
-        metrics.events_written.labels(event_type).inc(count)
+    tally = EventTally()
+    events_written = tally.add
+    folded: dict[str, int] = {}
+    folding = threading.Lock()  # the sampler and a scrape may fold at once
+
+    def fold_events_written() -> None:
+        with folding:
+            for event_type, total in tally.totals().items():
+                if total > folded.get(event_type, 0):
+                    metrics.events_written.labels(event_type).inc(
+                        total - folded.get(event_type, 0))
+                    folded[event_type] = total
 
     users = UserRepository(cluster, events_written)
     events = EventRepository(cluster, config.events_retention_hours)
@@ -180,6 +191,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str) -> Deps:
     def sample_metrics() -> None:
         metrics.flush_requests()
         metrics.events_oldest_age.set(oldest_event[0] and time.time() - oldest_event[0])
+        fold_events_written()
         metrics.sample_pool(db.stats())
         metrics.sample_render_cache(*renderer.cache_stats())
         if cluster.routing:

@@ -3,6 +3,7 @@ the list's filters and cursors, retention, and the metrics."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -250,7 +251,15 @@ def test_deleting_a_user_deletes_their_events(server):
 
 def test_metrics_count_events_by_type_and_the_oldest_age(server):
     client, _ = new_client(server)
-    before = metric_total(server, "events_written_total", type="line.created")
+    # Each worker folds its count into the metric every second: wait until the other
+    # tests' events are all in it.
+    before = -1.0
+    for _ in range(20):
+        now = metric_total(server, "events_written_total", type="line.created")
+        if now == before:
+            break
+        before = now
+        time.sleep(1.2)
     convo = client.create_conversation("Counted", lines=[LINE, LINE])
     client.create_line(convo["id"])
 

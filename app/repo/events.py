@@ -7,6 +7,7 @@ all in one statement: docs/events.md says why that orders events by commit.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -232,6 +233,34 @@ class EventRepository:
             row = conn.execute("SELECT extract(epoch FROM now() - min(created_at))::float8 "
                                "FROM events").fetchone()
         return row[0]
+
+
+class EventTally:
+    """Events written, by type, counted per thread without a lock; `totals()` sums them
+    (the metrics sampler folds the increase into events_written_total every second)."""
+
+    def __init__(self) -> None:
+        self._mine = threading.local()
+        self._all: list[dict[str, int]] = []
+        self._lock = threading.Lock()
+
+    def add(self, event_type: str, count: int) -> None:
+        try:
+            cells = self._mine.cells
+        except AttributeError:
+            cells = self._mine.cells = {}
+            with self._lock:
+                self._all.append(cells)
+        cells[event_type] = cells.get(event_type, 0) + count
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            every = [dict(cells) for cells in self._all]
+        out: dict[str, int] = {}
+        for cells in every:
+            for event_type, count in cells.items():
+                out[event_type] = out.get(event_type, 0) + count
+        return out
 
 
 def _seq(event: Event) -> int:

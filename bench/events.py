@@ -1,10 +1,8 @@
 """`python -m bench events`: what writing events costs a write, and GET /events at scale.
 
-The writes (scenarios 4, 4b and 5) run against this tree and against the
-baseline, the commit before the event log's migration (BENCH_EVENTS_BASELINE
-overrides), on one seeded database, interleaved run by run so that a noisy
-machine hits both alike; CPU per request is the figure to compare. Then
-database round trips per request, and GET /events with 10 and 1,000,000 events.
+The writes run on this tree and on the commit before the event log (BENCH_EVENTS_BASELINE
+overrides), one database, interleaved run by run so a noisy machine hits both alike;
+then round trips per write, and GET /events with 10 and 1,000,000 events.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Events: what changed, in the order it committed (GET /events, GET /events/{id}).
 
 An event's `data.object` is built here, by the same encoders the other
-handlers answer with, from the fields its write stored (app/repo/events.py).
+handlers answer with, from the fields its write stored.
 """
 
 from __future__ import annotations

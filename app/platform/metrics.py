@@ -115,7 +115,7 @@ class Metrics:
         self.redis_errors = Counter(
             "redis_errors_total", "Redis calls that failed or timed out.", registry=registry)
         self.events_written = Counter(
-            "events_written_total", "Events written (app/repo/events.py), by type.", ["type"],
+            "events_written_total", "Events written, by type.", ["type"],
             registry=registry)
         self.events_oldest_age = Gauge(
             "events_oldest_age_seconds", "Age of the oldest event kept (0: none).",

@@ -40,7 +40,7 @@ def micros(column: str) -> str:
 
 
 # What `data` holds per kind of object: its stored fields as a JSON array, read back
-# by `object_of` (app/api/events.py encodes them as the API shows the object).
+# by the event handlers, which encode them as the API shows the object.
 def line_data(line: str, mood: str, mood_name: str = "name") -> str:
     return (f"jsonb_build_array({line}.rid, {line}.animal, {line}.think, {line}.text, "
             f"{micros(f'{line}.created_at')}, {mood}.{mood_name}, {mood}.eyes, "
@@ -107,7 +107,7 @@ def _items(filtered: bool, conversation: bool, backward: bool) -> str:
     """
     extra, key = "", "seq"
     if filtered:
-        # The filters' indexes order by an expression of seq (migration 0004), each its
+        # The filters' indexes order by an expression of seq (the events migration), each its
         # own: only that index gives the order the scan asks for, so every plan takes
         # it. With plain seq the primary key gives the order too, and a generic plan,
         # which cannot know that a type's rows are few, may walk the whole log on it.

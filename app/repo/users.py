@@ -103,7 +103,10 @@ class UserRepository:
                             (user_id,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM conversations WHERE user_id = %s", (user_id,))
-            conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            # Events have no foreign key (a check per event row would cost every
+            # write); the user's row lock keeps any from being written meanwhile.
+            conn.execute("WITH events_gone AS (DELETE FROM events WHERE user_id = %(id)s) "
+                         "DELETE FROM users WHERE id = %(id)s", {"id": user_id})
             conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
         return True
 

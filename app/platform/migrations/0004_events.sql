@@ -9,7 +9,9 @@ ALTER TABLE users ADD COLUMN event_seq bigint NOT NULL DEFAULT 0;
 -- One row per statement and type: a batch's lines are one row of events
 -- seq .. last_seq, `data` an array of their objects (one element per event).
 CREATE TABLE events (
-    user_id       bigint NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    -- No foreign key: its check would run for every event row written. Deleting
+    -- a user deletes their events in the same transaction, under the user's lock.
+    user_id       bigint NOT NULL,
     seq           bigint NOT NULL,        -- the row's first event
     last_seq      bigint NOT NULL,        -- its last: seq unless the row holds several
     type          text NOT NULL,

@@ -14,6 +14,7 @@ from app.api import (
     conversations,
     debug,
     docs,
+    events,
     lines,
     moods,
     ops,
@@ -90,6 +91,11 @@ def documented_routes(d: Deps) -> list[Route]:
         Route("DELETE", "/conversations/<conversation_id>/lines/<line_id>",
               lines.handle_delete_line(d.lines),
               guard=AUTHED, doc=lines.DELETE_LINE_DOC),
+
+        Route("GET", "/events", events.handle_list_events(d.events, d.renderer),
+              guard=AUTHED, doc=events.LIST_EVENTS_DOC),
+        Route("GET", "/events/<event_id>", events.handle_get_event(d.events, d.renderer),
+              guard=AUTHED, doc=events.GET_EVENT_DOC),
 
         Route("POST", "/render", render.handle_render(d.moods, d.renderer),
               guard=AUTHED, body=lines.CreateLine, doc=render.RENDER_DOC),

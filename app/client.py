@@ -47,6 +47,14 @@ class Conversation(TypedDict, total=False):
     lines: list[Line]
 
 
+class Event(TypedDict):
+    id: str  # sorts in the order the changes committed
+    type: str  # line.created, conversation.deleted, ...
+    created_at: str
+    conversation: str | None
+    data: dict[str, Any]  # {"object": the object after the change (before, for a deletion)}
+
+
 @dataclass(frozen=True)
 class Page:
     type: str
@@ -314,6 +322,36 @@ class Client:
 
     def delete_line(self, conversation_id: str, line_id: str) -> None:
         self._call("DELETE", f"/conversations/{conversation_id}/lines/{line_id}")
+
+    # --- events ---
+    def list_events(self, limit: int | None = None, starting_after: str | None = None,
+                    ending_before: str | None = None, type: str | None = None,
+                    conversation: str | None = None) -> Page:
+        """A page of your events, oldest first; `type` is a type or a prefix (`line.*`)."""
+        params = {k: v for k, v in (("limit", limit), ("starting_after", starting_after),
+                                    ("ending_before", ending_before), ("type", type),
+                                    ("conversation", conversation)) if v is not None}
+        body = self._call("GET", "/events", params=params)
+        return Page(body["type"], body["has_more"], body["data"])
+
+    def iter_events(self, starting_after: str | None = None, page_size: int = 100,
+                    type: str | None = None, conversation: str | None = None
+                    ) -> Iterator[Event]:
+        """Every event after `starting_after` (from the first without it), page by page.
+
+        It ends at the last event committed when its last page was read; to
+        follow later changes, call it again with the last id it gave.
+        """
+        after = starting_after
+        while True:
+            page = self.list_events(page_size, after, None, type, conversation)
+            yield from page.data  # type: ignore[misc]
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1]["id"]
+
+    def get_event(self, event_id: str) -> Event:
+        return self._call("GET", f"/events/{event_id}")
 
     # --- rendering ---
     def render(self, text: str | None = None, animal: str | None = None,

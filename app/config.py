@@ -291,6 +291,9 @@ class Config:
     purge_interval_seconds: float = setting(
         "PURGE_INTERVAL_SECONDS", _float(0.1), 300.0,
         "seconds between purges of expired idempotency keys and rate-limit state")
+    events_retention_hours: int = setting(
+        "EVENTS_RETENTION_HOURS", _int(1, 87600), 720,
+        "hours events are kept (GET /events); older ones are purged and refused as cursors")
     fault_injection: bool = setting(
         "FAULT_INJECTION", _bool, False,
         "serve /debug/sleep and /debug/fail for failure tests (refused in production)")

@@ -8,6 +8,8 @@ unless given it (the in-process tests give fakes). See docs/architecture.md.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -33,6 +35,8 @@ from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
 from app.store.deadlines import Deadlines
+from app.store.events import TYPES as EVENT_TYPES
+from app.store.events import EventRepository, EventTally
 from app.store.idempotency import IdempotencyRepository
 from app.store.lines import LineRepository
 from app.store.moods import MoodRepository
@@ -70,6 +74,7 @@ class Deps:
     lines: Lines
     slow_queries: SlowQueries  # the fault-injection routes' slow query
     tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
+    events: EventRepository  # the event log's reads (GET /events)
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -115,7 +120,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
         config=config, logger=logger, metrics=w.metrics, tracing=w.tracing,
         lifecycle=w.lifecycle, health=w.health, auth=w.auth, renderer=w.renderer,
         users=w.users, presence=w.presence, moods=w.moods, conversations=w.conversations,
-        lines=w.lines, idempotency=w.idempotency, slow_queries=w.slow_queries,
+        lines=w.lines, events=w.events, idempotency=w.idempotency,
+        slow_queries=w.slow_queries,
         access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
         on_start=w.on_start(), on_close=w.on_close())
 
@@ -241,19 +247,35 @@ class _Wiring:
 
     @cached_property
     def users(self) -> Users:
-        return UserRepository(self.cluster)
+        return UserRepository(self.cluster, self.event_tally.add)
 
     @cached_property
     def moods(self) -> Moods:
-        return MoodRepository(self.cluster)
+        return MoodRepository(self.cluster, self.event_tally.add)
 
     @cached_property
     def conversations(self) -> Conversations:
-        return ConversationRepository(self.cluster)
+        return ConversationRepository(self.cluster, self.event_tally.add)
 
     @cached_property
     def lines(self) -> Lines:
-        return LineRepository(self.cluster)
+        return LineRepository(self.cluster, self.event_tally.add)
+
+    @cached_property
+    def events(self) -> EventRepository:
+        return EventRepository(self.cluster, self.config.events_retention_hours)
+
+    @cached_property
+    def event_tally(self) -> EventTally:
+        """Events written, counted per thread; the sampler folds them into the metric."""
+        for event_type in EVENT_TYPES:
+            self.metrics.events_written.labels(event_type)
+        return EventTally()
+
+    @cached_property
+    def oldest_event(self) -> list[float]:
+        """When the oldest event kept was written (0: none), as the janitor last saw it."""
+        return [0.0]
 
     @cached_property
     def slow_queries(self) -> SlowQueries:
@@ -286,9 +308,19 @@ class _Wiring:
     def sample_metrics(self) -> Callable[[], None]:
         metrics, renderer = self.metrics, self.renderer
         db, cluster, redis = self.built("db"), self.built("cluster"), self.built("redis")
+        tally, oldest_event = self.event_tally, self.oldest_event
+        folded: dict[str, int] = {}
+        folding = threading.Lock()  # the sampler and a scrape may fold at once
 
         def sample_metrics() -> None:
             metrics.flush_requests()
+            metrics.events_oldest_age.set(oldest_event[0] and time.time() - oldest_event[0])
+            with folding:
+                for event_type, total in tally.totals().items():
+                    if total > folded.get(event_type, 0):
+                        metrics.events_written.labels(event_type).inc(
+                            total - folded.get(event_type, 0))
+                        folded[event_type] = total
             if db is not None:
                 metrics.sample_pool(db.stats())
             metrics.sample_render_cache(*renderer.cache_stats())
@@ -303,8 +335,15 @@ class _Wiring:
     @cached_property
     def jobs(self) -> tuple[Periodic, ...]:
         idempotency_keys, store = self.idempotency_keys, self.rate_limit_store
+        events, oldest_event = self.events, self.oldest_event
+
+        def purge_events() -> None:
+            events.purge_expired()
+            age = events.oldest_age()
+            oldest_event[0] = 0.0 if age is None else time.time() - age
+
         purges = [lambda: idempotency_keys.purge_expired(IDEMPOTENCY_TTL_SECONDS),
-                  store.purge_expired]
+                  store.purge_expired, purge_events]
         cluster = self.built("cluster")
         if cluster is not None and cluster.positions is not None:
             purges.append(cluster.positions.purge_expired)

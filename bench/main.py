@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench import heavy, overload, profile, report, scale, sweep, tracing
+from bench import events, heavy, overload, profile, report, scale, sweep, tracing
 from bench.fleet.orchestration import fleet
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import SCENARIOS, read_requests, replay
@@ -18,7 +18,8 @@ from bench.servers import Server
 from bench.session import RESULTS, Bench, interleave, machine_info, publish, with_bench
 from bench.settings import BenchSettings, describe
 
-USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|heavy|report|fleet]
+USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overload|heavy|
+                                  events|report|fleet)
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -37,6 +38,9 @@ USAGE = """usage: python -m bench [run|scale|sweep|profile|tracing|overload|heav
   heavy    one user at and beyond the user rate limit reading 1000-line conversations
            that thrash the render cache: the share of the CPU it takes, renders charged to
            the limit and not; writes bench-results/heavy.md and heavy.json
+  events   the writes (4, 4b, 5) before and after the event log, interleaved, CPU per
+           request and round trips; GET /events with 10 and 1M events; writes
+           bench-results/events.md and events.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -318,6 +322,8 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return tracing.tracing(env)
     if command == "overload":
         return overload.overload(env)
+    if command == "events":
+        return events.events(env)
     if command == "profile":
         return profile.profile(env)
     print(USAGE + describe())

@@ -49,13 +49,15 @@ class Component:
     name: str
     schema: Mapping[str, Any]
     example: Callable[[Any], Any] | None = None  # the renderer -> an example body
-    requires: tuple[Component, ...] = ()
+    requires: tuple[Any, ...] = ()  # Components, or schema classes with `openapi`
     items: Any = None  # a list's item schema (a marshmallow Schema with `openapi`)
     media_type: str = "application/json"
 
 
 def list_of(name: str, item: Any, kind: str, example: Callable[[Any], Any]) -> Component:
-    """A keyset page of `item` objects: `{"type": kind, "has_more", "data"}`."""
+    """A keyset page of `item` objects (a schema class or a Component):
+    `{"type": kind, "has_more", "data"}`."""
+    item_name = item.name if isinstance(item, Component) else item.__name__
     return Component(name, {
         "type": "object", "required": ["type", "has_more", "data"],
         "additionalProperties": False,
@@ -64,8 +66,7 @@ def list_of(name: str, item: Any, kind: str, example: Callable[[Any], Any]) -> C
             "type": {"type": "string", "enum": [kind]},
             "has_more": {"type": "boolean", "description": (
                 "Whether more objects follow this page (with `ending_before`: precede it).")},
-            "data": {"type": "array", "items": {"$ref": f"#/components/schemas/"
-                                                         f"{item.__name__}"}},
+            "data": {"type": "array", "items": {"$ref": f"#/components/schemas/{item_name}"}},
         },
     }, example, items=item)
 
@@ -97,6 +98,8 @@ class Doc:
     success: tuple[Success, ...]
     errors: tuple[type[ApiError], ...] = ()  # beyond those the route's facts imply
     paginated: bool = False  # limit, starting_after, ending_before
+    # Query parameters beyond the list's, by component name: OpenAPI parameter objects.
+    query: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     etag: bool = False  # successful GETs carry an ETag and answer If-None-Match with 304
     request_example: Mapping[str, Any] | None = None  # the body's schema has the notes
     conflicts: tuple[str, ...] = ()  # actions refused with 409 action_not_allowed

@@ -89,11 +89,12 @@ def _summary_and_description(doc: Doc, config) -> tuple[str, str]:
 
 def _format(text: str, config) -> str:
     """Fill in this server's limits: `{max_moods}`, `{max_conversations}`, `{max_lines}`,
-    `{max_batch_lines}`."""
+    `{max_batch_lines}`, `{retention}` (hours events are kept)."""
     for name, value in (("max_moods", config.max_moods_per_user),
                         ("max_conversations", config.max_conversations_per_user),
                         ("max_lines", config.max_lines_per_conversation),
-                        ("max_batch_lines", config.max_batch_lines)):
+                        ("max_batch_lines", config.max_batch_lines),
+                        ("retention", config.events_retention_hours)):
         text = text.replace("{" + name + "}", str(value))
     return text
 
@@ -208,6 +209,7 @@ def _operation(route: Route, config, error_examples: Mapping[type[ApiError], Api
                            **c.PATH_PARAMETERS[name]})
     if doc.paginated:
         parameters += ["limit", "starting_after", "ending_before"]
+    parameters += list(doc.query)
     if route.idempotent is not None:
         parameters.append("Idempotency-Key")
     if doc.etag:
@@ -281,6 +283,11 @@ def _responses(routes: Sequence[Route]) -> tuple[list[type[Schema]], list[Compon
             if success.schema is not None:
                 add(success.schema)
     return schemas, components
+
+
+def _query_parameters(routes: Sequence[Route]) -> dict[str, Mapping[str, Any]]:
+    """The query parameters the routes' docs describe beyond the list's, by component name."""
+    return {name: parameter for route in routes for name, parameter in _doc(route).query.items()}
 
 
 def _examples(schemas: Iterable[type[Schema]], components: Iterable[Component],
@@ -392,6 +399,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
                                                "own."},
               {"name": "Conversations", "description": "A heading and the lines said in it."},
               {"name": "Lines", "description": "What an animal says or thinks, rendered."},
+              {"name": "Events", "description": "Every change you made, in commit order."},
               {"name": "Operations", "description": "Health checks and metrics: never "
                                                     "authenticated or rate limited."}],
         security=[{"bearerAuth": []}],
@@ -443,7 +451,7 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
         })
     for name, header in c.HEADERS.items():
         spec.components.header(name, header)
-    for name, parameter in c.PARAMETERS.items():
+    for name, parameter in {**c.PARAMETERS, **_query_parameters(routes)}.items():
         spec.components.parameter(name, parameter["in"], {
             k: v for k, v in parameter.items() if k not in ("in",)})
 

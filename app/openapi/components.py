@@ -232,6 +232,9 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "line_id": {"description": "A line id (`ln_...`) of that conversation.",
                 "schema": {"type": "string", "pattern": f"^{ids.LINE}_[0-9a-f]{{16}}$"},
                 "example": "ln_5e2a9c7f1d3b0846"},
+    "event_id": {"description": "An event id (`evt_...`) of yours.",
+                 "schema": {"type": "string", "pattern": "^evt_[0-9a-f]{32}$"},
+                 "example": "evt_3a1f0c6e2b9d4857000000000000002a"},
     "name": {"description": "A mood name: 1-30 printable ASCII characters other than `/`, "
                             "case-insensitive, percent-encoded in the path.",
              "schema": {"type": "string", "pattern": MOOD_NAME},

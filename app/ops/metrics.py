@@ -119,6 +119,12 @@ class Metrics:
             ["replica"], multiprocess_mode="livemin", registry=registry)
         self.redis_errors = Counter(
             "redis_errors_total", "Redis calls that failed or timed out.", registry=registry)
+        self.events_written = Counter(
+            "events_written_total", "Events written, by type.", ["type"],
+            registry=registry)
+        self.events_oldest_age = Gauge(
+            "events_oldest_age_seconds", "Age of the oldest event kept (0: none).",
+            multiprocess_mode="livemax", registry=registry)
         self.spans_exported = Counter(
             "tracing_spans_exported_total", "Spans accepted by the OTLP collector.",
             registry=registry)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.domain import ids
 from app.domain.errors import LimitReached, MoodMissing, UserGone
 from app.domain.models import Conversation, Line, Mood, NewLine
 from app.domain.pages import Page
 from app.store.db import UnitOfWork
+from app.store.events import (
+    INSERT,
+    LOCK_OWNER,
+    OWNER_LOCKED,
+    conversation_data,
+    counter,
+    line_data,
+    one_event,
+    take_seq,
+)
 from app.store.keyset import KeysetResult, keyset_sql, run_keyset
 from app.store.new_lines import (
     ALL_RESOLVED,
@@ -38,17 +48,75 @@ _LIST_CURSOR = "SELECT id FROM conversations WHERE rid = %(cursor)s AND user_id 
 
 # One statement: a conversation and its first lines. The owner's conversation
 # counter goes up under its cap only when every mood resolved and the lines fit
-# the line cap; the conversation starts with their count.
+# the line cap; the conversation starts with their count. The owner's row is
+# the first one it locks, and its event counter numbers the conversation's
+# event and then each line's, in order.
+_CREATE = f"""
+WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1,
+                                event_seq = event_seq + 1
+               WHERE id = %(user_id)s AND conversation_count < %(cap)s
+               RETURNING id, event_seq),
+convo AS (INSERT INTO conversations (rid, user_id, heading)
+          SELECT %(rid)s, owner.id, %(heading)s FROM owner
+          RETURNING rid, heading, created_at),
+logged AS ({INSERT}
+           SELECT {one_event("owner.event_seq", "conversation.created", "%(rid)s",
+                             conversation_data("convo"))}
+           FROM owner, convo)
+SELECT rid, heading, created_at FROM convo
+"""
+
+_UPDATE_HEADING = f"""
+WITH {LOCK_OWNER},
+changed AS (UPDATE conversations SET heading = %(heading)s
+            WHERE rid = %(rid)s AND user_id = %(user_id)s AND {OWNER_LOCKED}
+            RETURNING rid, heading, created_at),
+{take_seq("1", "EXISTS (SELECT 1 FROM changed)")},
+logged AS ({INSERT}
+           SELECT {one_event("next_seq.event_seq", "conversation.updated", "%(rid)s",
+                             conversation_data("changed"))}
+           FROM next_seq, changed)
+SELECT rid FROM changed
+"""
+
+# Its lines go with it (by cascade), without an event each: conversation.deleted
+# says they are gone (docs/events.md).
+_DELETE = f"""
+WITH {LOCK_OWNER},
+gone AS (DELETE FROM conversations WHERE rid = %(rid)s AND user_id = %(user_id)s
+           AND {OWNER_LOCKED}
+         RETURNING user_id, rid, heading, created_at),
+counted AS (UPDATE users SET conversation_count = conversation_count - 1,
+                             event_seq = event_seq + 1
+            WHERE id IN (SELECT user_id FROM gone) RETURNING id, event_seq),
+logged AS ({INSERT}
+           SELECT {one_event("counted.event_seq", "conversation.deleted", "%(rid)s",
+                             conversation_data("gone"))}
+           FROM counted, gone)
+SELECT id FROM counted
+"""
+
 _CREATE_WITH_LINES = f"""
 WITH {RESOLVED_LINES},
-owner AS (UPDATE users SET conversation_count = conversation_count + 1
+owner AS (UPDATE users SET conversation_count = conversation_count + 1,
+                          event_seq = event_seq + 1 + %(n)s
           WHERE id = %(user_id)s AND conversation_count < %(cap)s
             AND %(n)s <= %(line_cap)s AND {ALL_RESOLVED}
-          RETURNING id),
+          RETURNING id, event_seq),
 convo AS (INSERT INTO conversations (rid, user_id, heading, line_count)
           SELECT %(rid)s, owner.id, %(heading)s, %(n)s FROM owner
           RETURNING id, rid, heading, created_at),
-{INSERT_RESOLVED}
+{INSERT_RESOLVED},
+logged AS ({INSERT}
+           SELECT {one_event("owner.event_seq - %(n)s", "conversation.created", "%(rid)s",
+                             conversation_data("convo"))}
+           FROM owner, convo
+           UNION ALL
+           SELECT %(user_id)s, owner.event_seq - %(n)s + 1, owner.event_seq, 'line.created',
+                  %(rid)s, jsonb_agg({line_data("inserted", "resolved", "mood_name")}
+                                     ORDER BY resolved.ord)
+           FROM owner, inserted JOIN resolved ON resolved.rid = inserted.rid
+           GROUP BY owner.event_seq)
 SELECT convo.rid, convo.heading, convo.created_at, {INSERTED_COLUMNS}
 FROM convo
 LEFT JOIN (inserted JOIN resolved ON resolved.rid = inserted.rid) ON true
@@ -63,25 +131,23 @@ def line_from_row(row: tuple) -> Line:
 
 
 class ConversationRepository:
-    def __init__(self, db):
+    def __init__(self, db, on_events: Callable[[str, int], None] | None = None):
         self.db = db
+        self.events_written = counter(on_events)
 
     def create(self, user_id: int, heading: str, cap: int,
                uow: UnitOfWork | None = None) -> Conversation:
         """Insert unless the user already owns `cap` conversations (race-free counter)."""
         with self.db.write(user_id, uow) as conn:  # one atomic statement
             row = conn.execute(
-                "WITH owner AS (UPDATE users SET conversation_count = conversation_count + 1 "
-                "  WHERE id = %(user_id)s AND conversation_count < %(cap)s RETURNING id) "
-                "INSERT INTO conversations (rid, user_id, heading) "
-                "SELECT %(rid)s, owner.id, %(heading)s FROM owner "
-                "RETURNING rid, heading, created_at",
+                _CREATE,
                 {"user_id": user_id, "cap": cap, "rid": ids.new_number(), "heading": heading},
             ).fetchone()
             if row is None:
                 if conn.execute("SELECT 1 FROM users WHERE id = %s", (user_id,)).fetchone():
                     raise LimitReached(LimitReached.CONVERSATIONS, cap)
                 raise UserGone()
+        self.events_written("conversation.created", 1)
         return Conversation(row[0], row[1], row[2], ())
 
     def create_with_lines(self, user_id: int, heading: str, cap: int, lines: Sequence[NewLine],
@@ -107,6 +173,8 @@ class ConversationRepository:
                 if len(lines) > line_cap:
                     raise LimitReached(LimitReached.LINES, line_cap)
                 raise LimitReached(LimitReached.CONVERSATIONS, cap)
+        self.events_written("conversation.created", 1)
+        self.events_written("line.created", len(lines))
         first = rows[0]
         return Conversation(first[0], first[1], first[2],
                             tuple(line_from_row(row[3:]) for row in rows if row[3] is not None))
@@ -133,16 +201,16 @@ class ConversationRepository:
 
     def update_heading(self, user_id: int, rid: int, heading: str) -> Conversation | None:
         with self.db.write_transaction(user_id) as conn:
-            row = conn.execute(
-                "UPDATE conversations SET heading = %s WHERE rid = %s AND user_id = %s "
-                "RETURNING rid", (heading, rid, user_id)).fetchone()
-        return self.get(user_id, row[0]) if row else None
+            row = conn.execute(_UPDATE_HEADING, {"heading": heading, "rid": rid,
+                                                 "user_id": user_id}).fetchone()
+        if row is None:
+            return None
+        self.events_written("conversation.updated", 1)
+        return self.get(user_id, row[0])
 
     def delete(self, user_id: int, rid: int) -> bool:
         with self.db.write_transaction(user_id) as conn:
-            row = conn.execute(
-                "WITH gone AS (DELETE FROM conversations WHERE rid = %s AND user_id = %s "
-                "  RETURNING user_id) "
-                "UPDATE users SET conversation_count = conversation_count - 1 "
-                "WHERE id IN (SELECT user_id FROM gone) RETURNING id", (rid, user_id)).fetchone()
+            row = conn.execute(_DELETE, {"rid": rid, "user_id": user_id}).fetchone()
+        if row is not None:
+            self.events_written("conversation.deleted", 1)
         return row is not None

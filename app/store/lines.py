@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from app.domain import ids
 from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
@@ -11,6 +11,15 @@ from app.domain.pages import Page
 from app.store import new_lines
 from app.store.conversations import line_from_row
 from app.store.db import UnitOfWork
+from app.store.events import (
+    INSERT,
+    LOCK_OWNER,
+    OWNER_LOCKED,
+    counter,
+    line_data,
+    one_event,
+    take_seq,
+)
 from app.store.keyset import KeysetResult, keyset_sql, run_keyset
 from app.store.reading import fetch_one
 
@@ -26,18 +35,25 @@ _MOOD_OF_USER = ("SELECT id, name, eyes, tongue, user_id IS NOT NULL AS user_def
                  "FROM moods WHERE (user_id IS NULL OR user_id = %(user_id)s) "
                  "AND lower(name) = lower(%(mood)s)")
 
-# One statement: resolve the mood, bump the conversation's line counter under
-# its cap, insert the line, and return it with its mood.
+# One statement: lock the user's row, resolve the mood, bump the conversation's
+# line counter under its cap, insert the line and its event, and return it with
+# its mood.
 _CREATE = f"""
-WITH mood AS ({_MOOD_OF_USER}),
+WITH {LOCK_OWNER},
+     mood AS ({_MOOD_OF_USER}),
      convo AS (UPDATE conversations SET line_count = line_count + 1
                WHERE rid = %(conversation)s AND user_id = %(user_id)s
-                 AND line_count < %(cap)s AND EXISTS (SELECT 1 FROM mood)
+                 AND line_count < %(cap)s AND EXISTS (SELECT 1 FROM mood) AND {OWNER_LOCKED}
                RETURNING id),
      line AS (INSERT INTO lines (rid, conversation_id, mood_id, animal, think, text)
               SELECT %(rid)s, convo.id, mood.id, %(animal)s, %(think)s, %(text)s
               FROM convo, mood
-              RETURNING rid, animal, think, text, created_at)
+              RETURNING rid, animal, think, text, created_at),
+     {take_seq("1", "EXISTS (SELECT 1 FROM line)")},
+     logged AS ({INSERT}
+                SELECT {one_event("next_seq.event_seq", "line.created", "%(conversation)s",
+                                  line_data("line", "mood"))}
+                FROM next_seq, line, mood)
 SELECT line.rid, line.animal, line.think, line.text, line.created_at,
        mood.name, mood.eyes, mood.tongue, mood.user_defined
 FROM line, mood
@@ -49,21 +65,50 @@ FROM line, mood
 # The counter's row lock serialises concurrent batches: the second one
 # re-checks the cap against the first's count.
 _CREATE_MANY = f"""
-WITH {new_lines.RESOLVED_LINES},
+WITH {LOCK_OWNER},
+{new_lines.RESOLVED_LINES},
 convo AS (UPDATE conversations SET line_count = line_count + %(n)s
           WHERE rid = %(conversation)s AND user_id = %(user_id)s
-            AND line_count + %(n)s <= %(cap)s AND {new_lines.ALL_RESOLVED}
+            AND line_count + %(n)s <= %(cap)s AND {new_lines.ALL_RESOLVED} AND {OWNER_LOCKED}
           RETURNING id),
-{new_lines.INSERT_RESOLVED}
+{new_lines.INSERT_RESOLVED},
+{take_seq("%(n)s", "EXISTS (SELECT 1 FROM inserted)")},
+logged AS ({INSERT}
+           SELECT %(user_id)s, next_seq.event_seq - %(n)s + 1, next_seq.event_seq,
+                  'line.created', %(conversation)s,
+                  jsonb_agg({line_data("inserted", "resolved", "mood_name")}
+                            ORDER BY resolved.ord)
+           FROM next_seq, inserted JOIN resolved ON resolved.rid = inserted.rid
+           GROUP BY next_seq.event_seq)
 SELECT {new_lines.INSERTED_COLUMNS}
 FROM inserted JOIN resolved ON resolved.rid = inserted.rid
 ORDER BY inserted.id
 """
 
+# One statement: lock the user's row, delete the line, lower the conversation's
+# counter, and log the line as it was (with its mood, for its output).
+_DELETE = f"""
+WITH {LOCK_OWNER},
+gone AS (DELETE FROM lines WHERE rid = %(rid)s AND {OWNER_LOCKED}
+           AND conversation_id = ({_OWNED_CONVERSATION})
+         RETURNING conversation_id, rid, animal, think, text, created_at, mood_id),
+counted AS (UPDATE conversations SET line_count = line_count - 1
+            WHERE id IN (SELECT conversation_id FROM gone) RETURNING id),
+{take_seq("1", "EXISTS (SELECT 1 FROM gone)")},
+logged AS ({INSERT}
+           SELECT {one_event("next_seq.event_seq", "line.deleted", "%(conversation)s",
+                             line_data("gone", "mood"))}
+           FROM next_seq, gone
+           JOIN (SELECT id, name, eyes, tongue, user_id IS NOT NULL AS user_defined
+                 FROM moods) mood ON mood.id = gone.mood_id)
+SELECT id FROM counted
+"""
+
 
 class LineRepository:
-    def __init__(self, db):
+    def __init__(self, db, on_events: Callable[[str, int], None] | None = None):
         self.db = db
+        self.events_written = counter(on_events)
 
     def create(self, user_id: int, conversation: int, animal: str, think: bool, mood: str,
                text: str, cap: int, uow: UnitOfWork | None = None) -> Line:
@@ -76,6 +121,7 @@ class LineRepository:
             row = conn.execute(_CREATE, params).fetchone()
             if row is None:
                 self._explain_refusal(conn, params)
+        self.events_written("line.created", 1)
         return line_from_row(row)
 
     def _explain_refusal(self, conn, params: dict) -> None:
@@ -104,6 +150,7 @@ class LineRepository:
             rows = conn.execute(_CREATE_MANY, params).fetchall()
             if not rows:
                 self._explain_batch_refusal(conn, params)
+        self.events_written("line.created", len(rows))
         return [line_from_row(row) for row in rows]
 
     def _explain_batch_refusal(self, conn, params: dict) -> None:
@@ -155,10 +202,8 @@ class LineRepository:
 
     def delete(self, user_id: int, conversation: int, rid: int) -> bool:
         with self.db.write_transaction(user_id) as conn:
-            row = conn.execute(
-                "WITH gone AS (DELETE FROM lines WHERE rid = %(rid)s "
-                f"  AND conversation_id = ({_OWNED_CONVERSATION}) RETURNING conversation_id) "
-                "UPDATE conversations SET line_count = line_count - 1 "
-                "WHERE id IN (SELECT conversation_id FROM gone) RETURNING id",
-                {"rid": rid, "conversation": conversation, "user_id": user_id}).fetchone()
+            row = conn.execute(_DELETE, {"rid": rid, "conversation": conversation,
+                                         "user_id": user_id}).fetchone()
+        if row is not None:
+            self.events_written("line.deleted", 1)
         return row is not None

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from psycopg import errors as pg_errors
 
 from app.domain.errors import LimitReached, MoodInUse, UserGone
 from app.domain.models import Mood
 from app.domain.pages import Page
+from app.store.events import (
+    INSERT,
+    LOCK_OWNER,
+    OWNER_LOCKED,
+    counter,
+    mood_data,
+    one_event,
+    take_seq,
+)
 from app.store.keyset import USER_EXISTS, KeysetResult, keyset_sql, run_keyset
 from app.store.reading import fetch_one
 
@@ -15,11 +26,47 @@ _LIST_ITEMS = (f"SELECT id, name, eyes, tongue, user_id IS NOT NULL FROM moods "
                f"WHERE {_VISIBLE} {{bound}}")
 _LIST_CURSOR = f"SELECT id FROM moods WHERE {_VISIBLE} AND lower(name) = lower(%(cursor)s)"
 _COLUMNS = "name, eyes, tongue, user_id IS NOT NULL"
+_RETURNING = "RETURNING name, eyes, tongue, user_id IS NOT NULL AS user_defined"
+
+# The mood's change and its event, in one statement each; the caller holds the
+# user's row lock already.
+_UPDATE = f"""
+WITH changed AS (UPDATE moods SET eyes = coalesce(%(eyes)s, eyes),
+                                  tongue = coalesce(%(tongue)s, tongue)
+                 WHERE user_id = %(user_id)s AND lower(name) = lower(%(name)s) {_RETURNING}),
+{take_seq("1", "EXISTS (SELECT 1 FROM changed)")},
+logged AS ({INSERT}
+           SELECT {one_event("next_seq.event_seq", "mood.updated", "NULL", mood_data("changed"))}
+           FROM next_seq, changed)
+SELECT name, eyes, tongue, user_defined FROM changed
+"""
+_CREATE = f"""
+WITH created AS (INSERT INTO moods (user_id, name, eyes, tongue)
+                 VALUES (%(user_id)s, %(name)s, %(eyes)s, %(tongue)s) {_RETURNING}),
+counted AS (UPDATE users SET mood_count = mood_count + 1, event_seq = event_seq + 1
+            WHERE id = %(user_id)s RETURNING event_seq),
+logged AS ({INSERT}
+           SELECT {one_event("counted.event_seq", "mood.created", "NULL", mood_data("created"))}
+           FROM counted, created)
+SELECT name, eyes, tongue, user_defined FROM created
+"""
+_DELETE = f"""
+WITH {LOCK_OWNER},
+gone AS (DELETE FROM moods WHERE user_id = %(user_id)s AND lower(name) = lower(%(name)s)
+           AND {OWNER_LOCKED} {_RETURNING}),
+counted AS (UPDATE users SET mood_count = mood_count - 1, event_seq = event_seq + 1
+            WHERE id = %(user_id)s AND EXISTS (SELECT 1 FROM gone) RETURNING id, event_seq),
+logged AS ({INSERT}
+           SELECT {one_event("counted.event_seq", "mood.deleted", "NULL", mood_data("gone"))}
+           FROM counted, gone)
+SELECT id FROM counted
+"""
 
 
 class MoodRepository:
-    def __init__(self, db):
+    def __init__(self, db, on_events: Callable[[str, int], None] | None = None):
         self.db = db
+        self.events_written = counter(on_events)
 
     def list(self, user_id: int, page: Page) -> KeysetResult:
         cursor = _LIST_CURSOR if page.cursor is not None else None
@@ -46,35 +93,27 @@ class MoodRepository:
             if owner is None:
                 raise UserGone()
             row = conn.execute(
-                f"UPDATE moods SET eyes = coalesce(%(eyes)s, eyes), "
-                f"tongue = coalesce(%(tongue)s, tongue) "
-                f"WHERE user_id = %(user_id)s AND lower(name) = lower(%(name)s) "
-                f"RETURNING {_COLUMNS}",
+                _UPDATE,
                 {"user_id": user_id, "name": name, "eyes": eyes, "tongue": tongue}).fetchone()
             if row is not None:
+                self.events_written("mood.updated", 1)
                 return Mood(*row), False
             if owner[0] >= cap:
                 raise LimitReached(LimitReached.MOODS, cap)
-            row = conn.execute(
-                f"INSERT INTO moods (user_id, name, eyes, tongue) VALUES (%s, %s, %s, %s) "
-                f"RETURNING {_COLUMNS}",
-                (user_id, name, eyes or "oo", tongue or "  ")).fetchone()
-            conn.execute("UPDATE users SET mood_count = mood_count + 1 WHERE id = %s",
-                         (user_id,))
+            row = conn.execute(_CREATE, {"user_id": user_id, "name": name, "eyes": eyes or "oo",
+                                         "tongue": tongue or "  "}).fetchone()
+        self.events_written("mood.created", 1)
         return Mood(*row), True
 
     def delete(self, user_id: int, name: str) -> bool:
         """Delete the user's mood; MoodInUse when lines still use it."""
         try:
             with self.db.write_transaction(user_id) as conn:
-                row = conn.execute(
-                    "WITH gone AS (DELETE FROM moods WHERE user_id = %(user_id)s "
-                    "  AND lower(name) = lower(%(name)s) RETURNING user_id) "
-                    "UPDATE users SET mood_count = mood_count - 1 "
-                    "WHERE id IN (SELECT user_id FROM gone) RETURNING id",
-                    {"user_id": user_id, "name": name}).fetchone()
+                row = conn.execute(_DELETE, {"user_id": user_id, "name": name}).fetchone()
         except pg_errors.ForeignKeyViolation:
             raise MoodInUse(self._lines_using(user_id, name)) from None
+        if row is not None:
+            self.events_written("mood.deleted", 1)
         return row is not None
 
     def _lines_using(self, user_id: int, name: str) -> int:

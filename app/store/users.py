@@ -11,6 +11,7 @@ from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
 from app.store.db import UnitOfWork
+from app.store.events import INSERT, counter, one_event, user_data
 from app.store.reading import fetch_one
 
 _COLUMNS = "id, name, email, created_at"
@@ -19,8 +20,9 @@ DELETED_CHANNEL = "saypi_user_deleted"
 
 
 class UserRepository:
-    def __init__(self, db):
+    def __init__(self, db, on_events: Callable[[str, int], None] | None = None):
         self.db = db
+        self.events_written = counter(on_events)
 
     def create(self, name: str | None, email: str | None,
                uow: UnitOfWork | None = None) -> User:
@@ -59,11 +61,20 @@ class UserRepository:
         with self.db.write_transaction(user_id) as conn:
             try:
                 row = conn.execute(
-                    f"UPDATE users SET {assignments} WHERE id = %(id)s RETURNING {_COLUMNS}",
-                    {**changes, "id": user_id}).fetchone()
+                    f"WITH changed AS (UPDATE users SET {assignments}, "
+                    f"  event_seq = event_seq + 1 WHERE id = %(id)s "
+                    f"  RETURNING {_COLUMNS}, event_seq), "
+                    f"logged AS ({INSERT} SELECT "
+                    f"  {one_event('event_seq', 'user.updated', 'NULL', user_data('changed'))} "
+                    f"  FROM changed) "
+                    f"SELECT {_COLUMNS} FROM changed",
+                    {**changes, "id": user_id, "user_id": user_id}).fetchone()
             except pg_errors.UniqueViolation as exc:
                 raise EmailTaken(changes.get("email")) from exc
-        return User(*row) if row else None
+        if row is None:
+            return None
+        self.events_written("user.updated", 1)
+        return User(*row)
 
     def watch_deletions(self, on_listening: Callable[[], None],
                         on_deleted: Callable[[int], None], stop: threading.Event) -> None:
@@ -92,7 +103,10 @@ class UserRepository:
                             (user_id,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM conversations WHERE user_id = %s", (user_id,))
-            conn.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            # Events have no foreign key (a check per event row would cost every
+            # write); the user's row lock keeps any from being written meanwhile.
+            conn.execute("WITH events_gone AS (DELETE FROM events WHERE user_id = %(id)s) "
+                         "DELETE FROM users WHERE id = %(id)s", {"id": user_id})
             conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
         return True
 

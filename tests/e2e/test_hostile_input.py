@@ -72,7 +72,8 @@ bodies = st.one_of(
 path_part = st.one_of(hostile_text.filter(lambda s: s and "\x00" not in s),
                       st.sampled_from(["cv_0000000000000001", "ln_0000000000000001",
                                        "..", "%2e%2e", "%FF%FE", "default"]))
-query = st.dictionaries(st.sampled_from(["limit", "starting_after", "ending_before"]),
+query = st.dictionaries(st.sampled_from(["limit", "starting_after", "ending_before", "type",
+                                         "conversation"]),
                         hostile_text, max_size=3)
 
 ENDPOINTS = [
@@ -84,6 +85,7 @@ ENDPOINTS = [
     ("GET", "/conversations/{a}/lines"), ("POST", "/conversations/{a}/lines"),
     ("GET", "/conversations/{a}/lines/{b}"), ("DELETE", "/conversations/{a}/lines/{b}"),
     ("POST", "/conversations/{a}/lines/batch"), ("POST", "/render"),
+    ("GET", "/events"), ("GET", "/events/{a}"),
 ]
 
 

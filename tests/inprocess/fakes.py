@@ -28,6 +28,7 @@ from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
 from app.http.ratelimit import MemoryStore
 from app.ops.logs import new_logger
+from app.store.events import EventPage
 
 SECRET = "fake-secret-0123456789abcdef"
 _NUMBERS = itertools.count(0x1000)
@@ -327,6 +328,24 @@ class FakeSlowQueries:
         time.sleep(seconds)
 
 
+class FakeEvents:
+    """An event log that records nothing: the in-process tests exercise the other routes."""
+
+    retention_hours = 720
+
+    def list(self, user_id, page, cursor_seq, types, conversation) -> EventPage:
+        return EventPage(True, "none" if cursor_seq is None else "missing", [], False)
+
+    def get(self, user_id: int, seq: int) -> None:
+        return None
+
+    def purge_expired(self) -> int:
+        return 0
+
+    def oldest_age(self) -> None:
+        return None
+
+
 def fake_deps(**settings: str) -> Deps:
     """A Deps on in-memory repositories; `settings` are environment variables for Config.
 
@@ -346,4 +365,4 @@ def fake_deps(**settings: str) -> Deps:
         lines=FakeLines(users, moods, conversations), transactions=FakeTransactions(),
         idempotency_keys=FakeIdempotencyKeys(), rate_limit_store=MemoryStore(), redis=None,
         checkers={"fake": lambda: CheckResult("healthy", "in memory")},
-        library=cow_library(), slow_queries=FakeSlowQueries())
+        library=cow_library(), slow_queries=FakeSlowQueries(), events=FakeEvents())

@@ -55,6 +55,7 @@ CONTRACT = {
     ("POST", "/conversations/{conversation_id}/lines/batch"), ("POST", "/render"),
     ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/quick"),
     ("GET", "/health/detailed"), ("GET", "/metrics"),
+    ("GET", "/events"), ("GET", "/events/{event_id}"),
 }
 
 # The statuses API.md gives each endpoint (500 and 503 apply to every API endpoint).
@@ -91,6 +92,8 @@ CONTRACT_STATUSES = {
     ("GET", "/health/quick"): {"200", "503", "500"},
     ("GET", "/health/detailed"): {"200", "503", "500"},
     ("GET", "/metrics"): {"200", "500"},
+    ("GET", "/events"): {"200", "304", "400"} | AUTHED,
+    ("GET", "/events/{event_id}"): {"200", "304", "404"} | AUTHED,
 }
 
 
@@ -99,7 +102,7 @@ def inert_deps(config: Config) -> SimpleNamespace:
     return SimpleNamespace(
         config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
         metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
-        conversations=None, lines=None, slow_queries=None,
+        conversations=None, lines=None, slow_queries=None, events=None,
         auth=Authenticator(TokenSigner(("a-secret-for-route-tests",)), presence=None),
         idempotency=Idempotency(None, None, None),
         renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))

@@ -68,7 +68,9 @@ def json_lines(server) -> list[dict]:
 
 
 def test_a_request_continues_the_callers_trace(start_server, receiver):
-    server = traced(start_server, receiver)
+    # One worker: creating the conversation made it confirm the user exists (the AUTHED
+    # guard's presence cache), so the traced read below is the read's own statement alone.
+    server = traced(start_server, receiver, WEB_CONCURRENCY="1")
     token, cid = user_with_conversation(server)
     trace_id, parent_id, headers = caller(token)
     response = httpx.get(f"{server.url}/conversations/{cid}?limit=1&secret=query",

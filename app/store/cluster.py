@@ -40,8 +40,9 @@ from typing import Any, Protocol
 
 import psycopg
 
+from app.domain import unit_of_work as uow_protocol
 from app.domain.health import pool_details
-from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork, own_work
 from app.store.deadlines import Deadlines
 from app.store.replication import hold_replica_reads, primary_sample, replica_status
 from app.store.write_positions import PositionsUnavailable
@@ -183,10 +184,12 @@ class Cluster:
         self._monitor: threading.Thread | None = None
 
     # --- the primary, as before ----------------------------------------------------
-    def connection(self, uow: UnitOfWork | None = None):
+    def connection(self, uow: uow_protocol.UnitOfWork | None = None
+                   ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         return self.primary.connection(uow)
 
-    def transaction(self, uow: UnitOfWork | None = None):
+    def transaction(self, uow: uow_protocol.UnitOfWork | None = None
+                    ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         return self.primary.transaction(uow)
 
     @contextlib.contextmanager
@@ -201,18 +204,20 @@ class Cluster:
         return self.primary.dedicated_connection()
 
     # --- one user's writes --------------------------------------------------------------
-    def write(self, user_id: int, uow: UnitOfWork | None = None):
+    def write(self, user_id: int, uow: uow_protocol.UnitOfWork | None = None
+              ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A primary connection for one statement changing the user's data (autocommit),
         or the unit of work's; the user's position is recorded after the commit."""
         if not self.routing:
             return self.primary.connection(uow)
-        return self._recording(user_id, uow, transaction=False)
+        return self._recording(user_id, own_work(uow), transaction=False)
 
-    def write_transaction(self, user_id: int, uow: UnitOfWork | None = None):
+    def write_transaction(self, user_id: int, uow: uow_protocol.UnitOfWork | None = None
+                          ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A transaction (or a savepoint in the unit of work) changing the user's data."""
         if not self.routing:
             return self.primary.transaction(uow)
-        return self._recording(user_id, uow, transaction=True)
+        return self._recording(user_id, own_work(uow), transaction=True)
 
     @contextlib.contextmanager
     def _recording(self, user_id: int, uow: UnitOfWork | None,

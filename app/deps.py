@@ -31,7 +31,7 @@ from app.ops import health as health_mod
 from app.ops.logs import AccessLog, RedactionFilter
 from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
-from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
+from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
 from app.store.deadlines import Deadlines
@@ -317,7 +317,8 @@ class _Wiring:
         def sample_health() -> None:
             metrics.sample_health(health.last())
 
-        every_second = [self.sample_metrics, sample_health, self.access_log.flush]
+        every_second: list[Callable[[], object]] = [self.sample_metrics, sample_health,
+                                                    self.access_log.flush]
         if self.leases is not None:
             every_second.append(self.leases.sweep)
         sampler = Periodic("every-second", 1.0, every_second, self.logger)
@@ -363,14 +364,14 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
         # A replica that is down at start must not hold the worker back: its
         # reads go to the primary until the monitor sees it serve.
         db.open(wait_seconds=min(1.0, config.db_connect_timeout))
-        replicas.append(Replica(name, db, psycopg.conninfo.conninfo_to_dict(url).get(
-            "host", "") or ""))
+        replicas.append(Replica(name, db, str(psycopg.conninfo.conninfo_to_dict(url).get(
+            "host", "") or "")))
     # A position matters while a replica in rotation may lag behind it: at most
     # REPLICA_MAX_LAG_SECONDS plus a check interval; kept twice as long, and more.
     ttl = 2 * config.replica_max_lag_seconds + 4 * config.replica_check_interval + 5
     if redis is not None:
         hold = config.replica_max_lag_seconds + 2 * config.replica_check_interval + 1
-        positions = RedisWritePositions(redis, ttl, hold_seconds=hold,
+        positions: WritePositions = RedisWritePositions(redis, ttl, hold_seconds=hold,
                                         logger=logger.getChild("positions"))
     else:
         positions = PostgresWritePositions(primary, ttl)
@@ -389,4 +390,6 @@ def build_worker_tracing(config: Config, metrics: Metrics
 
     tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
                             VERSION)
+    if tracing is None:
+        return None, psycopg.Connection
     return tracing, traced_connection_class(tracing)

@@ -102,7 +102,7 @@ def register(app: Flask, routes: Iterable[Route], auth, idempotency) -> None:
     for route in routes:
         check_handler(route)
         handler = route.handler
-        if route.idempotent is not None:
+        if route.idempotent is not None and route.body is not None:  # Route: both or neither
             handler = idempotency(route.body(), route.idempotent)(handler)
         if route.guard is AUTHED:
             handler = auth.required(handler)

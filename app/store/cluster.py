@@ -250,12 +250,18 @@ class Cluster:
                               len(user_ids), type(exc).__name__)
             raise DatabaseUnavailable("write position not recorded") from exc
 
+    def _positions(self) -> WritePositions:
+        if self.positions is None:  # only routing reads or records them; __init__ checks
+            raise RuntimeError("no write-position store")
+        return self.positions
+
     def _record_on(self, user_ids, conn: psycopg.Connection) -> bool:
         """A position the store did not confirm (Redis hung or down) holds every replica
         read of every worker for hold_seconds, durably, on the primary. Unless the hold
         already stood when every monitor last sampled it (a later write of the same
         outage), the write must wait until they have (True)."""
-        confirmed = [self.positions.record(user_id, conn) for user_id in user_ids]
+        positions = self._positions()
+        confirmed = [positions.record(user_id, conn) for user_id in user_ids]
         if all(confirmed):
             return False
         settle = self.settings.sample_fresh_seconds + 0.05
@@ -300,7 +306,7 @@ class Cluster:
         if now < self._held_until:
             self.tally.add("fallback:held")
             return None
-        positions = self.positions
+        positions = self._positions()
         if not positions.trusted():
             self.tally.add("fallback:positions_unavailable")
             return None

@@ -13,13 +13,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import psycopg
 
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.domain.repositories import Conversations, Lines, Moods, SlowQueries, Users
+from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
@@ -101,8 +102,39 @@ class Deps:
         self.access_log.flush()
 
 
+class Parts(TypedDict, total=False):
+    """The parts build_deps takes as given, each typed as the part it replaces."""
+
+    metrics: Metrics
+    tracing: Tracing | None
+    db: Database
+    redis: RedisLink | None
+    cluster: Cluster
+    transactions: Transactions
+    lifecycle: health_mod.Lifecycle
+    rate_limit_store: Any
+    leases: LeasedStore | None
+    limiter: RateLimiter
+    checkers: dict[str, health_mod.Checker]
+    health: health_mod.HealthManager
+    library: CowLibrary
+    renderer: Renderer
+    users: Users
+    moods: Moods
+    conversations: Conversations
+    lines: Lines
+    slow_queries: SlowQueries
+    presence: UserPresence
+    auth: Authenticator
+    idempotency_keys: Any
+    idempotency: Idempotency
+    access_log: AccessLog
+    sample_metrics: Callable[[], None]
+    jobs: tuple[Periodic, ...]
+
+
 def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
-               **overrides: Any) -> Deps:
+               **overrides: Unpack[Parts]) -> Deps:
     """Build what one worker needs; nothing is started yet.
 
     Each keyword names a part (a Deps field, or one it is built from: `db`,
@@ -110,7 +142,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
     `checkers`, `library`) to use as given; every other part is built here
     from `config`. The database pool is opened only when a part needs it.
     """
-    w = _Wiring(config, logger, dsn, overrides)
+    w = _Wiring(config, logger, dsn, dict(overrides))
     # Keywords are evaluated in order: the parts handlers use first, then what samples,
     # starts and closes whichever of them were built.
     return Deps(
@@ -176,7 +208,7 @@ class _Wiring:
                              self._tracing_and_connections[1])
 
     @cached_property
-    def transactions(self) -> Cluster:
+    def transactions(self) -> Transactions:
         return self.cluster  # where units of work run: the primary
 
     @cached_property

@@ -9,16 +9,17 @@ STAMP  := $(VENV)/.installed-stamp
 run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is unset)
 	$(BIN)/python run.py serve
 
-test: $(STAMP)       ## every tier: unit, in-process and end to end (real PostgreSQL, gunicorn, Redis, proxies)
+test: lint           ## lint, then every tier: unit, in-process and end to end (real PostgreSQL, gunicorn, Redis, proxies)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## the unit and in-process tiers (and the benchmark's own tests): no PostgreSQL, seconds
 	$(BIN)/python -m pytest -q -p no:schemathesis tests/unit tests/inprocess bench/tests
 
-lint: $(STAMP)       ## ruff, the import contract (tests/unit/test_layers.py), the prose rules (test_docs.py)
+lint: $(STAMP)       ## ruff, the import contract (tests/unit/test_layers.py), the prose rules (test_docs.py), mypy
 	$(BIN)/ruff check .
 	$(BIN)/python tests/unit/test_layers.py
 	$(BIN)/python tests/unit/test_docs.py
+	$(BIN)/mypy
 
 migrate: $(STAMP)    ## apply migrations and exit
 	$(BIN)/python run.py migrate
@@ -44,4 +45,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

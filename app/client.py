@@ -213,7 +213,7 @@ class Client:
         body = self._call("GET", path, params=params)
         return Page(body["type"], body["has_more"], body["data"])
 
-    def _iterate(self, path: str, key: str, limit: int) -> Iterator[dict[str, Any]]:
+    def _iterate(self, path: str, key: str, limit: int) -> Iterator[Any]:
         after = None
         while True:
             page = self._page(path, limit, after, None)

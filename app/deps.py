@@ -13,13 +13,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import psycopg
 
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
-from app.domain.repositories import Conversations, Lines, Moods, SlowQueries, Users
+from app.domain.events import TYPES as EVENT_TYPES
+from app.domain.repositories import Conversations, Events, Lines, Moods, SlowQueries, Users
+from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
@@ -31,11 +33,10 @@ from app.ops import health as health_mod
 from app.ops.logs import AccessLog, RedactionFilter
 from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
-from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings
+from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
 from app.store.deadlines import Deadlines
-from app.store.events import TYPES as EVENT_TYPES
 from app.store.events import EventRepository, EventTally
 from app.store.idempotency import IdempotencyRepository
 from app.store.lines import LineRepository
@@ -74,7 +75,7 @@ class Deps:
     lines: Lines
     slow_queries: SlowQueries  # the fault-injection routes' slow query
     tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
-    events: EventRepository  # the event log's reads (GET /events)
+    events: Events  # the event log's reads (GET /events)
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -104,8 +105,40 @@ class Deps:
         self.access_log.flush()
 
 
+class Parts(TypedDict, total=False):
+    """The parts build_deps takes as given, each typed as the part it replaces."""
+
+    metrics: Metrics
+    tracing: Tracing | None
+    db: Database
+    redis: RedisLink | None
+    cluster: Cluster
+    transactions: Transactions
+    lifecycle: health_mod.Lifecycle
+    rate_limit_store: Any
+    leases: LeasedStore | None
+    limiter: RateLimiter
+    checkers: dict[str, health_mod.Checker]
+    health: health_mod.HealthManager
+    library: CowLibrary
+    renderer: Renderer
+    users: Users
+    moods: Moods
+    conversations: Conversations
+    lines: Lines
+    slow_queries: SlowQueries
+    events: Events
+    presence: UserPresence
+    auth: Authenticator
+    idempotency_keys: Any
+    idempotency: Idempotency
+    access_log: AccessLog
+    sample_metrics: Callable[[], None]
+    jobs: tuple[Periodic, ...]
+
+
 def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
-               **overrides: Any) -> Deps:
+               **overrides: Unpack[Parts]) -> Deps:
     """Build what one worker needs; nothing is started yet.
 
     Each keyword names a part (a Deps field, or one it is built from: `db`,
@@ -113,7 +146,7 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
     `checkers`, `library`) to use as given; every other part is built here
     from `config`. The database pool is opened only when a part needs it.
     """
-    w = _Wiring(config, logger, dsn, overrides)
+    w = _Wiring(config, logger, dsn, dict(overrides))
     # Keywords are evaluated in order: the parts handlers use first, then what samples,
     # starts and closes whichever of them were built.
     return Deps(
@@ -180,7 +213,7 @@ class _Wiring:
                              self._tracing_and_connections[1])
 
     @cached_property
-    def transactions(self) -> Cluster:
+    def transactions(self) -> Transactions:
         return self.cluster  # where units of work run: the primary
 
     @cached_property
@@ -262,7 +295,7 @@ class _Wiring:
         return LineRepository(self.cluster, self.event_tally.add)
 
     @cached_property
-    def events(self) -> EventRepository:
+    def events(self) -> Events:
         return EventRepository(self.cluster, self.config.events_retention_hours)
 
     @cached_property
@@ -354,7 +387,8 @@ class _Wiring:
         def sample_health() -> None:
             metrics.sample_health(health.last())
 
-        every_second = [self.sample_metrics, sample_health, self.access_log.flush]
+        every_second: list[Callable[[], object]] = [self.sample_metrics, sample_health,
+                                                    self.access_log.flush]
         if self.leases is not None:
             every_second.append(self.leases.sweep)
         sampler = Periodic("every-second", 1.0, every_second, self.logger)
@@ -400,14 +434,14 @@ def build_cluster(config: Config, logger: logging.Logger, primary: Database,
         # A replica that is down at start must not hold the worker back: its
         # reads go to the primary until the monitor sees it serve.
         db.open(wait_seconds=min(1.0, config.db_connect_timeout))
-        replicas.append(Replica(name, db, psycopg.conninfo.conninfo_to_dict(url).get(
-            "host", "") or ""))
+        replicas.append(Replica(name, db, str(psycopg.conninfo.conninfo_to_dict(url).get(
+            "host", "") or "")))
     # A position matters while a replica in rotation may lag behind it: at most
     # REPLICA_MAX_LAG_SECONDS plus a check interval; kept twice as long, and more.
     ttl = 2 * config.replica_max_lag_seconds + 4 * config.replica_check_interval + 5
     if redis is not None:
         hold = config.replica_max_lag_seconds + 2 * config.replica_check_interval + 1
-        positions = RedisWritePositions(redis, ttl, hold_seconds=hold,
+        positions: WritePositions = RedisWritePositions(redis, ttl, hold_seconds=hold,
                                         logger=logger.getChild("positions"))
     else:
         positions = PostgresWritePositions(primary, ttl)
@@ -426,4 +460,6 @@ def build_worker_tracing(config: Config, metrics: Metrics
 
     tracing = build_tracing(config, metrics, RedactionFilter(config.user_secrets).scrub,
                             VERSION)
+    if tracing is None:
+        return None, psycopg.Connection
     return tracing, traced_connection_class(tracing)

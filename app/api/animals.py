@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from flask import Response
 
+from app.cowsay.library import CowLibrary
 from app.http import respond
 from app.http.doc import Component, Doc, Success
+from app.http.routing import Handler
 
 
-def handle_list_animals(library):
+def handle_list_animals(library: CowLibrary) -> Handler:
     """GET /animals: every animal's name, sorted."""
     body = respond.Static.json({"animals": library.names()})
 

@@ -21,13 +21,17 @@ from app.api.lines import (
     line_list,
     new_line,
 )
+from app.cowsay.cache import Renderer
 from app.domain import ids
+from app.domain.models import Conversation
+from app.domain.repositories import Conversations, Lines
 from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
 from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import NotFound
 from app.http.fields import Text
+from app.http.routing import Handler
 
 
 class CreateConversation(Schema):
@@ -50,11 +54,11 @@ class UpdateConversation(Schema):
     heading = Text(min_length=1, max_length=100, required=True)
 
 
-def _items(rows: list) -> list[dict]:
+def _items(rows: list[Conversation]) -> list[dict]:
     return [item_json(c) for c in rows]
 
 
-def handle_list_conversations(conversations):
+def handle_list_conversations(conversations: Conversations) -> Handler:
     """GET /conversations: your conversations, oldest first, without lines."""
 
     def handler() -> Response:
@@ -63,8 +67,9 @@ def handle_list_conversations(conversations):
     return handler
 
 
-def handle_create_conversation(conversations, lines, renderer, max_conversations: int,
-                               max_lines: int, max_batch: int):
+def handle_create_conversation(conversations: Conversations, lines: Lines, renderer: Renderer,
+                               max_conversations: int, max_lines: int,
+                               max_batch: int) -> Handler:
     """POST /conversations: start a conversation with a heading; `lines` adds its first lines
     with it, atomically."""
     schema = create_conversation_body(max_batch)()
@@ -86,7 +91,7 @@ def handle_create_conversation(conversations, lines, renderer, max_conversations
     return handler
 
 
-def handle_get_conversation(conversations, renderer):
+def handle_get_conversation(conversations: Conversations, renderer: Renderer) -> Handler:
     """GET /conversations/{id}: one conversation with all its lines; Accept: text/plain gives
     the rendered text."""
 
@@ -101,7 +106,8 @@ def handle_get_conversation(conversations, renderer):
     return handler
 
 
-def handle_update_conversation(conversations, renderer):
+def handle_update_conversation(conversations: Conversations,
+                               renderer: Renderer) -> Handler:
     """PATCH /conversations/{id}: change the heading."""
     schema = UpdateConversation()
 
@@ -116,7 +122,7 @@ def handle_update_conversation(conversations, renderer):
     return handler
 
 
-def handle_delete_conversation(conversations):
+def handle_delete_conversation(conversations: Conversations) -> Handler:
     """DELETE /conversations/{id}: delete it and its lines."""
 
     def handler(conversation_id: str) -> Response:

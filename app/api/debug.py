@@ -9,8 +9,10 @@ import time
 
 from flask import Response, request
 
+from app.domain.repositories import SlowQueries
 from app.http import respond
 from app.http.errors import InvalidParams
+from app.http.routing import Handler
 
 
 def _seconds() -> float:
@@ -23,7 +25,7 @@ def _seconds() -> float:
     return seconds
 
 
-def handle_debug_sleep():
+def handle_debug_sleep() -> Handler:
     """GET /debug/sleep?seconds=S: answer after S seconds (at most 30), to test draining."""
 
     def handler() -> Response:
@@ -34,7 +36,7 @@ def handle_debug_sleep():
     return handler
 
 
-def handle_debug_fail():
+def handle_debug_fail() -> Handler:
     """GET /debug/fail: raise an unexpected exception, to test internal_failure."""
 
     def handler() -> Response:
@@ -43,7 +45,7 @@ def handle_debug_fail():
     return handler
 
 
-def handle_debug_db_sleep(slow_queries):
+def handle_debug_db_sleep(slow_queries: SlowQueries) -> Handler:
     """GET /debug/db-sleep?seconds=S: hold a pooled connection for S seconds (at most 30).
 
     Runs `SELECT pg_sleep(S)` through the Database, the way a slow query

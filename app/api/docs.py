@@ -11,6 +11,7 @@ from flask import Response
 
 from app.http import respond
 from app.http.respond import Static
+from app.http.routing import Handler
 
 DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; "
             "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
@@ -64,7 +65,7 @@ BUNDLED_ASSETS = {
 }
 
 
-def handle_openapi(document: bytes):
+def handle_openapi(document: bytes) -> Handler:
     """GET /openapi.json: the OpenAPI 3.0 description of every endpoint but this and /docs.
 
     `document` is app/openapi/builder.py's spec_json of the routes it describes.
@@ -77,7 +78,7 @@ def handle_openapi(document: bytes):
     return handler
 
 
-def handle_docs():
+def handle_docs() -> Handler:
     """GET /docs: a browsable API reference (Swagger UI), with no CDN."""
     static = Static(DOCS_HTML.encode(), "text/html; charset=utf-8",
                     {**NO_CACHE, "Content-Security-Policy": DOCS_CSP})
@@ -88,7 +89,7 @@ def handle_docs():
     return handler
 
 
-def handle_docs_asset():
+def handle_docs_asset() -> Handler:
     """GET /docs/{asset}: the page's script, and Swagger UI's files from swagger-ui-bundle."""
     from swagger_ui_bundle import swagger_ui_path
 

@@ -12,8 +12,9 @@ from json.encoder import encode_basestring as json_string
 from marshmallow import Schema, fields
 
 from app.api import samples
+from app.cowsay.cache import Renderer
 from app.domain import ids
-from app.domain.models import BUILTIN_MOODS
+from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood
 from app.http.doc import BodyDoc, list_of
 from app.http.fields import Bool, PublicId, Text, Timestamp, rfc3339
 from app.http.tokens import TokenSigner
@@ -65,7 +66,7 @@ MOOD_LIST = list_of("MoodList", MoodOut, "mood", lambda renderer: {
     "type": "mood", "has_more": True, "data": [MOOD_OUT.dump(m) for m in BUILTIN_MOODS[:2]]})
 
 
-def mood_json(mood) -> dict:
+def mood_json(mood: Mood) -> dict:
     """What MOOD_OUT.dump gives, built directly."""
     return {"name": mood.name, "eyes": mood.eyes, "tongue": mood.tongue,
             "user_defined": mood.user_defined}
@@ -96,14 +97,14 @@ LINE_LIST = list_of("LineList", LineOut, "line", lambda renderer: {
     "type": "line", "has_more": False, "data": [render_line(samples.LINE, renderer)]})
 
 
-def line_json(line, output: str) -> dict:
+def line_json(line: Line, output: str) -> dict:
     """What LINE_OUT.dump gives, built directly: it runs for every line of every read."""
     return {"id": ids.LINE_ID % line.id, "animal": line.animal, "think": line.think,
             "mood": line.mood.name, "text": line.text, "output": output,
             "created_at": rfc3339(line.created_at)}
 
 
-def line_json_text(line, renderer) -> str:
+def line_json_text(line: Line, renderer: Renderer) -> str:
     """encode_json(render_line(line, renderer)) as text, character for character.
 
     Built from the render cache's ready-escaped output: escaping the art is
@@ -121,7 +122,7 @@ def line_json_text(line, renderer) -> str:
             f'"created_at":"{rfc3339(line.created_at)}"}}')
 
 
-def render_line(line, renderer) -> dict:
+def render_line(line: Line, renderer: Renderer) -> dict:
     """The line's JSON, with its output rendered from the mood as it is now.
 
     A line whose animal has since disappeared from the cow path is drawn by
@@ -171,26 +172,26 @@ CONVERSATION_LIST = list_of("ConversationList", ConversationListItemOut, "conver
                                               "data": [ITEM_OUT.dump(samples.CONVERSATION)]})
 
 
-def item_json(convo) -> dict:
+def item_json(convo: Conversation) -> dict:
     """What ITEM_OUT.dump gives, built directly."""
     return {"id": ids.CONVERSATION_ID % convo.id, "heading": convo.heading,
             "created_at": rfc3339(convo.created_at)}
 
 
-def conversation_json(convo, renderer) -> dict:
+def conversation_json(convo: Conversation, renderer: Renderer) -> dict:
     body = item_json(convo)
-    body["lines"] = [render_line(line, renderer) for line in convo.lines]
+    body["lines"] = [render_line(line, renderer) for line in convo.lines or ()]
     return body
 
 
-def conversation_body(convo, renderer) -> bytes:
+def conversation_body(convo: Conversation, renderer: Renderer) -> bytes:
     """encode_json(conversation_json(convo, renderer)), byte for byte, from each line's JSON
     text (see line_json_text)."""
-    lines = ",".join([line_json_text(line, renderer) for line in convo.lines])
+    lines = ",".join([line_json_text(line, renderer) for line in convo.lines or ()])
     return (f'{{"id":"{ids.CONVERSATION_ID % convo.id}","heading":{json_string(convo.heading)},'
             f'"created_at":"{rfc3339(convo.created_at)}","lines":[{lines}]}}').encode()
 
 
-def conversation_text(convo, renderer) -> str:
-    outputs = "".join(render_line(line, renderer)["output"] for line in convo.lines)
+def conversation_text(convo: Conversation, renderer: Renderer) -> str:
+    outputs = "".join(render_line(line, renderer)["output"] for line in convo.lines or ())
     return f"{convo.heading}\n\n{outputs}"

@@ -7,6 +7,7 @@ handlers answer with, from the fields its write stored.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,15 +24,18 @@ from app.api.encoders import (
     mood_json,
     render_line,
 )
+from app.cowsay.cache import Renderer
 from app.domain import ids
 from app.domain.errors import CursorNotFound
+from app.domain.events import TYPES, Event, from_micros
 from app.domain.models import Conversation, Line, Mood, User
+from app.domain.repositories import Events
 from app.http import pagination, respond
 from app.http.auth import current_user
 from app.http.doc import Component, Doc, Link, Success, list_of
-from app.http.errors import AuthInvalid, InvalidParams, NotFound, ParamProblem
+from app.http.errors import ApiError, AuthInvalid, InvalidParams, NotFound, ParamProblem
 from app.http.fields import rfc3339
-from app.store.events import TYPES, Event, from_micros
+from app.http.routing import Handler
 
 EVENT = "evt"
 _EVENT_ID = re.compile(r"evt_([0-9a-f]{16})([0-9a-f]{16})")
@@ -55,7 +59,7 @@ def parse_event_id(public_id: str, user_id: int) -> int | None:
     return seq if 0 < seq < 2**63 else None
 
 
-def object_of(event: Event, renderer) -> dict[str, Any]:
+def object_of(event: Event, renderer: Renderer) -> dict[str, Any]:
     """The object as the API showed it right after the change (before, for a deletion)."""
     kind, data = event.type.split(".")[0], event.data
     if kind == "line":
@@ -69,7 +73,7 @@ def object_of(event: Event, renderer) -> dict[str, Any]:
     return USER_OUT.dump(User(data[0], data[1], data[2], from_micros(data[3])))
 
 
-def event_json(event: Event, renderer) -> dict[str, Any]:
+def event_json(event: Event, renderer: Renderer) -> dict[str, Any]:
     return {"id": event_id(event.user_id, event.seq), "type": event.type,
             "created_at": rfc3339(event.created_at),
             "conversation": None if event.conversation is None
@@ -77,7 +81,7 @@ def event_json(event: Event, renderer) -> dict[str, Any]:
             "data": {"object": object_of(event, renderer)}}
 
 
-def _filters(args) -> tuple[list[str] | None, int | None]:
+def _filters(args: Mapping[str, str]) -> tuple[list[str] | None, int | None]:
     """The `type` filter as the exact types it selects, and the `conversation` filter."""
     problems, types, conversation = [], None, None
     wanted = args.get("type")
@@ -98,12 +102,12 @@ def _filters(args) -> tuple[list[str] | None, int | None]:
     return types, conversation
 
 
-def _expired(param: str, hours: int) -> InvalidParams:
+def _expired(param: str, hours: int) -> ApiError:
     return InvalidParams([ParamProblem((param,), f"names an event older than the "
                                                  f"{hours}-hour event retention")])
 
 
-def handle_list_events(events, renderer):
+def handle_list_events(events: Events, renderer: Renderer) -> Handler:
     """GET /events: your events, oldest first, in the order their changes committed."""
 
     def handler() -> Response:
@@ -128,7 +132,7 @@ def handle_list_events(events, renderer):
     return handler
 
 
-def handle_get_event(events, renderer):
+def handle_get_event(events: Events, renderer: Renderer) -> Handler:
     """GET /events/{id}: one of your events."""
 
     def handler(event_id: str) -> Response:
@@ -156,7 +160,7 @@ ORDER_NOTE = (
     "hours).")
 
 
-def _sample_event(renderer) -> dict[str, Any]:
+def _sample_event(renderer: Renderer) -> dict[str, Any]:
     line, created = samples.LINE, samples.CREATED
     micros = int((created - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
     return event_json(Event(samples.USER.id, 42, "line.created", samples.CONVERSATION.id,

@@ -12,14 +12,18 @@ from marshmallow import Schema
 from app.api.common import page, parse_id
 from app.api.encoders import DEFAULT_ANIMAL, LINE_LIST, render_line
 from app.api.encoders import LineOut as LineOut
+from app.cowsay.cache import Renderer
+from app.cowsay.library import CowLibrary
 from app.domain import ids
-from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, NewLine
+from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, Line, NewLine
+from app.domain.repositories import Lines
 from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
 from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import MOOD_MISSING, InvalidParams, NotFound, ParamProblem
 from app.http.fields import Bool, ObjectList, Text
+from app.http.routing import Handler
 
 
 class CreateLine(Schema):
@@ -59,7 +63,7 @@ def create_lines_body(max_lines: int) -> type[Schema]:
     return schema
 
 
-def line_problems(valid: dict, library, mood_known: Callable[[str], bool]
+def line_problems(valid: dict, library: CowLibrary, mood_known: Callable[[str], bool]
                   ) -> list[ParamProblem]:
     """What a line's schema cannot see: an animal that is not listed, a mood that is
     neither built in nor, as `mood_known(name)` answers, the user's."""
@@ -78,7 +82,7 @@ def new_line(params: dict) -> NewLine:
                    params.get("mood", BUILTIN_MOODS[0].name), params.get("text", ""))
 
 
-def decode_with_lines(schema: Schema, library, lines, user: int,
+def decode_with_lines(schema: Schema, library: CowLibrary, lines: Lines, user: int,
                       uow: UnitOfWork | None) -> dict:
     """Read a body whose `lines` lists line parameters (a batch, a new conversation's lines).
 
@@ -114,7 +118,7 @@ def decode_with_lines(schema: Schema, library, lines, user: int,
             for index, mood in not_built_in if mood.lower() not in known)]) from None
 
 
-def handle_create_line(lines, renderer, max_lines: int):
+def handle_create_line(lines: Lines, renderer: Renderer, max_lines: int) -> Handler:
     """POST /conversations/{id}/lines: an animal says (or thinks) a text."""
     schema = CreateLine()
 
@@ -136,7 +140,8 @@ def handle_create_line(lines, renderer, max_lines: int):
     return handler
 
 
-def handle_create_lines(lines, renderer, max_lines: int, max_batch: int):
+def handle_create_lines(lines: Lines, renderer: Renderer, max_lines: int,
+                        max_batch: int) -> Handler:
     """POST /conversations/{id}/lines/batch: several lines at once, in order, all or none."""
     schema = create_lines_body(max_batch)()
 
@@ -153,10 +158,10 @@ def handle_create_lines(lines, renderer, max_lines: int, max_batch: int):
     return handler
 
 
-def handle_list_lines(lines, renderer):
+def handle_list_lines(lines: Lines, renderer: Renderer) -> Handler:
     """GET /conversations/{id}/lines: the conversation's lines, oldest first."""
 
-    def rendered(rows: list) -> list[dict]:
+    def rendered(rows: list[Line]) -> list[dict]:
         return [render_line(line, renderer) for line in rows]
 
     def handler(conversation_id: str) -> Response:
@@ -166,7 +171,7 @@ def handle_list_lines(lines, renderer):
     return handler
 
 
-def handle_get_line(lines, renderer):
+def handle_get_line(lines: Lines, renderer: Renderer) -> Handler:
     """GET /conversations/{id}/lines/{line}: one line; Accept: text/plain gives its output."""
 
     def handler(conversation_id: str, line_id: str) -> Response:
@@ -182,7 +187,7 @@ def handle_get_line(lines, renderer):
     return handler
 
 
-def handle_delete_line(lines):
+def handle_delete_line(lines: Lines) -> Handler:
     """DELETE /conversations/{id}/lines/{line}: remove one line."""
 
     def handler(conversation_id: str, line_id: str) -> Response:

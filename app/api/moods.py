@@ -10,12 +10,14 @@ from marshmallow import Schema, ValidationError
 from app.api.common import page
 from app.api.encoders import MOOD_LIST, mood_json
 from app.api.encoders import MoodOut as MoodOut
-from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS
+from app.domain.models import BUILTIN_MOOD_NAMES, BUILTIN_MOODS, Mood
+from app.domain.repositories import Moods
 from app.http import respond
 from app.http.auth import current_user
 from app.http.doc import Doc, Link, ParamsDoc, Success
 from app.http.errors import ActionNotAllowed, NotFound, ParamProblem
 from app.http.fields import Text
+from app.http.routing import Handler
 
 NAME = Text(min_length=1, max_length=30, printable_ascii=True, forbid="/")
 
@@ -31,7 +33,7 @@ class PutMood(Schema):
                   "updating, omitted keeps the current value."})
 
 
-def _moods(rows: list) -> list[dict]:
+def _moods(rows: list[Mood]) -> list[dict]:
     return [mood_json(m) for m in rows]
 
 
@@ -52,7 +54,7 @@ def _nameable(name: str) -> bool:
     return not _unnameable(name)
 
 
-def handle_list_moods(moods):
+def handle_list_moods(moods: Moods) -> Handler:
     """GET /moods: built-ins first in their fixed order, then yours in creation order."""
 
     def handler() -> Response:
@@ -61,7 +63,7 @@ def handle_list_moods(moods):
     return handler
 
 
-def handle_get_mood(moods):
+def handle_get_mood(moods: Moods) -> Handler:
     """GET /moods/{name}: a built-in or one of yours."""
 
     def handler(name: str) -> Response:
@@ -73,7 +75,7 @@ def handle_get_mood(moods):
     return handler
 
 
-def handle_put_mood(moods, max_moods: int):
+def handle_put_mood(moods: Moods, max_moods: int) -> Handler:
     """PUT /moods/{name}: create (201) or update (200) your mood."""
     schema = PutMood()
 
@@ -91,7 +93,7 @@ def handle_put_mood(moods, max_moods: int):
     return handler
 
 
-def handle_delete_mood(moods):
+def handle_delete_mood(moods: Moods) -> Handler:
     """DELETE /moods/{name}: delete your mood unless lines use it."""
 
     def handler(name: str) -> Response:

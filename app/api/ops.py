@@ -6,14 +6,34 @@ cached (`Cache-Control: no-store`, no ETag): a probe must see the current state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Response
 
 from app.domain.health import DEGRADED, HEALTHY, UNHEALTHY, CheckResult, HealthReport, worst
 from app.http import respond
 from app.http.doc import Component, Doc, Success
+from app.http.routing import Handler
+
+
+class Health(Protocol):
+    def last(self) -> HealthReport | None: ...
+
+    def report(self) -> HealthReport: ...
+
+
+class Lifecycle(Protocol):
+    @property
+    def shutting_down(self) -> bool: ...
+
+
+class Metrics(Protocol):
+    @property
+    def content_type(self) -> str: ...
+
+    def scrape(self) -> bytes: ...
 
 
 def _status_code(status: str) -> int:
@@ -29,7 +49,7 @@ def _health_response(body: dict[str, Any]) -> Response:
                     content_type=respond.JSON_TYPE, headers={"Cache-Control": "no-store"})
 
 
-def handle_live():
+def handle_live() -> Handler:
     """GET /health/live: the process serves; checks nothing external."""
 
     def handler() -> Response:
@@ -38,7 +58,7 @@ def handle_live():
     return handler
 
 
-def handle_ready(health, lifecycle):
+def handle_ready(health: Health, lifecycle: Lifecycle) -> Handler:
     """GET /health/ready: database answers, migrations current, not shutting down.
 
     200 for healthy or degraded, 503 otherwise, and 503 from the moment this
@@ -56,7 +76,7 @@ def handle_ready(health, lifecycle):
     return handler
 
 
-def handle_quick(health, lifecycle):
+def handle_quick(health: Health, lifecycle: Lifecycle) -> Handler:
     """GET /health/quick: the last known overall status, never running a check
     (the health refresher keeps it current)."""
 
@@ -71,7 +91,7 @@ def handle_quick(health, lifecycle):
     return handler
 
 
-def handle_detailed(health, lifecycle):
+def handle_detailed(health: Health, lifecycle: Lifecycle) -> Handler:
     """GET /health/detailed: every component with its status, timing and details."""
 
     def handler() -> Response:
@@ -84,7 +104,7 @@ def handle_detailed(health, lifecycle):
     return handler
 
 
-def handle_metrics(metrics, sample):
+def handle_metrics(metrics: Metrics, sample: Callable[[], None]) -> Handler:
     """GET /metrics: Prometheus text format, merged across all workers."""
 
     def handler() -> Response:

@@ -12,6 +12,7 @@ from pathlib import Path
 from flask import Response
 
 from app.http.respond import Static, serve_named
+from app.http.routing import Handler
 
 PLAYGROUND_DIR = Path(__file__).resolve().parent.parent / "static" / "playground"
 
@@ -29,7 +30,7 @@ ASSET_TYPES = {
 }
 
 
-def handle_playground(folder: Path = PLAYGROUND_DIR):
+def handle_playground(folder: Path = PLAYGROUND_DIR) -> Handler:
     """GET /playground: the page, with its own strict Content-Security-Policy."""
     static = Static((folder / "index.html").read_bytes(), "text/html; charset=utf-8",
                     {**NO_CACHE, "Content-Security-Policy": PLAYGROUND_CSP})
@@ -40,7 +41,7 @@ def handle_playground(folder: Path = PLAYGROUND_DIR):
     return handler
 
 
-def handle_playground_asset(folder: Path = PLAYGROUND_DIR):
+def handle_playground_asset(folder: Path = PLAYGROUND_DIR) -> Handler:
     """GET /playground/{asset}: the page's scripts, stylesheet and icon."""
     assets = {path.name: Static(path.read_bytes(), ASSET_TYPES[path.suffix], NO_CACHE)
               for path in sorted(folder.iterdir()) if path.suffix in ASSET_TYPES}
@@ -48,7 +49,7 @@ def handle_playground_asset(folder: Path = PLAYGROUND_DIR):
     return serve_named(assets)
 
 
-def handle_root():
+def handle_root() -> Handler:
     """GET /: a redirect to the playground."""
 
     def handler() -> Response:

@@ -11,13 +11,16 @@ from app.api.lines import (
     line_problems,
     new_line,
 )
+from app.cowsay.cache import Renderer
 from app.domain.models import BUILTIN_MOODS_BY_NAME, Mood
+from app.domain.repositories import Moods
 from app.http import respond
 from app.http.auth import current_user
 from app.http.doc import Doc, Success
+from app.http.routing import Handler
 
 
-def handle_render(moods, renderer):
+def handle_render(moods: Moods, renderer: Renderer) -> Handler:
     """POST /render: render a line's parameters as cowsay art, storing nothing."""
     schema = CreateLine()
 

@@ -10,12 +10,16 @@ from app.api.encoders import CREATED_USER_OUT, USER_OUT
 from app.api.encoders import CreatedUserOut as CreatedUserOut
 from app.api.encoders import UserOut as UserOut
 from app.domain import ids
+from app.domain.repositories import Users
 from app.domain.unit_of_work import UnitOfWork
 from app.http import respond
 from app.http.auth import current_user
 from app.http.doc import Doc, ParamsDoc, Success
 from app.http.errors import AuthInvalid, NotFound
 from app.http.fields import Email, Text
+from app.http.presence import UserPresence
+from app.http.routing import Handler
+from app.http.tokens import TokenSigner
 
 EMAIL_NOTES = {"email": "Unique case-insensitively; stored as given."}
 
@@ -34,7 +38,7 @@ class UpdateUser(Schema):
     openapi = ParamsDoc(notes=EMAIL_NOTES)
 
 
-def handle_create_user(users, tokens):
+def handle_create_user(users: Users, tokens: TokenSigner) -> Handler:
     """POST /users: create a user and return their token (shown only this once)."""
     schema = CreateUser()
 
@@ -54,7 +58,7 @@ def _own_id(public_id: str) -> int:
     return user_id
 
 
-def handle_get_user(users):
+def handle_get_user(users: Users) -> Handler:
     """GET /users/{id}: your own user object."""
 
     def handler(user_id: str) -> Response:
@@ -66,7 +70,7 @@ def handle_get_user(users):
     return handler
 
 
-def handle_update_user(users):
+def handle_update_user(users: Users) -> Handler:
     """PATCH /users/{id}: change name and/or email; null clears; nothing given changes nothing."""
     schema = UpdateUser()
 
@@ -81,7 +85,7 @@ def handle_update_user(users):
     return handler
 
 
-def handle_delete_user(users, presence):
+def handle_delete_user(users: Users, presence: UserPresence) -> Handler:
     """DELETE /users/{id}: delete the user and everything they own; the token stops working."""
 
     def handler(user_id: str) -> Response:

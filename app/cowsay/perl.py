@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 
 class CowParseError(ValueError):
@@ -743,7 +744,7 @@ def parse_cow(name: str, source: str, path: str = "") -> Cow:
     if "the_cow" not in assigned:
         raise CowParseError("no $the_cow assignment found")
     runtime = frozenset(_RUNTIME_VARS | assigned | {_INPUT_LINE})
-    resolved = [
+    resolved: list[tuple[Any, ...]] = [
         (s[0], s[1], s[2], _resolve(s[3], runtime))
         if s[0] == "assign"
         else (s[0], _resolve(s[1], runtime))

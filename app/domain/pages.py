@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100
@@ -30,5 +31,5 @@ class Page:
 class KeysetResult:
     scope_exists: bool  # the list's owner (user, or the user's conversation) exists
     cursor_found: bool
-    rows: list[tuple]  # item columns only, oldest first
+    rows: Sequence[tuple]  # item columns only, oldest first
     has_more: bool

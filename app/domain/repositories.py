@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+from app.domain.events import Event, EventPage
 from app.domain.models import Conversation, Line, Mood, NewLine, User
 from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
@@ -80,3 +81,18 @@ class Lines(Protocol):
 
 class SlowQueries(Protocol):
     def sleep(self, seconds: float) -> None: ...
+
+
+class Events(Protocol):
+    """The event log's reads (routed like every read of the user) and its retention."""
+
+    retention_hours: int
+
+    def list(self, user_id: int, page: Page, cursor_seq: int | None,
+             types: Sequence[str] | None, conversation: int | None) -> EventPage: ...
+
+    def get(self, user_id: int, seq: int) -> Event | None: ...
+
+    def purge_expired(self) -> int: ...
+
+    def oldest_age(self) -> float | None: ...

@@ -18,7 +18,10 @@ from app.http.request_state import request_state
 
 def current_user() -> int:
     """The authenticated user's id; only valid inside a `required` handler."""
-    return request_state().user_id
+    user = request_state().user_id
+    if user is None:
+        raise RuntimeError("current_user() outside an authenticated route")
+    return user
 
 
 class Authenticator:

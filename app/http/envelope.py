@@ -83,7 +83,7 @@ class Envelope:
         incoming = environ.get("HTTP_X_REQUEST_ID")
         ours = not (incoming and _REQUEST_ID.fullmatch(incoming)
                     and not holds_a_credential(incoming, environ.get("HTTP_AUTHORIZATION")))
-        request_id = self.new_request_id() if ours else incoming
+        request_id = self.new_request_id() if ours or not incoming else incoming
         client = environ.get("REMOTE_ADDR") or ""
         if self.trusted:
             client = client_address(client, environ.get("HTTP_X_FORWARDED_FOR"), self.trusted)
@@ -166,7 +166,9 @@ def install_middleware(app: Flask, config, logger: logging.Logger, access_log: A
     """
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes  # bodies without a length
     max_body = config.max_body_bytes
-    app.wsgi_app = Envelope(app.wsgi_app, config, access_log, metrics, tracing)
+    # Flask's documented way to add WSGI middleware; mypy refuses assigning to a method.
+    app.wsgi_app = Envelope(  # type: ignore[method-assign]
+        app.wsgi_app, config, access_log, metrics, tracing)
 
     @app.errorhandler(ApiError)
     def api_error(error: ApiError) -> Response:

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from app.domain.errors import (
     ConversationMissing,
@@ -95,7 +95,8 @@ def _params_data(error: Any) -> list[dict[str, Any]]:
 
 
 SUPPORTED_MEDIA_TYPES = ("application/json", "application/x-www-form-urlencoded")
-_RETRY = {"convert": {"retry_after": _whole_seconds}, "headers": {"Retry-After": "{retry_after}"}}
+_RETRY: dict[str, Any] = {"convert": {"retry_after": _whole_seconds},
+                          "headers": {"Retry-After": "{retry_after}"}}
 _RETRY_DATA = {"type": "object", "required": ["retry_after"], "additionalProperties": False,
                "properties": {"retry_after": {"type": "integer", "minimum": 1}}}
 
@@ -254,21 +255,27 @@ class ApiError(Exception):
         return CODES[cls.code].example(cls, config)
 
 
-def _constructor(code: str, **methods: Any) -> type[ApiError]:
+def _constructor(code: str, base: type[ApiError] = ApiError) -> type[ApiError]:
     row = CODES[code]
     namespace = {"code": code, "status": row.status, "when": row.when,
                  "data_schema": row.data_schema, "__module__": __name__,
-                 "__qualname__": row.name, "__doc__": f"`{code}`, {row.status}.", **methods}
-    return type(row.name, (ApiError,), namespace)
+                 "__qualname__": row.name, "__doc__": f"`{code}`, {row.status}."}
+    return type(row.name, (base,), namespace)
 
 
-def _one(cls: type[ApiError], param: str, message: str) -> ApiError:
-    """One problem with one parameter."""
-    return cls([ParamProblem((param,), message)])
+class ParamsError(ApiError):
+    """What InvalidParams adds to an ApiError: its typed field, and `one`."""
+
+    problems: list[ParamProblem]
+
+    @classmethod
+    def one(cls, param: str, message: str) -> ParamsError:
+        """One problem with one parameter."""
+        return cls([ParamProblem((param,), message)])
 
 
 InvalidRequest = _constructor("invalid_request")
-InvalidParams = _constructor("invalid_params", one=classmethod(_one))
+InvalidParams = cast("type[ParamsError]", _constructor("invalid_params", ParamsError))
 AuthRequired = _constructor("auth_required")
 AuthInvalid = _constructor("auth_invalid")
 NotFound = _constructor("not_found")

@@ -133,7 +133,8 @@ def load_params(schema: Schema, params: dict[str, Any], from_form: bool = False
     try:
         return schema.load(cleaned, unknown=EXCLUDE), {}
     except ValidationError as exc:
-        return exc.valid_data or {}, exc.messages if isinstance(exc.messages, dict) else {}
+        valid = exc.valid_data if isinstance(exc.valid_data, dict) else {}
+        return valid, exc.messages if isinstance(exc.messages, dict) else {}
 
 
 class ObjectList(fields.Field):

@@ -140,7 +140,7 @@ class LeasedStore:
             if lease is not None and not lease.refilling and lease.credits:
                 spent = min(lease.credits, count)
                 lease.credits -= spent
-        if spent < count:
+        if spent < count or lease is None:
             return self.store.charge(key, interval_us, count - spent)
         return max(interval_us, lease.tat_us - lease.credits * interval_us
                    - round(self._clock() * MICROS))

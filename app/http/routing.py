@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from flask import Flask
+from flask import Flask, Response
 from marshmallow import Schema
 
 from app.http.request_state import request_state
 
 if TYPE_CHECKING:
     from app.http.doc import Doc
+
+Handler = Callable[..., Response]  # what a maker returns: a view taking the URL's parts
 
 
 class Guard(Enum):
@@ -66,7 +68,7 @@ class Route:
 
     method: str
     path: str  # a Flask rule: /conversations/<conversation_id>
-    handler: Callable
+    handler: Handler
     guard: Guard = field(kw_only=True)
     body: type[Schema] | None = field(default=None, kw_only=True)
     idempotent: Callable[[], str] | None = field(default=None, kw_only=True)
@@ -94,7 +96,7 @@ def register(app: Flask, routes: Iterable[Route], auth, idempotency) -> None:
     for route in routes:
         check_handler(route)
         handler = route.handler
-        if route.idempotent is not None:
+        if route.idempotent is not None and route.body is not None:  # Route: both or neither
             handler = idempotency(route.body(), route.idempotent)(handler)
         if route.guard is AUTHED:
             handler = auth.required(handler)

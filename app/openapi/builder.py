@@ -404,6 +404,8 @@ def build_spec(config, routes: Iterable[Route]) -> dict[str, Any]:
                                                     "authenticated or rate limited."}],
         security=[{"bearerAuth": []}],
     )
+    if plugin.converter is None:  # set by APISpec's init_spec above
+        raise RuntimeError("the marshmallow plugin was not initialised")
     plugin.converter.add_attribute_function(c.field_properties)
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer",

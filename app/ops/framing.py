@@ -52,7 +52,7 @@ def framing_refusal(req) -> http_errors.ParseException | None:
 
 # The client's reason for each error gunicorn's parser raises (first match wins). Never
 # the exception's text: it quotes what the client sent, an Authorization line included.
-_PARSE_REASONS: tuple[tuple[type, str], ...] = (
+_PARSE_REASONS: tuple[tuple[type | tuple[type, ...], str], ...] = (
     (http_errors.UnsupportedTransferCoding, UNSUPPORTED_CODING),
     (http_errors.InvalidHTTPVersion,
      "the HTTP version is not supported (only HTTP/1.0 and HTTP/1.1 are)"),
@@ -85,8 +85,9 @@ def parse_error_answer(exc: BaseException) -> ApiError:
         return InternalFailure()
     if isinstance(exc, FramingError):
         return InvalidRequest(exc.reason)
-    if type(exc) is http_errors.InvalidHeader and exc.hdr in _HEADER_REASONS:
-        return InvalidRequest(_HEADER_REASONS[exc.hdr])
+    header = getattr(exc, "hdr", None)  # gunicorn's InvalidHeader names the header
+    if type(exc) is http_errors.InvalidHeader and header in _HEADER_REASONS:
+        return InvalidRequest(_HEADER_REASONS[header])
     for kinds, reason in _PARSE_REASONS:
         if isinstance(exc, kinds):
             return InvalidRequest(reason)

@@ -311,10 +311,13 @@ class LineHandler(logging.StreamHandler):
     """
 
     def write_line(self, line: str, flush: bool) -> None:
-        with self.lock:
+        self.acquire()  # logging.Handler's lock, the one `emit` holds
+        try:
             self.stream.write(line)
             if flush:
                 self.stream.flush()
+        finally:
+            self.release()
 
 
 def new_logger(stream: IO[str], level: str = "INFO", fmt: str = "json",
@@ -372,10 +375,12 @@ class AccessLog:
         handler = logger.handlers[0] if len(logger.handlers) == 1 else None
         redaction = [f for f in handler.filters if isinstance(f, RedactionFilter)] \
             if handler is not None else []
-        self.direct = (isinstance(handler, LineHandler)
-                       and isinstance(handler.formatter, JsonFormatter) and len(redaction) == 1)
-        if self.direct:
-            self.handler, self.write_line, self.scrub = handler, handler.write_line, \
+        direct = handler if (isinstance(handler, LineHandler)
+                             and isinstance(handler.formatter, JsonFormatter)
+                             and len(redaction) == 1) else None
+        self.direct = direct is not None
+        if direct is not None:
+            self.handler, self.write_line, self.scrub = direct, direct.write_line, \
                 redaction[0].scrub
         self.repeats = [f for f in handler.filters if isinstance(f, RepeatFilter)] \
             if handler is not None else []

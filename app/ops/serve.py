@@ -234,7 +234,7 @@ def cli_config(env: Mapping[str, str], stdout: IO[str]):
     return serving_config(config, lambda message: stdout.write(f"warning: {message}\n"))
 
 
-def serving_config(config, warn: Callable[[str], None]):
+def serving_config(config, warn: Callable[[str], object]):
     """Fill in what serving needs and the operator left unset: a development token
     secret (generated once under DATA_DIR), a free port for PORT=0, and a fresh
     directory for the workers' metrics."""

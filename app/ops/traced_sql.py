@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from opentelemetry.trace import SpanKind
@@ -61,7 +61,8 @@ def traced_connection_class(tracing: Tracing) -> type[psycopg.Connection]:
             """The CLIENT span of one statement: its name and text, never its values."""
             text = _text(query, self._conn)
             name, operation = describe(text)
-            attributes = {**self._conn.trace_attributes, "db.query.text": text}
+            conn = cast("TracedConnection", self._conn)  # the class below makes them
+            attributes = {**conn.trace_attributes, "db.query.text": text}
             if operation:
                 attributes["db.operation.name"] = operation
             return ChildSpan(tracing.tracer, name, attributes, SpanKind.CLIENT)

@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
 from typing import Any
 
 import requests
@@ -90,7 +91,8 @@ def build_tracing(config, metrics, scrub: Callable[[str], str], version: str
 
 def sampler_for(name: str, ratio: float) -> samplers.Sampler:
     """The sampler OTEL_TRACES_SAMPLER names, with OTEL_TRACES_SAMPLER_ARG as its ratio."""
-    base = {"always_on": samplers.ALWAYS_ON, "always_off": samplers.ALWAYS_OFF}.get(
+    base: samplers.Sampler | None = {
+        "always_on": samplers.ALWAYS_ON, "always_off": samplers.ALWAYS_OFF}.get(
         name.removeprefix("parentbased_"))
     if base is None:
         base = samplers.TraceIdRatioBased(ratio)
@@ -208,7 +210,7 @@ class RequestSpan:
 
     __slots__ = ("name", "span", "token", "traceparent")
 
-    def __init__(self, span: Span, name: str, token: object, traceparent: str):
+    def __init__(self, span: Span, name: str, token: Token[Context], traceparent: str):
         self.span = span
         self.name = name
         self.token = token
@@ -288,7 +290,7 @@ class BoundedExport(SpanProcessor):
 
     def __init__(self, limit: int, metrics):
         self.limit = limit
-        self.batch: BatchSpanProcessor | None = None
+        self.batch: BatchSpanProcessor  # set next: the batch's exporter reports to `taken`
         self._dropped = metrics.spans_dropped.labels("queue_full")
         self._pending = 0
         self._lock = threading.Lock()

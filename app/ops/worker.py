@@ -12,6 +12,7 @@ import selectors
 import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent import futures
 from functools import partial
 from http import HTTPStatus
@@ -85,7 +86,7 @@ class SayPIWorker(ThreadWorker):
         self._queued: OrderedDict[futures.Future, tuple[TConn, float]] = OrderedDict()
         self._health_pool: futures.ThreadPoolExecutor | None = None
         self._listening_stopped = False
-        self._new_request_id = None  # made in the worker process: its prefix is random
+        self._new_request_id: Callable[[], str]  # made in the worker process: its prefix is random
         self._too_large = InvalidRequest(TOO_LARGE_REASON)
         self._shutting_down = ServiceUnavailable(1)
 
@@ -99,7 +100,8 @@ class SayPIWorker(ThreadWorker):
         try:
             super().run()
         finally:
-            self._health_pool.shutdown(wait=False)
+            if self._health_pool is not None:
+                self._health_pool.shutdown(wait=False)
 
     def handle_quit(self, sig, frame):
         if self._health_pool is not None:
@@ -228,7 +230,7 @@ class SayPIWorker(ThreadWorker):
         end = received.find(b"\r\n\r\n")
         scan = bodies.BodyScan(received[:end], self.max_body_bytes) if end >= 0 else None
         outcome = scan.scan(received, end + 4) if scan is not None else bodies.AS_IS
-        if outcome != bodies.WAIT:
+        if scan is None or outcome != bodies.WAIT:
             self._body_settled(conn, received, end + 4, outcome)
             return
         conn.saypi_body = (scan, received, end + 4)
@@ -277,7 +279,7 @@ class SayPIWorker(ThreadWorker):
         conn.data_ready = True
         conn.saypi_too_large = too_large
         conn.saypi_ready_at = ready_at = time.monotonic()
-        if is_health_request(received):
+        if is_health_request(received) and self._health_pool is not None:
             self._dispatch(conn, self._health_pool)
         else:
             fs = self._dispatch(conn, self.tpool)

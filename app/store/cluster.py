@@ -19,8 +19,9 @@ from typing import Any, Protocol
 
 import psycopg
 
+from app.domain import unit_of_work as uow_protocol
 from app.domain.health import pool_details
-from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork
+from app.store.db import Checkout, Database, DatabaseUnavailable, UnitOfWork, own_work
 from app.store.deadlines import Deadlines
 from app.store.replication import hold_replica_reads, primary_sample, replica_status
 from app.store.write_positions import PositionsUnavailable
@@ -162,10 +163,12 @@ class Cluster:
         self._monitor: threading.Thread | None = None
 
     # --- the primary, as before ----------------------------------------------------
-    def connection(self, uow: UnitOfWork | None = None):
+    def connection(self, uow: uow_protocol.UnitOfWork | None = None
+                   ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         return self.primary.connection(uow)
 
-    def transaction(self, uow: UnitOfWork | None = None):
+    def transaction(self, uow: uow_protocol.UnitOfWork | None = None
+                    ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         return self.primary.transaction(uow)
 
     @contextlib.contextmanager
@@ -180,18 +183,20 @@ class Cluster:
         return self.primary.dedicated_connection()
 
     # --- one user's writes --------------------------------------------------------------
-    def write(self, user_id: int, uow: UnitOfWork | None = None):
+    def write(self, user_id: int, uow: uow_protocol.UnitOfWork | None = None
+              ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A primary connection for one statement changing the user's data (autocommit),
         or the unit of work's; the user's position is recorded after the commit."""
         if not self.routing:
             return self.primary.connection(uow)
-        return self._recording(user_id, uow, transaction=False)
+        return self._recording(user_id, own_work(uow), transaction=False)
 
-    def write_transaction(self, user_id: int, uow: UnitOfWork | None = None):
+    def write_transaction(self, user_id: int, uow: uow_protocol.UnitOfWork | None = None
+                          ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """A transaction (or a savepoint in the unit of work) changing the user's data."""
         if not self.routing:
             return self.primary.transaction(uow)
-        return self._recording(user_id, uow, transaction=True)
+        return self._recording(user_id, own_work(uow), transaction=True)
 
     @contextlib.contextmanager
     def _recording(self, user_id: int, uow: UnitOfWork | None,
@@ -224,12 +229,18 @@ class Cluster:
                               len(user_ids), type(exc).__name__)
             raise DatabaseUnavailable("write position not recorded") from exc
 
+    def _positions(self) -> WritePositions:
+        if self.positions is None:  # only routing reads or records them; __init__ checks
+            raise RuntimeError("no write-position store")
+        return self.positions
+
     def _record_on(self, user_ids, conn: psycopg.Connection) -> bool:
         """A position the store did not confirm (Redis hung or down) holds every replica
         read of every worker for hold_seconds, durably, on the primary. Unless the hold
         already stood when every monitor last sampled it (a later write of the same
         outage), the write must wait until they have (True)."""
-        confirmed = [self.positions.record(user_id, conn) for user_id in user_ids]
+        positions = self._positions()
+        confirmed = [positions.record(user_id, conn) for user_id in user_ids]
         if all(confirmed):
             return False
         settle = self.settings.sample_fresh_seconds + 0.05
@@ -274,7 +285,7 @@ class Cluster:
         if now < self._held_until:
             self.tally.add("fallback:held")
             return None
-        positions = self.positions
+        positions = self._positions()
         if not positions.trusted():
             self.tally.add("fallback:positions_unavailable")
             return None

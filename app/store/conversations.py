@@ -8,7 +8,7 @@ from app.domain import ids
 from app.domain.errors import LimitReached, MoodMissing, UserGone
 from app.domain.models import Conversation, Line, Mood, NewLine
 from app.domain.pages import Page
-from app.store.db import UnitOfWork
+from app.domain.unit_of_work import UnitOfWork
 from app.store.events import (
     INSERT,
     LOCK_OWNER,

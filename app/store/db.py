@@ -21,6 +21,8 @@ from importlib import resources
 import psycopg
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout, TooManyRequests
 
+from app.domain import unit_of_work as uow_protocol
+
 MIGRATION_LOCK_ID = 0x5A_59_50_49  # "SAYPI": one advisory lock for migrations
 IDLE_CHECK_AFTER_SECONDS = 2.0
 CHECK_SPACING_SECONDS = 0.1  # least time between two background pool checks
@@ -99,9 +101,17 @@ class UnitOfWork:
 
     __slots__ = ("conn", "writers")
 
-    def __init__(self, conn: psycopg.Connection | None):
+    def __init__(self, conn: psycopg.Connection):
         self.conn = conn
         self.writers: set[int] = set()
+
+
+def own_work(uow: uow_protocol.UnitOfWork | None) -> UnitOfWork | None:
+    """The store's own unit of work behind the protocol a handler passed on (only
+    `unit_of_work()` makes one); anything else is a wiring error."""
+    if uow is not None and not isinstance(uow, UnitOfWork):
+        raise TypeError(f"not a unit of work of this store: {type(uow).__name__}")
+    return uow
 
 
 class Database:
@@ -289,19 +299,22 @@ class Database:
             self._stopping.wait(CHECK_SPACING_SECONDS)
 
     # --- use -----------------------------------------------------------------
-    def connection(self, uow: UnitOfWork | None = None
+    def connection(self, uow: uow_protocol.UnitOfWork | None = None
                    ) -> contextlib.AbstractContextManager[psycopg.Connection]:
         """The unit of work's connection, or an autocommit one from the pool."""
-        if uow is not None:
-            return contextlib.nullcontext(uow.conn)
+        own = own_work(uow)
+        if own is not None:
+            return contextlib.nullcontext(own.conn)
         return Checkout(self, None, translate=True)
 
     @contextlib.contextmanager
-    def transaction(self, uow: UnitOfWork | None = None) -> Iterator[psycopg.Connection]:
+    def transaction(self, uow: uow_protocol.UnitOfWork | None = None
+                    ) -> Iterator[psycopg.Connection]:
         """A transaction of its own, or a savepoint inside the given unit of work."""
-        if uow is not None:
-            with uow.conn.transaction():
-                yield uow.conn
+        own = own_work(uow)
+        if own is not None:
+            with own.conn.transaction():
+                yield own.conn
             return
         with Checkout(self, None, translate=True) as conn, conn.transaction():
             yield conn

@@ -11,6 +11,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import psycopg
 
@@ -21,9 +22,13 @@ class EmbeddedUnavailable(Exception):
     """No embedded PostgreSQL could be started; the message says what to do."""
 
 
+class _Server(Protocol):
+    def cleanup(self) -> None: ...
+
+
 @dataclass
 class EmbeddedPostgres:
-    server: object
+    server: _Server  # pgserver's, an optional dependency
     dsn: str
 
     def stop(self) -> None:

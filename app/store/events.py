@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
+from app.domain.events import CONVERSATION_TYPES, Event, EventPage
 from app.domain.pages import Page
-
-TYPES = ("user.updated", "conversation.created", "conversation.updated",
-         "conversation.deleted", "line.created", "line.deleted", "mood.created",
-         "mood.updated", "mood.deleted")
-# The types an event about a conversation (or one of its lines) can have.
-CONVERSATION_TYPES = tuple(t for t in TYPES if t.split(".")[0] in ("conversation", "line"))
 
 # The user's row, locked before anything else the statement touches: every write of
 # one user takes the same first lock, so they run one at a time, in one order.
@@ -71,26 +65,8 @@ def one_event(seq: str, event_type: str, conversation: str, data: str) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def from_micros(value: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=value)
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    user_id: int
-    seq: int
-    type: str
-    conversation: int | None  # the conversation's rid
-    created_at: datetime
-    data: list  # the object's stored fields (see line_data and the others)
-
-
-@dataclass(frozen=True, slots=True)
-class EventPage:
-    user_exists: bool
-    cursor_state: str  # "none" (no cursor), "ok", "missing", "expired"
-    events: list[Event]
-    has_more: bool
 
 
 _COLUMNS = "seq, last_seq, type, conversation, created_at, data"

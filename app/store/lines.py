@@ -8,9 +8,9 @@ from app.domain import ids
 from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
 from app.domain.models import Line, NewLine
 from app.domain.pages import Page
+from app.domain.unit_of_work import UnitOfWork
 from app.store import new_lines
 from app.store.conversations import line_from_row
-from app.store.db import UnitOfWork
 from app.store.events import (
     INSERT,
     LOCK_OWNER,

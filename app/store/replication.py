@@ -41,26 +41,33 @@ RETURNING extract(epoch FROM CASE
 """
 
 
+def _row(conn: psycopg.Connection, sql: str, params: dict | None = None) -> tuple:
+    row = conn.execute(sql, params).fetchone()
+    if row is None:  # each statement here selects expressions: always one row
+        raise psycopg.DataError("no row")
+    return row
+
+
 def primary_position(conn: psycopg.Connection) -> int:
     """Where the primary's WAL ends now: every transaction committed before is at or below it."""
-    return conn.execute(f"SELECT {PRIMARY_POSITION}").fetchone()[0]
+    return _row(conn, f"SELECT {PRIMARY_POSITION}")[0]
 
 
 def replica_status(conn: psycopg.Connection) -> tuple[bool, int]:
     """(still a replica, how far it has replayed the primary's WAL)."""
-    in_recovery, replayed = conn.execute(_REPLICA_STATUS).fetchone()
+    in_recovery, replayed = _row(conn, _REPLICA_STATUS)
     return bool(in_recovery), int(replayed)
 
 
 def primary_sample(conn: psycopg.Connection) -> tuple[int, float]:
     """(the primary's position now, seconds the replicas' hold on reads has left)."""
-    position, hold = conn.execute(_PRIMARY_SAMPLE).fetchone()
+    position, hold = _row(conn, _PRIMARY_SAMPLE)
     return int(position), float(hold)
 
 
 def hold_replica_reads(conn: psycopg.Connection, hold: float, settle: float) -> bool:
     """Hold every replica read for `hold` seconds (extending a hold with less than half
     left); True if the hold as it stood `settle` seconds ago covers `settle` more."""
-    (left,) = conn.execute(_HOLD_REPLICA_READS, {"hold": hold, "half": hold / 2,
-                                                     "settle": settle}).fetchone()
+    (left,) = _row(conn, _HOLD_REPLICA_READS, {"hold": hold, "half": hold / 2,
+                                               "settle": settle})
     return left >= settle

@@ -10,7 +10,7 @@ from psycopg import errors as pg_errors
 from app.domain import ids
 from app.domain.errors import EmailTaken
 from app.domain.models import User
-from app.store.db import UnitOfWork
+from app.domain.unit_of_work import UnitOfWork
 from app.store.events import INSERT, counter, one_event, user_data
 from app.store.reading import fetch_one
 

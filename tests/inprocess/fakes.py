@@ -16,19 +16,20 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from app.config import Config
 from app.cowsay import CowLibrary, cow_search_path
 from app.deps import Deps, build_deps
+from app.domain.events import EventPage
 from app.domain.health import CheckResult
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
 from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
 from app.http.ratelimit import MemoryStore
 from app.ops.logs import new_logger
-from app.store.events import EventPage
 
 SECRET = "fake-secret-0123456789abcdef"
 _NUMBERS = itertools.count(0x1000)
@@ -38,6 +39,10 @@ _CLOCK = itertools.count()
 def _now() -> datetime:
     # Distinct, increasing timestamps: objects sort by creation as in PostgreSQL.
     return datetime(2026, 1, 1, tzinfo=UTC).replace(microsecond=next(_CLOCK) % 1_000_000)
+
+
+def _lines(convo: Conversation) -> tuple[Line, ...]:
+    return convo.lines or ()  # stored conversations always carry theirs
 
 
 def _page(items: list, key: Callable, page: Page, cursor_key: Callable | None = None,
@@ -84,7 +89,8 @@ class FakeUsers:
         user = self.rows.get(user_id)
         if user is None:
             return None
-        user = user._replace(**changes)
+        fields: dict[str, Any] = dict(changes)
+        user = user._replace(**fields)
         self.rows[user_id] = user
         return user
 
@@ -170,6 +176,7 @@ class FakeConversations:
         """create() and then create_many(), undone if the lines are refused."""
         from app.domain.errors import LimitReached, MoodMissing
 
+        assert self.line_store is not None, "FakeLines sets it"
         missing = self.line_store.missing_moods(user_id, lines)
         if self.users.exists(user_id) and missing:
             raise MoodMissing(missing)
@@ -177,7 +184,9 @@ class FakeConversations:
             raise LimitReached(LimitReached.LINES, line_cap)
         convo = self.create(user_id, heading, cap, uow)
         self.line_store.create_many(user_id, convo.id, lines, line_cap, uow)
-        return self.get(user_id, convo.id)
+        made = self.get(user_id, convo.id)
+        assert made is not None
+        return made
 
     def get(self, user_id: int, rid: int) -> Conversation | None:
         owner, convo = self.rows.get(rid, (None, None))
@@ -226,7 +235,7 @@ class FakeLines:
         missing = self.missing_moods(user_id, lines)
         if missing:
             raise MoodMissing(missing)
-        if len(convo.lines) + len(lines) > cap:
+        if len(_lines(convo)) + len(lines) > cap:
             raise LimitReached(LimitReached.LINES, cap)
         return [self.create(user_id, conversation, line.animal, line.think, line.mood,
                             line.text, cap, uow) for line in lines]
@@ -246,11 +255,11 @@ class FakeLines:
         found = self.moods.get(user_id, mood)
         if found is None:
             raise MoodMissing()
-        if len(convo.lines) >= cap:
+        if len(_lines(convo)) >= cap:
             raise LimitReached(LimitReached.LINES, cap)
         line = Line(next(_NUMBERS), animal, think, found, text, _now())
         self.conversations.rows[conversation] = (user_id, convo._replace(
-            lines=(*convo.lines, line)))
+            lines=(*_lines(convo), line)))
         if found.user_defined:
             key = (user_id, found.name.lower())
             self.moods.used[key] = self.moods.used.get(key, 0) + 1
@@ -261,7 +270,7 @@ class FakeLines:
 
     def get(self, user_id: int, conversation: int, rid: int) -> Line | None:
         convo = self.conversations.get(user_id, conversation)
-        return next((line for line in convo.lines if line.id == rid), None) if convo else None
+        return next((line for line in _lines(convo) if line.id == rid), None) if convo else None
 
     def list(self, user_id: int, conversation: int, page: Page) -> KeysetResult:
         from app.domain import ids
@@ -269,14 +278,14 @@ class FakeLines:
         convo = self.conversations.get(user_id, conversation)
         if convo is None:
             return KeysetResult(False, False, [], False)
-        return _page(list(convo.lines), lambda line: ids.encode(ids.LINE, line.id), page)
+        return _page(list(_lines(convo)), lambda line: ids.encode(ids.LINE, line.id), page)
 
     def delete(self, user_id: int, conversation: int, rid: int) -> bool:
         convo = self.conversations.get(user_id, conversation)
-        if convo is None or not any(line.id == rid for line in convo.lines):
+        if convo is None or not any(line.id == rid for line in _lines(convo)):
             return False
         self.conversations.rows[conversation] = (user_id, convo._replace(
-            lines=tuple(line for line in convo.lines if line.id != rid)))
+            lines=tuple(line for line in _lines(convo) if line.id != rid)))
         return True
 
 
@@ -333,7 +342,8 @@ class FakeEvents:
 
     retention_hours = 720
 
-    def list(self, user_id, page, cursor_seq, types, conversation) -> EventPage:
+    def list(self, user_id: int, page: Page, cursor_seq: int | None,
+             types: Sequence[str] | None, conversation: int | None) -> EventPage:
         return EventPage(True, "none" if cursor_seq is None else "missing", [], False)
 
     def get(self, user_id: int, seq: int) -> None:
@@ -342,7 +352,7 @@ class FakeEvents:
     def purge_expired(self) -> int:
         return 0
 
-    def oldest_age(self) -> None:
+    def oldest_age(self) -> float | None:
         return None
 
 

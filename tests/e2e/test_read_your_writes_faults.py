@@ -64,10 +64,16 @@ def post_lines(server, users) -> list[tuple[dict, str, str]]:
 
 
 def stale_reads(server, written) -> int:
+    """Reads of each written line: a 404 is stale. A 503 (a worker whose pool is still
+    reconnecting after a database restart) is asked again, as a client would."""
     stale = 0
     for headers, convo_id, line_id in written:
-        got = httpx.get(f"{server.url}/conversations/{convo_id}/lines/{line_id}",
-                        headers=headers, timeout=15)
+        for _ in range(50):
+            got = httpx.get(f"{server.url}/conversations/{convo_id}/lines/{line_id}",
+                            headers=headers, timeout=15)
+            if got.status_code != 503:
+                break
+            time.sleep(0.2)
         assert got.status_code in (200, 404), got.text
         stale += got.status_code == 404
     return stale

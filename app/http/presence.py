@@ -42,9 +42,11 @@ class UserPresence:
         if user_id in self._alive and self._listening.is_set():
             return
         seen = self._deletions
-        if not self.users.exists(user_id):
+        if user_id in self._recent or not self.users.exists(user_id):
             raise AuthInvalid()
         with self._lock:
+            if user_id in self._recent:
+                raise AuthInvalid()
             if self._listening.is_set() and seen == self._deletions:
                 self._alive[user_id] = None
                 if len(self._alive) > self.max_entries:

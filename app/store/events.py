@@ -196,7 +196,7 @@ class EventRepository:
                 count = conn.execute(
                     "DELETE FROM events WHERE ctid = ANY (ARRAY("
                     f"SELECT ctid FROM events WHERE created_at < {_CUTOFF} "
-                    "ORDER BY created_at LIMIT %(batch)s))",
+                    "ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED))",
                     {"retention_hours": self.retention_hours, "batch": batch}).rowcount
             purged += count
             if count < batch:

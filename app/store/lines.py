@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from psycopg import errors as pg_errors
+
 from app.domain import ids
 from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
 from app.domain.models import Line, NewLine
@@ -118,7 +120,14 @@ class LineRepository:
         # One atomic statement: no BEGIN/COMMIT round trips unless it joins a
         # unit of work (an idempotent request's).
         with self.db.write(user_id, uow) as conn:
-            row = conn.execute(_CREATE, params).fetchone()
+            try:
+                row = conn.execute(_CREATE, params).fetchone()
+            except pg_errors.ForeignKeyViolation:
+                # The mood (or conversation) went in a write this one waited for, after its
+                # snapshot found it; outside a unit of work the connection can still ask why.
+                if uow is not None:
+                    raise
+                row = None
             if row is None:
                 self._explain_refusal(conn, params)
         self.events_written("line.created", 1)
@@ -147,7 +156,12 @@ class LineRepository:
         """
         params = {**new_lines.line_params(user_id, lines), "conversation": conversation, "cap": cap}
         with self.db.write(user_id, uow) as conn:
-            rows = conn.execute(_CREATE_MANY, params).fetchall()
+            try:
+                rows = conn.execute(_CREATE_MANY, params).fetchall()
+            except pg_errors.ForeignKeyViolation:  # as in create()
+                if uow is not None:
+                    raise
+                rows = []
             if not rows:
                 self._explain_batch_refusal(conn, params)
         self.events_written("line.created", len(rows))

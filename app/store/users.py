@@ -42,8 +42,11 @@ class UserRepository:
         return User(*row) if row else None
 
     def exists(self, user_id: int) -> bool:
-        return self.db.read(user_id, fetch_one, "SELECT 1 FROM users WHERE id = %s",
-                            (user_id,)) is not None
+        """Asked of the primary: a lagging replica could still show a user just deleted,
+        and the answer is cached until a deletion notice (it is asked once per worker)."""
+        with self.db.connection() as conn:
+            return conn.execute("SELECT 1 FROM users WHERE id = %s",
+                                (user_id,)).fetchone() is not None
 
     def update(self, user_id: int, changes: Mapping[str, str | None]) -> User | None:
         """Set the given columns (name, email); an empty change reads the user.

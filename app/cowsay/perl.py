@@ -464,12 +464,17 @@ _MAX_REPEAT = 1000
 _IGNORED_STATEMENTS = frozenset({"use", "no", "binmode"})
 
 
+#: Deepest parenthesised expression a .cow file may hold (real ones nest a few levels).
+MAX_NESTING = 64
+
+
 class _Parser:
     """Recursive-descent parser over :class:`_Lexer` tokens."""
 
     def __init__(self, tokens: list[tuple[str, object]]) -> None:
         self.tokens = tokens
         self.i = 0
+        self.depth = 0  # open parentheses: bounded, whatever Python's recursion limit is
 
     def peek(self, offset: int = 0) -> tuple[str, object]:
         j = self.i + offset
@@ -548,8 +553,12 @@ class _Parser:
         if kind == "var":
             return ("var", value)
         if kind == "op" and value == "(":
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise CowParseError(f"parentheses nested deeper than {MAX_NESTING}")
             inner = self.expression()
             self.expect("op", ")")
+            self.depth -= 1
             return inner
         if kind == "word" and value in _FUNCTIONS:
             return self.call(str(value))
@@ -559,6 +568,9 @@ class _Parser:
         args: list[tuple] = []
         if self.peek() == ("op", "("):
             self.take()
+            self.depth += 1
+            if self.depth > MAX_NESTING:
+                raise CowParseError(f"parentheses nested deeper than {MAX_NESTING}")
             while self.peek() != ("op", ")"):
                 args.append(self.expression())
                 if self.peek() == ("op", ","):
@@ -566,6 +578,7 @@ class _Parser:
                 elif self.peek() != ("op", ")"):
                     raise CowParseError(f"bad arguments to {name}")
             self.take()
+            self.depth -= 1
         elif self.peek()[0] == "var":
             args.append(("var", self.take()[1]))
         arity = _FUNCTIONS[name]

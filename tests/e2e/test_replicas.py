@@ -136,14 +136,17 @@ def test_a_lagging_replica_leaves_rotation_and_returns_readiness_untouched(
     try:
         httpx.post(server.url + "/conversations", json={"heading": "moves the primary on"},
                    headers=headers, timeout=5)
-        assert eventually(lambda: replica_state(server)["state"] == "lagging", 15)
-        state = replica_state(server)
-        assert state["in_rotation"] is False and state["lag_seconds"] > 1
-        assert "host" not in state  # hostnames only with HEALTH_DETAILS
+        # one answer holds all three: two answers may come from two workers' monitors
+        states: list[dict] = []
+        assert eventually(lambda: states.append(replica_state(server)) or (
+            states[-1]["state"] == "lagging" and states[-1]["in_rotation"] is False
+            and states[-1]["lag_seconds"] > 1), 15), states[-3:]
+        assert "host" not in states[-1]  # hostnames only with HEALTH_DETAILS
         assert httpx.get(server.url + "/health/ready", timeout=5).status_code == 200
         assert httpx.get(server.url + "/conversations", headers=headers,
                          timeout=5).status_code == 200
-        assert metric_total(server, "db_replica_in_rotation", replica="replica1") == 0
+        assert eventually(lambda: metric_total(server, "db_replica_in_rotation",
+                                               replica="replica1") == 0, 15)
         # the reported lag keeps growing past the window of samples the monitor keeps
         # (1 + 2 x 0.25 + 1 s here)
         assert eventually(lambda: replica_state(server)["lag_seconds"] > 5, 15)

@@ -4,6 +4,7 @@ order, the bundled animals, wide characters and the render cache."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -425,3 +426,17 @@ def test_renderer_counts_each_threads_misses():
     worker.join()
     assert seen == [1]
     assert renderer.take_thread_misses() == 2 and renderer.take_thread_misses() == 0
+
+
+@pytest.mark.parametrize("opening", ["(", "uc("])
+def test_deep_nesting_is_refused_whatever_the_recursion_limit(opening):
+    """The parser's own bound refuses absurd nesting, also where a library in the same
+    process raised Python's recursion limit (the suite's fuzzers do)."""
+    source = "$the_cow = " + opening * 3000 + '"x"' + ")" * 3000 + ";\n"
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        with pytest.raises(CowParseError, match="nested deeper"):
+            parse_cow("deep", source)
+    finally:
+        sys.setrecursionlimit(limit)

@@ -13,6 +13,7 @@ import socket
 import pytest
 
 from tests.conftest import eventually
+from tests.e2e.test_slow_clients import read_raw_response
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 BODY = b'{"name": "framed"}'
@@ -22,22 +23,7 @@ def exchange(port: int, request: bytes) -> tuple[str, dict, bytes]:
     """Send `request` on a fresh connection; the status line, headers and body of the answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed before a response head: {data!r}")
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, v in
-                   (line.split(":", 1) for line in lines)}
-        while len(body) < int(headers.get("content-length", "0")):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return status_line, headers, body
+        return read_raw_response(sock)
 
 
 def post_users(*headers: str, body: bytes = BODY, version: str = "HTTP/1.1") -> bytes:

@@ -30,6 +30,12 @@ def raw_request(port: int, head: bytes, timeout: float = 5.0) -> tuple[int, dict
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
+    status_line, headers, body = read_raw_response(sock)
+    return int(status_line.split(" ")[1]), headers, body
+
+
+def read_raw_response(sock: socket.socket) -> tuple[str, dict, bytes]:
+    """One response from `sock`: its status line as sent, its headers (lower-case), body."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -37,17 +43,16 @@ def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
             raise ConnectionError(f"closed before a response head: {data!r}")
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
+    status_line, *lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in
-               (line.split(":", 1) for line in lines[1:])}
+               (line.split(":", 1) for line in lines)}
     length = int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
             break
         body += chunk
-    return status, headers, body
+    return status_line, headers, body
 
 
 def get(path: str, token: str | None = None) -> bytes:
@@ -79,18 +84,27 @@ def summary(latencies: list[float]) -> str:
             f"p99={percentile(latencies, 0.99):.1f}ms max={max(latencies):.1f}ms")
 
 
-class Tricklers:
-    """Connections that each send one more header line every `every` seconds, for ever."""
+class HeldConnections:
+    """Connections that each sent `opening(i, sock)`, then `more(sock, n)` every `every`
+    seconds until stopped; those the server closed are counted and dropped."""
 
-    def __init__(self, port: int, count: int, every: float = 1.0):
+    def __init__(self, port: int, count: int, every: float):
         self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
         self.every = every
         self.closed_by_server = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        for sock in self.socks:
-            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+    def start(self) -> None:
+        for i, sock in enumerate(self.socks):
+            sock.sendall(self.opening(i, sock))
         self._thread.start()
+
+    def opening(self, i: int, sock: socket.socket) -> bytes:
+        raise NotImplementedError
+
+    def more(self, sock: socket.socket, n: int) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         n = 0
@@ -98,7 +112,7 @@ class Tricklers:
             n += 1
             for sock in list(self.socks):
                 try:
-                    sock.sendall(f"X-Trickle-{n}: {n}\r\n".encode())
+                    self.more(sock, n)
                 except OSError:
                     self.socks.remove(sock)
                     self.closed_by_server += 1
@@ -108,6 +122,20 @@ class Tricklers:
         self._thread.join()
         for sock in self.socks:
             sock.close()
+
+
+class Tricklers(HeldConnections):
+    """Connections that each send one more header line every `every` seconds, for ever."""
+
+    def __init__(self, port: int, count: int, every: float = 1.0):
+        super().__init__(port, count, every)
+        self.start()
+
+    def opening(self, i: int, sock: socket.socket) -> bytes:
+        return b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+    def more(self, sock: socket.socket, n: int) -> None:
+        sock.sendall(f"X-Trickle-{n}: {n}\r\n".encode())
 
 
 def is_open(sock: socket.socket) -> bool:
@@ -326,7 +354,7 @@ def test_startup_line_names_the_listening_address(start_server):
 
 
 # --- slow request bodies ------------------------------------------------------------------
-class SlowBodies:
+class SlowBodies(HeldConnections):
     """Connections that each send a complete head, then one more body byte every `every` s."""
 
     HEADS = (
@@ -338,32 +366,17 @@ class SlowBodies:
     )
 
     def __init__(self, port: int, count: int, every: float = 0.5):
-        self.socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+        super().__init__(port, count, every)
         self.chunked = {sock: i % 3 == 2 for i, sock in enumerate(self.socks)}
-        self.every = every
-        self.closed_by_server = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        for i, sock in enumerate(self.socks):
-            sock.sendall(self.HEADS[i % 3] + (b"1\r\n{\r\n" if self.chunked[sock] else b"{"))
-        self._thread.start()
+        self.start()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.every):
-            for sock in list(self.socks):
-                try:
-                    sock.sendall(b"1\r\n \r\n" if self.chunked[sock] else b" ")
-                    if not is_open(sock):
-                        raise ConnectionResetError
-                except OSError:
-                    self.socks.remove(sock)
-                    self.closed_by_server += 1
+    def opening(self, i: int, sock: socket.socket) -> bytes:
+        return self.HEADS[i % 3] + (b"1\r\n{\r\n" if self.chunked[sock] else b"{")
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        for sock in self.socks:
-            sock.close()
+    def more(self, sock: socket.socket, n: int) -> None:
+        sock.sendall(b"1\r\n \r\n" if self.chunked[sock] else b" ")
+        if not is_open(sock):
+            raise ConnectionResetError
 
 
 def test_fresh_requests_answered_while_slow_bodies_are_held_then_slow_bodies_cut_off(

@@ -67,6 +67,14 @@ def _run_command(config, logger, dsn: str) -> int:
     if config.command == "migrate":
         logger.info("migrations applied: %d", len(applied))
         return 0
+    if config.command == "relay":
+        from app.deps import build_relay
+
+        relay, close = build_relay(config, logger, dsn)
+        try:
+            return relay.run()
+        finally:
+            close()
 
     from app.ops.serve import GunicornApp, gunicorn_options, serving_config
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-COMMANDS = ("serve", "migrate")
+COMMANDS = ("serve", "migrate", "relay")
 # OTEL_TRACES_SAMPLER's values (the OpenTelemetry SDK's names).
 TRACES_SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on",
                    "parentbased_always_off", "parentbased_traceidratio")
@@ -297,6 +297,12 @@ class Config:
     events_retention_hours: int = setting(
         "EVENTS_RETENTION_HOURS", _int(1, 87600), 720,
         "hours events are kept (GET /events); older ones are purged and refused as cursors")
+    relay_poll_seconds: float = setting(
+        "RELAY_POLL_SECONDS", _float(0.01, 60), 0.05,
+        "seconds an idle relay task waits before it looks for new work")
+    relay_grace_seconds: float = setting(
+        "RELAY_GRACE_SECONDS", _float(0, 600), 15.0,
+        "seconds a stopping relay gives the work under way to finish")
     fault_injection: bool = setting(
         "FAULT_INJECTION", _bool, False,
         "serve /debug/sleep and /debug/fail for failure tests (refused in production)")
@@ -469,7 +475,8 @@ def build_parser(stream: IO[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("command", nargs="?", choices=COMMANDS, default="serve",
                         help="serve (default): migrate, then serve HTTP; "
-                             "migrate: apply migrations and exit")
+                             "migrate: apply migrations and exit; "
+                             "relay: migrate, then run the relay (docs/relay.md)")
     parser.add_argument("--contract", action="store_true",
                         help="with migrate: also apply contract migrations (those that remove "
                              "what the previous release uses); run it once no instance of the "

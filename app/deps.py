@@ -33,6 +33,7 @@ from app.ops import health as health_mod
 from app.ops.logs import AccessLog, RedactionFilter
 from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
+from app.relay.runner import Relay, Task
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
@@ -413,6 +414,18 @@ class _Wiring:
 
 _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cached_property)
           and not name.startswith("_")}
+
+
+def build_relay(config: Config, logger: logging.Logger, dsn: str,
+                tasks: tuple[Task, ...] | None = None) -> tuple[Relay, Callable[[], None]]:
+    """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
+    and what closes that pool at exit."""
+    db = Database(dsn, pool_settings(config), logger.getChild("db"), name="saypi-relay",
+                  direct_dsn=config.database_direct_url)
+    db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
+    relay = Relay(tasks if tasks is not None else (), logger.getChild("relay"),
+                  config.relay_poll_seconds, config.relay_grace_seconds)
+    return relay, db.close
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

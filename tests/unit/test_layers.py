@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # package on a lower row; packages on one row are independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("run", "routes", "app.server", "app.deps"),  # the top files: the one wiring
+    ("app.relay",),  # the relay process's loop and tasks: slow and external work
     ("app.ops", "app.openapi"),  # logs, metrics, traces, health, serving; the document
     ("app.api",),  # one module per resource: makers, schemas, docs
     ("app.http",),  # the request envelope: routing, guards, limits, idempotency, respond

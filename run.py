@@ -70,11 +70,7 @@ def _run_command(config, logger, dsn: str) -> int:
     if config.command == "relay":
         from app.deps import build_relay
 
-        relay, close = build_relay(config, logger, dsn)
-        try:
-            return relay.run()
-        finally:
-            close()
+        return build_relay(config, logger, dsn).run()
 
     from app.ops.serve import GunicornApp, gunicorn_options, serving_config
 

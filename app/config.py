@@ -300,6 +300,9 @@ class Config:
     relay_poll_seconds: float = setting(
         "RELAY_POLL_SECONDS", _float(0.01, 60), 0.05,
         "seconds an idle relay task waits before it looks for new work")
+    relay_port: int = setting(
+        "RELAY_PORT", _int(0, 65535), 8081,
+        "the relay's health and metrics port, on HOST (0 picks a free one)")
     relay_grace_seconds: float = setting(
         "RELAY_GRACE_SECONDS", _float(0, 600), 15.0,
         "seconds a stopping relay gives the work under way to finish")

@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import psycopg
+from prometheus_client import CollectorRegistry
 
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
@@ -33,6 +34,8 @@ from app.ops import health as health_mod
 from app.ops.logs import AccessLog, RedactionFilter
 from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
+from app.relay.health import RelayCollector, RelayHttp, tasks_checker
+from app.relay.process import RelayProcess
 from app.relay.runner import Relay, Task
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
@@ -416,16 +419,32 @@ _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cac
           and not name.startswith("_")}
 
 
-def build_relay(config: Config, logger: logging.Logger, dsn: str,
-                tasks: tuple[Task, ...] | None = None) -> tuple[Relay, Callable[[], None]]:
+def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProcess:
     """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
-    and what closes that pool at exit."""
+    its health and metrics port (RELAY_PORT). See docs/relay.md."""
     db = Database(dsn, pool_settings(config), logger.getChild("db"), name="saypi-relay",
                   direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
-    relay = Relay(tasks if tasks is not None else (), logger.getChild("relay"),
-                  config.relay_poll_seconds, config.relay_grace_seconds)
-    return relay, db.close
+    registry = CollectorRegistry(auto_describe=True)
+    tasks: list[Task] = []  # each task is built here from the pool, settings and registry
+    relay = Relay(tasks, logger.getChild("relay"), config.relay_poll_seconds,
+                  config.relay_grace_seconds)
+    registry.register(RelayCollector(relay))
+    # A step longer than a grace bound plus a minute is stuck: the loop bounds its own work.
+    stuck = config.relay_grace_seconds + 60
+    checkers = {
+        "database": health_mod.database_checker(db, config.health_check_timeout,
+                                                config.health_details),
+        "migrations": health_mod.migrations_checker(db, load_migrations(),
+                                                    config.health_check_timeout),
+        "tasks": tasks_checker(relay, stuck),
+    }
+    health = health_mod.HealthManager(checkers, config.health_check_timeout,
+                                      config.health_cache_seconds, logger.getChild("health"))
+    http = RelayHttp(config.host, config.relay_port, health, registry,
+                     relay.stopping.is_set, logger.getChild("relay"))
+    return RelayProcess(relay, health, http, max(0.1, config.health_cache_seconds),
+                        on_close=(db.close,))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

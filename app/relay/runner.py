@@ -43,6 +43,7 @@ class Relay:
         # When each task last finished a step (monotonic), for the relay's health.
         self.last_step: dict[str, float] = {task.name: time.monotonic() for task in self.tasks}
         self.failures: dict[str, int] = {task.name: 0 for task in self.tasks}
+        self.steps: dict[str, int] = {task.name: 0 for task in self.tasks}
 
     def wake(self, name: str) -> None:
         """Step task `name` now if it is waiting."""
@@ -96,6 +97,7 @@ class Relay:
                                     backoff, exc_info=True)
                 busy = False
             self.last_step[task.name] = time.monotonic()
+            self.steps[task.name] += 1
             if not busy:
                 wake.wait(backoff or self.idle_seconds)
                 wake.clear()

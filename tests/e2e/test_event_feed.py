@@ -19,6 +19,7 @@ from app.store.db import Database, PoolSettings
 from app.store.event_feed import EventFeed
 from harness import ROOT
 from harness.saypi import server_env
+from harness.services import free_port
 from tests.conftest import eventually
 
 USERS = 4
@@ -197,10 +198,15 @@ def test_one_relay_at_a_time_advances_a_feed(postgres):
         db.close()
 
 
-def test_the_relay_process_runs_until_sigterm_and_exits_cleanly(postgres, tmp_path):
+def test_the_relay_process_serves_health_and_metrics_and_exits_cleanly_on_sigterm(
+        postgres, tmp_path):
     import subprocess
 
-    env = server_env(postgres.new_database(), tmp_path)
+    import httpx
+
+    port = free_port()
+    env = server_env(postgres.new_database(), tmp_path, RELAY_PORT=str(port))
+    base = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "relay.log"
     with open(log_path, "w") as log:
         relay = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "relay"], cwd=ROOT,
@@ -208,6 +214,14 @@ def test_the_relay_process_runs_until_sigterm_and_exits_cleanly(postgres, tmp_pa
         try:
             assert eventually(lambda: "relay running" in log_path.read_text(), 30), \
                 log_path.read_text()
+            assert httpx.get(base + "/health/live").json() == {"status": "ok"}
+            ready = httpx.get(base + "/health/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "healthy"
+            detailed = httpx.get(base + "/health/detailed").json()
+            assert set(detailed["checks"]) == {"database", "migrations", "tasks"}
+            metrics = httpx.get(base + "/metrics")
+            assert metrics.status_code == 200 and "text/plain" in metrics.headers["content-type"]
+            assert httpx.get(base + "/nowhere").status_code == 404
             relay.send_signal(signal.SIGTERM)
             assert relay.wait(30) == 0, log_path.read_text()
         finally:

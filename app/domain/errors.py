@@ -42,6 +42,12 @@ class MoodMissing(DomainError):
         self.positions = tuple(positions)
 
 
+class WriteRaced(DomainError):
+    """A write of the same user committed while this one waited for the user's lock and
+    changed what this one had read (a mood deleted under a new line). The transaction is
+    spoiled; running its whole unit of work again sees the change and answers for it."""
+
+
 class MoodInUse(DomainError):
     """Lines still use this mood; `count` says how many."""
 

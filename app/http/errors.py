@@ -22,6 +22,7 @@ from app.domain.errors import (
     MoodInUse,
     MoodMissing,
     UserGone,
+    WriteRaced,
 )
 from app.domain.pages import MAX_LIMIT
 
@@ -328,6 +329,8 @@ DOMAIN_ERRORS: dict[type[DomainError], Callable[[Any], ApiError]] = {
     MoodInUse: _mood_in_use,
     EmailTaken: lambda e: ActionNotAllowed(f"use email {e.email}, which is already registered"),
     CursorNotFound: lambda e: InvalidParams.one(e.param, CURSOR_MISSING),
+    # Raced twice in a row (a unit of work is run again once): nothing was written.
+    WriteRaced: lambda _: ServiceUnavailable(retry_after=1),
 }
 
 

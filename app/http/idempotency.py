@@ -17,7 +17,7 @@ from flask import Response, request
 from marshmallow import Schema
 from opentelemetry.trace import INVALID_SPAN
 
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, WriteRaced
 from app.http import patterns, respond
 from app.http.errors import (
     ApiError,
@@ -76,6 +76,15 @@ class Idempotency:
 
     def _run(self, scope: str, key: str, schema: Schema, handler, args, kwargs) -> Response:
         digest = hashlib.sha256(canonical_params(schema)).digest()
+        try:
+            return self._attempt(scope, key, digest, handler, args, kwargs)
+        except WriteRaced:
+            # Another write of the user changed what this one read while it waited for the
+            # user's lock; its transaction is spoiled and rolled back. Once more, afresh.
+            return self._attempt(scope, key, digest, handler, args, kwargs)
+
+    def _attempt(self, scope: str, key: str, digest: bytes, handler, args, kwargs
+                 ) -> Response:
         method, path = request.method, request.path
         with self.db.unit_of_work() as uow:
             with self._span("idempotency.lookup") as span:
@@ -96,6 +105,8 @@ class Idempotency:
                 return response
             try:
                 response = handler(*args, uow=uow, **kwargs)
+            except WriteRaced:
+                raise
             except (ApiError, DomainError) as raised:
                 error = api_error(raised)
                 if error.status >= 500 or error.status == 429:

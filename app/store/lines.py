@@ -7,7 +7,13 @@ from collections.abc import Callable, Sequence
 from psycopg import errors as pg_errors
 
 from app.domain import ids
-from app.domain.errors import ConversationMissing, LimitReached, MoodMissing, UserGone
+from app.domain.errors import (
+    ConversationMissing,
+    LimitReached,
+    MoodMissing,
+    UserGone,
+    WriteRaced,
+)
 from app.domain.models import Line, NewLine
 from app.domain.pages import Page
 from app.domain.unit_of_work import UnitOfWork
@@ -122,11 +128,12 @@ class LineRepository:
         with self.db.write(user_id, uow) as conn:
             try:
                 row = conn.execute(_CREATE, params).fetchone()
-            except pg_errors.ForeignKeyViolation:
+            except pg_errors.ForeignKeyViolation as exc:
                 # The mood (or conversation) went in a write this one waited for, after its
-                # snapshot found it; outside a unit of work the connection can still ask why.
+                # snapshot found it; outside a unit of work the connection can still ask why,
+                # inside one the transaction is spoiled: its owner runs it again.
                 if uow is not None:
-                    raise
+                    raise WriteRaced() from exc
                 row = None
             if row is None:
                 self._explain_refusal(conn, params)
@@ -158,9 +165,9 @@ class LineRepository:
         with self.db.write(user_id, uow) as conn:
             try:
                 rows = conn.execute(_CREATE_MANY, params).fetchall()
-            except pg_errors.ForeignKeyViolation:  # as in create()
+            except pg_errors.ForeignKeyViolation as exc:  # as in create()
                 if uow is not None:
-                    raise
+                    raise WriteRaced() from exc
                 rows = []
             if not rows:
                 self._explain_batch_refusal(conn, params)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from psycopg import errors as pg_errors
+
 from app.domain import ids
-from app.domain.errors import LimitReached, MoodMissing, UserGone
+from app.domain.errors import LimitReached, MoodMissing, UserGone, WriteRaced
 from app.domain.models import Conversation, Line, Mood, NewLine
 from app.domain.pages import Page
 from app.domain.unit_of_work import UnitOfWork
@@ -161,7 +163,14 @@ class ConversationRepository:
         params = {**line_params(user_id, lines), "cap": cap, "line_cap": line_cap,
                   "rid": ids.new_number(), "heading": heading}
         with self.db.write(user_id, uow) as conn:
-            rows = conn.execute(_CREATE_WITH_LINES, params).fetchall()
+            try:
+                rows = conn.execute(_CREATE_WITH_LINES, params).fetchall()
+            except pg_errors.ForeignKeyViolation as exc:
+                # A mood went in a write this one waited for, after its snapshot found it
+                # (as in LineRepository.create).
+                if uow is not None:
+                    raise WriteRaced() from exc
+                rows = []
             if not rows:
                 user, missing = conn.execute(
                     f"SELECT (SELECT 1 FROM users WHERE id = %(user_id)s), {MISSING_MOODS}",

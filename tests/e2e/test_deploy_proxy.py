@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -186,3 +187,7 @@ def test_haproxy_checks_readiness_and_answers_503_json_without_a_backend(behind_
     assert status == 503
     assert headers["retry-after"] == "1"
     assert json.loads(body)["code"] == "service_unavailable"
+    assert re.fullmatch(r"[0-9a-f-]{36}", headers["x-request-id"])  # HAProxy's own
+    status, headers, _ = raw_request(
+        proxy.port, b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Request-ID: mine-42\r\n\r\n")
+    assert status == 503 and headers["x-request-id"] == "mine-42"

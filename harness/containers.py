@@ -101,8 +101,11 @@ def start_engine(log_path: Path) -> Engine | str:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     DATA_ROOT.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "w")
+    # setpriv: the engine gets SIGTERM when the test process dies, even by SIGKILL, so an
+    # interrupted run leaves no dockerd behind (this is called from the main thread).
+    guard = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
     process = subprocess.Popen(
-        [dockerd, "--bridge=none", "--iptables=false", f"--data-root={DATA_ROOT}",
+        [*guard, dockerd, "--bridge=none", "--iptables=false", f"--data-root={DATA_ROOT}",
          f"--exec-root={RUN_DIR}/exec", f"--pidfile={RUN_DIR}/dockerd.pid", f"--host={own}"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True)

@@ -95,15 +95,16 @@ class MoodRepository:
             row = conn.execute(
                 _UPDATE,
                 {"user_id": user_id, "name": name, "eyes": eyes, "tongue": tongue}).fetchone()
-            if row is not None:
-                self.events_written("mood.updated", 1)
-                return Mood(*row), False
-            if owner[0] >= cap:
-                raise LimitReached(LimitReached.MOODS, cap)
-            row = conn.execute(_CREATE, {"user_id": user_id, "name": name, "eyes": eyes or "oo",
-                                         "tongue": tongue or "  "}).fetchone()
-        self.events_written("mood.created", 1)
-        return Mood(*row), True
+            created = row is None
+            if created:
+                if owner[0] >= cap:
+                    raise LimitReached(LimitReached.MOODS, cap)
+                row = conn.execute(_CREATE, {"user_id": user_id, "name": name,
+                                             "eyes": eyes or "oo",
+                                             "tongue": tongue or "  "}).fetchone()
+        # Counted once the transaction committed, like every other event.
+        self.events_written("mood.created" if created else "mood.updated", 1)
+        return Mood(*row), created
 
     def delete(self, user_id: int, name: str) -> bool:
         """Delete the user's mood; MoodInUse when lines still use it."""

@@ -6,8 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test test-fast lint migrate bench fleet fuzz venv clean
 
-run: $(STAMP)        ## serve on :8080 (embedded PostgreSQL when DATABASE_URL is unset)
-	$(BIN)/python run.py serve
+run: $(STAMP)        ## serve on :8080 and a relay beside it (embedded PostgreSQL when DATABASE_URL is unset)
+	RELAY_BESIDE=$${RELAY_BESIDE:-true} $(BIN)/python run.py serve
 
 test: lint           ## lint, then every tier: unit, in-process and end to end (real PostgreSQL, gunicorn, Redis, proxies)
 	$(BIN)/python -m pytest -q

@@ -306,6 +306,9 @@ class Config:
     relay_grace_seconds: float = setting(
         "RELAY_GRACE_SECONDS", _float(0, 600), 15.0,
         "seconds a stopping relay gives the work under way to finish")
+    relay_beside: bool = setting(
+        "RELAY_BESIDE", _bool, False,
+        "serve: also run a relay process beside the server, on its database (make run)")
     fault_injection: bool = setting(
         "FAULT_INJECTION", _bool, False,
         "serve /debug/sleep and /debug/fail for failure tests (refused in production)")

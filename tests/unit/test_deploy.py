@@ -38,8 +38,8 @@ def one(kind: str, component: str | None = None) -> dict:
     return found[0]
 
 
-def deployment() -> dict:
-    return one("Deployment")
+def deployment(component: str = "api") -> dict:
+    return one("Deployment", component)
 
 
 def api_container() -> dict:
@@ -132,7 +132,7 @@ def test_selectors_targets_and_images_agree():
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert deploy["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert one("Service")["spec"]["selector"].items() <= pod_labels.items()
-    assert one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() \
+    assert one("PodDisruptionBudget", "api")["spec"]["selector"]["matchLabels"].items() \
         <= pod_labels.items()
     target = one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"])
@@ -300,13 +300,14 @@ def test_the_schema_validation_catches_what_parsing_does_not():
     broken = copy.deepcopy(deployment())
     broken["spec"]["replicas"] = "three"
     assert validation_errors(broken)
-    broken = copy.deepcopy(one("PodDisruptionBudget"))
+    broken = copy.deepcopy(one("PodDisruptionBudget", "api"))
     broken["spec"]["selector"] = ["app.kubernetes.io/name"]
     assert validation_errors(broken)
 
 
 def pod_specs() -> dict[str, dict]:
     return {"Deployment": deployment()["spec"]["template"]["spec"],
+            "relay Deployment": deployment("relay")["spec"]["template"]["spec"],
             "Job": one("Job")["spec"]["template"]["spec"]}
 
 
@@ -347,7 +348,7 @@ def test_graceful_shutdown_outlasts_the_drain_and_prestop_pauses_first():
 def test_replicas_autoscaler_and_disruption_budget_agree():
     replicas = deployment()["spec"]["replicas"]
     hpa = one("HorizontalPodAutoscaler")["spec"]
-    pdb = one("PodDisruptionBudget")["spec"]
+    pdb = one("PodDisruptionBudget", "api")["spec"]
     assert hpa["minReplicas"] <= replicas <= hpa["maxReplicas"]
     assert hpa["minReplicas"] >= 2  # one pod down must never mean no service
     # The budget lets a node drain go on (one pod at a time) and keeps the rest.
@@ -366,6 +367,32 @@ def test_replicas_autoscaler_and_disruption_budget_agree():
     # is raised to at least this in production; the README's sizing rule).
     env = config_env()
     assert hpa["maxReplicas"] * int(env["WEB_CONCURRENCY"]) * int(env["DB_POOL_MAX"]) <= 160
+
+
+def test_relay_runs_beside_the_api_with_its_own_probes_budget_and_policy():
+    """run.py relay, probed on its own health port, two pods of which a drain takes one at
+    a time, and a grace period that outlasts RELAY_GRACE_SECONDS."""
+    relay = deployment("relay")
+    pod = relay["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][-2:] == ["run.py", "relay"]
+    assert container["image"] == api_container()["image"]  # one image, one release
+    config = Config.from_env(config_env(), ["relay"])
+    (port,) = container["ports"]
+    assert port["containerPort"] == config.relay_port
+    annotations = relay["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == config.relay_port
+    for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready"),
+                        ("startupProbe", "/health/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
+    assert pod["terminationGracePeriodSeconds"] >= config.relay_grace_seconds + 5
+    assert relay["spec"]["replicas"] >= 2
+    pdb = one("PodDisruptionBudget", "relay")["spec"]
+    assert pdb["selector"]["matchLabels"].items() \
+        <= relay["spec"]["template"]["metadata"]["labels"].items()
+    assert 1 <= int(pdb["maxUnavailable"]) < relay["spec"]["replicas"]
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert "relay.yaml" in kustomization["resources"]
 
 
 def test_migrations_run_before_the_rollout():
@@ -401,10 +428,13 @@ def test_network_policies_admit_http_only_and_reach_postgres_and_dns():
         assert {p["port"] for p in rule["ports"]} <= ports
     database_port = psycopg.conninfo.conninfo_to_dict(
         config_env()["DATABASE_URL"]).get("port", "5432")
+    # The relay also delivers webhooks (HTTPS) and publishes to Pushpin: nothing else.
+    extra = {"saypi-relay": {(443, "TCP"), (5561, "TCP")}}
     for name, policy in policies.items():
         egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"]
                         for p in rule["ports"]}
-        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP")}, name
+        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP"),
+                                *extra.get(name, ())}, name
     migrate_labels = one("Job")["spec"]["template"]["metadata"]["labels"]
     assert policies["saypi-migrate"]["podSelector"]["matchLabels"].items() \
         <= migrate_labels.items()

@@ -21,11 +21,20 @@ from prometheus_client import CollectorRegistry
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.domain.events import TYPES as EVENT_TYPES
-from app.domain.repositories import Conversations, Events, Lines, Moods, SlowQueries, Users
+from app.domain.repositories import (
+    Conversations,
+    Events,
+    Lines,
+    Moods,
+    SlowQueries,
+    Users,
+    Webhooks,
+)
 from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
+from app.http.outbound import OutboundPolicy, resolver
 from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.ratelimit_leases import LeasedStore
@@ -50,6 +59,7 @@ from app.store.redis_link import RedisLink
 from app.store.redis_ratelimits import RedisRateLimitStore
 from app.store.slow_queries import SlowQueryRepository
 from app.store.users import UserRepository
+from app.store.webhooks import WebhookRepository
 from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
@@ -80,6 +90,8 @@ class Deps:
     slow_queries: SlowQueries  # the fault-injection routes' slow query
     tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
     events: Events  # the event log's reads (GET /events)
+    webhooks: Webhooks  # the webhook endpoints API's storage
+    outbound: OutboundPolicy  # where webhooks may be sent
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -132,6 +144,8 @@ class Parts(TypedDict, total=False):
     lines: Lines
     slow_queries: SlowQueries
     events: Events
+    webhooks: Webhooks
+    outbound: OutboundPolicy
     presence: UserPresence
     auth: Authenticator
     idempotency_keys: Any
@@ -157,7 +171,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
         config=config, logger=logger, metrics=w.metrics, tracing=w.tracing,
         lifecycle=w.lifecycle, health=w.health, auth=w.auth, renderer=w.renderer,
         users=w.users, presence=w.presence, moods=w.moods, conversations=w.conversations,
-        lines=w.lines, events=w.events, idempotency=w.idempotency,
+        lines=w.lines, events=w.events, webhooks=w.webhooks, outbound=w.outbound,
+        idempotency=w.idempotency,
         slow_queries=w.slow_queries,
         access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
         on_start=w.on_start(), on_close=w.on_close())
@@ -303,6 +318,14 @@ class _Wiring:
         return EventRepository(self.cluster, self.config.events_retention_hours)
 
     @cached_property
+    def webhooks(self) -> Webhooks:
+        return WebhookRepository(self.cluster)
+
+    @cached_property
+    def outbound(self) -> OutboundPolicy:
+        return outbound_policy(self.config)
+
+    @cached_property
     def event_tally(self) -> EventTally:
         """Events written, counted per thread; the sampler folds them into the metric."""
         for event_type in EVENT_TYPES:
@@ -445,6 +468,12 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
                      relay.stopping.is_set, logger.getChild("relay"))
     return RelayProcess(relay, health, http, max(0.1, config.health_cache_seconds),
                         on_close=(db.close,))
+
+
+def outbound_policy(config: Config) -> OutboundPolicy:
+    """Where webhooks may go: https only in production, private addresses only when allowed."""
+    return OutboundPolicy(config.production and not config.webhook_allow_private,
+                          config.webhook_allow_private, resolver(dict(config.webhook_resolve)))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

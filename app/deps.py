@@ -7,11 +7,13 @@ unless given it (the in-process tests give fakes). See docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
@@ -46,10 +48,12 @@ from app.ops.periodic import Periodic
 from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
 from app.relay.runner import Relay, Task
+from app.relay.webhooks import Sender, WebhookDelivery, WebhookFanout, WebhookGauges, WebhookMetrics
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
 from app.store.deadlines import Deadlines
+from app.store.event_feed import EventFeed
 from app.store.events import EventRepository, EventTally
 from app.store.idempotency import IdempotencyRepository
 from app.store.lines import LineRepository
@@ -59,7 +63,7 @@ from app.store.redis_link import RedisLink
 from app.store.redis_ratelimits import RedisRateLimitStore
 from app.store.slow_queries import SlowQueryRepository
 from app.store.users import UserRepository
-from app.store.webhooks import WebhookRepository
+from app.store.webhooks import Breaker, WebhookQueue, WebhookRepository
 from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
@@ -445,11 +449,16 @@ _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cac
 def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProcess:
     """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
     its health and metrics port (RELAY_PORT). See docs/relay.md."""
-    db = Database(dsn, pool_settings(config), logger.getChild("db"), name="saypi-relay",
+    # A connection for each task's thread, the health checks' and the feed's, at least.
+    settings = pool_settings(config)
+    settings = dataclasses.replace(settings, max_size=max(settings.max_size,
+                                                          config.webhook_threads + 4))
+    db = Database(dsn, settings, logger.getChild("db"), name="saypi-relay",
                   direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[Task] = []  # each task is built here from the pool, settings and registry
+    tasks += webhook_tasks(config, logger, db, registry)
     relay = Relay(tasks, logger.getChild("relay"), config.relay_poll_seconds,
                   config.relay_grace_seconds)
     registry.register(RelayCollector(relay))
@@ -468,6 +477,25 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
                      relay.stopping.is_set, logger.getChild("relay"))
     return RelayProcess(relay, health, http, max(0.1, config.health_cache_seconds),
                         on_close=(db.close,))
+
+
+def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
+                  registry: CollectorRegistry) -> list[Task]:
+    """The fan-out (feed `webhooks`), WEBHOOK_THREADS delivery threads, the queue's gauges."""
+    queue = WebhookQueue(db, Breaker(config.webhook_breaker_failures,
+                                     config.webhook_breaker_seconds,
+                                     timedelta(hours=config.webhook_disable_after_hours)))
+    metrics = WebhookMetrics(registry)
+    renderer = Renderer(CowLibrary.load(cow_search_path(config.cowpath),
+                                        logger.getChild("cowsay")),
+                        max_entries=config.render_cache_size)
+    sender = Sender(outbound_policy(config), config.webhook_timeout_seconds,
+                    f"SayPI-Webhooks/{VERSION}", config.webhook_threads)
+    log = logger.getChild("webhooks")
+    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics),
+            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log)
+              for n in range(1, config.webhook_threads + 1)),
+            WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender)]
 
 
 def outbound_policy(config: Config) -> OutboundPolicy:

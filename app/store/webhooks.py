@@ -295,10 +295,10 @@ class WebhookQueue:
                 for row_id, attempt, endpoint, url, event_id, body, secret, previous in rows]
 
     def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None,
-               now: datetime) -> bool:
+               now: datetime) -> tuple[bool, bool]:
         """Record the attempt's outcome (unless its lease passed and another relay took the
         delivery over); a failure moves the endpoint's breaker and may disable it.
-        True when the endpoint was disabled by it."""
+        (Whether it was recorded, whether it disabled the endpoint.)"""
         if outcome.succeeded:
             status, next_at = "succeeded", None
         elif next_delay is None or outcome.gone:
@@ -311,10 +311,10 @@ class WebhookQueue:
                 "error": outcome.error, "duration_ms": outcome.duration_ms,
                 "id": claimed.id, "claim": claimed.claim}).fetchone()
             if row is None:
-                return False  # taken over, or the endpoint was deleted meanwhile
+                return False, False  # taken over, or the endpoint was deleted meanwhile
             if outcome.succeeded:
                 conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
-                return False
+                return True, False
             since = conn.execute("SELECT failing_since FROM webhook_endpoints WHERE id = %s "
                                  "FOR UPDATE", (claimed.endpoint_id,)).fetchone()
             reason = GONE_REASON if outcome.gone else disable_reason(
@@ -323,7 +323,7 @@ class WebhookQueue:
                 "now": now, "threshold": self.breaker.failures, "reason": reason,
                 "open_until": now + timedelta(seconds=self.breaker.open_seconds),
                 "id": claimed.endpoint_id}).fetchone()
-        return reason is not None and disabled is not None
+        return True, reason is not None and disabled is not None
 
     def stats(self, now: datetime) -> QueueStats:
         with self.db.connection() as conn:

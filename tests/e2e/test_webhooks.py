@@ -3,10 +3,23 @@ receivers this test runs on 127.0.0.1, verified with the `standardwebhooks` pack
 
 from __future__ import annotations
 
+import base64
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.client import ActionNotAllowedError, Client, InvalidParamsError, NotFoundError
+from harness import ROOT
 from harness.saypi import Server, server_env
+from harness.services import free_port
+from tests.conftest import eventually
+from tests.e2e.webhook_receiver import Answer, Received, Receiver, always
 
 PUBLIC = "https://hooks.public.test/saypi"
 RESOLVE = "hooks.public.test=93.184.216.34,internal.test=10.0.0.1"
@@ -117,3 +130,243 @@ def test_event_patterns_are_checked(guarded):
     assert refused.value.params == {"events[1]", "events[2]"}
     with pytest.raises(InvalidParamsError):
         client.create_webhook_endpoint(PUBLIC, events=[])
+
+
+# --- deliveries, by real relays -------------------------------------------------------------
+
+SCHEDULE = ",".join(["0.3"] * 8)
+
+
+class RelayProcess:
+    """`python run.py relay`, started as production starts it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "relay"], cwd=ROOT,
+            env={**env, "RELAY_PORT": str(free_port())}, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def logs(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def wait_running(self) -> RelayProcess:
+        assert eventually(lambda: "relay running" in self.logs() or
+                          self.process.poll() is not None, 60), self.logs()
+        assert self.process.poll() is None, self.logs()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+def feed_started(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM event_feeds WHERE name = 'webhooks'").fetchone() \
+            is not None
+
+
+def sql(url: str, statement: str, *params: object) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+@pytest.fixture(scope="module")
+def delivering(postgres, tmp_path_factory):
+    """A server and one relay that may deliver to 127.0.0.1, with short retries."""
+    tmp = tmp_path_factory.mktemp("delivering")
+    url = postgres.new_database()
+    env = server_env(url, tmp, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
+                     WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_BREAKER_FAILURES="3",
+                     WEBHOOK_BREAKER_SECONDS="1", WEBHOOK_THREADS="4")
+    server = Server(env, tmp / "server.log").wait_ready()
+    relay = RelayProcess(env, tmp / "relay.log").wait_running()
+    assert eventually(lambda: feed_started(url), 30), relay.logs()
+    yield server, url, relay
+    assert relay.stop() == 0, relay.logs()
+    server.stop()
+
+
+def latest(client: Client, endpoint: str) -> dict:
+    """The endpoint's newest delivery ({} before the first)."""
+    data = client.list_webhook_deliveries(endpoint, limit=1).data
+    return data[0] if data else {}
+
+
+def verified(received: Received, secret: str) -> dict:
+    return Webhook(secret).verify(received.body, received.headers)
+
+
+def test_events_are_delivered_signed_and_verify_during_a_rotation(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver() as receiver:
+        created = client.create_webhook_endpoint(receiver.url, events=["conversation.*"])
+        secret = created["secret"]
+        convo = client.create_conversation("first")
+        client.create_line(convo["id"], text="not wanted: line.* is not subscribed")
+        assert eventually(lambda: len(receiver.events()) >= 1)
+        first = receiver.events()[0]
+        event = verified(first, secret)
+        assert event["type"] == "conversation.created" and event["data"]["object"]["id"] == \
+            convo["id"]
+        assert first.headers["webhook-id"] == event["id"] == client.list_events().data[0]["id"]
+        assert first.headers["user-agent"].startswith("SayPI-Webhooks/")
+        assert first.headers["content-type"] == "application/json"
+        assert event == client.get_event(event["id"])
+
+        rotated = client.rotate_webhook_secret(created["id"])["secret"]
+        client.update_conversation(convo["id"], "second")
+        assert eventually(lambda: len(receiver.events()) >= 2)
+        second = receiver.events()[1]
+        assert len(second.headers["webhook-signature"].split(" ")) == 2
+        assert verified(second, rotated)["type"] == "conversation.updated"
+        assert verified(second, secret)["type"] == "conversation.updated"
+        with pytest.raises(WebhookVerificationError):
+            verified(second, "whsec_" + base64.b64encode(b"x" * 32).decode())
+
+        ping = client.ping_webhook_endpoint(created["id"])
+        assert eventually(lambda: len(receiver.events()) >= 3)
+        assert verified(receiver.events()[2], rotated)["type"] == "ping"
+        assert eventually(lambda: client.list_webhook_deliveries(created["id"]).data[0][
+            "status"] == "succeeded")
+        assert client.list_webhook_deliveries(created["id"]).data[0]["id"] == ping["id"]
+        assert len(receiver.events()) == 3  # the line was not subscribed
+
+
+def test_a_failed_attempt_is_retried_until_it_succeeds(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(lambda r: Answer(500 if r.number == 0 else 200)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("retried")
+        assert eventually(lambda: latest(client, endpoint).get("status")
+                          == "succeeded")
+        delivery = latest(client, endpoint)
+        assert delivery["attempt"] == 2 and delivery["response_status"] == 200
+        assert delivery["next_attempt_at"] is None and delivery["error"] is None
+        assert [r.number for r in receiver.events()] == [0, 1]
+        assert len(set(receiver.ids())) == 1
+
+
+def test_a_receiver_that_does_not_answer_in_time_is_tried_again(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(lambda r: Answer(200, wait=3 if r.number == 0 else 0)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("slow")
+        assert eventually(lambda: len(receiver.events()) >= 1)
+        assert eventually(lambda: latest(client, endpoint).get("error")
+                          == "No answer within 1 s." or len(receiver.events()) > 1)
+        assert eventually(lambda: latest(client, endpoint).get("status")
+                          == "succeeded")
+        assert latest(client, endpoint)["attempt"] == 2
+
+
+def test_retry_after_is_honoured(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    busy = Answer(503, {"Retry-After": "2"})
+    with Receiver(lambda r: busy if r.number == 0 else Answer(200)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("busy")
+        assert eventually(lambda: latest(client, endpoint).get("status")
+                          == "succeeded")
+        first, second = receiver.events()
+        assert second.at - first.at >= 1.9  # not the schedule's 0.3 s
+
+
+def test_410_disables_the_endpoint_at_once(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(always(410)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        convo = client.create_conversation("gone")
+        assert eventually(lambda: client.get_webhook_endpoint(endpoint)["disabled"])
+        assert client.get_webhook_endpoint(endpoint)["disabled_reason"] == \
+            "The endpoint answered 410 Gone."
+        delivery = latest(client, endpoint)
+        assert delivery["status"] == "failed" and delivery["response_status"] == 410
+        client.update_conversation(convo["id"], "more")
+        time.sleep(1.5)
+        assert len(receiver.events()) == 1
+
+
+def test_an_endpoint_failing_for_three_days_is_disabled(delivering):
+    server, url, _ = delivering
+    client = new_client(server)
+    with Receiver(always(500)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("failing")
+        assert eventually(lambda: len(receiver.events()) >= 1)
+        rid = int(endpoint.removeprefix("we_"), 16)
+        assert eventually(lambda: sql(url, "SELECT failing_since FROM webhook_endpoints "
+                                           "WHERE rid = %s", rid)[0][0] is not None)
+        assert not client.get_webhook_endpoint(endpoint)["disabled"]
+        # The clock moves on three days: the endpoint's first failure is that old now.
+        sql(url, "UPDATE webhook_endpoints SET failing_since = failing_since - "
+                 "interval '72 hours 1 minute' WHERE rid = %s", rid)
+        assert eventually(lambda: client.get_webhook_endpoint(endpoint)["disabled"])
+        assert client.get_webhook_endpoint(endpoint)["disabled_reason"] == \
+            "Every delivery failed for 72 hours."
+        # Enabling it again clears the reason and the breaker: deliveries resume.
+        receiver.answer = always(200)
+        enabled = client.update_webhook_endpoint(endpoint, disabled=False)
+        assert enabled["disabled_reason"] is None
+        assert eventually(lambda: latest(client, endpoint).get("status")
+                          == "succeeded")
+
+
+def test_a_redirect_is_not_followed(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver() as inside:
+        moved = Answer(302, {"Location": f"http://169.254.169.254/x?{inside.url}"})
+        with Receiver(lambda r: moved if r.number == 0 else Answer(200)) as receiver:
+            endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+            client.create_conversation("moved")
+            assert eventually(lambda: latest(client, endpoint).get("status") == "succeeded")
+            assert len(receiver.events()) == 2 and inside.events() == []
+            assert latest(client, endpoint)["attempt"] == 2
+
+
+def test_a_dead_receiver_costs_one_probe_per_interval(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(always(500)) as receiver:
+        client.create_webhook_endpoint(receiver.url)
+        convo = client.create_conversation("dead")
+        client.create_lines(convo["id"], [{"text": f"line {i}"} for i in range(20)])
+        started = time.monotonic()
+        time.sleep(4)
+        elapsed = time.monotonic() - started
+        # 3 failures open the breaker (1 s); then one probe per second. Without it, 21
+        # events retried every 0.3 s would have made well over a hundred attempts.
+        assert len(receiver.events()) <= 3 + elapsed / 1.0 + 3, len(receiver.events())
+
+
+def test_a_deleted_users_endpoints_stop(delivering):
+    server, url, _ = delivering
+    client = new_client(server)
+    with Receiver(always(500)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("bye")
+        assert eventually(lambda: len(receiver.events()) >= 1)
+        client.delete_user(f"usr_{client.list_events().data[0]['id'][4:20]}")
+        assert sql(url, "SELECT count(*) FROM webhook_endpoints WHERE rid = %s",
+                   int(endpoint[3:], 16)) == [(0,)]
+        time.sleep(1.5)
+        seen = len(receiver.events())
+        time.sleep(1.5)
+        assert len(receiver.events()) == seen

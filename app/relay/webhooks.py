@@ -28,7 +28,7 @@ from app.store.event_feed import EventFeed
 from app.store.webhooks import WebhookQueue
 
 MAX_RESPONSE_BYTES = 64 * 1024  # read of a receiver's answer, at most
-LEASE_MARGIN_SECONDS = 30.0  # a claim's lease: the timeout plus this
+LEASE_MARGIN_SECONDS = 5.0  # a claim's lease: twice the timeout plus this
 MAX_POOLS = 256  # destinations kept with open connections
 Clock = Callable[[], datetime]
 
@@ -209,7 +209,7 @@ class WebhookDelivery:
         self.queue, self.sender, self.schedule = queue, sender, schedule
         self.metrics, self.logger, self.clock = metrics, logger, clock
         self.rng = rng or random.Random()
-        self.lease_seconds = sender.timeout + LEASE_MARGIN_SECONDS
+        self.lease_seconds = 2 * sender.timeout + LEASE_MARGIN_SECONDS
 
     def step(self) -> bool:
         claimed = self.queue.claim(1, self.lease_seconds, self.clock(),

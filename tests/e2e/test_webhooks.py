@@ -4,9 +4,11 @@ receivers this test runs on 127.0.0.1, verified with the `standardwebhooks` pack
 from __future__ import annotations
 
 import base64
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -370,3 +372,78 @@ def test_a_deleted_users_endpoints_stop(delivering):
         seen = len(receiver.events())
         time.sleep(1.5)
         assert len(receiver.events()) == seen
+
+
+# --- nothing lost: several relays, a flaky receiver, a killed relay, a restarted one --------
+
+USERS, EVENTS_PER_USER, BATCH = 4, 500, 100
+
+
+@pytest.mark.timeout(180)
+def test_every_event_is_delivered_at_least_once_by_relays_that_die_and_restart(
+        postgres, tmp_path):
+    """3 relays, 2,000 events, a receiver failing 30 % and hanging on 5 % of requests; one
+    relay is SIGKILLed mid-run and one restarted (SIGTERM, then a new one). Every event is
+    accepted; an event is accepted twice only where the killed relay's attempt was cut off
+    between the receiver's answer and its record."""
+    url = postgres.new_database()
+    env = server_env(url, tmp_path, WEBHOOK_ALLOW_PRIVATE="true",
+                     WEBHOOK_RETRY_SCHEDULE=",".join(["0.2"] * 24),
+                     WEBHOOK_TIMEOUT_SECONDS="0.5", WEBHOOK_BREAKER_FAILURES="40",
+                     WEBHOOK_BREAKER_SECONDS="0.5", WEBHOOK_THREADS="4")
+    rng, lock = random.Random(26), threading.Lock()
+    accepted: dict[str, int] = {}
+
+    def answer(request: Received) -> Answer:
+        with lock:
+            roll = rng.random()
+        if roll < 0.05:
+            return Answer(200, wait=1.0)  # hangs past the timeout: the relay gave up
+        if roll < 0.35:
+            return Answer(500)
+        with lock:
+            accepted[request.headers["webhook-id"]] = accepted.get(
+                request.headers["webhook-id"], 0) + 1
+        return Answer(200)
+
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    relays = [RelayProcess(env, tmp_path / f"relay-{n}.log").wait_running() for n in range(3)]
+    try:
+        assert eventually(lambda: feed_started(url), 30)
+        with Receiver(answer) as receiver:
+            clients = [new_client(server) for _ in range(USERS)]
+            for client in clients:
+                client.create_webhook_endpoint(receiver.url, events=["line.created"])
+            for client in clients:
+                convo = client.create_conversation("load")["id"]
+                for start in range(0, EVENTS_PER_USER, BATCH):
+                    client.create_lines(convo, [{"text": f"{start + i}"}
+                                                for i in range(BATCH)])
+            expected = {e["id"] for client in clients
+                        for e in client.iter_events(type="line.created")}
+            assert len(expected) == USERS * EVENTS_PER_USER
+
+            assert eventually(lambda: len(accepted) >= len(expected) // 4, 60, 0.02)
+            killed = relays[0]
+            killed.stop(signal.SIGKILL)
+            assert killed.process.returncode == -signal.SIGKILL
+            assert eventually(lambda: len(accepted) >= len(expected) // 2, 60, 0.02)
+            assert relays[1].stop() == 0, relays[1].logs()
+            relays.append(RelayProcess(env, tmp_path / "relay-3.log").wait_running())
+
+            assert eventually(lambda: expected <= set(accepted), 90, 0.2), \
+                f"{len(expected - set(accepted))} events never delivered"
+            duplicates = sum(count - 1 for count in accepted.values())
+            statuses = dict(sql(url, "SELECT status, count(*) FROM webhook_deliveries "
+                                     "GROUP BY status"))
+            attempts = len(receiver.events())
+        print(f"\n{len(expected)} events, {attempts} attempts, {duplicates} accepted twice, "
+              f"deliveries by status {statuses}")
+        assert set(accepted) == expected
+        # Only the SIGKILLed relay cuts attempts off: at most one per delivery thread.
+        assert duplicates <= 4, duplicates
+        assert statuses.get("failed", 0) == 0 and statuses.get("succeeded") == len(expected)
+    finally:
+        for relay in relays:
+            relay.stop()
+        server.stop()

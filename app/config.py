@@ -325,7 +325,7 @@ class Config:
         "WEBHOOK_MAX_ENDPOINTS", _int(1, 1000), 16, "webhook endpoints per user")
     webhook_timeout_seconds: float = setting(
         "WEBHOOK_TIMEOUT_SECONDS", _float(0.05, 60), 10.0,
-        "seconds a delivery may take to connect, and then to answer")
+        "seconds a delivery may take, connecting and answering together")
     webhook_threads: int = setting(
         "WEBHOOK_THREADS", _int(1, 64), 4, "deliveries one relay makes at once")
     webhook_retry_schedule: tuple[float, ...] = setting(

@@ -57,6 +57,10 @@ class WebhookMetrics:
         self.oldest_pending = Gauge("saypi_webhook_oldest_pending_seconds",
                                     "Age of the oldest pending delivery (0: none).",
                                     registry=registry)
+        self.oldest_due = Gauge(
+            "saypi_webhook_oldest_due_seconds",
+            "How late the most overdue delivery a relay could claim is (0: none): the "
+            "relays are behind.", registry=registry)
         self.breakers_open = Gauge("saypi_webhook_breakers_open",
                                    "Endpoints whose circuit breaker is open.", registry=registry)
         self.fanned_out = Counter("saypi_webhook_fanned_out",
@@ -118,7 +122,7 @@ class Sender:
             if pool is None:
                 if len(self._pools) >= MAX_POOLS:
                     self._pools.pop(next(iter(self._pools))).close()
-                timeout = urllib3.Timeout(connect=self.timeout, read=self.timeout)
+                timeout = urllib3.Timeout(total=self.timeout)  # connecting and the answer together
                 common: dict[str, Any] = {"port": dest.port, "timeout": timeout,
                                           "maxsize": self.pool_size, "block": False,
                                           "retries": False}
@@ -264,6 +268,7 @@ class WebhookGauges:
         stats = self.queue.stats(self.clock())
         self.metrics.queue_depth.set(stats.pending)
         self.metrics.oldest_pending.set(stats.oldest_pending_seconds or 0.0)
+        self.metrics.oldest_due.set(stats.oldest_due_seconds or 0.0)
         self.metrics.breakers_open.set(stats.breakers_open)
         return False
 

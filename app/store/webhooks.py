@@ -225,6 +225,10 @@ _STATS = """
 SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
        (SELECT extract(epoch FROM %(now)s - min(created_at))::float8
         FROM webhook_deliveries WHERE status = 'pending'),
+       (SELECT extract(epoch FROM %(now)s - min(d.next_attempt_at))::float8
+        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND NOT e.disabled
+          AND (e.open_until IS NULL OR e.open_until <= %(now)s)),
        (SELECT count(*) FROM webhook_endpoints WHERE open_until > %(now)s AND NOT disabled)
 """
 
@@ -237,7 +241,8 @@ class Breaker(NamedTuple):
 
 class QueueStats(NamedTuple):
     pending: int
-    oldest_pending_seconds: float | None
+    oldest_pending_seconds: float | None  # since the oldest pending delivery was created
+    oldest_due_seconds: float | None  # how late the most overdue claimable delivery is
     breakers_open: int
 
 
@@ -328,4 +333,4 @@ class WebhookQueue:
     def stats(self, now: datetime) -> QueueStats:
         with self.db.connection() as conn:
             row = conn.execute(_STATS, {"now": now}).fetchone()
-        return QueueStats(row[0], row[1], row[2])
+        return QueueStats(*row)

@@ -12,8 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.client import ActionNotAllowedError, Client, InvalidParamsError, NotFoundError
@@ -22,6 +25,7 @@ from harness.saypi import Server, server_env
 from harness.services import free_port
 from tests.conftest import eventually
 from tests.e2e.webhook_receiver import Answer, Received, Receiver, always
+from tests.unit.test_deploy import promql_metric_names
 
 PUBLIC = "https://hooks.public.test/saypi"
 RESOLVE = "hooks.public.test=93.184.216.34,internal.test=10.0.0.1"
@@ -144,10 +148,11 @@ class RelayProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path):
         self.log_path = log_path
+        self.port = free_port()
         self._log = open(log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "relay"], cwd=ROOT,
-            env={**env, "RELAY_PORT": str(free_port())}, stdout=self._log,
+            env={**env, "RELAY_PORT": str(self.port)}, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True)
 
     def logs(self) -> str:
@@ -356,6 +361,34 @@ def test_a_dead_receiver_costs_one_probe_per_interval(delivering):
         # 3 failures open the breaker (1 s); then one probe per second. Without it, 21
         # events retried every 0.3 s would have made well over a hundred attempts.
         assert len(receiver.events()) <= 3 + elapsed / 1.0 + 3, len(receiver.events())
+
+
+def test_the_relay_serves_the_webhook_metrics_its_alerts_use(delivering):
+    server, _, relay = delivering
+    client = new_client(server)
+    with Receiver() as receiver:
+        client.create_webhook_endpoint(receiver.url)
+        client.create_conversation("counted")
+        assert eventually(lambda: len(receiver.events()) >= 1)
+
+    def samples() -> dict[tuple[str, tuple], float]:
+        text = httpx.get(f"http://127.0.0.1:{relay.port}/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    assert eventually(lambda: samples()[("saypi_webhook_deliveries_total",
+                                         (("outcome", "succeeded"),))] >= 1)
+    names = {name for name, _ in samples()}
+    assert {"saypi_webhook_delivery_duration_seconds_bucket", "saypi_webhook_queue_depth",
+            "saypi_webhook_oldest_pending_seconds", "saypi_webhook_oldest_due_seconds",
+            "saypi_webhook_breakers_open"} <= names
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "relay-alerts.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert promql_metric_names(rule["expr"]) <= names, rule["alert"]
+    detailed = httpx.get(f"http://127.0.0.1:{relay.port}/health/detailed").json()
+    assert {"webhook-fanout", "webhook-delivery-1", "webhook-gauges"} <= set(
+        detailed["checks"]["tasks"]["details"]["step_age"])
 
 
 def test_a_deleted_users_endpoints_stop(delivering):

@@ -39,7 +39,7 @@ def one(kind: str, component: str | None = None) -> dict:
 
 
 def deployment() -> dict:
-    return one("Deployment")
+    return one("Deployment", "api")
 
 
 def api_container() -> dict:
@@ -132,7 +132,7 @@ def test_selectors_targets_and_images_agree():
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert deploy["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert one("Service")["spec"]["selector"].items() <= pod_labels.items()
-    assert one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() \
+    assert one("PodDisruptionBudget", "api")["spec"]["selector"]["matchLabels"].items() \
         <= pod_labels.items()
     target = one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deploy["metadata"]["name"])
@@ -300,14 +300,15 @@ def test_the_schema_validation_catches_what_parsing_does_not():
     broken = copy.deepcopy(deployment())
     broken["spec"]["replicas"] = "three"
     assert validation_errors(broken)
-    broken = copy.deepcopy(one("PodDisruptionBudget"))
+    broken = copy.deepcopy(one("PodDisruptionBudget", "api"))
     broken["spec"]["selector"] = ["app.kubernetes.io/name"]
     assert validation_errors(broken)
 
 
 def pod_specs() -> dict[str, dict]:
     return {"Deployment": deployment()["spec"]["template"]["spec"],
-            "Job": one("Job")["spec"]["template"]["spec"]}
+            "Job": one("Job")["spec"]["template"]["spec"],
+            "Relay": one("Deployment", "relay")["spec"]["template"]["spec"]}
 
 
 def test_every_container_runs_unprivileged_on_a_read_only_root():
@@ -347,7 +348,7 @@ def test_graceful_shutdown_outlasts_the_drain_and_prestop_pauses_first():
 def test_replicas_autoscaler_and_disruption_budget_agree():
     replicas = deployment()["spec"]["replicas"]
     hpa = one("HorizontalPodAutoscaler")["spec"]
-    pdb = one("PodDisruptionBudget")["spec"]
+    pdb = one("PodDisruptionBudget", "api")["spec"]
     assert hpa["minReplicas"] <= replicas <= hpa["maxReplicas"]
     assert hpa["minReplicas"] >= 2  # one pod down must never mean no service
     # The budget lets a node drain go on (one pod at a time) and keeps the rest.
@@ -366,6 +367,29 @@ def test_replicas_autoscaler_and_disruption_budget_agree():
     # is raised to at least this in production; the README's sizing rule).
     env = config_env()
     assert hpa["maxReplicas"] * int(env["WEB_CONCURRENCY"]) * int(env["DB_POOL_MAX"]) <= 160
+
+
+def test_the_relay_runs_beside_the_api_with_its_own_budget_and_probes():
+    relay = one("Deployment", "relay")
+    pod = relay["spec"]["template"]
+    assert relay["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    pdb = one("PodDisruptionBudget", "relay")["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert 1 <= int(pdb["maxUnavailable"]) < relay["spec"]["replicas"]
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][-2:] == ["run.py", "relay"]
+    assert container["image"] == api_container()["image"]
+    assert container["envFrom"] == api_container()["envFrom"]
+    env = {**config_env(), **{e["name"]: e["value"] for e in container["env"]}}
+    config = Config.from_env(env, ["relay"])
+    (port,) = container["ports"]
+    assert port["containerPort"] == config.relay_port
+    assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == config.relay_port
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] == port["name"]
+    # SIGTERM lets the deliveries under way finish within the grace bound.
+    assert pod["spec"]["terminationGracePeriodSeconds"] > config.relay_grace_seconds
+    assert config.relay_grace_seconds >= config.webhook_timeout_seconds + 5
 
 
 def test_migrations_run_before_the_rollout():
@@ -404,7 +428,10 @@ def test_network_policies_admit_http_only_and_reach_postgres_and_dns():
     for name, policy in policies.items():
         egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"]
                         for p in rule["ports"]}
-        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP")}, name
+        # The relay also reaches webhook receivers, over https.
+        extra = {(443, "TCP")} if name == "saypi-relay" else set()
+        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP")} | extra, \
+            name
     migrate_labels = one("Job")["spec"]["template"]["metadata"]["labels"]
     assert policies["saypi-migrate"]["podSelector"]["matchLabels"].items() \
         <= migrate_labels.items()

@@ -495,7 +495,9 @@ def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
     return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics),
             *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log)
               for n in range(1, config.webhook_threads + 1)),
-            WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender)]
+            WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender,
+                          timedelta(hours=config.events_retention_hours),
+                          config.purge_interval_seconds)]
 
 
 def outbound_policy(config: Config) -> OutboundPolicy:

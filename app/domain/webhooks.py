@@ -64,6 +64,7 @@ class Claimed(NamedTuple):
     body: str
     secrets: tuple[str, ...]  # the endpoint's current secret, then the previous one
     probe: bool  # the breaker was open: this attempt is its one probe
+    created_at: datetime  # when the event was fanned out to this endpoint
 
 
 class Outcome(NamedTuple):

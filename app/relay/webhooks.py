@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import urllib3
@@ -52,6 +52,14 @@ class WebhookMetrics:
             "Seconds each delivery attempt took, from resolving the host to the answer read.",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=registry)
+        self.lag = Histogram(
+            "saypi_webhook_delivery_lag_seconds",
+            "Seconds from an event's fan-out to its successful delivery, retries included.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000,
+                     172800), registry=registry)
+        self.purged = Counter("saypi_webhook_deliveries_purged",
+                              "Finished deliveries deleted after the retention.",
+                              registry=registry)
         self.queue_depth = Gauge("saypi_webhook_queue_depth", "Pending deliveries.",
                                  registry=registry)
         self.oldest_pending = Gauge("saypi_webhook_oldest_pending_seconds",
@@ -237,6 +245,8 @@ class WebhookDelivery:
             label = "taken_over"
         elif outcome.succeeded:
             label = "succeeded"
+            self.metrics.lag.observe(max(0.0, (self.clock() - delivery.created_at)
+                                         .total_seconds()))
         elif outcome.gone:
             label = "gone"
         else:
@@ -251,17 +261,26 @@ class WebhookDelivery:
 
 
 class WebhookGauges:
-    """Samples the queue's depth, its oldest pending delivery and the open breakers."""
+    """Samples the queue's depth, its oldest pending delivery and the open breakers; purges
+    finished deliveries older than the retention."""
 
     name = "webhook-gauges"
 
     def __init__(self, queue: WebhookQueue, metrics: WebhookMetrics, every_seconds: float,
-                 sender: Sender, clock: Clock = utc_now):
+                 sender: Sender, retention: timedelta, purge_every_seconds: float,
+                 clock: Clock = utc_now):
         self.queue, self.metrics, self.every = queue, metrics, every_seconds
         self.sender, self.clock = sender, clock
-        self._next = 0.0
+        self.retention, self.purge_every = retention, purge_every_seconds
+        self._next = self._next_purge = 0.0
 
     def step(self) -> bool:
+        if time.monotonic() >= self._next_purge:
+            purged = self.queue.purge_finished(self.clock() - self.retention)
+            self.metrics.purged.inc(purged)
+            if purged:
+                return True  # more may be due: again at once
+            self._next_purge = time.monotonic() + self.purge_every
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + self.every

@@ -200,7 +200,7 @@ UPDATE webhook_deliveries d SET attempts = d.attempts + 1, claim = %(claim)s,
 FROM webhook_endpoints e
 WHERE d.id = ANY(%(ids)s) AND e.id = d.endpoint_id
 RETURNING d.id, d.attempts, d.endpoint_id, e.url, d.event_id, d.body, e.secret,
-          CASE WHEN e.previous_until > %(now)s THEN e.previous_secret END
+          CASE WHEN e.previous_until > %(now)s THEN e.previous_secret END, d.created_at
 """
 _RECORD = """
 UPDATE webhook_deliveries SET status = %(status)s, next_attempt_at = %(next)s, claim = NULL,
@@ -230,6 +230,16 @@ SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
         WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND NOT e.disabled
           AND (e.open_until IS NULL OR e.open_until <= %(now)s)),
        (SELECT count(*) FROM webhook_endpoints WHERE open_until > %(now)s AND NOT disabled)
+"""
+
+
+# Finished deliveries are kept as long as events are (EVENTS_RETENTION_HOURS).
+_PURGE = """
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status <> 'pending' AND updated_at < %(before)s
+    ORDER BY updated_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
 """
 
 
@@ -296,8 +306,9 @@ class WebhookQueue:
                 "lease_until": now + timedelta(seconds=lease_seconds)}).fetchall()
         return [Claimed(row_id, claim, attempt, endpoint, url, event_id, body,
                         (secret,) if previous is None else (secret, previous),
-                        endpoint in probing)
-                for row_id, attempt, endpoint, url, event_id, body, secret, previous in rows]
+                        endpoint in probing, created_at)
+                for row_id, attempt, endpoint, url, event_id, body, secret, previous, created_at
+                in rows]
 
     def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None,
                now: datetime) -> tuple[bool, bool]:
@@ -329,6 +340,13 @@ class WebhookQueue:
                 "open_until": now + timedelta(seconds=self.breaker.open_seconds),
                 "id": claimed.endpoint_id}).fetchone()
         return True, reason is not None and disabled is not None
+
+    def purge_finished(self, older_than: datetime, limit: int = 1000) -> int:
+        """Delete up to `limit` succeeded or failed deliveries last changed before
+        `older_than`, oldest first; how many went."""
+        with self.db.connection() as conn:
+            cursor = conn.execute(_PURGE, {"before": older_than, "limit": limit})
+            return cursor.rowcount
 
     def stats(self, now: datetime) -> QueueStats:
         with self.db.connection() as conn:

@@ -87,6 +87,34 @@ def test_endpoints_are_created_listed_read_changed_and_deleted(guarded):
         client.list_webhook_deliveries(created["id"])
 
 
+def test_creation_takes_an_idempotency_key(guarded):
+    client = new_client(guarded)
+    first = client.create_webhook_endpoint(PUBLIC, idempotency_key="hook-1")
+    again = client.create_webhook_endpoint(PUBLIC, idempotency_key="hook-1")
+    assert client.last_response.headers["Idempotent-Replayed"] == "true"
+    assert again == first
+    assert len(client.list_webhook_endpoints().data) == 1
+
+
+def test_the_relay_checks_the_address_again_at_each_attempt(guarded, tmp_path):
+    """The name resolved to a public address when the endpoint was made; at delivery it
+    resolves to loopback (DNS rebinding): the attempt is refused, nothing is sent."""
+    url = guarded.env["DATABASE_URL"]
+    env = {**guarded.env, "WEBHOOK_RESOLVE": "hooks.public.test=127.0.0.1",
+           "WEBHOOK_RETRY_SCHEDULE": SCHEDULE}
+    relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
+    try:
+        assert eventually(lambda: feed_started(url), 30)
+        client = new_client(guarded)
+        endpoint = client.create_webhook_endpoint(PUBLIC)["id"]
+        client.create_conversation("rebound")
+        assert eventually(lambda: (latest(client, endpoint).get("error") or "").startswith(
+            "The URL resolves to 127.0.0.1"), 20), latest(client, endpoint)
+        assert latest(client, endpoint)["response_status"] is None
+    finally:
+        assert relay.stop() == 0
+
+
 def test_the_endpoint_limit_is_an_object_limit(guarded):
     client = new_client(guarded)
     for _ in range(3):
@@ -196,7 +224,8 @@ def delivering(postgres, tmp_path_factory):
     url = postgres.new_database()
     env = server_env(url, tmp, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
                      WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_BREAKER_FAILURES="3",
-                     WEBHOOK_BREAKER_SECONDS="1", WEBHOOK_THREADS="4")
+                     WEBHOOK_BREAKER_SECONDS="1", WEBHOOK_THREADS="4",
+                     PURGE_INTERVAL_SECONDS="0.5")
     server = Server(env, tmp / "server.log").wait_ready()
     relay = RelayProcess(env, tmp / "relay.log").wait_running()
     assert eventually(lambda: feed_started(url), 30), relay.logs()
@@ -389,6 +418,23 @@ def test_the_relay_serves_the_webhook_metrics_its_alerts_use(delivering):
     detailed = httpx.get(f"http://127.0.0.1:{relay.port}/health/detailed").json()
     assert {"webhook-fanout", "webhook-delivery-1", "webhook-gauges"} <= set(
         detailed["checks"]["tasks"]["details"]["step_age"])
+
+
+def test_finished_deliveries_are_purged_after_the_retention(delivering):
+    server, url, _ = delivering
+    client = new_client(server)
+    with Receiver() as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("kept")
+        client.create_conversation("purged")
+        assert eventually(lambda: len(client.list_webhook_deliveries(endpoint).data) == 2 and
+                          all(d["status"] == "succeeded"
+                              for d in client.list_webhook_deliveries(endpoint).data))
+        older, newer = reversed(client.list_webhook_deliveries(endpoint).data)
+        sql(url, "UPDATE webhook_deliveries SET updated_at = now() - interval '721 hours' "
+                 "WHERE rid = %s", int(older["id"][3:], 16))
+        assert eventually(lambda: [d["id"] for d in client.list_webhook_deliveries(
+            endpoint).data] == [newer["id"]], 10)
 
 
 def test_a_deleted_users_endpoints_stop(delivering):

@@ -45,3 +45,6 @@ CREATE INDEX webhook_deliveries_endpoint_id_id_idx ON webhook_deliveries (endpoi
 -- The relays' claims: the due ones, soonest first.
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
     WHERE status = 'pending';
+-- The purge of finished deliveries, oldest first.
+CREATE INDEX webhook_deliveries_done_idx ON webhook_deliveries (updated_at)
+    WHERE status <> 'pending';

@@ -190,10 +190,16 @@ ORDER BY d.next_attempt_at
 LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED
 """
-# The probe's claim re-arms the breaker: another relay's claim, waiting on this row lock,
-# then finds it open and takes none.
-_PROBE = ("UPDATE webhook_endpoints SET open_until = %(until)s "
-          "WHERE id = ANY(%(ids)s) AND open_until <= %(now)s RETURNING id")
+# The probe's claim re-arms the breaker. An endpoint row another transaction holds (a
+# relay's probe claim, a record, the owner's deletion) is skipped, not waited for: no
+# probe this round, and no claim waits on a lock while holding delivery rows.
+_PROBE = """
+UPDATE webhook_endpoints SET open_until = %(until)s
+WHERE id IN (SELECT id FROM webhook_endpoints
+             WHERE id = ANY(%(ids)s) AND open_until <= %(now)s
+             FOR NO KEY UPDATE SKIP LOCKED)
+RETURNING id
+"""
 _CLAIM = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, claim = %(claim)s,
        next_attempt_at = %(lease_until)s, updated_at = now()
@@ -322,6 +328,12 @@ class WebhookQueue:
         else:
             status, next_at = "pending", now + timedelta(seconds=next_delay)
         with self.db.transaction() as conn:
+            # The endpoint's row first, then the delivery's: the order a deletion of the
+            # endpoint (or of its owner) takes them in, so the two never deadlock.
+            since = conn.execute(
+                "SELECT failing_since FROM webhook_endpoints WHERE id = %s "
+                + ("FOR KEY SHARE" if outcome.succeeded else "FOR NO KEY UPDATE"),
+                (claimed.endpoint_id,)).fetchone()
             row = conn.execute(_RECORD, {
                 "status": status, "next": next_at, "response_status": outcome.response_status,
                 "error": outcome.error, "duration_ms": outcome.duration_ms,
@@ -331,8 +343,6 @@ class WebhookQueue:
             if outcome.succeeded:
                 conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
                 return True, False
-            since = conn.execute("SELECT failing_since FROM webhook_endpoints WHERE id = %s "
-                                 "FOR UPDATE", (claimed.endpoint_id,)).fetchone()
             reason = GONE_REASON if outcome.gone else disable_reason(
                 since[0] if since else None, now, self.breaker.disable_after)
             disabled = conn.execute(_FAILED, {

@@ -55,6 +55,29 @@ class Event(TypedDict):
     data: dict[str, Any]  # {"object": the object after the change (before, for a deletion)}
 
 
+class WebhookEndpoint(TypedDict, total=False):
+    id: str  # we_...
+    url: str
+    events: list[str]
+    description: str | None
+    disabled: bool
+    disabled_reason: str | None
+    created_at: str
+    secret: str  # whsec_...: only when created or rotated
+
+
+class WebhookDelivery(TypedDict):
+    id: str  # wd_...
+    event: str  # the event id, sent as webhook-id
+    attempt: int
+    status: str  # pending, succeeded or failed
+    response_status: int | None
+    error: str | None
+    duration_ms: int | None
+    next_attempt_at: str | None
+    created_at: str
+
+
 @dataclass(frozen=True)
 class Page:
     type: str
@@ -352,6 +375,46 @@ class Client:
 
     def get_event(self, event_id: str) -> Event:
         return self._call("GET", f"/events/{event_id}")
+
+    # --- webhooks ---
+    def create_webhook_endpoint(self, url: str, events: list[str] | None = None,
+                                description: str | None = None,
+                                idempotency_key: str | None = None) -> WebhookEndpoint:
+        """A new endpoint; its `secret` is in this answer only."""
+        body = {k: v for k, v in (("url", url), ("events", events),
+                                  ("description", description)) if v is not None}
+        return self._call("POST", "/webhook_endpoints", json=body,
+                          idempotency_key=idempotency_key)
+
+    def list_webhook_endpoints(self, limit: int | None = None,
+                               starting_after: str | None = None,
+                               ending_before: str | None = None) -> Page:
+        return self._page("/webhook_endpoints", limit, starting_after, ending_before)
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint:
+        return self._call("GET", f"/webhook_endpoints/{endpoint_id}")
+
+    def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> WebhookEndpoint:
+        """Change `url`, `events`, `description` (None clears it) or `disabled`."""
+        return self._call("PATCH", f"/webhook_endpoints/{endpoint_id}", json=changes)
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        self._call("DELETE", f"/webhook_endpoints/{endpoint_id}")
+
+    def rotate_webhook_secret(self, endpoint_id: str) -> WebhookEndpoint:
+        """A new secret (in this answer); the old one signs beside it for 24 hours."""
+        return self._call("POST", f"/webhook_endpoints/{endpoint_id}/rotate_secret")
+
+    def ping_webhook_endpoint(self, endpoint_id: str) -> WebhookDelivery:
+        """Have a `ping` event delivered to the endpoint; its delivery, pending."""
+        return self._call("POST", f"/webhook_endpoints/{endpoint_id}/ping")
+
+    def list_webhook_deliveries(self, endpoint_id: str, limit: int | None = None,
+                                starting_after: str | None = None,
+                                ending_before: str | None = None) -> Page:
+        """A page of the endpoint's deliveries, newest first."""
+        return self._page(f"/webhook_endpoints/{endpoint_id}/deliveries", limit,
+                          starting_after, ending_before)
 
     # --- rendering ---
     def render(self, text: str | None = None, animal: str | None = None,

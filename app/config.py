@@ -157,6 +157,16 @@ def _key_values(text: str) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _seconds_list(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in _csv(text))
+    except ValueError:
+        raise ValueError(f"must be comma separated numbers of seconds, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise ValueError("must list at least one non-negative number of seconds")
+    return values
+
+
 def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     networks = []
     for part in _csv(text):
@@ -309,6 +319,35 @@ class Config:
     relay_beside: bool = setting(
         "RELAY_BESIDE", _bool, False,
         "serve: also run a relay process beside the server, on its database (make run)")
+    # Webhooks (docs/webhooks.md): the endpoints API's checks and the relay's deliveries.
+    webhook_allow_private: bool = setting(
+        "WEBHOOK_ALLOW_PRIVATE", _bool, False,
+        "let webhook URLs reach loopback, private, link-local and multicast addresses "
+        "(and plain http in production): for tests and private networks only")
+    webhook_max_endpoints: int = setting(
+        "WEBHOOK_MAX_ENDPOINTS", _int(1, 1000), 16, "webhook endpoints per user")
+    webhook_timeout_seconds: float = setting(
+        "WEBHOOK_TIMEOUT_SECONDS", _float(0.05, 60), 10.0,
+        "seconds a delivery may take, connecting and answering together")
+    webhook_threads: int = setting(
+        "WEBHOOK_THREADS", _int(1, 64), 4, "deliveries one relay makes at once")
+    webhook_retry_schedule: tuple[float, ...] = setting(
+        "WEBHOOK_RETRY_SCHEDULE", _seconds_list, (5, 300, 1800, 7200, 18000, 36000, 36000,
+                                                  36000),
+        "comma separated seconds between a delivery's attempts (jittered by 20 percent), then "
+        "it is given up")
+    webhook_breaker_failures: int = setting(
+        "WEBHOOK_BREAKER_FAILURES", _int(1, 1000), 5,
+        "failed deliveries in a row that open an endpoint's circuit breaker")
+    webhook_breaker_seconds: float = setting(
+        "WEBHOOK_BREAKER_SECONDS", _float(0.05, 86400), 60.0,
+        "seconds an open breaker lets no delivery through, then one probe")
+    webhook_disable_after_hours: float = setting(
+        "WEBHOOK_DISABLE_AFTER_HOURS", _float(0.0001, 8760), 72.0,
+        "hours of nothing but failures after which an endpoint is disabled")
+    webhook_resolve: tuple[tuple[str, str], ...] = setting(
+        "WEBHOOK_RESOLVE", _key_values, (),
+        "host=address pairs resolved without DNS (as curl's --resolve), for tests")
     fault_injection: bool = setting(
         "FAULT_INJECTION", _bool, False,
         "serve /debug/sleep and /debug/fail for failure tests (refused in production)")

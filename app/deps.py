@@ -7,11 +7,13 @@ unless given it (the in-process tests give fakes). See docs/architecture.md.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
@@ -21,11 +23,20 @@ from prometheus_client import CollectorRegistry
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.domain.events import TYPES as EVENT_TYPES
-from app.domain.repositories import Conversations, Events, Lines, Moods, SlowQueries, Users
+from app.domain.repositories import (
+    Conversations,
+    Events,
+    Lines,
+    Moods,
+    SlowQueries,
+    Users,
+    Webhooks,
+)
 from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
+from app.http.outbound import OutboundPolicy, resolver
 from app.http.presence import UserPresence
 from app.http.ratelimit import RateLimiter, policies_from_config
 from app.http.ratelimit_leases import LeasedStore
@@ -37,10 +48,12 @@ from app.ops.periodic import Periodic
 from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
 from app.relay.runner import Relay, Task
+from app.relay.webhooks import Sender, WebhookDelivery, WebhookFanout, WebhookGauges, WebhookMetrics
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
 from app.store.deadlines import Deadlines
+from app.store.event_feed import EventFeed
 from app.store.events import EventRepository, EventTally
 from app.store.idempotency import IdempotencyRepository
 from app.store.lines import LineRepository
@@ -50,6 +63,7 @@ from app.store.redis_link import RedisLink
 from app.store.redis_ratelimits import RedisRateLimitStore
 from app.store.slow_queries import SlowQueryRepository
 from app.store.users import UserRepository
+from app.store.webhooks import Breaker, WebhookQueue, WebhookRepository
 from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
@@ -80,6 +94,8 @@ class Deps:
     slow_queries: SlowQueries  # the fault-injection routes' slow query
     tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
     events: Events  # the event log's reads (GET /events)
+    webhooks: Webhooks  # the webhook endpoints API's storage
+    outbound: OutboundPolicy  # where webhooks may be sent
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -132,6 +148,8 @@ class Parts(TypedDict, total=False):
     lines: Lines
     slow_queries: SlowQueries
     events: Events
+    webhooks: Webhooks
+    outbound: OutboundPolicy
     presence: UserPresence
     auth: Authenticator
     idempotency_keys: Any
@@ -157,7 +175,8 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
         config=config, logger=logger, metrics=w.metrics, tracing=w.tracing,
         lifecycle=w.lifecycle, health=w.health, auth=w.auth, renderer=w.renderer,
         users=w.users, presence=w.presence, moods=w.moods, conversations=w.conversations,
-        lines=w.lines, events=w.events, idempotency=w.idempotency,
+        lines=w.lines, events=w.events, webhooks=w.webhooks, outbound=w.outbound,
+        idempotency=w.idempotency,
         slow_queries=w.slow_queries,
         access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
         on_start=w.on_start(), on_close=w.on_close())
@@ -303,6 +322,14 @@ class _Wiring:
         return EventRepository(self.cluster, self.config.events_retention_hours)
 
     @cached_property
+    def webhooks(self) -> Webhooks:
+        return WebhookRepository(self.cluster)
+
+    @cached_property
+    def outbound(self) -> OutboundPolicy:
+        return outbound_policy(self.config)
+
+    @cached_property
     def event_tally(self) -> EventTally:
         """Events written, counted per thread; the sampler folds them into the metric."""
         for event_type in EVENT_TYPES:
@@ -422,11 +449,16 @@ _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cac
 def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProcess:
     """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
     its health and metrics port (RELAY_PORT). See docs/relay.md."""
-    db = Database(dsn, pool_settings(config), logger.getChild("db"), name="saypi-relay",
+    # A connection for each task's thread, the health checks' and the feed's, at least.
+    settings = pool_settings(config)
+    settings = dataclasses.replace(settings, max_size=max(settings.max_size,
+                                                          config.webhook_threads + 4))
+    db = Database(dsn, settings, logger.getChild("db"), name="saypi-relay",
                   direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[Task] = []  # each task is built here from the pool, settings and registry
+    tasks += webhook_tasks(config, logger, db, registry)
     relay = Relay(tasks, logger.getChild("relay"), config.relay_poll_seconds,
                   config.relay_grace_seconds)
     registry.register(RelayCollector(relay))
@@ -445,6 +477,33 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
                      relay.stopping.is_set, logger.getChild("relay"))
     return RelayProcess(relay, health, http, max(0.1, config.health_cache_seconds),
                         on_close=(db.close,))
+
+
+def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
+                  registry: CollectorRegistry) -> list[Task]:
+    """The fan-out (feed `webhooks`), WEBHOOK_THREADS delivery threads, the queue's gauges."""
+    queue = WebhookQueue(db, Breaker(config.webhook_breaker_failures,
+                                     config.webhook_breaker_seconds,
+                                     timedelta(hours=config.webhook_disable_after_hours)))
+    metrics = WebhookMetrics(registry)
+    renderer = Renderer(CowLibrary.load(cow_search_path(config.cowpath),
+                                        logger.getChild("cowsay")),
+                        max_entries=config.render_cache_size)
+    sender = Sender(outbound_policy(config), config.webhook_timeout_seconds,
+                    f"SayPI-Webhooks/{VERSION}", config.webhook_threads)
+    log = logger.getChild("webhooks")
+    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics),
+            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log)
+              for n in range(1, config.webhook_threads + 1)),
+            WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender,
+                          timedelta(hours=config.events_retention_hours),
+                          config.purge_interval_seconds)]
+
+
+def outbound_policy(config: Config) -> OutboundPolicy:
+    """Where webhooks may go: https only in production, private addresses only when allowed."""
+    return OutboundPolicy(config.production and not config.webhook_allow_private,
+                          config.webhook_allow_private, resolver(dict(config.webhook_resolve)))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

@@ -19,6 +19,7 @@ class LimitReached(DomainError):
     """A cap would be exceeded: `kind` is CONVERSATIONS, MOODS or LINES, `cap` the cap."""
 
     CONVERSATIONS, MOODS, LINES = "conversations", "moods", "lines"
+    WEBHOOK_ENDPOINTS = "webhook_endpoints"
 
     def __init__(self, kind: str, cap: int):
         super().__init__(kind, cap)

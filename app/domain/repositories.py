@@ -15,6 +15,7 @@ from app.domain.events import Event, EventPage
 from app.domain.models import Conversation, Line, Mood, NewLine, User
 from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
+from app.domain.webhooks import Delivery, Endpoint
 
 
 class Users(Protocol):
@@ -96,3 +97,27 @@ class Events(Protocol):
     def purge_expired(self) -> int: ...
 
     def oldest_age(self) -> float | None: ...
+
+
+class Webhooks(Protocol):
+    """The webhook endpoints API's storage (app/store/webhooks.py)."""
+
+    def create(self, user_id: int, url: str, events: Sequence[str], description: str | None,
+               secret: str, cap: int, uow: UnitOfWork | None = None) -> Endpoint: ...
+
+    def get(self, user_id: int, rid: int) -> Endpoint | None: ...
+
+    def list(self, user_id: int, page: Page) -> KeysetResult: ...
+
+    def update(self, user_id: int, rid: int, changes: Mapping[str, object]
+               ) -> Endpoint | None: ...
+
+    def delete(self, user_id: int, rid: int) -> bool: ...
+
+    def rotate_secret(self, user_id: int, rid: int, secret: str) -> Endpoint | None: ...
+
+    def add_ping(self, user_id: int, rid: int, event_id: str, body: str
+                 ) -> Delivery | None: ...
+
+    def deliveries(self, user_id: int, rid: int, page: Page,
+                   cursor: int | None) -> KeysetResult: ...

@@ -305,6 +305,7 @@ LIMIT_ACTIONS = {
     LimitReached.CONVERSATIONS: "create more than {cap} conversations",
     LimitReached.MOODS: "create more than {cap} moods",
     LimitReached.LINES: "add more than {cap} lines to a conversation",
+    LimitReached.WEBHOOK_ENDPOINTS: "create more than {cap} webhook endpoints",
 }
 
 

@@ -175,6 +175,33 @@ class ObjectList(fields.Field):
         return loaded
 
 
+class TextList(fields.Field):
+    """A JSON array of `min_items` to `max_items` strings, each as `item` (a Text) loads it."""
+
+    def __init__(self, item: Text, *, min_items: int = 1, max_items: int, **kwargs: Any):
+        kwargs["error_messages"] = {**MESSAGES, **kwargs.get("error_messages", {})}
+        super().__init__(**kwargs)
+        self.item = item
+        self.min_items = min_items
+        self.max_items = max_items
+
+    def describe(self) -> str:
+        return f"must be a list of {self.min_items} to {self.max_items} strings"
+
+    def _deserialize(self, value: Any, attr, data, **kwargs) -> list[str]:
+        if not isinstance(value, list) or not self.min_items <= len(value) <= self.max_items:
+            raise ValidationError(self.describe())
+        loaded, errors = [], {}
+        for index, item in enumerate(value):
+            try:
+                loaded.append(self.item.deserialize(item))
+            except ValidationError as exc:
+                errors[index] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return loaded
+
+
 class PublicId(fields.Field):
     """Dumps an internal id number as its public prefixed form (usr_..., cv_..., ln_...)."""
 

@@ -17,7 +17,7 @@ from app.domain.pages import DEFAULT_LIMIT, MAX_LIMIT
 from app.http import errors as api
 from app.http import patterns
 from app.http.errors import CURSOR_MISSING
-from app.http.fields import Bool, Email, ObjectList, PublicId, Text, Timestamp
+from app.http.fields import Bool, Email, ObjectList, PublicId, Text, TextList, Timestamp
 from app.http.idempotency import HEADER as IDEMPOTENCY_HEADER
 
 # JSON Schema patterns (ECMA 262 syntax, as OpenAPI requires) for the fields' rules, made
@@ -66,6 +66,9 @@ def field_properties(self, field, ret: dict, **kwargs: Any) -> dict:
     if isinstance(field, ObjectList):
         return {"type": "array", "minItems": 1, "maxItems": field.max_items,
                 "items": ref("schemas", field.schema.__name__)}
+    if isinstance(field, TextList):
+        return {"type": "array", "minItems": field.min_items, "maxItems": field.max_items,
+                "items": field_properties(self, field.item, {})}
     if isinstance(field, PublicId):
         return {"type": "string", "pattern": f"^{field.prefix}_[0-9a-f]{{16}}$",
                 "description": f"`{field.prefix}_` and 16 hex digits."}
@@ -87,6 +90,8 @@ def _describe(field) -> str:
         return "A boolean; in a form body `true` or `false` (also `1` or `0`)."
     if isinstance(field, ObjectList):
         return f"A list of 1 to {field.max_items} `{field.schema.__name__}` objects."
+    if isinstance(field, TextList):
+        return f"A list of {field.min_items} to {field.max_items} strings."
     text = field.describe().removeprefix("must be ")
     text = text[:1].upper() + text[1:]
     if isinstance(field, Email):
@@ -235,6 +240,9 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "event_id": {"description": "An event id (`evt_...`) of yours.",
                  "schema": {"type": "string", "pattern": "^evt_[0-9a-f]{32}$"},
                  "example": "evt_3a1f0c6e2b9d4857000000000000002a"},
+    "endpoint_id": {"description": "A webhook endpoint id (`we_...`) of yours.",
+                    "schema": {"type": "string", "pattern": "^we_[0-9a-f]{16}$"},
+                    "example": "we_2f1c4b8d0a6e9375"},
     "name": {"description": "A mood name: 1-30 printable ASCII characters other than `/`, "
                             "case-insensitive, percent-encoded in the path.",
              "schema": {"type": "string", "pattern": MOOD_NAME},

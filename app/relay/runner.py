@@ -39,6 +39,7 @@ class Relay:
         self.idle_seconds = idle_seconds
         self.grace_seconds = grace_seconds
         self.stopping = threading.Event()
+        self._signalled: list[bool] = []  # SIGTERM or SIGINT arrived
         self._wakes = {task.name: threading.Event() for task in self.tasks}
         # When each task last finished a step (monotonic), for the relay's health.
         self.last_step: dict[str, float] = {task.name: time.monotonic() for task in self.tasks}
@@ -57,15 +58,19 @@ class Relay:
     def run(self, install_signals: bool = True) -> int:
         """Step every task until stopped; 0 once every step under way has finished."""
         if install_signals:
+            # The handler only notes the signal: one taking the events' locks could run inside
+            # a frame of the main thread that holds one (a second signal inside the first
+            # handler's Event.set did), and wait for it forever.
             for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: self.stop())
+                signal.signal(signum, lambda *_: self._signalled.append(True))
         threads = [threading.Thread(target=self._loop, args=(task,), name=f"relay-{task.name}",
                                     daemon=True) for task in self.tasks]
         for thread in threads:
             thread.start()
         self.logger.info("relay running: %s", ", ".join(t.name for t in self.tasks) or "no tasks")
-        while not self.stopping.wait(0.5):
-            pass
+        while not (self.stopping.is_set() or self._signalled):
+            time.sleep(0.1)
+        self.stop()
         self.logger.info("relay stopping: finishing the steps under way (at most %.0f s)",
                          self.grace_seconds)
         deadline = time.monotonic() + self.grace_seconds

@@ -23,11 +23,13 @@ from typing import Any
 from app.config import Config
 from app.cowsay import CowLibrary, cow_search_path
 from app.deps import Deps, build_deps
+from app.domain.errors import LimitReached
 from app.domain.events import EventPage
 from app.domain.health import CheckResult
 from app.domain.models import BUILTIN_MOODS, Conversation, Line, Mood, User
 from app.domain.pages import KeysetResult, Page
 from app.domain.unit_of_work import UnitOfWork
+from app.domain.webhooks import Delivery, Endpoint
 from app.http.ratelimit import MemoryStore
 from app.ops.logs import new_logger
 
@@ -356,6 +358,59 @@ class FakeEvents:
         return None
 
 
+class FakeWebhooks:
+    """Webhook endpoints in a dict; no deliveries are ever made (the relay's are e2e)."""
+
+    def __init__(self, users: FakeUsers):
+        self.users = users
+        self.endpoints: dict[int, tuple[int, Endpoint]] = {}
+
+    def create(self, user_id: int, url: str, events: Sequence[str], description: str | None,
+               secret: str, cap: int, uow: UnitOfWork | None = None) -> Endpoint:
+        if sum(1 for owner, _ in self.endpoints.values() if owner == user_id) >= cap:
+            raise LimitReached(LimitReached.WEBHOOK_ENDPOINTS, cap)
+        endpoint = Endpoint(next(_NUMBERS), url, tuple(events), description, False, None,
+                            _now())
+        self.endpoints[endpoint.id] = (user_id, endpoint)
+        return endpoint
+
+    def get(self, user_id: int, rid: int) -> Endpoint | None:
+        owner, endpoint = self.endpoints.get(rid, (None, None))
+        return endpoint if owner == user_id else None
+
+    def list(self, user_id: int, page: Page) -> KeysetResult:
+        mine = [e for owner, e in self.endpoints.values() if owner == user_id]
+        return _page(mine, lambda e: f"we_{e.id:016x}", page)
+
+    def update(self, user_id: int, rid: int, changes: Mapping[str, object]
+               ) -> Endpoint | None:
+        endpoint = self.get(user_id, rid)
+        if endpoint is None:
+            return None
+        fields: dict[str, Any] = dict(changes)
+        if "events" in fields:
+            fields["events"] = tuple(fields["events"])
+        endpoint = endpoint._replace(**fields)
+        self.endpoints[rid] = (user_id, endpoint)
+        return endpoint
+
+    def delete(self, user_id: int, rid: int) -> bool:
+        return self.get(user_id, rid) is not None and self.endpoints.pop(rid) is not None
+
+    def rotate_secret(self, user_id: int, rid: int, secret: str) -> Endpoint | None:
+        return self.get(user_id, rid)
+
+    def add_ping(self, user_id: int, rid: int, event_id: str, body: str) -> Delivery | None:
+        if self.get(user_id, rid) is None:
+            return None
+        return Delivery(next(_NUMBERS), event_id, 0, "pending", None, None, None, _now(),
+                        _now())
+
+    def deliveries(self, user_id: int, rid: int, page: Page,
+                   cursor: int | None) -> KeysetResult:
+        return KeysetResult(self.get(user_id, rid) is not None, False, [], False)
+
+
 def fake_deps(**settings: str) -> Deps:
     """A Deps on in-memory repositories; `settings` are environment variables for Config.
 
@@ -375,4 +430,5 @@ def fake_deps(**settings: str) -> Deps:
         lines=FakeLines(users, moods, conversations), transactions=FakeTransactions(),
         idempotency_keys=FakeIdempotencyKeys(), rate_limit_store=MemoryStore(), redis=None,
         checkers={"fake": lambda: CheckResult("healthy", "in memory")},
-        library=cow_library(), slow_queries=FakeSlowQueries(), events=FakeEvents())
+        library=cow_library(), slow_queries=FakeSlowQueries(), events=FakeEvents(),
+        webhooks=FakeWebhooks(users))

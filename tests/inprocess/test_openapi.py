@@ -56,6 +56,12 @@ CONTRACT = {
     ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/quick"),
     ("GET", "/health/detailed"), ("GET", "/metrics"),
     ("GET", "/events"), ("GET", "/events/{event_id}"),
+    ("POST", "/webhook_endpoints"), ("GET", "/webhook_endpoints"),
+    ("GET", "/webhook_endpoints/{endpoint_id}"), ("PATCH", "/webhook_endpoints/{endpoint_id}"),
+    ("DELETE", "/webhook_endpoints/{endpoint_id}"),
+    ("POST", "/webhook_endpoints/{endpoint_id}/rotate_secret"),
+    ("POST", "/webhook_endpoints/{endpoint_id}/ping"),
+    ("GET", "/webhook_endpoints/{endpoint_id}/deliveries"),
 }
 
 # The statuses API.md gives each endpoint (500 and 503 apply to every API endpoint).
@@ -94,6 +100,15 @@ CONTRACT_STATUSES = {
     ("GET", "/metrics"): {"200", "500"},
     ("GET", "/events"): {"200", "304", "400"} | AUTHED,
     ("GET", "/events/{event_id}"): {"200", "304", "404"} | AUTHED,
+    ("POST", "/webhook_endpoints"): {"201", "409"} | BODY | IDEMPOTENT | AUTHED,
+    ("GET", "/webhook_endpoints"): {"200", "304", "400"} | AUTHED,
+    ("GET", "/webhook_endpoints/{endpoint_id}"): {"200", "304", "404"} | AUTHED,
+    ("PATCH", "/webhook_endpoints/{endpoint_id}"): {"200", "404"} | BODY | AUTHED,
+    ("DELETE", "/webhook_endpoints/{endpoint_id}"): {"204", "404"} | AUTHED,
+    ("POST", "/webhook_endpoints/{endpoint_id}/rotate_secret"): {"200", "404"} | BODY | AUTHED,
+    ("POST", "/webhook_endpoints/{endpoint_id}/ping"): {"202", "404"} | BODY | AUTHED,
+    ("GET", "/webhook_endpoints/{endpoint_id}/deliveries"):
+        {"200", "304", "400", "404"} | AUTHED,
 }
 
 
@@ -102,7 +117,8 @@ def inert_deps(config: Config) -> SimpleNamespace:
     return SimpleNamespace(
         config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
         metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
-        conversations=None, lines=None, slow_queries=None, events=None,
+        conversations=None, lines=None, slow_queries=None, events=None, webhooks=None,
+        outbound=None,
         auth=Authenticator(TokenSigner(("a-secret-for-route-tests",)), presence=None),
         idempotency=Idempotency(None, None, None),
         renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))

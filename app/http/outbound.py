@@ -1,0 +1,109 @@
+"""Where SayPI may send a request of its own (webhooks): the URL's form and its addresses.
+
+Checked when an endpoint is created or changed, and again before every delivery, on the
+addresses the delivery then connects to (a name may resolve elsewhere later).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+from app.domain.webhooks import address_problem, host_form_problem
+
+Resolver = Callable[[str, int], list[str]]
+
+
+class Destination(NamedTuple):
+    scheme: str
+    host: str  # as written (the Host header, TLS's server name)
+    port: int
+    target: str  # path and query
+    addresses: tuple[str, ...]  # every address the host resolved to, each checked
+
+
+def resolver(static: Mapping[str, str]) -> Resolver:
+    """getaddrinfo, after the `static` host=address pairs (WEBHOOK_RESOLVE)."""
+
+    def resolve(host: str, port: int) -> list[str]:
+        if host in static:
+            return [static[host]]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+    return resolve
+
+
+def url_problem(url: str, https_only: bool) -> str | None:
+    """Why `url` cannot be an endpoint's URL whatever it resolves to, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "must be an absolute http or https URL"
+    schemes = ("https",) if https_only else ("http", "https")
+    if parts.scheme not in schemes or not parts.hostname:
+        return "must be an absolute https URL" if https_only else \
+            "must be an absolute http or https URL"
+    if parts.username is not None or parts.password is not None:
+        return "must not carry a user name or password"
+    if port == 0:
+        return "must not name port 0"
+    return host_form_problem(parts.hostname)
+
+
+def destination(url: str, allow_private: bool, resolve: Resolver
+                ) -> tuple[Destination | None, str | None]:
+    """The URL's resolved destination, or why it may not be reached (every address is
+    checked: one private address among public ones refuses the whole name)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    literal = _literal(host)
+    try:
+        addresses = [literal] if literal else resolve(host, port)
+    except (OSError, UnicodeError):
+        return None, f"has a host that does not resolve ({host})"
+    if not addresses:
+        return None, f"has a host that does not resolve ({host})"
+    for address in addresses:
+        problem = address_problem(address.split("%")[0], allow_private)
+        if problem is not None:
+            return None, problem
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return Destination(parts.scheme, host, port, target, tuple(addresses)), None
+
+
+def _literal(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
+
+
+class OutboundPolicy:
+    """Where webhooks may go on this server: https only in production, no private address
+    unless WEBHOOK_ALLOW_PRIVATE, names resolved by `resolve`."""
+
+    def __init__(self, https_only: bool, allow_private: bool, resolve: Resolver):
+        self.https_only = https_only
+        self.allow_private = allow_private
+        self.resolve = resolve
+
+    def problem(self, url: str) -> str | None:
+        """Why `url` may not be an endpoint's URL now, or None."""
+        problem = url_problem(url, self.https_only)
+        if problem is None:
+            problem = destination(url, self.allow_private, self.resolve)[1]
+        return problem
+
+    def destination(self, url: str) -> tuple[Destination | None, str | None]:
+        problem = url_problem(url, self.https_only)
+        if problem is not None:
+            return None, problem
+        return destination(url, self.allow_private, self.resolve)

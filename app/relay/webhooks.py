@@ -1,0 +1,295 @@
+"""The relay's webhook tasks: fan-out (events -> deliveries, in the feed's transaction),
+delivery (claim, sign, POST, record) on several threads, and the queue's gauges.
+
+Sent with urllib3, to the address checked at each attempt; docs/webhooks.md says why.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import urllib3
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.api.events import event_id, event_json
+from app.cowsay.cache import Renderer
+from app.domain.webhooks import Claimed, Outcome, matches, retry_delay, sign
+from app.http.outbound import Destination, OutboundPolicy
+from app.store.event_feed import EventFeed
+from app.store.webhooks import WebhookQueue
+
+MAX_RESPONSE_BYTES = 64 * 1024  # read of a receiver's answer, at most
+LEASE_MARGIN_SECONDS = 5.0  # a claim's lease: twice the timeout plus this
+MAX_POOLS = 256  # destinations kept with open connections
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WebhookMetrics:
+    """The relay's webhook figures, in its registry."""
+
+    OUTCOMES = ("succeeded", "failed_retrying", "failed_final", "gone", "taken_over")
+
+    def __init__(self, registry: CollectorRegistry):
+        self.deliveries = Counter("saypi_webhook_deliveries", "Delivery attempts, by outcome.",
+                                  ["outcome"], registry=registry)
+        for outcome in self.OUTCOMES:
+            self.deliveries.labels(outcome)
+        self.duration = Histogram(
+            "saypi_webhook_delivery_duration_seconds",
+            "Seconds each delivery attempt took, from resolving the host to the answer read.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry)
+        self.lag = Histogram(
+            "saypi_webhook_delivery_lag_seconds",
+            "Seconds from an event's fan-out to its successful delivery, retries included.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200, 36000,
+                     172800), registry=registry)
+        self.purged = Counter("saypi_webhook_deliveries_purged",
+                              "Finished deliveries deleted after the retention.",
+                              registry=registry)
+        self.queue_depth = Gauge("saypi_webhook_queue_depth", "Pending deliveries.",
+                                 registry=registry)
+        self.oldest_pending = Gauge("saypi_webhook_oldest_pending_seconds",
+                                    "Age of the oldest pending delivery (0: none).",
+                                    registry=registry)
+        self.oldest_due = Gauge(
+            "saypi_webhook_oldest_due_seconds",
+            "How late the most overdue delivery a relay could claim is (0: none): the "
+            "relays are behind.", registry=registry)
+        self.breakers_open = Gauge("saypi_webhook_breakers_open",
+                                   "Endpoints whose circuit breaker is open.", registry=registry)
+        self.fanned_out = Counter("saypi_webhook_fanned_out",
+                                  "Deliveries created from events.", registry=registry)
+
+
+class WebhookFanout:
+    """Reads the feed `webhooks` and inserts a delivery per matching enabled endpoint, in the
+    batch's transaction (with the feed's position)."""
+
+    name = "webhook-fanout"
+
+    def __init__(self, feed: EventFeed, queue: WebhookQueue, renderer: Renderer,
+                 metrics: WebhookMetrics, clock: Clock = utc_now, batch_size: int = 500):
+        self.feed, self.queue, self.renderer = feed, queue, renderer
+        self.metrics, self.clock, self.batch_size = metrics, clock, batch_size
+
+    def step(self) -> bool:
+        with self.feed.batch(self.batch_size) as batch:
+            if batch is None or not batch.events:
+                return False
+            endpoints: dict[int, list[tuple[int, tuple[str, ...]]]] = {}
+            for endpoint, user, patterns in self.queue.matching_endpoints(
+                    batch.work, sorted({e.user_id for e in batch.events})):
+                endpoints.setdefault(user, []).append((endpoint, patterns))
+            rows = []
+            for event in batch.events:
+                wanted = [endpoint for endpoint, patterns in endpoints.get(event.user_id, ())
+                          if matches(patterns, event.type)]
+                if wanted:
+                    body = json.dumps(event_json(event, self.renderer), separators=(",", ":"),
+                                      ensure_ascii=False)
+                    rows += [(endpoint, event_id(event.user_id, event.seq), body)
+                             for endpoint in wanted]
+                batch.handed_on(event)
+            self.queue.add(batch.work, rows, self.clock())
+        self.metrics.fanned_out.inc(len(rows))
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+class Sender:
+    """POSTs a signed body to a URL over kept-alive connections, one pool per checked address;
+    no redirects, no retries, a bounded wait and a bounded read."""
+
+    def __init__(self, outbound: OutboundPolicy, timeout: float, user_agent: str,
+                 pool_size: int):
+        self.outbound, self.timeout, self.user_agent = outbound, timeout, user_agent
+        self.pool_size = pool_size
+        self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
+        self._lock = threading.Lock()
+
+    def _pool(self, dest: Destination, address: str) -> urllib3.HTTPConnectionPool:
+        key = (dest.scheme, address, dest.port, dest.host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is None:
+                if len(self._pools) >= MAX_POOLS:
+                    self._pools.pop(next(iter(self._pools))).close()
+                timeout = urllib3.Timeout(total=self.timeout)  # connecting and the answer together
+                common: dict[str, Any] = {"port": dest.port, "timeout": timeout,
+                                          "maxsize": self.pool_size, "block": False,
+                                          "retries": False}
+                if dest.scheme == "https":
+                    pool = urllib3.HTTPSConnectionPool(
+                        address, server_hostname=dest.host, assert_hostname=dest.host,
+                        cert_reqs="CERT_REQUIRED", **common)
+                else:
+                    pool = urllib3.HTTPConnectionPool(address, **common)
+                self._pools[key] = pool
+            return pool
+
+    def send(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
+        started = time.monotonic()
+
+        def took() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        dest, problem = self.outbound.destination(url)
+        if dest is None:
+            return Outcome(False, None, f"The URL {problem}.", took())
+        default_port = 443 if dest.scheme == "https" else 80
+        host = dest.host if ":" not in dest.host else f"[{dest.host}]"
+        headers = {**headers, "Host": host if dest.port == default_port
+                   else f"{host}:{dest.port}", "User-Agent": self.user_agent,
+                   "Content-Type": "application/json"}
+        try:
+            response = self._pool(dest, dest.addresses[0]).urlopen(
+                "POST", dest.target, body=body, headers=headers, redirect=False,
+                retries=False, preload_content=False, assert_same_host=False,
+                release_conn=False)
+        except urllib3.exceptions.TimeoutError:
+            return Outcome(False, None, f"No answer within {self.timeout:g} s.", took())
+        except urllib3.exceptions.HTTPError as exc:
+            return Outcome(False, None, f"The request failed: {type(exc).__name__}.", took())
+        try:
+            read = response.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
+        except urllib3.exceptions.HTTPError:
+            read = b"x" * (MAX_RESPONSE_BYTES + 1)  # unusable: the connection is dropped
+        if len(read) > MAX_RESPONSE_BYTES:
+            response.close()
+        else:
+            response.release_conn()
+        return outcome_of(response.status, response.headers.get("Retry-After"), took())
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools.values():
+                pool.close()
+            self._pools.clear()
+
+
+def outcome_of(status: int, retry_after: str | None, duration_ms: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome(True, status, None, duration_ms)
+    if status == 410:
+        return Outcome(False, status, "The receiver answered 410 Gone.", duration_ms, gone=True)
+    if 300 <= status < 400:
+        return Outcome(False, status, f"The receiver answered {status}; redirects are not "
+                                      f"followed.", duration_ms)
+    wait = parse_retry_after(retry_after) if status in (429, 503) else None
+    return Outcome(False, status, f"The receiver answered {status}.", duration_ms, wait)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+class WebhookDelivery:
+    """One delivery thread: claims a due delivery, makes the attempt, records the outcome."""
+
+    def __init__(self, number: int, queue: WebhookQueue, sender: Sender,
+                 schedule: tuple[float, ...], metrics: WebhookMetrics, logger: logging.Logger,
+                 clock: Clock = utc_now, rng: random.Random | None = None):
+        self.name = f"webhook-delivery-{number}"
+        self.queue, self.sender, self.schedule = queue, sender, schedule
+        self.metrics, self.logger, self.clock = metrics, logger, clock
+        self.rng = rng or random.Random()
+        self.lease_seconds = 2 * sender.timeout + LEASE_MARGIN_SECONDS
+
+    def step(self) -> bool:
+        claimed = self.queue.claim(1, self.lease_seconds, self.clock(),
+                                   secrets.randbits(63) or 1)
+        for delivery in claimed:
+            self.deliver(delivery)
+        return bool(claimed)
+
+    def deliver(self, delivery: Claimed) -> None:
+        timestamp = int(self.clock().timestamp())
+        headers = {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp),
+                   "webhook-signature": sign(delivery.secrets, delivery.event_id, timestamp,
+                                             delivery.body)}
+        outcome = self.sender.send(delivery.url, headers, delivery.body.encode())
+        self.metrics.duration.observe(outcome.duration_ms / 1000)
+        delay = None
+        if not outcome.succeeded and not outcome.gone:
+            delay = retry_delay(delivery.attempt, self.schedule, self.rng, outcome.retry_after)
+        recorded, disabled = self.queue.record(delivery, outcome, delay, self.clock())
+        if not recorded:
+            label = "taken_over"
+        elif outcome.succeeded:
+            label = "succeeded"
+            self.metrics.lag.observe(max(0.0, (self.clock() - delivery.created_at)
+                                         .total_seconds()))
+        elif outcome.gone:
+            label = "gone"
+        else:
+            label = "failed_retrying" if delay is not None else "failed_final"
+        self.metrics.deliveries.labels(label).inc()
+        if disabled:
+            self.logger.info("webhook endpoint %d disabled: %s", delivery.endpoint_id,
+                             outcome.error)
+
+    def close(self) -> None:
+        pass
+
+
+class WebhookGauges:
+    """Samples the queue's depth, its oldest pending delivery and the open breakers; purges
+    finished deliveries older than the retention."""
+
+    name = "webhook-gauges"
+
+    def __init__(self, queue: WebhookQueue, metrics: WebhookMetrics, every_seconds: float,
+                 sender: Sender, retention: timedelta, purge_every_seconds: float,
+                 clock: Clock = utc_now):
+        self.queue, self.metrics, self.every = queue, metrics, every_seconds
+        self.sender, self.clock = sender, clock
+        self.retention, self.purge_every = retention, purge_every_seconds
+        self._next = self._next_purge = 0.0
+
+    def step(self) -> bool:
+        if time.monotonic() >= self._next_purge:
+            purged = self.queue.purge_finished(self.clock() - self.retention)
+            self.metrics.purged.inc(purged)
+            if purged:
+                return True  # more may be due: again at once
+            self._next_purge = time.monotonic() + self.purge_every
+        if time.monotonic() < self._next:
+            return False
+        self._next = time.monotonic() + self.every
+        stats = self.queue.stats(self.clock())
+        self.metrics.queue_depth.set(stats.pending)
+        self.metrics.oldest_pending.set(stats.oldest_pending_seconds or 0.0)
+        self.metrics.oldest_due.set(stats.oldest_due_seconds or 0.0)
+        self.metrics.breakers_open.set(stats.breakers_open)
+        return False
+
+    def close(self) -> None:
+        self.sender.close()  # once, after every delivery thread has stopped

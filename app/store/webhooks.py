@@ -1,0 +1,364 @@
+"""Webhooks' SQL: the endpoints API's (WebhookRepository) and the relay's (WebhookQueue).
+
+Deliveries are rows claimed with FOR UPDATE SKIP LOCKED and a lease; each endpoint's
+breaker lives in its row, so every relay sees it. docs/webhooks.md explains both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from app.domain import ids
+from app.domain.errors import LimitReached, UserGone
+from app.domain.pages import KeysetResult, Page
+from app.domain.webhooks import (
+    ENDPOINT,
+    GONE_REASON,
+    SECRET_OVERLAP,
+    Claimed,
+    Delivery,
+    Endpoint,
+    Outcome,
+    disable_reason,
+)
+from app.store.db import UnitOfWork
+from app.store.keyset import keyset_sql, run_keyset
+from app.store.reading import fetch_all, fetch_one
+
+_ENDPOINT_COLUMNS = "rid, url, events, description, disabled, disabled_reason, created_at"
+_DELIVERY_COLUMNS = ("d.rid, d.event_id, d.attempts, d.status, d.response_status, d.error, "
+                     "d.duration_ms, CASE WHEN d.status = 'pending' THEN d.next_attempt_at "
+                     "END, d.created_at")
+
+_CREATE = f"""
+INSERT INTO webhook_endpoints (rid, user_id, url, events, description, secret)
+SELECT %(rid)s, %(user_id)s, %(url)s, %(events)s, %(description)s, %(secret)s
+WHERE (SELECT count(*) FROM webhook_endpoints WHERE user_id = %(user_id)s) < %(cap)s
+RETURNING {_ENDPOINT_COLUMNS}
+"""
+_GET = f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE rid = %s AND user_id = %s"
+_LIST_ITEMS = (f"SELECT id, {_ENDPOINT_COLUMNS} FROM webhook_endpoints "
+               "WHERE user_id = %(user_id)s {bound}")
+_LIST_CURSOR = "SELECT id FROM webhook_endpoints WHERE rid = %(cursor)s AND user_id = %(user_id)s"
+_ROTATE = f"""
+UPDATE webhook_endpoints SET previous_secret = secret, previous_until = now() + %(overlap)s,
+                             secret = %(secret)s
+WHERE rid = %(rid)s AND user_id = %(user_id)s
+RETURNING {_ENDPOINT_COLUMNS}
+"""
+_PING = f"""
+INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at)
+SELECT %(rid)s, id, %(event_id)s, %(body)s, now() FROM webhook_endpoints
+WHERE rid = %(endpoint)s AND user_id = %(user_id)s
+RETURNING {_DELIVERY_COLUMNS.replace("d.", "")}
+"""
+# Newest first: `starting_after` goes to older deliveries, `ending_before` to newer ones.
+_DELIVERIES = f"""
+SELECT e.id IS NOT NULL, cur.id IS NOT NULL, page.*
+FROM (SELECT 1) one
+LEFT JOIN webhook_endpoints e ON e.rid = %(endpoint)s AND e.user_id = %(user_id)s
+LEFT JOIN webhook_deliveries cur ON cur.rid = %(cursor)s AND cur.endpoint_id = e.id
+LEFT JOIN LATERAL (
+    SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries d
+    WHERE d.endpoint_id = e.id {{bound}}
+    ORDER BY d.id {{direction}} LIMIT %(limit_plus_one)s) page ON true
+"""
+
+
+def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
+    rid, url, events, description, disabled, reason, created_at = row
+    return Endpoint(rid, url, tuple(events), description, disabled, reason, created_at)
+
+
+class WebhookRepository:
+    """The endpoints API's reads and writes; `db` is the cluster (reads may go to replicas)."""
+
+    def __init__(self, db: Any):
+        self.db = db
+
+    def create(self, user_id: int, url: str, events: Sequence[str], description: str | None,
+               secret: str, cap: int, uow: Any = None) -> Endpoint:
+        """A new endpoint, unless the user already has `cap` (LimitReached) or is gone."""
+        with self.db.write_transaction(user_id, uow) as conn:
+            # The user's row lock makes the count and the insert one step (as creation does).
+            if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE",
+                            (user_id,)).fetchone() is None:
+                raise UserGone()
+            row = conn.execute(_CREATE, {"rid": ids.new_number(), "user_id": user_id,
+                                         "url": url, "events": list(events),
+                                         "description": description, "secret": secret,
+                                         "cap": cap}).fetchone()
+        if row is None:
+            raise LimitReached(LimitReached.WEBHOOK_ENDPOINTS, cap)
+        return endpoint_from_row(row)
+
+    def get(self, user_id: int, rid: int) -> Endpoint | None:
+        row = self.db.read(user_id, fetch_one, _GET, (rid, user_id))
+        return None if row is None else endpoint_from_row(row)
+
+    def list(self, user_id: int, page: Page) -> KeysetResult:
+        sql = keyset_sql(_LIST_ITEMS, _LIST_CURSOR if page.cursor is not None else None, page)
+        rid = ids.decode(ENDPOINT, page.cursor) if page.cursor is not None else None
+        result = self.db.read(user_id, run_keyset, sql,
+                              {"user_id": user_id, "cursor": rid or 0}, page)
+        return KeysetResult(result.scope_exists, result.cursor_found,
+                            [endpoint_from_row(r[1:]) for r in result.rows], result.has_more)
+
+    def update(self, user_id: int, rid: int, changes: Mapping[str, object]
+               ) -> Endpoint | None:
+        """Set the given fields (url, events, description, disabled). Enabling clears the
+        reason and the breaker; disabling by hand leaves no reason."""
+        sets: list[str] = []
+        params: dict[str, Any] = {"rid": rid, "user_id": user_id}
+        for name in ("url", "events", "description"):
+            if name in changes:
+                sets.append(f"{name} = %({name})s")
+                value = changes[name]
+                params[name] = list(value) if isinstance(value, (list, tuple)) else value
+        if "disabled" in changes:
+            params["disabled"] = changes["disabled"]
+            sets.append("disabled_reason = CASE WHEN %(disabled)s AND disabled "
+                        "THEN disabled_reason END")
+            sets.append("failures = CASE WHEN %(disabled)s THEN failures ELSE 0 END")
+            sets.append("failing_since = CASE WHEN %(disabled)s THEN failing_since END")
+            sets.append("open_until = CASE WHEN %(disabled)s THEN open_until END")
+            sets.append("disabled = %(disabled)s")
+        if not sets:
+            return self.get(user_id, rid)
+        with self.db.write_transaction(user_id) as conn:
+            row = conn.execute(f"UPDATE webhook_endpoints SET {', '.join(sets)} "
+                               f"WHERE rid = %(rid)s AND user_id = %(user_id)s "
+                               f"RETURNING {_ENDPOINT_COLUMNS}", params).fetchone()
+        return None if row is None else endpoint_from_row(row)
+
+    def delete(self, user_id: int, rid: int) -> bool:
+        with self.db.write_transaction(user_id) as conn:
+            row = conn.execute("DELETE FROM webhook_endpoints WHERE rid = %s AND user_id = %s "
+                               "RETURNING id", (rid, user_id)).fetchone()
+        return row is not None
+
+    def rotate_secret(self, user_id: int, rid: int, secret: str) -> Endpoint | None:
+        """`secret` signs from now on; the one it replaces signs beside it for 24 h."""
+        with self.db.write_transaction(user_id) as conn:
+            row = conn.execute(_ROTATE, {"rid": rid, "user_id": user_id, "secret": secret,
+                                         "overlap": SECRET_OVERLAP}).fetchone()
+        return None if row is None else endpoint_from_row(row)
+
+    def add_ping(self, user_id: int, rid: int, event_id: str, body: str) -> Delivery | None:
+        """A delivery of a `ping` event to the endpoint, due now (None: no such endpoint)."""
+        with self.db.write_transaction(user_id) as conn:
+            row = conn.execute(_PING, {"rid": ids.new_number(), "endpoint": rid,
+                                       "user_id": user_id, "event_id": event_id,
+                                       "body": body}).fetchone()
+        return None if row is None else Delivery(*row)
+
+    def deliveries(self, user_id: int, rid: int, page: Page,
+                   cursor: int | None) -> KeysetResult:
+        """The endpoint's deliveries, newest first (scope_exists: the endpoint is yours)."""
+        older = not page.backward
+        bound = "" if page.cursor is None else ("AND d.id < cur.id" if older
+                                                else "AND d.id > cur.id")
+        sql = _DELIVERIES.format(bound=bound, direction="DESC" if older else "ASC")
+        rows = self.db.read(user_id, fetch_all, sql, {
+            "endpoint": rid, "user_id": user_id, "cursor": cursor or 0,
+            "limit_plus_one": page.limit + 1})
+        scope_exists, cursor_found = rows[0][0], rows[0][1]
+        items = [Delivery(*row[2:]) for row in rows if row[2] is not None]
+        has_more = len(items) > page.limit
+        items = items[:page.limit]
+        if not older:
+            items.reverse()
+        return KeysetResult(scope_exists, cursor_found, items, has_more)
+
+
+# --- the relay's side ---------------------------------------------------------------------
+
+_MATCHING = ("SELECT id, user_id, events FROM webhook_endpoints "
+             "WHERE user_id = ANY(%(users)s) AND NOT disabled")
+_ADD = ("INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at) "
+        "VALUES (%s, %s, %s, %s, %s)")
+# Due deliveries of enabled endpoints whose breaker is closed, or half open (its interval
+# over: one probe may go). Rows another relay is claiming are skipped, not waited for.
+_DUE = """
+SELECT d.id, d.endpoint_id, e.open_until IS NOT NULL
+FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s
+  AND NOT e.disabled AND (e.open_until IS NULL OR e.open_until <= %(now)s)
+ORDER BY d.next_attempt_at
+LIMIT %(limit)s
+FOR UPDATE OF d SKIP LOCKED
+"""
+# The probe's claim re-arms the breaker. An endpoint row another transaction holds (a
+# relay's probe claim, a record, the owner's deletion) is skipped, not waited for: no
+# probe this round, and no claim waits on a lock while holding delivery rows.
+_PROBE = """
+UPDATE webhook_endpoints SET open_until = %(until)s
+WHERE id IN (SELECT id FROM webhook_endpoints
+             WHERE id = ANY(%(ids)s) AND open_until <= %(now)s
+             FOR NO KEY UPDATE SKIP LOCKED)
+RETURNING id
+"""
+_CLAIM = """
+UPDATE webhook_deliveries d SET attempts = d.attempts + 1, claim = %(claim)s,
+       next_attempt_at = %(lease_until)s, updated_at = now()
+FROM webhook_endpoints e
+WHERE d.id = ANY(%(ids)s) AND e.id = d.endpoint_id
+RETURNING d.id, d.attempts, d.endpoint_id, e.url, d.event_id, d.body, e.secret,
+          CASE WHEN e.previous_until > %(now)s THEN e.previous_secret END, d.created_at
+"""
+_RECORD = """
+UPDATE webhook_deliveries SET status = %(status)s, next_attempt_at = %(next)s, claim = NULL,
+       response_status = %(response_status)s, error = %(error)s,
+       duration_ms = %(duration_ms)s, updated_at = now()
+WHERE id = %(id)s AND claim = %(claim)s
+RETURNING endpoint_id
+"""
+_SUCCEEDED = ("UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, "
+              "open_until = NULL WHERE id = %s AND (failures > 0 OR open_until IS NOT NULL)")
+_FAILED = """
+UPDATE webhook_endpoints SET failures = failures + 1,
+       failing_since = coalesce(failing_since, %(now)s),
+       open_until = CASE WHEN failures + 1 >= %(threshold)s THEN %(open_until)s
+                         ELSE open_until END,
+       disabled = disabled OR %(reason)s::text IS NOT NULL,
+       disabled_reason = CASE WHEN disabled THEN disabled_reason ELSE %(reason)s END
+WHERE id = %(id)s
+RETURNING disabled
+"""
+_STATS = """
+SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
+       (SELECT extract(epoch FROM %(now)s - min(created_at))::float8
+        FROM webhook_deliveries WHERE status = 'pending'),
+       (SELECT extract(epoch FROM %(now)s - min(d.next_attempt_at))::float8
+        FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+        WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND NOT e.disabled
+          AND (e.open_until IS NULL OR e.open_until <= %(now)s)),
+       (SELECT count(*) FROM webhook_endpoints WHERE open_until > %(now)s AND NOT disabled)
+"""
+
+
+# Finished deliveries are kept as long as events are (EVENTS_RETENTION_HOURS).
+_PURGE = """
+DELETE FROM webhook_deliveries WHERE id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE status <> 'pending' AND updated_at < %(before)s
+    ORDER BY updated_at LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+"""
+
+
+class Breaker(NamedTuple):
+    failures: int  # failures in a row that open it
+    open_seconds: float  # how long it stays open before one probe
+    disable_after: timedelta  # failing this long disables the endpoint
+
+
+class QueueStats(NamedTuple):
+    pending: int
+    oldest_pending_seconds: float | None  # since the oldest pending delivery was created
+    oldest_due_seconds: float | None  # how late the most overdue claimable delivery is
+    breakers_open: int
+
+
+class WebhookQueue:
+    """The relay's deliveries: fanned out with a feed's batch, claimed, recorded."""
+
+    def __init__(self, db: Any, breaker: Breaker):
+        self.db = db
+        self.breaker = breaker
+
+    def matching_endpoints(self, work: UnitOfWork, users: Sequence[int]
+                           ) -> list[tuple[int, int, tuple[str, ...]]]:
+        """(endpoint id, user id, event patterns) of the users' enabled endpoints."""
+        rows = work.conn.execute(_MATCHING, {"users": list(users)}).fetchall()
+        return [(row[0], row[1], tuple(row[2])) for row in rows]
+
+    def add(self, work: UnitOfWork, deliveries: Sequence[tuple[int, str, str]],
+            now: datetime) -> None:
+        """Insert (endpoint id, event id, body) deliveries, due now, in the feed's batch."""
+        if deliveries:
+            with work.conn.cursor() as cur:
+                cur.executemany(_ADD, [(ids.new_number(), endpoint, event_id, body, now)
+                                       for endpoint, event_id, body in deliveries])
+
+    def claim(self, limit: int, lease_seconds: float, now: datetime,
+              claim: int) -> list[Claimed]:
+        """Up to `limit` due deliveries, each leased for one attempt until now + lease (a relay
+        killed mid-attempt leaves it due again then); one per endpoint whose breaker is half
+        open, and that one's claim re-arms the breaker."""
+        with self.db.transaction() as conn:
+            due = conn.execute(_DUE, {"now": now, "limit": limit}).fetchall()
+            if not due:
+                return []
+            chosen, probes = [], {}
+            for delivery_id, endpoint_id, half_open in due:
+                if not half_open:
+                    chosen.append(delivery_id)
+                elif endpoint_id not in probes:
+                    probes[endpoint_id] = delivery_id
+            probing: set[int] = set()
+            if probes:
+                until = now + timedelta(seconds=self.breaker.open_seconds)
+                won = conn.execute(_PROBE, {"until": until, "ids": list(probes),
+                                            "now": now}).fetchall()
+                probing = {row[0] for row in won}
+                chosen.extend(probes[endpoint] for endpoint in probing)
+            if not chosen:
+                return []
+            rows = conn.execute(_CLAIM, {
+                "claim": claim, "ids": chosen, "now": now,
+                "lease_until": now + timedelta(seconds=lease_seconds)}).fetchall()
+        return [Claimed(row_id, claim, attempt, endpoint, url, event_id, body,
+                        (secret,) if previous is None else (secret, previous),
+                        endpoint in probing, created_at)
+                for row_id, attempt, endpoint, url, event_id, body, secret, previous, created_at
+                in rows]
+
+    def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None,
+               now: datetime) -> tuple[bool, bool]:
+        """Record the attempt's outcome (unless its lease passed and another relay took the
+        delivery over); a failure moves the endpoint's breaker and may disable it.
+        (Whether it was recorded, whether it disabled the endpoint.)"""
+        if outcome.succeeded:
+            status, next_at = "succeeded", None
+        elif next_delay is None or outcome.gone:
+            status, next_at = "failed", None
+        else:
+            status, next_at = "pending", now + timedelta(seconds=next_delay)
+        with self.db.transaction() as conn:
+            # The endpoint's row first, then the delivery's: the order a deletion of the
+            # endpoint (or of its owner) takes them in, so the two never deadlock.
+            since = conn.execute(
+                "SELECT failing_since FROM webhook_endpoints WHERE id = %s "
+                + ("FOR KEY SHARE" if outcome.succeeded else "FOR NO KEY UPDATE"),
+                (claimed.endpoint_id,)).fetchone()
+            row = conn.execute(_RECORD, {
+                "status": status, "next": next_at, "response_status": outcome.response_status,
+                "error": outcome.error, "duration_ms": outcome.duration_ms,
+                "id": claimed.id, "claim": claimed.claim}).fetchone()
+            if row is None:
+                return False, False  # taken over, or the endpoint was deleted meanwhile
+            if outcome.succeeded:
+                conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
+                return True, False
+            reason = GONE_REASON if outcome.gone else disable_reason(
+                since[0] if since else None, now, self.breaker.disable_after)
+            disabled = conn.execute(_FAILED, {
+                "now": now, "threshold": self.breaker.failures, "reason": reason,
+                "open_until": now + timedelta(seconds=self.breaker.open_seconds),
+                "id": claimed.endpoint_id}).fetchone()
+        return True, reason is not None and disabled is not None
+
+    def purge_finished(self, older_than: datetime, limit: int = 1000) -> int:
+        """Delete up to `limit` succeeded or failed deliveries last changed before
+        `older_than`, oldest first; how many went."""
+        with self.db.connection() as conn:
+            cursor = conn.execute(_PURGE, {"before": older_than, "limit": limit})
+            return cursor.rowcount
+
+    def stats(self, now: datetime) -> QueueStats:
+        with self.db.connection() as conn:
+            row = conn.execute(_STATS, {"now": now}).fetchone()
+        return QueueStats(*row)

@@ -1,0 +1,136 @@
+"""Webhooks' arithmetic without I/O: signatures (checked by the standardwebhooks package),
+the retry schedule, the three-day rule on a clock the test sets, patterns, URL and address
+rules, and how a receiver's answer reads."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from app.domain.events import TYPES
+from app.domain.webhooks import (
+    JITTER,
+    RETRY_SCHEDULE,
+    address_problem,
+    disable_reason,
+    host_form_problem,
+    matches,
+    new_secret,
+    pattern_ok,
+    retry_delay,
+    sign,
+)
+from app.http.outbound import OutboundPolicy
+from app.relay.webhooks import outcome_of, parse_retry_after
+
+NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+
+
+def test_signatures_verify_with_an_independent_implementation_for_every_secret():
+    old, new = new_secret(), new_secret()
+    body = '{"id":"evt_1","type":"ping","data":{"object":{"text":"Moo \\u00e9"}}}'
+    timestamp = int(datetime.now(UTC).timestamp())
+    header = sign((new, old), "evt_1", timestamp, body)
+    assert header.count("v1,") == 2
+    headers = {"webhook-id": "evt_1", "webhook-timestamp": str(timestamp),
+               "webhook-signature": header}
+    for secret in (new, old):
+        assert Webhook(secret).verify(body, headers)["type"] == "ping"
+    assert Webhook(old).sign("evt_1", datetime.fromtimestamp(timestamp, UTC), body) == \
+        sign((old,), "evt_1", timestamp, body)
+
+
+def test_the_schedule_is_the_contracts_with_jitter_and_then_gives_up():
+    assert RETRY_SCHEDULE == (5, 300, 1800, 7200, 18000, 36000, 36000, 36000)
+    rng = random.Random(1)
+    for attempt, wait in enumerate(RETRY_SCHEDULE, start=1):
+        for _ in range(50):
+            delay = retry_delay(attempt, RETRY_SCHEDULE, rng)
+            assert delay is not None
+            assert wait * (1 - JITTER) <= delay <= wait * (1 + JITTER)
+    assert retry_delay(len(RETRY_SCHEDULE) + 1, RETRY_SCHEDULE, rng) is None
+
+
+def test_a_longer_retry_after_is_honoured_and_capped():
+    rng = random.Random(2)
+    assert retry_delay(1, RETRY_SCHEDULE, rng, retry_after=120) == 120
+    assert retry_delay(2, RETRY_SCHEDULE, rng, retry_after=1) >= 300 * (1 - JITTER)
+    assert retry_delay(1, RETRY_SCHEDULE, rng, retry_after=10**9) == 36000
+
+
+def test_an_endpoint_failing_for_three_days_is_disabled_on_the_clock_given():
+    assert disable_reason(None, NOW) is None
+    assert disable_reason(NOW - timedelta(hours=71, minutes=59), NOW) is None
+    assert disable_reason(NOW - timedelta(hours=72), NOW) == \
+        "Every delivery failed for 72 hours."
+    assert disable_reason(NOW - timedelta(hours=2), NOW, timedelta(hours=1)) == \
+        "Every delivery failed for 1 hours."
+
+
+def test_patterns():
+    for good in ("*", "line.*", "line.created", "mood.deleted"):
+        assert pattern_ok(good, TYPES), good
+    for bad in ("line.exploded", "x.*", "line", "*.created", "line.**", ""):
+        assert not pattern_ok(bad, TYPES), bad
+    assert matches(("line.*",), "line.deleted") and matches(("*",), "ping")
+    assert not matches(("line.*", "mood.created"), "mood.deleted")
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1",
+                                  "017700000001", "0x7f000001", "127.000.0.1"])
+def test_numbers_that_are_not_dotted_quads_are_refused(host):
+    assert host_form_problem(host) is not None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "93.184.216.34", "example.com", "1e100.net",
+                                  "deadbeef.cafe", "::1", "123.example"])
+def test_names_and_dotted_quads_pass_the_form_check(host):
+    assert host_form_problem(host) is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.1",
+                                     "172.16.5.4", "192.168.1.1", "224.0.0.1", "0.0.0.0", "::",
+                                     "::ffff:127.0.0.1", "fe80::1", "fc00::1", "100.64.0.1",
+                                     "ff02::1", "240.0.0.1"])
+def test_inside_addresses_are_refused_unless_allowed(address):
+    assert address_problem(address, allow_private=False) is not None
+    assert address_problem(address, allow_private=True) is None
+
+
+def test_public_addresses_pass():
+    for address in ("93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "8.8.8.8"):
+        assert address_problem(address, allow_private=False) is None
+
+
+def static(table: dict[str, str]):
+    return lambda host, port: [table[host]] if host in table else []
+
+
+def test_production_wants_https_and_every_address_checked():
+    policy = OutboundPolicy(https_only=True, allow_private=False,
+                            resolve=static({"hooks.example": "93.184.216.34",
+                                            "inside.example": "10.0.0.1"}))
+    assert policy.problem("https://hooks.example/x") is None
+    assert policy.problem("http://hooks.example/x") == "must be an absolute https URL"
+    assert "10.0.0.1" in policy.problem("https://inside.example/x")
+    assert "does not resolve" in policy.problem("https://nowhere.example/x")
+    assert policy.problem("https://u:p@hooks.example/") is not None
+    dest, problem = policy.destination("https://hooks.example:8443/a/b?c=1")
+    assert problem is None and dest is not None
+    assert (dest.host, dest.port, dest.target, dest.addresses) == (
+        "hooks.example", 8443, "/a/b?c=1", ("93.184.216.34",))
+
+
+def test_how_answers_read():
+    assert outcome_of(204, None, 3).succeeded
+    gone = outcome_of(410, None, 3)
+    assert gone.gone and not gone.succeeded
+    assert "redirects are not followed" in outcome_of(302, None, 3).error
+    assert outcome_of(503, "7", 3).retry_after == 7
+    assert outcome_of(429, "7", 3).retry_after == 7
+    assert outcome_of(500, "7", 3).retry_after is None  # only on 429 and 503
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert parse_retry_after("soon") is None

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 import psycopg
 from prometheus_client import CollectorRegistry
 
+from app.api.streams import StreamSettings, StreamSlots
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.domain.events import TYPES as EVENT_TYPES
 from app.domain.repositories import Conversations, Events, Lines, Moods, SlowQueries, Users
 from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
+from app.http.grip import Grip
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
 from app.http.presence import UserPresence
@@ -80,6 +82,9 @@ class Deps:
     slow_queries: SlowQueries  # the fault-injection routes' slow query
     tracing: Tracing | None  # None: OTEL_EXPORTER_OTLP_ENDPOINT unset, tracing off
     events: Events  # the event log's reads (GET /events)
+    grip: Grip  # Grip-Sig checks and recovery links (GRIP_KEY)
+    stream_slots: StreamSlots  # the event streams this worker serves itself
+    stream_settings: StreamSettings
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -132,6 +137,7 @@ class Parts(TypedDict, total=False):
     lines: Lines
     slow_queries: SlowQueries
     events: Events
+    stream_slots: StreamSlots
     presence: UserPresence
     auth: Authenticator
     idempotency_keys: Any
@@ -159,6 +165,10 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
         users=w.users, presence=w.presence, moods=w.moods, conversations=w.conversations,
         lines=w.lines, events=w.events, idempotency=w.idempotency,
         slow_queries=w.slow_queries,
+        grip=Grip(config.grip_key), stream_slots=w.stream_slots,
+        stream_settings=StreamSettings(config.stream_heartbeat_seconds,
+                                       config.stream_direct_seconds, config.stream_poll_seconds,
+                                       config.events_retention_hours),
         access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
         on_start=w.on_start(), on_close=w.on_close())
 
@@ -313,6 +323,12 @@ class _Wiring:
     def oldest_event(self) -> list[float]:
         """When the oldest event kept was written (0: none), as the janitor last saw it."""
         return [0.0]
+
+    @cached_property
+    def stream_slots(self) -> StreamSlots:
+        """At most STREAM_DIRECT_MAX direct streams, and never every API thread."""
+        limit = max(0, min(self.config.stream_direct_max, self.config.threads - 1))
+        return StreamSlots(limit, self.metrics.streams_direct_open.set)
 
     @cached_property
     def slow_queries(self) -> SlowQueries:

@@ -38,6 +38,7 @@ from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
 from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
+from app.relay.pushpin import DeletionCloser, PublishClient, PublishMetrics, PushpinPublisher
 from app.relay.runner import Relay, Task
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
@@ -51,7 +52,7 @@ from app.store.ratelimits import RateLimitRepository
 from app.store.redis_link import RedisLink
 from app.store.redis_ratelimits import RedisRateLimitStore
 from app.store.slow_queries import SlowQueryRepository
-from app.store.users import UserRepository
+from app.store.users import DeletionWatch, UserRepository
 from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
 if TYPE_CHECKING:
@@ -443,6 +444,16 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[Task] = []  # each task is built here from the pool, settings and registry
+    if config.pushpin_publish_urls:  # live streams: docs/streams.md ("Publishing")
+        renderer = Renderer(CowLibrary.load(cow_search_path(config.cowpath),
+                                            logger.getChild("cowsay")),
+                            max_entries=config.render_cache_size)
+        publish_metrics = PublishMetrics(registry)
+        tasks.extend(PushpinPublisher(db, PublishClient(url), renderer, publish_metrics)
+                     for url in config.pushpin_publish_urls)
+        tasks.append(DeletionCloser(DeletionWatch(db),
+                                    [PublishClient(url) for url in config.pushpin_publish_urls],
+                                    logger.getChild("relay")))
     relay = Relay(tasks, logger.getChild("relay"), config.relay_poll_seconds,
                   config.relay_grace_seconds)
     registry.register(RelayCollector(relay))

@@ -378,8 +378,9 @@ def test_exact_resume_under_churn_with_a_pushpin_restart(live):
     assert len(log) > 50
     final.append(log[-1])
     done.set()
+    deadline = time.monotonic() + 60  # every subscriber reaches the log's end by then
     for thread in threads[2:]:
-        thread.join(90)
+        thread.join(max(0.0, deadline - time.monotonic()))
     me.close()
     for n in range(subscribers):
         assert seen[n] == log, (n, len(seen[n]), len(log))

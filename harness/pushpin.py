@@ -61,7 +61,7 @@ class Pushpin(Process):
         (work / "pushpin-log").mkdir(exist_ok=True)
         self.port, self.publish_port = free_port(), free_port()
         routes = work / "pushpin-routes"
-        routes.write_text("".join(f"* {backend}\n" for backend in backends))
+        routes.write_text("* " + " ".join(backends) + "\n")  # several targets: tried in turn
         self.config_path = work / "pushpin.conf"
         self.config_path.write_text(render_config({
             "rundir": str(self.rundir), "logdir": str(work / "pushpin-log"),

@@ -448,7 +448,8 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
         renderer = Renderer(CowLibrary.load(cow_search_path(config.cowpath),
                                             logger.getChild("cowsay")),
                             max_entries=config.render_cache_size)
-        publish_metrics = PublishMetrics(registry)
+        publish_metrics = PublishMetrics()
+        registry.register(publish_metrics)
         tasks.extend(PushpinPublisher(db, PublishClient(url), renderer, publish_metrics)
                      for url in config.pushpin_publish_urls)
         tasks.append(DeletionCloser(DeletionWatch(db),

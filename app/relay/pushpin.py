@@ -7,15 +7,18 @@ back only itself. The EPCP publish call is one JSON POST: http.client, no librar
 
 from __future__ import annotations
 
+import bisect
 import http.client
 import json
 import logging
+import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from app.api.events import event_id
 from app.api.streams import sse_message
@@ -33,19 +36,55 @@ class PublishFailed(Exception):
     pass
 
 
-class PublishMetrics:
-    """The publishers' figures on the relay's registry, labelled by Pushpin instance."""
+class PublishMetrics(Collector):
+    """The publishers' figures, labelled by Pushpin instance, kept in this process and read
+    at each scrape (plain values: PROMETHEUS_MULTIPROC_DIR, set for the servers, must not
+    turn them into files the relay does not have)."""
 
-    def __init__(self, registry: CollectorRegistry):
-        self.published = Counter(
-            "saypi_stream_events_published", "Events Pushpin accepted, per instance.",
-            ["pushpin"], registry=registry)
-        self.failures = Counter(
-            "saypi_stream_publish_failures", "Publish calls Pushpin refused or that failed "
-            "(the batch is published again).", ["pushpin"], registry=registry)
-        self.lag = Histogram(
-            "saypi_stream_publish_lag_seconds", "From an event's commit to Pushpin's "
-            "accepting it.", ["pushpin"], buckets=LAG_BUCKETS, registry=registry)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._published: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
+        self._lag: dict[str, tuple[list[int], float]] = {}  # bucket counts, sum
+
+    def published(self, pushpin: str, lags: Sequence[float]) -> None:
+        with self._lock:
+            self._published[pushpin] = self._published.get(pushpin, 0) + len(lags)
+            counts, total = self._lag.get(pushpin) or ([0] * (len(LAG_BUCKETS) + 1), 0.0)
+            for lag in lags:
+                counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+                total += lag
+            self._lag[pushpin] = (counts, total)
+
+    def failed(self, pushpin: str) -> None:
+        with self._lock:
+            self._failures[pushpin] = self._failures.get(pushpin, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        published = CounterMetricFamily("saypi_stream_events_published",
+                                        "Events Pushpin accepted, per instance.",
+                                        labels=["pushpin"])
+        failures = CounterMetricFamily("saypi_stream_publish_failures",
+                                       "Publish calls Pushpin refused or that failed (the "
+                                       "batch is published again).", labels=["pushpin"])
+        lag = HistogramMetricFamily("saypi_stream_publish_lag_seconds",
+                                    "From an event's commit to Pushpin's accepting it.",
+                                    labels=["pushpin"])
+        with self._lock:
+            for pushpin, count in self._published.items():
+                published.add_metric([pushpin], count)
+            for pushpin, count in self._failures.items():
+                failures.add_metric([pushpin], count)
+            for pushpin, (counts, total) in self._lag.items():
+                running, buckets = 0, []
+                for bound, count in zip([*map(str, LAG_BUCKETS), "+Inf"], counts,
+                                        strict=True):
+                    running += count
+                    buckets.append((bound, running))
+                lag.add_metric([pushpin], buckets, total)
+        yield published
+        yield failures
+        yield lag
 
 
 class PublishClient:
@@ -128,17 +167,14 @@ class PushpinPublisher:
                                   "prev-id": event_id(event.user_id, prev),
                                   "formats": formats})
                 batch.handed_on(event)
-            label = self.client.base_url
             try:
                 self.client.publish(items)
             except PublishFailed:
-                self.metrics.failures.labels(label).inc()
+                self.metrics.failed(self.client.base_url)
                 raise  # the batch rolls back: published again, from the same position
             now = time.time()
-            self.metrics.published.labels(label).inc(len(batch.events))
-            lag = self.metrics.lag.labels(label)
-            for event in batch.events:
-                lag.observe(max(0.0, now - event.created_at.timestamp()))
+            self.metrics.published(self.client.base_url, [
+                max(0.0, now - event.created_at.timestamp()) for event in batch.events])
             return True
 
     def close(self) -> None:

@@ -3,6 +3,7 @@ Pushpin with exact resume, while others write. docs/streams.md."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -228,7 +229,9 @@ def live(postgres, tmp_path_factory):
     relay_port = free_port()
     relay = Server(server_env(url, tmp, PORT=str(relay_port), RELAY_PORT=str(relay_port),
                               PUSHPIN_PUBLISH_URLS=pushpin.publish_url,
-                              RELAY_POLL_SECONDS="0.02"),
+                              RELAY_POLL_SECONDS="0.02",
+                              # As the servers' settings set it: the relay keeps its own.
+                              PROMETHEUS_MULTIPROC_DIR=str(tmp / "no-such-directory")),
                    tmp / "relay.log", ["relay"]).wait_ready()
     try:
         yield Live(server, relay, pushpin)
@@ -288,6 +291,12 @@ def test_through_pushpin_a_reader_gets_every_event_once_in_order_while_another_w
         got = narrowed.wait_events(len(mine), 30)
         assert [e["data"] for e in got] == mine
         assert live.server.process.poll() is None
+        relay = httpx.get(live.relay.url + "/metrics").text
+        published = re.search(r'^saypi_stream_events_published_total\{pushpin="[^"]+"\} (\S+)',
+                              relay, re.MULTILINE)
+        assert published and float(published.group(1)) >= len(log), relay
+        assert "saypi_stream_publish_lag_seconds_bucket" in relay
+        assert "failed; again" not in live.relay.logs()
     finally:
         me.close()
     assert reader.error is None or isinstance(reader.error, httpx.HTTPError)

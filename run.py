@@ -68,6 +68,10 @@ def _run_command(config, logger, dsn: str, env: Mapping[str, str]) -> int:
         logger.info("migrations applied: %d", len(applied))
         return 0
     if config.command == "relay":
+        # The relay is one process with a registry of its own: a multiprocess directory
+        # set for the servers (the pods' shared ConfigMap sets it) must not turn its
+        # metrics into files there. Nothing has imported prometheus_client yet.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from app.deps import build_relay
 
         return build_relay(config, logger, dsn).run()
@@ -76,7 +80,8 @@ def _run_command(config, logger, dsn: str, env: Mapping[str, str]) -> int:
 
     config = serving_config(config, logger.warning)
     # prometheus_client reads its multiprocess directory from the environment
-    # when first imported: the one place SayPI writes the process environment.
+    # when first imported: with the relay's above, the one place SayPI writes the
+    # process environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.prometheus_multiproc_dir
     from app.server import build_worker_app
 

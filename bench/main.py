@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench import events, heavy, overload, profile, report, scale, sweep, tracing
+from bench import events, heavy, overload, peer, profile, report, scale, sweep, tracing
 from bench.fleet.orchestration import fleet
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import SCENARIOS, read_requests, replay
@@ -19,7 +19,7 @@ from bench.session import RESULTS, Bench, interleave, machine_info, publish, wit
 from bench.settings import BenchSettings, describe
 
 USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overload|heavy|
-                                  events|report|fleet)
+                                  events|peer|report|fleet)
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -41,6 +41,9 @@ USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overl
   events   the writes (4, 4b, 5) before and after the event log, interleaved, CPU per
            request and round trips; GET /events with 10 and 1M events; writes
            bench-results/events.md and events.json
+  peer     GET /conversations/{id} on the async peer (FastAPI + uvicorn), bare Flask and
+           SayPI with limits off / on in Redis / on in PostgreSQL, same bytes checked;
+           writes bench-results/peer.md and peer.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
@@ -324,6 +327,8 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return overload.overload(env)
     if command == "events":
         return events.events(env)
+    if command == "peer":
+        return peer.peer(env)
     if command == "profile":
         return profile.profile(env)
     print(USAGE + describe())

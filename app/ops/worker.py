@@ -26,6 +26,7 @@ from app.http.envelope import request_ids
 from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
 from app.ops import bodies
 from app.ops.framing import framing_refusal, parse_error_answer
+from app.ops.http_head import HttptoolsRequestParser
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -274,17 +275,63 @@ class SayPIWorker(ThreadWorker):
             received = received[:start]  # refused unread: nothing of it is kept
             conn.saypi_linger_bytes = REFUSED_BODY_LINGER_BYTES
         if conn.parser is None:
-            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+            conn.parser = HttptoolsRequestParser(self.cfg, conn.sock, conn.client) \
+                if self.cfg.protocol == "http" else http.get_parser(self.cfg, conn.sock,
+                                                                   conn.client)
         conn.parser.unreader.unread(bytes(received))
         conn.data_ready = True
         conn.saypi_too_large = too_large
         conn.saypi_ready_at = ready_at = time.monotonic()
-        if is_health_request(received) and self._health_pool is not None:
-            self._dispatch(conn, self._health_pool)
+        health = self._health_pool if is_health_request(received) else None
+        conn.saypi_health = health is not None
+        if health is not None:
+            self._dispatch(conn, health)
         else:
             fs = self._dispatch(conn, self.tpool)
             if not fs.done():
                 self._queued[fs] = (conn, ready_at + self.queue_timeout)
+
+    # --- the next request of a kept-alive connection, on the same thread ---------------------
+    def handle(self, conn):
+        """Serve `conn`'s request; then, while its next request is already whole on the
+        socket and no request waits for a thread, serve that one too, here.
+
+        A kept-alive connection's next request otherwise costs a trip through the main
+        loop: the thread's completion callback, the selector (register, wake up,
+        unregister), a read, and a hand-over to a thread again. Only a request that
+        arrived whole (head and body within MAX_BODY_BYTES, no 100-continue) stays;
+        anything else, or a health probe, goes back to the main loop with its bytes.
+        """
+        result = super().handle(conn)
+        while result is True and self.alive and self._may_stay(conn):
+            result = super().handle(conn)
+        return result
+
+    def _may_stay(self, conn) -> bool:
+        """Whether `conn`'s next request is whole and can be served on this thread now."""
+        if getattr(conn, "saypi_ready_at", None) is None or conn.saypi_health or \
+                not self.tpool._work_queue.empty():
+            return False  # TLS or HTTP/2, the health lane, or a request waits for a thread
+        unreader = conn.parser.unreader
+        received = bytearray(unreader.take_buffered())
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing yet; anything else: the main loop sees it
+            data = b""
+        received += data
+        if not received:
+            return False
+        if self._scan(received, 0) == _READY and not is_health_request(received):
+            end = received.find(b"\r\n\r\n")
+            scan = bodies.BodyScan(received[:end], self.max_body_bytes) if end >= 0 else None
+            if scan is not None and not scan.expects_continue and \
+                    scan.scan(received, end + 4) in (bodies.COMPLETE, bodies.AS_IS):
+                unreader.unread(bytes(received))
+                conn.saypi_too_large = conn.saypi_continued = False
+                conn.saypi_ready_at = time.monotonic()
+                return True
+        unreader.unread(bytes(received))  # the main loop takes it from here (finish_request)
+        return False
 
     def _handle_admitted(self, req, conn):
         """On the request's thread: tell the envelope what the main loop learnt (admission.py)."""

@@ -43,6 +43,8 @@ TOO_LARGE_REASON = "the request headers are too large"
 
 # Outcomes of reading a head.
 _WAIT, _READY, _TOO_LARGE, _GONE = range(4)
+# What a thread returns when it queued its connection's next request itself.
+_HANDED_ON = object()
 
 
 def contract_error_bytes(error: ApiError, request_id: str) -> bytes:
@@ -219,6 +221,8 @@ class SayPIWorker(ThreadWorker):
             result = fs.result() if not fs.cancelled() else False
         except Exception:
             result = False
+        if result is _HANDED_ON:  # its next request is queued: that one's future has it
+            return
         if result:
             self.finish_request(conn, fs)  # keep-alive (or gunicorn's deferral)
         else:
@@ -294,24 +298,45 @@ class SayPIWorker(ThreadWorker):
     # --- the next request of a kept-alive connection, on the same thread ---------------------
     def handle(self, conn):
         """Serve `conn`'s request; then, while its next request is already whole on the
-        socket and no request waits for a thread, serve that one too, here.
+        socket, serve that one too: here when no request waits for a thread, else queued
+        behind those that wait, straight from this thread.
 
         A kept-alive connection's next request otherwise costs a trip through the main
         loop: the thread's completion callback, the selector (register, wake up,
         unregister), a read, and a hand-over to a thread again. Only a request that
-        arrived whole (head and body within MAX_BODY_BYTES, no 100-continue) stays;
+        arrived whole (head and body within MAX_BODY_BYTES, no 100-continue) is kept;
         anything else, or a health probe, goes back to the main loop with its bytes.
         """
         result = super().handle(conn)
-        while result is True and self.alive and self._may_stay(conn):
-            result = super().handle(conn)
+        while result is True and self.alive and self._next_is_whole(conn):
+            if self.tpool._work_queue.empty():
+                result = super().handle(conn)
+            elif self._requeue(conn):
+                return _HANDED_ON
+            else:
+                break
         return result
 
-    def _may_stay(self, conn) -> bool:
-        """Whether `conn`'s next request is whole and can be served on this thread now."""
-        if getattr(conn, "saypi_ready_at", None) is None or conn.saypi_health or \
-                not self.tpool._work_queue.empty():
-            return False  # TLS or HTTP/2, the health lane, or a request waits for a thread
+    def _requeue(self, conn) -> bool:
+        """Queue `conn`'s next request (already whole) for a thread, as the main loop would."""
+        try:
+            fs = self.tpool.submit(self.handle, conn)
+        except RuntimeError:  # the pool is shutting down: the main loop decides
+            return False
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self._finished, conn, fut))
+        self.method_queue.defer(self._track_queued, fs, conn,
+                                conn.saypi_ready_at + self.queue_timeout)
+        return True
+
+    def _track_queued(self, fs, conn, deadline: float) -> None:
+        """On the main loop: shed a requeued request as any other if it waits too long."""
+        if not fs.done():
+            self._queued[fs] = (conn, deadline)
+
+    def _next_is_whole(self, conn) -> bool:
+        """Whether `conn`'s next request has arrived whole (then it is ready to parse)."""
+        if getattr(conn, "saypi_ready_at", None) is None or conn.saypi_health:
+            return False  # TLS or HTTP/2, or the health lane
         unreader = conn.parser.unreader
         received = bytearray(unreader.take_buffered())
         try:

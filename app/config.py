@@ -268,8 +268,8 @@ class Config:
         "address requests admitted back to back (0 counts as 1)")
     rate_limit_lease_max: int = setting(
         "RATE_LIMIT_LEASE_MAX", _int(1, 1000), 64,
-        "most admissions of one busy key a worker takes per Redis call (1: every request "
-        "asks Redis)")
+        "most admissions of one busy key a worker takes per store call, Redis or PostgreSQL "
+        "(1: every request asks the store)")
     rate_limit_lease_seconds: float = setting(
         "RATE_LIMIT_LEASE_SECONDS", _float(0.01), 1.0,
         "seconds a worker holds leased admissions before giving the unused ones back")

@@ -260,9 +260,10 @@ class _Wiring:
 
     @cached_property
     def leases(self) -> LeasedStore | None:
-        """A busy key's admissions, several per Redis call (1: exact, no leases)."""
+        """A busy key's admissions, several per store call, in Redis or PostgreSQL (1: exact,
+        no leases)."""
         config = self.config
-        if self.redis and config.rate_limit_lease_max > 1:
+        if config.rate_limit_lease_max > 1:
             return LeasedStore(self.rate_limit_store, config.rate_limit_lease_max,
                                config.rate_limit_lease_seconds)
         return None

@@ -4,6 +4,7 @@ Pushpin with exact resume, while others write. docs/streams.md."""
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 from typing import Any
@@ -138,6 +139,22 @@ def test_a_deleted_users_direct_stream_ends(start_server):
         time.sleep(0.02)
     me.delete_user(user["id"])
     assert reader.ended.wait(10), "the deleted user's stream is still open"
+
+
+def test_a_stopping_worker_ends_its_direct_streams_at_once(start_server):
+    server = start_server(STREAM_DIRECT_SECONDS="120", STREAM_POLL_SECONDS="0.05",
+                          GRACEFUL_TIMEOUT="30")
+    me = new_user(server)
+    reader = Reader(me)
+    deadline = time.monotonic() + 10
+    while not reader.messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reader.messages
+    stopped = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert reader.ended.wait(10), "the stream held the stopping worker"
+    assert server.process.wait(20) == 0
+    assert time.monotonic() - stopped < 20  # well before GRACEFUL_TIMEOUT
 
 
 def test_another_users_conversation_is_404_and_a_bad_cursor_400(start_server):

@@ -39,9 +39,9 @@ def test_every_pushpin_manifest_is_valid_and_listed():
         if p.name not in ("kustomization.yaml", "secret.example.yaml"))
 
 
-def test_the_pushpin_and_relay_pods_run_unprivileged_on_a_read_only_root():
+def test_the_pushpin_pods_run_unprivileged_on_a_read_only_root():
     docs = manifests()
-    for name in ("StatefulSet/saypi-pushpin", "Deployment/saypi-relay"):
+    for name in ("StatefulSet/saypi-pushpin",):
         pod = docs[name]["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["automountServiceAccountToken"] is False, name
@@ -88,15 +88,14 @@ def test_routes_reach_saypi_and_only_the_relay_may_publish():
     assert len(publish) == 1
     assert publish[0]["from"][0]["podSelector"]["matchLabels"][
         "app.kubernetes.io/component"] == "relay"
-    # The relay publishes to every instance by its stable name, and may reach it.
-    relay = docs["Deployment/saypi-relay"]["spec"]["template"]["spec"]["containers"][0]
-    urls = next(e["value"] for e in relay["env"] if e["name"] == "PUSHPIN_PUBLISH_URLS")
+    # The relay (reading the shared ConfigMap) publishes to every instance by its name.
+    config = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())
     replicas = docs["StatefulSet/saypi-pushpin"]["spec"]["replicas"]
-    assert urls.split(",") == [f"http://saypi-pushpin-{n}.saypi-pushpin-instances:5561"
-                               for n in range(replicas)]
-    assert relay["command"] == ["python", "run.py", "relay"]
-    relay_egress = docs["NetworkPolicy/saypi-relay"]["spec"]["egress"]
-    assert any(p["port"] == 5561 for rule in relay_egress for p in rule["ports"])
+    assert config["data"]["PUSHPIN_PUBLISH_URLS"].split(",") == [
+        f"http://saypi-pushpin-{n}.saypi-pushpin-instances:5561" for n in range(replicas)]
+    secret = yaml.safe_load(
+        (ROOT / "deploy" / "kubernetes" / "secret.example.yaml").read_text())
+    assert "GRIP_KEY" in secret["stringData"]
     # SayPI's own policy lets Pushpin in, on http only.
     api_policy = next(d for d in yaml.safe_load_all(
         (ROOT / "deploy" / "kubernetes" / "networkpolicy.yaml").read_text())

@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import selectors
+import shutil
 import socket
 import statistics
 import tempfile
@@ -264,6 +265,7 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         for part in reversed(started):
             part.stop()
         db.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def markdown(d: dict) -> str:

@@ -31,6 +31,8 @@ bench: $(STAMP)      ## throughput and latency against reference apps, scale-out
 	$(BIN)/python -m bench heavy
 	$(BIN)/python -m bench events
 	$(BIN)/python -m bench peer
+	$(BIN)/python -m bench webhooks
+	$(BIN)/python -m bench live
 
 fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
 	$(BIN)/python -m bench fleet

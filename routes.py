@@ -100,7 +100,7 @@ def documented_routes(d: Deps) -> list[Route]:
               guard=AUTHED, doc=events.GET_EVENT_DOC),
         Route("GET", "/events/stream",
               streams.handle_event_stream(d.events, d.renderer, d.grip, d.stream_slots,
-                                          d.stream_settings),
+                                          d.stream_settings, d.lifecycle),
               guard=AUTHED, doc=streams.EVENT_STREAM_DOC),
 
         Route("POST", "/webhook_endpoints",

@@ -65,7 +65,8 @@ class Pushpin(Process):
         self.config_path = work / "pushpin.conf"
         self.config_path.write_text(render_config({
             "rundir": str(self.rundir), "logdir": str(work / "pushpin-log"),
-            "http_port": str(self.port), "push_in_http_port": str(self.publish_port),
+            # Clients on 127.0.0.1 only (addr:port; a bare port listens on every address).
+            "http_port": f"127.0.0.1:{self.port}", "push_in_http_port": str(self.publish_port),
             "push_in_spec": f"tcp://127.0.0.1:{free_port()}",
             "push_in_sub_specs": f"tcp://127.0.0.1:{free_port()}",
             "command_spec": f"tcp://127.0.0.1:{free_port()}",

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Response, request
 
@@ -112,6 +112,11 @@ class StreamSlots:
         with self._lock:
             first = min(self._deadlines.values(), default=time.monotonic())
         return max(1, math.ceil(first - time.monotonic()))
+
+
+class Lifecycle(Protocol):
+    @property
+    def shutting_down(self) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +237,9 @@ class DirectStream:
     connection held between them), heartbeats, until the deadline or the user is gone."""
 
     def __init__(self, log: _Log, first: str, cursor: int, settings: StreamSettings,
-                 slots: StreamSlots, slot: int):
+                 slots: StreamSlots, slot: int, lifecycle: Lifecycle):
         self.log, self.first, self.cursor, self.settings = log, first, cursor, settings
-        self.slots, self.slot = slots, slot
+        self.slots, self.slot, self.lifecycle = slots, slot, lifecycle
         self.deadline = time.monotonic() + settings.direct_seconds
 
     def __iter__(self) -> Iterator[bytes]:
@@ -243,8 +248,8 @@ class DirectStream:
             beat = time.monotonic() + self.settings.heartbeat_seconds
             while True:
                 now = time.monotonic()
-                if now >= self.deadline:
-                    return
+                if now >= self.deadline or self.lifecycle.shutting_down:
+                    return  # the client resumes; a stopping worker does not wait for it
                 try:
                     result = self.log.poll(self.cursor)
                 except DatabaseUnavailable:
@@ -268,7 +273,7 @@ class DirectStream:
 
 
 def handle_event_stream(events: Events, renderer: Renderer, grip: Grip, slots: StreamSlots,
-                        settings: StreamSettings) -> Handler:
+                        settings: StreamSettings, lifecycle: Lifecycle) -> Handler:
     """GET /events/stream: your events as Server-Sent Events, as they commit."""
 
     def handler() -> Response:
@@ -291,7 +296,7 @@ def handle_event_stream(events: Events, renderer: Renderer, grip: Grip, slots: S
             raise
         first = retry_hint() + ("".join(replay.messages)
                                 or f"id: {event_id(user, replay.position)}\n\n")
-        stream = DirectStream(log, first, replay.position, settings, slots, slot)
+        stream = DirectStream(log, first, replay.position, settings, slots, slot, lifecycle)
         return Response(stream, 200, {"Content-Type": EVENT_STREAM,
                                       "X-Accel-Buffering": "no"})
 

@@ -3,7 +3,9 @@ Pushpin with exact resume, while others write. docs/streams.md."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
 import threading
 import time
 from typing import Any
@@ -12,7 +14,13 @@ import httpx
 import psycopg
 import pytest
 
-from app.client import Client, NotFoundError, ServiceUnavailableError, parse_event_stream
+from app.client import (
+    Client,
+    NotFoundError,
+    SayPIError,
+    ServiceUnavailableError,
+    parse_event_stream,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -140,6 +148,22 @@ def test_a_deleted_users_direct_stream_ends(start_server):
     assert reader.ended.wait(10), "the deleted user's stream is still open"
 
 
+def test_a_stopping_worker_ends_its_direct_streams_at_once(start_server):
+    server = start_server(STREAM_DIRECT_SECONDS="120", STREAM_POLL_SECONDS="0.05",
+                          GRACEFUL_TIMEOUT="30")
+    me = new_user(server)
+    reader = Reader(me)
+    deadline = time.monotonic() + 10
+    while not reader.messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reader.messages
+    stopped = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert reader.ended.wait(10), "the stream held the stopping worker"
+    assert server.process.wait(20) == 0
+    assert time.monotonic() - stopped < 20  # well before GRACEFUL_TIMEOUT
+
+
 def test_another_users_conversation_is_404_and_a_bad_cursor_400(start_server):
     server = start_server()
     me, other = new_user(server), new_user(server)
@@ -223,22 +247,25 @@ def live(postgres, tmp_path_factory):
     except PushpinUnavailable as exc:
         pytest.skip(str(exc))
     url = postgres.new_database()
-    server = Server(server_env(url, tmp, GRIP_KEY=GRIP_KEY, STREAM_HEARTBEAT_SECONDS="1",
-                               THREADS="6", DB_POOL_MAX="6"), tmp / "server.log").wait_ready()
-    pushpin = Pushpin(binary, [f"127.0.0.1:{server.port}"], GRIP_KEY, tmp)
-    relay_port = free_port()
-    relay = Server(server_env(url, tmp, PORT=str(relay_port), RELAY_PORT=str(relay_port),
-                              PUSHPIN_PUBLISH_URLS=pushpin.publish_url,
-                              RELAY_POLL_SECONDS="0.02",
-                              # As the servers' settings set it: the relay keeps its own.
-                              PROMETHEUS_MULTIPROC_DIR=str(tmp / "no-such-directory")),
-                   tmp / "relay.log", ["relay"]).wait_ready()
-    try:
+    # Each process is stopped however the ones after it fail to start (a relay that
+    # exits at start must not leave the server and Pushpin running).
+    with contextlib.ExitStack() as started:
+        server = Server(server_env(url, tmp, GRIP_KEY=GRIP_KEY, STREAM_HEARTBEAT_SECONDS="1",
+                                   THREADS="6", DB_POOL_MAX="6"), tmp / "server.log")
+        started.callback(server.stop)
+        server.wait_ready()
+        pushpin = Pushpin(binary, [f"127.0.0.1:{server.port}"], GRIP_KEY, tmp)
+        started.callback(pushpin.stop)
+        relay_port = free_port()
+        relay = Server(server_env(url, tmp, PORT=str(relay_port), RELAY_PORT=str(relay_port),
+                                  PUSHPIN_PUBLISH_URLS=pushpin.publish_url,
+                                  RELAY_POLL_SECONDS="0.02",
+                                  # As the servers' settings set it: the relay keeps its own.
+                                  PROMETHEUS_MULTIPROC_DIR=str(tmp / "no-such-directory")),
+                       tmp / "relay.log", ["relay"])
+        started.callback(relay.stop)
+        relay.wait_ready()
         yield Live(server, relay, pushpin)
-    finally:
-        relay.stop()
-        pushpin.stop()
-        server.stop()
 
 
 def write_mix(client: Client, conversation: str, seed: int, ops: int, failures: list) -> None:
@@ -366,8 +393,10 @@ def test_exact_resume_under_churn_with_a_pushpin_restart(live):
                                                   and last == final[0]):
                             break
                     stream.close()  # the client cuts the connection
-                except (httpx.HTTPError, ServiceUnavailableError):
-                    time.sleep(0.1)  # Pushpin restarting: reconnect with Last-Event-ID
+                except (httpx.HTTPError, SayPIError):
+                    # Pushpin restarting (refused, or its own 500 "Accept service unavailable"
+                    # until its handler is up): reconnect with Last-Event-ID, as clients do.
+                    time.sleep(0.1)
         finally:
             client.close()
 

@@ -40,16 +40,22 @@ def test_every_pushpin_manifest_is_valid_and_listed():
 
 
 def test_the_pushpin_pods_run_unprivileged_on_a_read_only_root():
-    pod = manifests()["StatefulSet/saypi-pushpin"]["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["automountServiceAccountToken"] is False
-    (container,) = pod["containers"]
-    context = container["securityContext"]
-    assert context["readOnlyRootFilesystem"] is True
-    assert context["allowPrivilegeEscalation"] is False
-    assert context["capabilities"]["drop"] == ["ALL"]
-    mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {"/run/pushpin", "/tmp", "/etc/pushpin", "/etc/pushpin-routes"} <= mounts
+    docs = manifests()
+    for name in ("StatefulSet/saypi-pushpin",):
+        pod = docs[name]["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
+        (container,) = pod["containers"]
+        context = container["securityContext"]
+        assert context["readOnlyRootFilesystem"] is True, name
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), name
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert "/tmp" in mounts, name
+    pushpin = docs["StatefulSet/saypi-pushpin"]["spec"]["template"]["spec"]["containers"][0]
+    assert {"/run/pushpin", "/etc/pushpin", "/etc/pushpin-routes"} <= {
+        m["mountPath"] for m in pushpin["volumeMounts"]}
 
 
 def test_the_cluster_configuration_is_the_deployed_one_with_only_its_paths_changed():
@@ -82,6 +88,21 @@ def test_routes_reach_saypi_and_only_the_relay_may_publish():
     assert len(publish) == 1
     assert publish[0]["from"][0]["podSelector"]["matchLabels"][
         "app.kubernetes.io/component"] == "relay"
+    # The relay (reading the shared ConfigMap) publishes to every instance by its name.
+    config = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text())
+    replicas = docs["StatefulSet/saypi-pushpin"]["spec"]["replicas"]
+    assert config["data"]["PUSHPIN_PUBLISH_URLS"].split(",") == [
+        f"http://saypi-pushpin-{n}.saypi-pushpin-instances:5561" for n in range(replicas)]
+    secret = yaml.safe_load(
+        (ROOT / "deploy" / "kubernetes" / "secret.example.yaml").read_text())
+    assert "GRIP_KEY" in secret["stringData"]
+    # SayPI's own policy lets Pushpin in, on http only.
+    api_policy = next(d for d in yaml.safe_load_all(
+        (ROOT / "deploy" / "kubernetes" / "networkpolicy.yaml").read_text())
+        if d["metadata"]["name"] == "saypi")
+    assert any(peer.get("podSelector", {}).get("matchLabels", {}).get(
+        "app.kubernetes.io/component") == "pushpin"
+        for rule in api_policy["spec"]["ingress"] for peer in rule["from"])
     headless = docs["Service/saypi-pushpin-instances"]["spec"]
     assert headless["clusterIP"] == "None"
     assert docs["StatefulSet/saypi-pushpin"]["spec"]["serviceName"] == \

@@ -142,6 +142,17 @@ class _Log:
             return upto
         return self.events.last_in_conversation(self.user, self.conversation, upto)
 
+    def _purged_since_start(self) -> bool:
+        """Whether some of the user's events have been purged: resuming from "before any
+        event" (id 0) then misses them, as an expired cursor would. Numbers are never
+        skipped, so the oldest kept event is number 1 unless some were purged."""
+        oldest = self.events.list(self.user, Page(limit=1), None, None, None)
+        if not oldest.user_exists:
+            raise AuthInvalid()
+        if oldest.events:
+            return oldest.events[0].seq > 1
+        return oldest.head_seq > 0
+
     def replay(self, after: int | None, cap: int, cursor_param: str) -> Replay:
         """The events after `after` (None: none, from now on), or a reset if it has expired."""
         if after is None:
@@ -149,6 +160,12 @@ class _Log:
             if head is None:
                 raise AuthInvalid()
             return Replay([], head, self.channel_seq(head), True)
+        if after == 0 and self._purged_since_start():
+            head = self.events.head(self.user)
+            if head is None:
+                raise AuthInvalid()
+            return Replay([reset_message(self.user, head, self.hours)], head,
+                          self.channel_seq(head), True)
         messages: list[str] = []
         cursor, first = after, True
         while True:

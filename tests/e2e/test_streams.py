@@ -195,6 +195,26 @@ def test_a_cursor_older_than_the_retention_yields_one_reset(start_server, postgr
     assert resets[0]["id"] == newest
 
 
+def test_resuming_from_before_any_event_after_a_purge_yields_one_reset(start_server, postgres):
+    """The id a stream gives a user with no events yet ("before any event") resumes with
+    every event while none has expired, and with a reset once some have."""
+    url = postgres.new_database()
+    server = start_server(database_url=url, STREAM_DIRECT_SECONDS="1",
+                          STREAM_POLL_SECONDS="0.05")
+    me = new_user(server)
+    (start,) = [m["id"] for m in list(me.stream_events()) if "id" in m][:1]
+    convo = me.create_conversation("first")
+    me.update_conversation(convo["id"], "second")
+    kept = [e["id"] for e in me.list_events().data]
+    assert [m["id"] for m in events_of(list(me.stream_events(last_event_id=start)))] == kept
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE events SET created_at = now() - interval '1000 hours' "
+                     "WHERE type = 'conversation.created'")
+    resets = events_of(list(me.stream_events(last_event_id=start)))
+    assert [m["event"] for m in resets] == ["reset"]
+    assert resets[0]["id"] == kept[-1]
+
+
 def test_the_stream_route_is_documented_and_counts_open_streams(start_server):
     server = start_server(STREAM_DIRECT_SECONDS="3", STREAM_POLL_SECONDS="0.1",
                           WEB_CONCURRENCY="1")

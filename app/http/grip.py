@@ -2,7 +2,7 @@
 Pushpin follows to recover a stream. See docs/streams.md.
 
 Grip-Sig is a JWT (HS256) signed with GRIP_KEY; PyJWT checks it. A recovery link
-names its stream and carries a MAC under the same key, since Pushpin sends no bearer.
+names its stream and its expiry under a MAC of the same key, since Pushpin sends no bearer.
 """
 
 from __future__ import annotations
@@ -10,10 +10,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
+from collections.abc import Callable
 
 import jwt
 
-_LINK = re.compile(r"([0-9a-f]{16})\.([0-9a-f]{16}|-)\.([0-9a-f]{32})")
+_LINK = re.compile(r"([0-9a-f]{16})\.([0-9a-f]{16}|-)\.([0-9a-f]{1,12})\.([0-9a-f]{32})")
+# How long a recovery link works. Each recovery answers with a fresh one; a stream whose
+# link expired before Pushpin needed it is ended, and its client resumes with its bearer
+# token (so a link that leaked, or outlived its user's token, opens nothing for long).
+LINK_SECONDS = 3600
 _LAST = re.compile(r"\s*([^;\s]+)\s*;\s*last-id=\"?([^\";\s]+)\"?\s*")
 
 
@@ -35,8 +41,9 @@ def control_channel(user_id: int) -> str:
 class Grip:
     """Checks Grip-Sig and makes and checks recovery links; without a key, nothing passes."""
 
-    def __init__(self, key: str | None):
+    def __init__(self, key: str | None, clock: Callable[[], float] = time.time):
         self.key = key
+        self.clock = clock
 
     @property
     def enabled(self) -> bool:
@@ -53,26 +60,30 @@ class Grip:
             return False
         return True
 
-    def _mac(self, user: str, conversation: str) -> str:
+    def _mac(self, user: str, conversation: str, expires: str) -> str:
         assert self.key is not None
-        message = f"saypi-stream-link:{user}:{conversation}".encode()
+        message = f"saypi-stream-link:{user}:{conversation}:{expires}".encode()
         return hmac.new(self.key.encode(), message, hashlib.sha256).hexdigest()[:32]
 
     def link_token(self, user_id: int, conversation: int | None) -> str:
-        """The `link` parameter of the stream's recovery link."""
+        """The `link` parameter of the stream's recovery link, good for LINK_SECONDS."""
         user = f"{user_id:016x}"
         convo = "-" if conversation is None else f"{conversation:016x}"
-        return f"{user}.{convo}.{self._mac(user, convo)}"
+        expires = f"{int(self.clock()) + LINK_SECONDS:x}"
+        return f"{user}.{convo}.{expires}.{self._mac(user, convo, expires)}"
 
     def link_stream(self, token: str | None) -> tuple[int, int | None] | None:
-        """(user, conversation or None) that a link token names, if its MAC is ours."""
+        """(user, conversation or None) that a link token names, if its MAC is ours and it
+        has not expired."""
         if self.key is None or token is None:
             return None
         match = _LINK.fullmatch(token)
         if match is None:
             return None
-        user, convo, mac = match.groups()
-        if not hmac.compare_digest(mac, self._mac(user, convo)):
+        user, convo, expires, mac = match.groups()
+        if not hmac.compare_digest(mac, self._mac(user, convo, expires)):
+            return None
+        if int(expires, 16) < self.clock():
             return None
         return int(user, 16), None if convo == "-" else int(convo, 16)
 

@@ -7,7 +7,14 @@ import time
 import jwt
 
 from app.api.streams import StreamSlots, parse_stream_id, retry_hint
-from app.http.grip import Grip, control_channel, conversation_channel, last_ids, user_channel
+from app.http.grip import (
+    LINK_SECONDS,
+    Grip,
+    control_channel,
+    conversation_channel,
+    last_ids,
+    user_channel,
+)
 
 KEY = "grip-unit-key-0123456789abcdef-0123456789"
 
@@ -40,6 +47,19 @@ def test_a_recovery_link_names_its_stream_and_cannot_be_altered():
     assert Grip("another-key-0123456789abcdef-01234567").link_stream(link) is None
     assert grip.link_stream(None) is None and grip.link_stream("x") is None
     assert Grip(None).link_stream(link) is None
+    expiry = link.split(".")[2]
+    later = link.replace(f".{expiry}.", f".{int(expiry, 16) + 3600:x}.", 1)
+    assert grip.link_stream(later) is None  # the expiry is under the MAC too
+
+
+def test_a_recovery_link_expires():
+    now = [1_000_000.0]
+    grip = Grip(KEY, clock=lambda: now[0])
+    link = grip.link_token(0x1234, 0xABC)
+    now[0] += LINK_SECONDS - 1
+    assert grip.link_stream(link) == (0x1234, 0xABC)
+    now[0] += 2
+    assert grip.link_stream(link) is None
 
 
 def test_grip_last_headers_by_channel():

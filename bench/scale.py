@@ -10,7 +10,8 @@ and reach the standby by streaming; the reference app reads the primary.
 Rows, interleaved run by run:
 
 - reference: bare Flask + pool, the same query (no rate limiting at all);
-- SayPI, rate limits on, state in PostgreSQL (two statements per request);
+- SayPI, rate limits on, state in PostgreSQL (leased like Redis: a busy user's read is one
+  statement, the limit's statement only when a lease is taken or given back);
 - SayPI, rate limits on, state in Redis, as configured by default: a busy
   user's admissions are leased a few at a time (app/http/ratelimit_leases.py),
   so most requests make no Redis call;

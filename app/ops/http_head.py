@@ -7,6 +7,8 @@ refuses, goes to gunicorn's own parser, so what it refuses is refused as before.
 
 from __future__ import annotations
 
+import re
+
 import httptools
 from gunicorn.http.message import (
     RFC9110_5_3_SINGLETON_FIELDS,
@@ -18,26 +20,19 @@ from gunicorn.http.message import (
 from gunicorn.http.parser import RequestParser
 
 METHODS = frozenset((b"GET", b"HEAD", b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS"))
-VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 # Fields whose value gunicorn's header policy acts on (100-continue, 417) beyond the
 # repeat check of singleton fields; their heads go through the policy itself.
 _POLICY_FIELDS = frozenset(("EXPECT",))
 
 
-class _Head:
-    """httptools' callbacks: the target and the fields, as bytes."""
-
-    __slots__ = ("fields", "url")
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.fields: list[tuple[bytes, bytes]] = []
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value))
+# Header lines as gunicorn's parser accepts them: a token name right before the colon, a
+# value without control characters but HTAB (gunicorn's TOKEN_RE and
+# RFC9110_5_5_INVALID_AND_DANGEROUS, checked here in one pass over all the lines).
+_INVALID_VALUE = RFC9110_5_5_INVALID_AND_DANGEROUS.pattern
+assert _INVALID_VALUE.startswith("[") and _INVALID_VALUE.endswith("]")  # one character class
+HEADER_LINES = re.compile(f"(?:{TOKEN_RE.pattern}:[^{_INVALID_VALUE[1:]}*\\r\\n)*")
+# httptools validates without calling back: the head is split here, once it passed.
+_NO_CALLBACKS = object()
 
 
 class HttptoolsRequest(Request):
@@ -62,58 +57,53 @@ class HttptoolsRequest(Request):
         line_end = data.find(b"\r\n")
         if end < 0 or line_end <= 0 or line_end > self.limit_request_line > 0:
             return None
-        head = data[:end + 2]
-        lines = head.count(b"\r\n")
-        if head.count(b"\n") != lines or b"\r\n " in head or b"\r\n\t" in head:
-            return None  # a bare LF, or obsolete line folding
-        fields_limit, field_size = self.limit_request_fields, self.limit_request_field_size
-        if lines - 1 >= fields_limit:
+        head = data[:end + 2].decode("latin-1")
+        lines = head.split("\r\n")
+        lines.pop()  # after the last CRLF
+        if len(lines) > self.limit_request_fields or head.count("\n") != len(lines) \
+                or not HEADER_LINES.fullmatch(head, line_end + 2):
+            return None  # too many fields, a bare LF, a folded line or an odd one
+        field_size = self.limit_request_field_size
+        if field_size > 0 and max(map(len, lines)) + 2 > field_size and \
+                max(map(len, lines[1:]), default=0) + 2 > field_size:
             return None
-        if field_size > 0 and max(map(len, head[line_end + 2:].split(b"\r\n"))) + 2 > field_size:
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or parts[0].encode() not in METHODS or \
+                parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
             return None
-        got = _Head()
-        parser = httptools.HttpRequestParser(got)
+        method, uri, version_text = parts
+        if not uri.startswith("/") or uri.startswith("//") or RFC9112_TARGET_INVALID.search(uri):
+            return None
         try:
-            parser.feed_data(data[:end + 4])
+            httptools.HttpRequestParser(_NO_CALLBACKS).feed_data(data[:end + 4])
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             return None
-        method, version = parser.get_method(), VERSIONS.get(parser.get_http_version())
-        url = got.url
-        if method not in METHODS or version is None or len(got.fields) != lines - 1 or \
-                data[:line_end] != b"%s %s HTTP/%d.%d" % (method, url, *version) or \
-                not url.startswith(b"/") or url.startswith(b"//"):
-            return None
-        uri = url.decode("latin-1")
-        if RFC9112_TARGET_INVALID.search(uri):
-            return None
+        self.version = (1, 1) if version_text == "HTTP/1.1" else (1, 0)
+        secure = self.cfg.secure_scheme_headers
         headers = []
         seen: set[str] = set()
-        scheme_state = [False]
-        secure, forwarders = self._peer_trusted_for_forwarded()
-        policy_for = (_POLICY_FIELDS | set(secure)) if secure else _POLICY_FIELDS
-        for raw_name, raw_value in got.fields:
-            name = raw_name.decode("latin-1")
-            value = raw_value.decode("latin-1").strip(" \t")
-            if not TOKEN_RE.fullmatch(name) or RFC9110_5_5_INVALID_AND_DANGEROUS.search(value):
-                return None
-            headers.append((name.upper(), value))
-        self.version = version  # the policy reads it (100-continue in HTTP/1.0)
-        kept = []
-        for name, value in headers:
-            if "_" in name or name in policy_for or name in seen:
-                field = self._apply_header_policy(name, value, scheme_state, seen, secure,
-                                                  forwarders)
+        trust = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            name = name.upper()
+            value = value.strip(" \t")
+            if "_" in name or name in secure or name in _POLICY_FIELDS or name in seen:
+                if trust is None:
+                    trust = (self._peer_trusted_for_forwarded(), [False])
+                (trusted_secure, forwarders), scheme_state = trust
+                field = self._apply_header_policy(name, value, scheme_state, seen,
+                                                  trusted_secure, forwarders)
                 if field is not None:
-                    kept.append(field)
+                    headers.append(field)
                 continue
             if name in RFC9110_5_3_SINGLETON_FIELDS:
                 seen.add(name)
-            kept.append((name, value))
+            headers.append((name, value))
         target, _, fragment = uri.partition("#")
         path, _, query = target.partition("?")
-        self.method = method.decode("ascii")
+        self.method = method
         self.uri, self.path, self.query, self.fragment = uri, path, query, fragment
-        self.headers = kept
+        self.headers = headers
         return data[end + 4:]
 
 

@@ -58,6 +58,11 @@ HEADS = [
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Tab: a\tb\r\nX-Cr: a\rb\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Tab: a\tb\r\n\r\n",
+    b"GET /" + b"a" * 4000 + b" HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\n: empty\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: https\r\nX_Custom: 1\r\n\r\n",
 ]
 
 

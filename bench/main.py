@@ -148,7 +148,8 @@ def run(env: Mapping[str, str]) -> int:
     def measure(bench: Bench) -> int:
         config = bench.effective_config()
         data["server_settings"] = {
-            "worker_class": "gthread", "workers": config.web_concurrency,
+            "worker_class": "app.ops.worker.SayPIWorker (gthread-based, httptools heads)",
+            "workers": config.web_concurrency,
             "threads": config.threads, "db_pool_min": config.db_pool_min,
             "db_pool_max": config.db_pool_max, "reuse_port": config.reuse_port,
             "render_cache_size": config.render_cache_size, "log_level": config.log_level,

@@ -368,9 +368,9 @@ class CountingConnection:
         self.conn = conn
         self.statements: list[str] = []
 
-    def execute(self, sql, params=None):
+    def execute(self, sql, params=None, **options):
         self.statements.append(sql)
-        return self.conn.execute(sql, params)
+        return self.conn.execute(sql, params, **options)
 
 
 class OneConnection:

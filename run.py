@@ -68,6 +68,11 @@ def _run_command(config, logger, dsn: str) -> int:
         logger.info("migrations applied: %d", len(applied))
         return 0
     if config.command == "relay":
+        # The relay is one process: its metrics live in its own registry. A
+        # PROMETHEUS_MULTIPROC_DIR meant for the servers (the same ConfigMap) would switch
+        # prometheus_client, when first imported below, to files in a directory the relay
+        # does not have.
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from app.deps import build_relay
 
         return build_relay(config, logger, dsn).run()

@@ -225,7 +225,10 @@ def delivering(postgres, tmp_path_factory):
     env = server_env(url, tmp, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
                      WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_BREAKER_FAILURES="3",
                      WEBHOOK_BREAKER_SECONDS="1", WEBHOOK_THREADS="4",
-                     PURGE_INTERVAL_SECONDS="0.5")
+                     PURGE_INTERVAL_SECONDS="0.5",
+                     # The servers' setting reaches the relay too (one ConfigMap): it must
+                     # not make the relay's metrics look for that directory.
+                     PROMETHEUS_MULTIPROC_DIR=str(tmp / "no-such-metrics-dir"))
     server = Server(env, tmp / "server.log").wait_ready()
     relay = RelayProcess(env, tmp / "relay.log").wait_running()
     assert eventually(lambda: feed_started(url), 30), relay.logs()

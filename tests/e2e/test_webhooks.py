@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import random
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -111,6 +112,48 @@ def test_the_relay_checks_the_address_again_at_each_attempt(guarded, tmp_path):
         assert eventually(lambda: (latest(client, endpoint).get("error") or "").startswith(
             "The URL resolves to 127.0.0.1"), 20), latest(client, endpoint)
         assert latest(client, endpoint)["response_status"] is None
+    finally:
+        assert relay.stop() == 0
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_https_deliveries_go_to_the_checked_address_with_the_urls_name(guarded, tmp_path):
+    """The relay connects to the address it checked, and TLS still checks the certificate
+    against the URL's host: the right name is delivered, a certificate for another is not."""
+    right, wrong = self_signed(tmp_path, "hooks.public.test"), self_signed(tmp_path, "other.test")
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_text(right[0].read_text() + wrong[0].read_text())
+    contexts = []
+    for cert, key in (right, wrong):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        contexts.append(context)
+    url = guarded.env["DATABASE_URL"]
+    env = {**guarded.env, "WEBHOOK_RESOLVE": "hooks.public.test=127.0.0.1",
+           "WEBHOOK_ALLOW_PRIVATE": "true", "SSL_CERT_FILE": str(trusted),
+           "WEBHOOK_RETRY_SCHEDULE": SCHEDULE}
+    relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
+    try:
+        assert eventually(lambda: feed_started(url), 30)
+        with Receiver(tls=contexts[0], host="hooks.public.test") as good, \
+                Receiver(tls=contexts[1], host="hooks.public.test") as impostor:
+            client = new_client(guarded)
+            delivered = client.create_webhook_endpoint(good.url)["id"]
+            refused = client.create_webhook_endpoint(impostor.url)["id"]
+            client.create_conversation("tls")
+            assert eventually(lambda: latest(client, delivered).get("status") == "succeeded",
+                              20), latest(client, delivered)
+            assert good.events()[0].headers["host"] == f"hooks.public.test:{good.port}"
+            assert eventually(lambda: latest(client, refused).get("error") ==
+                              "The request failed: SSLError.", 20), latest(client, refused)
+            assert impostor.events() == []
     finally:
         assert relay.stop() == 0
 

@@ -48,7 +48,14 @@ from app.ops.periodic import Periodic
 from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
 from app.relay.runner import Relay, Task
-from app.relay.webhooks import Sender, WebhookDelivery, WebhookFanout, WebhookGauges, WebhookMetrics
+from app.relay.webhooks import (
+    IdleGate,
+    Sender,
+    WebhookDelivery,
+    WebhookFanout,
+    WebhookGauges,
+    WebhookMetrics,
+)
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
@@ -491,10 +498,10 @@ def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
                         max_entries=config.render_cache_size)
     sender = Sender(outbound_policy(config), config.webhook_timeout_seconds,
                     f"SayPI-Webhooks/{VERSION}", config.webhook_threads)
-    log = logger.getChild("webhooks")
-    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics),
-            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log)
-              for n in range(1, config.webhook_threads + 1)),
+    log, gate = logger.getChild("webhooks"), IdleGate(config.relay_poll_seconds)
+    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics, gate),
+            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log,
+                              gate) for n in range(1, config.webhook_threads + 1)),
             WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender,
                           timedelta(hours=config.events_retention_hours),
                           config.purge_interval_seconds)]

@@ -75,6 +75,25 @@ class WebhookMetrics:
                                   "Deliveries created from events.", registry=registry)
 
 
+class IdleGate:
+    """Shared by one relay's delivery threads: once a claim found nothing, the others skip
+    theirs until the next poll (one claim query per poll when idle, not one per thread);
+    the fan-out opens it when it adds deliveries."""
+
+    def __init__(self, poll_seconds: float):
+        self.poll_seconds = poll_seconds
+        self.quiet_until = 0.0
+
+    def quiet(self) -> bool:
+        return time.monotonic() < self.quiet_until
+
+    def found(self, anything: bool) -> None:
+        self.quiet_until = 0.0 if anything else time.monotonic() + self.poll_seconds * 0.9
+
+    def open(self) -> None:
+        self.quiet_until = 0.0
+
+
 class WebhookFanout:
     """Reads the feed `webhooks` and inserts a delivery per matching enabled endpoint, in the
     batch's transaction (with the feed's position)."""
@@ -82,9 +101,10 @@ class WebhookFanout:
     name = "webhook-fanout"
 
     def __init__(self, feed: EventFeed, queue: WebhookQueue, renderer: Renderer,
-                 metrics: WebhookMetrics, clock: Clock = utc_now, batch_size: int = 500):
+                 metrics: WebhookMetrics, gate: IdleGate, clock: Clock = utc_now,
+                 batch_size: int = 500):
         self.feed, self.queue, self.renderer = feed, queue, renderer
-        self.metrics, self.clock, self.batch_size = metrics, clock, batch_size
+        self.metrics, self.gate, self.clock, self.batch_size = metrics, gate, clock, batch_size
 
     def step(self) -> bool:
         with self.feed.batch(self.batch_size) as batch:
@@ -106,6 +126,8 @@ class WebhookFanout:
                 batch.handed_on(event)
             self.queue.add(batch.work, rows, self.clock())
         self.metrics.fanned_out.inc(len(rows))
+        if rows:
+            self.gate.open()
         return True
 
     def close(self) -> None:
@@ -216,16 +238,19 @@ class WebhookDelivery:
 
     def __init__(self, number: int, queue: WebhookQueue, sender: Sender,
                  schedule: tuple[float, ...], metrics: WebhookMetrics, logger: logging.Logger,
-                 clock: Clock = utc_now, rng: random.Random | None = None):
+                 gate: IdleGate, clock: Clock = utc_now, rng: random.Random | None = None):
         self.name = f"webhook-delivery-{number}"
-        self.queue, self.sender, self.schedule = queue, sender, schedule
+        self.queue, self.sender, self.schedule, self.gate = queue, sender, schedule, gate
         self.metrics, self.logger, self.clock = metrics, logger, clock
         self.rng = rng or random.Random()
         self.lease_seconds = 2 * sender.timeout + LEASE_MARGIN_SECONDS
 
     def step(self) -> bool:
+        if self.gate.quiet():
+            return False
         claimed = self.queue.claim(1, self.lease_seconds, self.clock(),
                                    secrets.randbits(63) or 1)
+        self.gate.found(bool(claimed))
         for delivery in claimed:
             self.deliver(delivery)
         return bool(claimed)

@@ -6,13 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: run test test-fast lint migrate bench fleet fuzz venv clean
 
-run: $(STAMP)        ## serve on :8080 and run a relay beside it (webhooks; health on :8081); embedded PostgreSQL when DATABASE_URL is unset
-	@$(BIN)/python run.py serve & server=$$!; relay=; \
-	trap 'wait' INT; trap 'kill -TERM $$server $$relay 2>/dev/null; wait' TERM; \
-	until $(BIN)/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-	        "http://127.0.0.1:$${PORT:-8080}/health/ready" 2>/dev/null; do \
-	    kill -0 $$server 2>/dev/null || exit 1; sleep 0.5; done; \
-	$(BIN)/python run.py relay & relay=$$!; wait $$server; kill -TERM $$relay 2>/dev/null; wait
+run: $(STAMP)        ## serve on :8080 and a relay beside it (embedded PostgreSQL when DATABASE_URL is unset)
+	RELAY_BESIDE=$${RELAY_BESIDE:-true} $(BIN)/python run.py serve
 
 test: lint           ## lint, then every tier: unit, in-process and end to end (real PostgreSQL, gunicorn, Redis, proxies)
 	$(BIN)/python -m pytest -q

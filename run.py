@@ -45,13 +45,13 @@ def run(argv: Sequence[str], env: Mapping[str, str], stdout: IO[str]) -> int:
         dsn = embedded.dsn
         logger.info("Using embedded PostgreSQL: %s", dsn)
     try:
-        return _run_command(config, logger, dsn)
+        return _run_command(config, logger, dsn, env)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-def _run_command(config, logger, dsn: str) -> int:
+def _run_command(config, logger, dsn: str, env: Mapping[str, str]) -> int:
     import psycopg
 
     from app.store.db import migrate
@@ -88,10 +88,20 @@ def _run_command(config, logger, dsn: str) -> int:
     def build():
         return build_worker_app(config, logger, dsn)
 
+    relay = None
+    if config.relay_beside:
+        from app.ops.beside import Beside
+
+        # The relay uses the server's database (the embedded one too) and its settings.
+        relay = Beside([sys.executable, str(Path(__file__).resolve()), "relay"],
+                       {**env, "DATABASE_URL": dsn, "RELAY_BESIDE": "false"}, logger)
     try:
         GunicornApp(gunicorn_options(config, logger), build).run()
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        if relay is not None:
+            relay.stop(config.relay_grace_seconds + 5)
     return 0
 
 

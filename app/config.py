@@ -316,6 +316,9 @@ class Config:
     relay_grace_seconds: float = setting(
         "RELAY_GRACE_SECONDS", _float(0, 600), 15.0,
         "seconds a stopping relay gives the work under way to finish")
+    relay_beside: bool = setting(
+        "RELAY_BESIDE", _bool, False,
+        "serve: also run a relay process beside the server, on its database (make run)")
     # Webhooks (docs/webhooks.md): the endpoints API's checks and the relay's deliveries.
     webhook_allow_private: bool = setting(
         "WEBHOOK_ALLOW_PRIVATE", _bool, False,

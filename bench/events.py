@@ -39,7 +39,9 @@ def baseline_ref(env: Mapping[str, str]) -> str:
     that added the events migration."""
     if env.get("BENCH_EVENTS_BASELINE"):
         return env["BENCH_EVENTS_BASELINE"]
-    added = subprocess.run(["git", "log", "--diff-filter=A", "--format=%H", "--", MIGRATION],
+    # -m --first-parent: a migration that came in with a merge is "added" by that merge.
+    added = subprocess.run(["git", "log", "-m", "--first-parent", "--diff-filter=A",
+                            "--format=%H", "--", MIGRATION],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     if not added:
         raise RuntimeError(f"{MIGRATION} is not in git history; set BENCH_EVENTS_BASELINE")

@@ -229,3 +229,51 @@ def test_the_relay_process_serves_health_and_metrics_and_exits_cleanly_on_sigter
                 relay.kill()
                 relay.wait()
     assert "relay stopped" in log_path.read_text()
+
+
+def test_serve_with_relay_beside_runs_a_relay_and_stops_it_with_the_server(postgres, tmp_path):
+    """`make run` (RELAY_BESIDE): one command serves the API and runs a relay on the same
+    database; stopping the server stops the relay too."""
+    import os
+    import re
+
+    import httpx
+
+    from harness.saypi import Server
+
+    relay_port = free_port()
+    server = Server(server_env(postgres.new_database(), tmp_path, RELAY_BESIDE="true",
+                               RELAY_PORT=str(relay_port)), tmp_path / "server.log")
+    relay_pid = None
+    try:
+        server.wait_ready()
+        base = f"http://127.0.0.1:{relay_port}"
+
+        def relay_ready() -> bool:
+            try:
+                return httpx.get(base + "/health/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert eventually(relay_ready, 30), server.logs()
+        found = re.search(r"started beside the server: relay \(pid (\d+)\)", server.logs())
+        assert found, server.logs()
+        relay_pid = int(found.group(1))
+        assert server.stop() == 0
+        assert "relay stopped" in server.logs()
+
+        def relay_gone() -> bool:
+            try:
+                os.kill(relay_pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        assert eventually(relay_gone, 5)
+    finally:
+        server.stop()
+        if relay_pid is not None:
+            try:
+                os.kill(relay_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

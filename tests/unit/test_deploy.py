@@ -38,8 +38,8 @@ def one(kind: str, component: str | None = None) -> dict:
     return found[0]
 
 
-def deployment() -> dict:
-    return one("Deployment", "api")
+def deployment(component: str = "api") -> dict:
+    return one("Deployment", component)
 
 
 def api_container() -> dict:
@@ -307,8 +307,8 @@ def test_the_schema_validation_catches_what_parsing_does_not():
 
 def pod_specs() -> dict[str, dict]:
     return {"Deployment": deployment()["spec"]["template"]["spec"],
-            "Job": one("Job")["spec"]["template"]["spec"],
-            "Relay": one("Deployment", "relay")["spec"]["template"]["spec"]}
+            "relay Deployment": deployment("relay")["spec"]["template"]["spec"],
+            "Job": one("Job")["spec"]["template"]["spec"]}
 
 
 def test_every_container_runs_unprivileged_on_a_read_only_root():
@@ -369,27 +369,30 @@ def test_replicas_autoscaler_and_disruption_budget_agree():
     assert hpa["maxReplicas"] * int(env["WEB_CONCURRENCY"]) * int(env["DB_POOL_MAX"]) <= 160
 
 
-def test_the_relay_runs_beside_the_api_with_its_own_budget_and_probes():
-    relay = one("Deployment", "relay")
-    pod = relay["spec"]["template"]
-    assert relay["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    pdb = one("PodDisruptionBudget", "relay")["spec"]
-    assert pdb["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert 1 <= int(pdb["maxUnavailable"]) < relay["spec"]["replicas"]
-    (container,) = pod["spec"]["containers"]
+def test_relay_runs_beside_the_api_with_its_own_probes_budget_and_policy():
+    """run.py relay, probed on its own health port, two pods of which a drain takes one at
+    a time, and a grace period that outlasts RELAY_GRACE_SECONDS."""
+    relay = deployment("relay")
+    pod = relay["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     assert container["command"][-2:] == ["run.py", "relay"]
-    assert container["image"] == api_container()["image"]
-    assert container["envFrom"] == api_container()["envFrom"]
-    env = {**config_env(), **{e["name"]: e["value"] for e in container["env"]}}
-    config = Config.from_env(env, ["relay"])
+    assert container["image"] == api_container()["image"]  # one image, one release
+    config = Config.from_env(config_env(), ["relay"])
     (port,) = container["ports"]
     assert port["containerPort"] == config.relay_port
-    assert int(pod["metadata"]["annotations"]["prometheus.io/port"]) == config.relay_port
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"]["port"] == port["name"]
-    # SIGTERM lets the deliveries under way finish within the grace bound.
-    assert pod["spec"]["terminationGracePeriodSeconds"] > config.relay_grace_seconds
-    assert config.relay_grace_seconds >= config.webhook_timeout_seconds + 5
+    annotations = relay["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == config.relay_port
+    for probe, path in (("livenessProbe", "/health/live"), ("readinessProbe", "/health/ready"),
+                        ("startupProbe", "/health/live")):
+        assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
+    assert pod["terminationGracePeriodSeconds"] >= config.relay_grace_seconds + 5
+    assert relay["spec"]["replicas"] >= 2
+    pdb = one("PodDisruptionBudget", "relay")["spec"]
+    assert pdb["selector"]["matchLabels"].items() \
+        <= relay["spec"]["template"]["metadata"]["labels"].items()
+    assert 1 <= int(pdb["maxUnavailable"]) < relay["spec"]["replicas"]
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    assert "relay.yaml" in kustomization["resources"]
 
 
 def test_migrations_run_before_the_rollout():
@@ -425,13 +428,13 @@ def test_network_policies_admit_http_only_and_reach_postgres_and_dns():
         assert {p["port"] for p in rule["ports"]} <= ports
     database_port = psycopg.conninfo.conninfo_to_dict(
         config_env()["DATABASE_URL"]).get("port", "5432")
+    # The relay also delivers webhooks (HTTPS) and publishes to Pushpin: nothing else.
+    extra = {"saypi-relay": {(443, "TCP"), (5561, "TCP")}}
     for name, policy in policies.items():
         egress_ports = {(p["port"], p.get("protocol", "TCP")) for rule in policy["egress"]
                         for p in rule["ports"]}
-        # The relay also reaches webhook receivers, over https.
-        extra = {(443, "TCP")} if name == "saypi-relay" else set()
-        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP")} | extra, \
-            name
+        assert egress_ports == {(int(database_port), "TCP"), (53, "UDP"), (53, "TCP"),
+                                *extra.get(name, ())}, name
     migrate_labels = one("Job")["spec"]["template"]["metadata"]["labels"]
     assert policies["saypi-migrate"]["podSelector"]["matchLabels"].items() \
         <= migrate_labels.items()

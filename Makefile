@@ -30,6 +30,7 @@ bench: $(STAMP)      ## throughput and latency against reference apps, scale-out
 	$(BIN)/python -m bench overload
 	$(BIN)/python -m bench heavy
 	$(BIN)/python -m bench events
+	$(BIN)/python -m bench peer
 
 fleet: $(STAMP)      ## 3 instances behind HAProxy: rolling restart, crash, database restart
 	$(BIN)/python -m bench fleet

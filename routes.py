@@ -20,6 +20,7 @@ from app.api import (
     ops,
     playground,
     render,
+    streams,
     users,
     webhooks,
 )
@@ -97,6 +98,10 @@ def documented_routes(d: Deps) -> list[Route]:
               guard=AUTHED, doc=events.LIST_EVENTS_DOC),
         Route("GET", "/events/<event_id>", events.handle_get_event(d.events, d.renderer),
               guard=AUTHED, doc=events.GET_EVENT_DOC),
+        Route("GET", "/events/stream",
+              streams.handle_event_stream(d.events, d.renderer, d.grip, d.stream_slots,
+                                          d.stream_settings),
+              guard=AUTHED, doc=streams.EVENT_STREAM_DOC),
 
         Route("POST", "/webhook_endpoints",
               webhooks.handle_create_webhook_endpoint(d.webhooks, d.outbound,
@@ -157,6 +162,10 @@ def routes(d: Deps) -> list[Route]:
         Route("GET", "/playground", playground.handle_playground(), guard=OPEN),
         Route("GET", "/playground/<asset>", playground.handle_playground_asset(), guard=OPEN),
         Route("GET", "/", playground.handle_root(), guard=OPEN),
+        # Pushpin's recovery of a held stream: Grip-Sig and the link's MAC instead of a token.
+        Route("GET", streams.LINK_PATH,
+              streams.handle_stream_link(d.events, d.renderer, d.grip, d.stream_settings),
+              guard=OPEN),
 
         *([Route("GET", "/debug/sleep", debug.handle_debug_sleep(), guard=OPEN),
            Route("GET", "/debug/fail", debug.handle_debug_fail(), guard=OPEN),

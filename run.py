@@ -68,10 +68,9 @@ def _run_command(config, logger, dsn: str, env: Mapping[str, str]) -> int:
         logger.info("migrations applied: %d", len(applied))
         return 0
     if config.command == "relay":
-        # The relay is one process: its metrics live in its own registry. A
-        # PROMETHEUS_MULTIPROC_DIR meant for the servers (the same ConfigMap) would switch
-        # prometheus_client, when first imported below, to files in a directory the relay
-        # does not have.
+        # The relay is one process with a registry of its own: a multiprocess directory
+        # set for the servers (the pods' shared ConfigMap sets it) must not turn its
+        # metrics into files there. Nothing has imported prometheus_client yet.
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         from app.deps import build_relay
 
@@ -81,7 +80,8 @@ def _run_command(config, logger, dsn: str, env: Mapping[str, str]) -> int:
 
     config = serving_config(config, logger.warning)
     # prometheus_client reads its multiprocess directory from the environment
-    # when first imported: the one place SayPI writes the process environment.
+    # when first imported: with the relay's above, the one place SayPI writes the
+    # process environment.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = config.prometheus_multiproc_dir
     from app.server import build_worker_app
 

@@ -7,6 +7,7 @@ the contract's code and data.
 
 from __future__ import annotations
 
+import json as _json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict
@@ -415,6 +416,28 @@ class Client:
         """A page of the endpoint's deliveries, newest first."""
         return self._page(f"/webhook_endpoints/{endpoint_id}/deliveries", limit,
                           starting_after, ending_before)
+    def stream_events(self, conversation: str | None = None, last_event_id: str | None = None,
+                      read_timeout: float = 60.0) -> Iterator[dict[str, Any]]:
+        """GET /events/stream: each message as it arrives, until the server ends the stream.
+
+        An event is `{"id", "event", "data"}` (`data` parsed from JSON); a message
+        with only an id is `{"id"}`, the hint `{"retry": ms}`, a heartbeat
+        `{"comment": text}`. Closing the iterator closes the connection.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        params = {"conversation": conversation} if conversation is not None else None
+        timeout = httpx.Timeout(10.0, read=read_timeout)
+        with self.http.stream("GET", "/events/stream", params=params, headers=headers,
+                              timeout=timeout) as response:
+            self.last_response = response
+            if response.status_code != 200:
+                response.read()
+                _raise_for(response)
+            yield from parse_event_stream(response.iter_lines())
 
     # --- rendering ---
     def render(self, text: str | None = None, animal: str | None = None,
@@ -434,3 +457,27 @@ def _line_params(text: str | None, animal: str | None, think: bool | None,
                  mood: str | None) -> dict[str, Any]:
     return {k: v for k, v in (("text", text), ("animal", animal), ("think", think),
                               ("mood", mood)) if v is not None}
+
+
+def parse_event_stream(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    """Server-Sent Events messages from a stream's lines (the fields SayPI sends)."""
+    message: dict[str, Any] = {}
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                message["data"] = _json.loads("\n".join(data))
+            if message:
+                yield message
+            message, data = {}, []
+        elif line.startswith(":"):
+            yield {"comment": line[1:].strip()}
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "data":
+                data.append(value)
+            elif field == "retry" and value.isdigit():
+                message["retry"] = int(value)
+            elif field in ("id", "event"):
+                message[field] = value

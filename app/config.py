@@ -268,8 +268,8 @@ class Config:
         "address requests admitted back to back (0 counts as 1)")
     rate_limit_lease_max: int = setting(
         "RATE_LIMIT_LEASE_MAX", _int(1, 1000), 64,
-        "most admissions of one busy key a worker takes per Redis call (1: every request "
-        "asks Redis)")
+        "most admissions of one busy key a worker takes per store call, Redis or PostgreSQL "
+        "(1: every request asks the store)")
     rate_limit_lease_seconds: float = setting(
         "RATE_LIMIT_LEASE_SECONDS", _float(0.01), 1.0,
         "seconds a worker holds leased admissions before giving the unused ones back")
@@ -348,6 +348,29 @@ class Config:
     webhook_resolve: tuple[tuple[str, str], ...] = setting(
         "WEBHOOK_RESOLVE", _key_values, (),
         "host=address pairs resolved without DNS (as curl's --resolve), for tests")
+    # Live streams (GET /events/stream): docs/streams.md.
+    stream_heartbeat_seconds: float = setting(
+        "STREAM_HEARTBEAT_SECONDS", _float(0.1, 600), 15.0,
+        "seconds between the comment heartbeats of an idle event stream")
+    stream_direct_seconds: float = setting(
+        "STREAM_DIRECT_SECONDS", _float(0.1, 3600), 30.0,
+        "seconds SayPI serves one event stream itself (without a GRIP proxy); the client "
+        "then resumes with Last-Event-ID")
+    stream_direct_max: int = setting(
+        "STREAM_DIRECT_MAX", _int(0, 256), 2,
+        "event streams one worker serves itself at once (each holds an API thread; at most "
+        "THREADS - 1); more are 503 with Retry-After")
+    stream_poll_seconds: float = setting(
+        "STREAM_POLL_SECONDS", _float(0.01, 60), 0.25,
+        "seconds between the event log reads of a stream SayPI serves itself")
+    grip_key: str | None = setting(
+        "GRIP_KEY", _optional_str, None,
+        "the key the GRIP proxy (Pushpin's sig_key) signs Grip-Sig with; unset: every stream "
+        "is served directly", secret=True)
+    pushpin_publish_urls: tuple[str, ...] = setting(
+        "PUSHPIN_PUBLISH_URLS", _csv, (),
+        "comma separated push_in_http base URLs of the Pushpin instances the relay publishes "
+        "events to (unset: no publishing)")
     fault_injection: bool = setting(
         "FAULT_INJECTION", _bool, False,
         "serve /debug/sleep and /debug/fail for failure tests (refused in production)")

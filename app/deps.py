@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 import psycopg
 from prometheus_client import CollectorRegistry
 
+from app.api.streams import StreamSettings, StreamSlots
 from app.config import Config
 from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.domain.events import TYPES as EVENT_TYPES
@@ -34,6 +35,7 @@ from app.domain.repositories import (
 )
 from app.domain.unit_of_work import Transactions
 from app.http.auth import Authenticator
+from app.http.grip import Grip
 from app.http.idempotency import TTL_SECONDS as IDEMPOTENCY_TTL_SECONDS
 from app.http.idempotency import Idempotency
 from app.http.outbound import OutboundPolicy, resolver
@@ -47,6 +49,7 @@ from app.ops.metrics import Metrics
 from app.ops.periodic import Periodic
 from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
+from app.relay.pushpin import DeletionCloser, PublishClient, PublishMetrics, PushpinPublisher
 from app.relay.runner import Relay, Task
 from app.relay.webhooks import (
     IdleGate,
@@ -69,7 +72,7 @@ from app.store.ratelimits import RateLimitRepository
 from app.store.redis_link import RedisLink
 from app.store.redis_ratelimits import RedisRateLimitStore
 from app.store.slow_queries import SlowQueryRepository
-from app.store.users import UserRepository
+from app.store.users import DeletionWatch, UserRepository
 from app.store.webhooks import Breaker, WebhookQueue, WebhookRepository
 from app.store.write_positions import PostgresWritePositions, RedisWritePositions
 
@@ -103,6 +106,9 @@ class Deps:
     events: Events  # the event log's reads (GET /events)
     webhooks: Webhooks  # the webhook endpoints API's storage
     outbound: OutboundPolicy  # where webhooks may be sent
+    grip: Grip  # Grip-Sig checks and recovery links (GRIP_KEY)
+    stream_slots: StreamSlots  # the event streams this worker serves itself
+    stream_settings: StreamSettings
     jobs: tuple[Periodic, ...] = ()  # background work started with the worker
     on_start: tuple[Callable[[], None], ...] = ()  # pools and monitors, after the first report
     on_close: tuple[Callable[[], None], ...] = ()  # cluster, pools, Redis, in that order
@@ -157,6 +163,7 @@ class Parts(TypedDict, total=False):
     events: Events
     webhooks: Webhooks
     outbound: OutboundPolicy
+    stream_slots: StreamSlots
     presence: UserPresence
     auth: Authenticator
     idempotency_keys: Any
@@ -185,6 +192,10 @@ def build_deps(config: Config, logger: logging.Logger, dsn: str | None = None,
         lines=w.lines, events=w.events, webhooks=w.webhooks, outbound=w.outbound,
         idempotency=w.idempotency,
         slow_queries=w.slow_queries,
+        grip=Grip(config.grip_key), stream_slots=w.stream_slots,
+        stream_settings=StreamSettings(config.stream_heartbeat_seconds,
+                                       config.stream_direct_seconds, config.stream_poll_seconds,
+                                       config.events_retention_hours),
         access_log=w.access_log, sample_metrics=w.sample_metrics, jobs=w.jobs,
         on_start=w.on_start(), on_close=w.on_close())
 
@@ -256,9 +267,10 @@ class _Wiring:
 
     @cached_property
     def leases(self) -> LeasedStore | None:
-        """A busy key's admissions, several per Redis call (1: exact, no leases)."""
+        """A busy key's admissions, several per store call, in Redis or PostgreSQL (1: exact,
+        no leases)."""
         config = self.config
-        if self.redis and config.rate_limit_lease_max > 1:
+        if config.rate_limit_lease_max > 1:
             return LeasedStore(self.rate_limit_store, config.rate_limit_lease_max,
                                config.rate_limit_lease_seconds)
         return None
@@ -347,6 +359,12 @@ class _Wiring:
     def oldest_event(self) -> list[float]:
         """When the oldest event kept was written (0: none), as the janitor last saw it."""
         return [0.0]
+
+    @cached_property
+    def stream_slots(self) -> StreamSlots:
+        """At most STREAM_DIRECT_MAX direct streams, and never every API thread."""
+        limit = max(0, min(self.config.stream_direct_max, self.config.threads - 1))
+        return StreamSlots(limit, self.metrics.streams_direct_open.set)
 
     @cached_property
     def slow_queries(self) -> SlowQueries:
@@ -456,16 +474,28 @@ _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cac
 def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProcess:
     """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
     its health and metrics port (RELAY_PORT). See docs/relay.md."""
-    # A connection for each task's thread, the health checks' and the feed's, at least.
+    # A connection for each task's thread (webhooks' threads, fan-out and gauges; each
+    # Pushpin publisher and the deletion closer) and the health checks', at least.
     settings = pool_settings(config)
-    settings = dataclasses.replace(settings, max_size=max(settings.max_size,
-                                                          config.webhook_threads + 4))
+    needed = config.webhook_threads + 4 + 2 * len(config.pushpin_publish_urls)
+    settings = dataclasses.replace(settings, max_size=max(settings.max_size, needed))
     db = Database(dsn, settings, logger.getChild("db"), name="saypi-relay",
                   direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[Task] = []  # each task is built here from the pool, settings and registry
     tasks += webhook_tasks(config, logger, db, registry)
+    if config.pushpin_publish_urls:  # live streams: docs/streams.md ("Publishing")
+        renderer = Renderer(CowLibrary.load(cow_search_path(config.cowpath),
+                                            logger.getChild("cowsay")),
+                            max_entries=config.render_cache_size)
+        publish_metrics = PublishMetrics()
+        registry.register(publish_metrics)
+        tasks.extend(PushpinPublisher(db, PublishClient(url), renderer, publish_metrics)
+                     for url in config.pushpin_publish_urls)
+        tasks.append(DeletionCloser(DeletionWatch(db),
+                                    [PublishClient(url) for url in config.pushpin_publish_urls],
+                                    logger.getChild("relay")))
     relay = Relay(tasks, logger.getChild("relay"), config.relay_poll_seconds,
                   config.relay_grace_seconds)
     registry.register(RelayCollector(relay))

@@ -18,7 +18,9 @@ Modules: `settings` (environment knobs), `postgres` and `seed` (the database
 and its data), `servers` (readiness, RSS, CPU), `reference_apps`, `wrk`
 (load generation; `requests.lua`), `pgcount` (round-trip counting),
 `scenarios` (what is measured), `session` (one run: database, servers,
-measurements), `overload` and `heavy` (their own rows), `report` (Markdown,
+measurements), `overload` and `heavy` (their own rows), `peer` and
+`peer_app` (`python -m bench peer`: SayPI beside an async FastAPI + uvicorn
+peer answering the same bytes), `report` (Markdown,
 JSON, PNG), `profile` (py-spy on a worker under load), `wsgi_calls` (the app
 called without HTTP), `main` (the commands); `fleet/` (`python -m bench
 fleet`: instances behind HAProxy through a rolling restart, a crash and a

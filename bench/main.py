@@ -9,7 +9,19 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from bench import events, heavy, overload, profile, report, scale, sweep, tracing, webhooks
+from bench import (
+    events,
+    heavy,
+    live,
+    overload,
+    peer,
+    profile,
+    report,
+    scale,
+    sweep,
+    tracing,
+    webhooks,
+)
 from bench.fleet.orchestration import fleet
 from bench.pgcount import RoundTripCounter
 from bench.scenarios import SCENARIOS, read_requests, replay
@@ -19,7 +31,7 @@ from bench.session import RESULTS, Bench, interleave, machine_info, publish, wit
 from bench.settings import BenchSettings, describe
 
 USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overload|heavy|
-                                  events|webhooks|report|fleet)
+                                  events|webhooks|peer|report|fleet|live)
 
   run      (default) every scenario, references included, and scale's rows;
            writes bench-results/latest.*
@@ -44,10 +56,17 @@ USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overl
   webhooks deliveries per second by one and by two relays to a local receiver, and
            commit-to-delivery p50/p99 at a steady write rate; writes
            bench-results/webhooks.md and webhooks.json
+  peer     GET /conversations/{id} on the async peer (FastAPI + uvicorn), bare Flask and
+           SayPI with limits off / on in Redis / on in PostgreSQL, same bytes checked;
+           writes bench-results/peer.md and peer.json
   report   re-render latest.md and latest.png from bench-results/latest.json
   fleet    N instances behind HAProxy under load through a rolling restart, a crash and
            a database restart; writes bench-results/fleet.md and fleet.json
            (`python -m bench fleet --help` lists its knobs)
+  live     event streams held by Pushpin: GET load with and without LIVE_IDLE (10000)
+           idle subscribers, commit-to-client latency of LIVE_RATE (50) events/s to
+           LIVE_FANOUT (1000) subscribers of one conversation, SayPI threads used;
+           writes bench-results/live.md and live.json
 
 environment (BENCH_QUICK=1 for a smoke run; explicit values win):
 """
@@ -329,6 +348,10 @@ def main(argv: list[str], env: Mapping[str, str]) -> int:
         return events.events(env)
     if command == "webhooks":
         return webhooks.webhooks(env)
+    if command == "live":
+        return live.live(env, argv[1:])
+    if command == "peer":
+        return peer.peer(env)
     if command == "profile":
         return profile.profile(env)
     print(USAGE + describe())

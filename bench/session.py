@@ -101,12 +101,15 @@ class Bench:
 
     def start(self, kind: str, dsn: str | None = None, extra: Mapping[str, str] | None = None
               ) -> Server:
-        """Start SayPI (`run.py serve`) or a reference app; waits until every worker answers."""
+        """Start SayPI (`run.py serve`), a reference app or the async peer; waits until
+        every worker answers."""
         port = free_port()
         env = self.server_env(dsn or self.db.dsn, port, extra)
         config = self.effective_config(extra)
         if kind == "saypi":
             argv, ready = [python(), str(ROOT / "run.py"), "serve"], "/health/ready"
+        elif kind == "peer":
+            argv, ready = [python(), "-m", "bench.peer_app"], "/ready"
         else:
             argv, ready = [python(), "-m", "bench.reference_apps", kind], "/ready"
         name = f"{kind}-{self._count}"

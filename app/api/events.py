@@ -160,7 +160,7 @@ ORDER_NOTE = (
     "hours).")
 
 
-def _sample_event(renderer: Renderer) -> dict[str, Any]:
+def sample_event(renderer: Renderer) -> dict[str, Any]:
     line, created = samples.LINE, samples.CREATED
     micros = int((created - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000
     return event_json(Event(samples.USER.id, 42, "line.created", samples.CONVERSATION.id,
@@ -189,9 +189,9 @@ EVENT_OUT = Component("EventOut", {
                                for schema in (UserOut, ConversationListItemOut, LineOut,
                                               MoodOut)]}}},
     },
-}, _sample_event, requires=(UserOut, ConversationListItemOut, LineOut, MoodOut))
+}, sample_event, requires=(UserOut, ConversationListItemOut, LineOut, MoodOut))
 EVENT_LIST = list_of("EventList", EVENT_OUT, "event", lambda renderer: {
-    "type": "event", "has_more": True, "data": [_sample_event(renderer)]})
+    "type": "event", "has_more": True, "data": [sample_event(renderer)]})
 
 QUERY_PARAMETERS: dict[str, dict[str, Any]] = {
     "type": {"name": "type", "in": "query", "required": False,

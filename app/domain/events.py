@@ -36,3 +36,4 @@ class EventPage:
     cursor_state: str  # "none" (no cursor), "ok", "missing", "expired"
     events: list[Event]
     has_more: bool
+    head_seq: int = 0  # the user's last event number in the page's snapshot (0: none yet)

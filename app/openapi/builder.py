@@ -89,13 +89,17 @@ def _summary_and_description(doc: Doc, config) -> tuple[str, str]:
 
 def _format(text: str, config) -> str:
     """Fill in this server's limits: `{max_moods}`, `{max_conversations}`, `{max_lines}`,
-    `{max_batch_lines}`, `{retention}` (hours events are kept), `{max_webhook_endpoints}`."""
+    `{max_batch_lines}`, `{retention}` (hours events are kept), `{max_webhook_endpoints}`,
+    `{heartbeat}` and `{direct}` (a stream's heartbeat interval, and how long SayPI serves
+    one itself)."""
     for name, value in (("max_moods", config.max_moods_per_user),
                         ("max_conversations", config.max_conversations_per_user),
                         ("max_lines", config.max_lines_per_conversation),
                         ("max_batch_lines", config.max_batch_lines),
                         ("retention", config.events_retention_hours),
-                        ("max_webhook_endpoints", config.webhook_max_endpoints)):
+                        ("max_webhook_endpoints", config.webhook_max_endpoints),
+                        ("heartbeat", f"{config.stream_heartbeat_seconds:g}"),
+                        ("direct", f"{config.stream_direct_seconds:g}")):
         text = text.replace("{" + name + "}", str(value))
     return text
 

@@ -125,6 +125,10 @@ class Metrics:
         self.events_oldest_age = Gauge(
             "events_oldest_age_seconds", "Age of the oldest event kept (0: none).",
             multiprocess_mode="livemax", registry=registry)
+        self.streams_direct_open = Gauge(
+            "streams_direct_open", "Event streams the workers serve themselves right now "
+            "(each holds an API thread; through Pushpin none does).",
+            multiprocess_mode="livesum", registry=registry)
         self.spans_exported = Counter(
             "tracing_spans_exported_total", "Spans accepted by the OTLP collector.",
             registry=registry)

@@ -26,6 +26,7 @@ from app.http.envelope import request_ids
 from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
 from app.ops import bodies
 from app.ops.framing import framing_refusal, parse_error_answer
+from app.ops.http_head import HttptoolsRequestParser
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -42,6 +43,8 @@ TOO_LARGE_REASON = "the request headers are too large"
 
 # Outcomes of reading a head.
 _WAIT, _READY, _TOO_LARGE, _GONE = range(4)
+# What a thread returns when it queued its connection's next request itself.
+_HANDED_ON = object()
 
 
 def contract_error_bytes(error: ApiError, request_id: str) -> bytes:
@@ -218,6 +221,8 @@ class SayPIWorker(ThreadWorker):
             result = fs.result() if not fs.cancelled() else False
         except Exception:
             result = False
+        if result is _HANDED_ON:  # its next request is queued: that one's future has it
+            return
         if result:
             self.finish_request(conn, fs)  # keep-alive (or gunicorn's deferral)
         else:
@@ -274,17 +279,84 @@ class SayPIWorker(ThreadWorker):
             received = received[:start]  # refused unread: nothing of it is kept
             conn.saypi_linger_bytes = REFUSED_BODY_LINGER_BYTES
         if conn.parser is None:
-            conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+            conn.parser = HttptoolsRequestParser(self.cfg, conn.sock, conn.client) \
+                if self.cfg.protocol == "http" else http.get_parser(self.cfg, conn.sock,
+                                                                   conn.client)
         conn.parser.unreader.unread(bytes(received))
         conn.data_ready = True
         conn.saypi_too_large = too_large
         conn.saypi_ready_at = ready_at = time.monotonic()
-        if is_health_request(received) and self._health_pool is not None:
-            self._dispatch(conn, self._health_pool)
+        health = self._health_pool if is_health_request(received) else None
+        conn.saypi_health = health is not None
+        if health is not None:
+            self._dispatch(conn, health)
         else:
             fs = self._dispatch(conn, self.tpool)
             if not fs.done():
                 self._queued[fs] = (conn, ready_at + self.queue_timeout)
+
+    # --- the next request of a kept-alive connection, on the same thread ---------------------
+    def handle(self, conn):
+        """Serve `conn`'s request; then, while its next request is already whole on the
+        socket, serve that one too: here when no request waits for a thread, else queued
+        behind those that wait, straight from this thread.
+
+        A kept-alive connection's next request otherwise costs a trip through the main
+        loop: the thread's completion callback, the selector (register, wake up,
+        unregister), a read, and a hand-over to a thread again. Only a request that
+        arrived whole (head and body within MAX_BODY_BYTES, no 100-continue) is kept;
+        anything else, or a health probe, goes back to the main loop with its bytes.
+        """
+        result = super().handle(conn)
+        while result is True and self.alive and self._next_is_whole(conn):
+            if self.tpool._work_queue.empty():
+                result = super().handle(conn)
+            elif self._requeue(conn):
+                return _HANDED_ON
+            else:
+                break
+        return result
+
+    def _requeue(self, conn) -> bool:
+        """Queue `conn`'s next request (already whole) for a thread, as the main loop would."""
+        try:
+            fs = self.tpool.submit(self.handle, conn)
+        except RuntimeError:  # the pool is shutting down: the main loop decides
+            return False
+        fs.add_done_callback(lambda fut: self.method_queue.defer(self._finished, conn, fut))
+        self.method_queue.defer(self._track_queued, fs, conn,
+                                conn.saypi_ready_at + self.queue_timeout)
+        return True
+
+    def _track_queued(self, fs, conn, deadline: float) -> None:
+        """On the main loop: shed a requeued request as any other if it waits too long."""
+        if not fs.done():
+            self._queued[fs] = (conn, deadline)
+
+    def _next_is_whole(self, conn) -> bool:
+        """Whether `conn`'s next request has arrived whole (then it is ready to parse)."""
+        if getattr(conn, "saypi_ready_at", None) is None or conn.saypi_health:
+            return False  # TLS or HTTP/2, or the health lane
+        unreader = conn.parser.unreader
+        received = bytearray(unreader.take_buffered())
+        try:
+            data = conn.sock.recv(RECV_BYTES, socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError: nothing yet; anything else: the main loop sees it
+            data = b""
+        received += data
+        if not received:
+            return False
+        if self._scan(received, 0) == _READY and not is_health_request(received):
+            end = received.find(b"\r\n\r\n")
+            scan = bodies.BodyScan(received[:end], self.max_body_bytes) if end >= 0 else None
+            if scan is not None and not scan.expects_continue and \
+                    scan.scan(received, end + 4) in (bodies.COMPLETE, bodies.AS_IS):
+                unreader.unread(bytes(received))
+                conn.saypi_too_large = conn.saypi_continued = False
+                conn.saypi_ready_at = time.monotonic()
+                return True
+        unreader.unread(bytes(received))  # the main loop takes it from here (finish_request)
+        return False
 
     def _handle_admitted(self, req, conn):
         """On the request's thread: tell the envelope what the main loop learnt (admission.py)."""

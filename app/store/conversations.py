@@ -30,7 +30,7 @@ from app.store.new_lines import (
     RESOLVED_LINES,
     line_params,
 )
-from app.store.reading import fetch_all
+from app.store.reading import fetch_all_binary
 
 # One statement: the conversation and its lines with their moods, oldest first.
 _GET_WITH_LINES = """
@@ -189,7 +189,7 @@ class ConversationRepository:
                             tuple(line_from_row(row[3:]) for row in rows if row[3] is not None))
 
     def get(self, user_id: int, rid: int) -> Conversation | None:
-        rows = self.db.read(user_id, fetch_all, _GET_WITH_LINES, (rid, user_id))
+        rows = self.db.read(user_id, fetch_all_binary, _GET_WITH_LINES, (rid, user_id))
         if not rows:
             return None
         first = rows[0]

@@ -131,6 +131,36 @@ def _run_get(conn: Any, params: dict) -> tuple | None:
     return conn.execute(_GET, params).fetchone()
 
 
+def _run_head(conn: Any, params: dict) -> tuple | None:
+    return conn.execute("SELECT event_seq FROM users WHERE id = %(user_id)s", params).fetchone()
+
+
+def _run_owns(conn: Any, params: dict) -> tuple | None:
+    return conn.execute("SELECT 1 FROM conversations WHERE rid = %(conversation)s "
+                        "AND user_id = %(user_id)s", params).fetchone()
+
+
+# The last row of one conversation's events at or before a number: one ordered index scan
+# per type an event about a conversation can have (the conversation filter's index).
+_CONVERSATION_UPTO = (
+    "SELECT least(max(e.last_seq), %(upto)s) FROM unnest(%(types)s::text[]) AS t(type) "
+    "CROSS JOIN LATERAL (SELECT last_seq FROM events WHERE user_id = %(user_id)s "
+    "AND type = t.type AND conversation = %(conversation)s AND seq - 0 <= %(upto)s "
+    "ORDER BY seq - 0 DESC LIMIT 1) e")
+
+
+def conversation_seq_upto(conn: Any, user_id: int, conversation: int, upto_seq: int) -> int:
+    """The number of the conversation's last event at or before `upto_seq` (0: none kept).
+
+    Events at or before a committed number never change (only the purge removes
+    them), so this answer agrees with any snapshot that holds `upto_seq`.
+    """
+    row = conn.execute(_CONVERSATION_UPTO, {
+        "user_id": user_id, "conversation": conversation, "upto": upto_seq,
+        "types": list(CONVERSATION_TYPES)}).fetchone()
+    return 0 if row is None or row[0] is None else int(row[0])
+
+
 def _events(user_id: int, row: Sequence) -> list[Event]:
     """The events a row holds, in order."""
     seq, _, event_type, conversation, created_at, data = row
@@ -178,7 +208,20 @@ class EventRepository:
             state = "expired"  # it was written (numbers are never skipped) and purged since
         else:
             state = "missing"
-        return EventPage(event_seq is not None, state, events, has_more)
+        return EventPage(event_seq is not None, state, events, has_more, event_seq or 0)
+
+    def head(self, user_id: int) -> int | None:
+        """The user's last event number (0: none yet; None: no such user)."""
+        row = self.db.read(user_id, _run_head, {"user_id": user_id})
+        return None if row is None else row[0]
+
+    def owns_conversation(self, user_id: int, conversation: int) -> bool:
+        return self.db.read(user_id, _run_owns, {"user_id": user_id,
+                                                  "conversation": conversation}) is not None
+
+    def last_in_conversation(self, user_id: int, conversation: int, upto_seq: int) -> int:
+        """The number of the conversation's last event at or before `upto_seq` (0: none)."""
+        return self.db.read(user_id, conversation_seq_upto, user_id, conversation, upto_seq)
 
     def get(self, user_id: int, seq: int) -> Event | None:
         row = self.db.read(user_id, _run_get, {"user_id": user_id, "seq": seq,

@@ -59,6 +59,19 @@ ON CONFLICT (key) DO UPDATE
 RETURNING r.tat - (SELECT now FROM clock)
 """
 
+# `app.http.ratelimit.gcra_take` (migration 0008): several admissions at once, for the
+# admission leases of app/http/ratelimit_leases.py.
+_TAKE = "SELECT granted, tat_after FROM rate_limit_take(%s, %s, %s, %s, %s, %s)"
+
+# Unused leased admissions go back: each key's TAT moves back (count * T, in
+# microseconds). A TAT moved into the past is the fresh state; the purge removes it.
+_GIVE_BACK = """
+UPDATE rate_limits AS r
+   SET tat = r.tat - g.back_us * interval '1 microsecond'
+  FROM unnest(%(keys)s::text[], %(back_us)s::bigint[]) AS g(key, back_us)
+ WHERE r.key = g.key
+"""
+
 # Rows whose TAT has passed are the fresh state; deleting them changes no decision.
 # Bounded batches on the tat index; SKIP LOCKED leaves rows a request (or another
 # worker's purge) holds.
@@ -73,7 +86,8 @@ DELETE FROM rate_limits
 
 
 class RateLimitRepository:
-    """GCRA decisions and the periodic purge; the only code that touches rate_limits."""
+    """GCRA decisions, leases of several admissions, and the periodic purge; the only code
+    that touches rate_limits."""
 
     def __init__(self, db, purge_batch: int = 1000, purge_max_batches: int = 100):
         self.db = db
@@ -104,6 +118,24 @@ class RateLimitRepository:
             row = conn.execute(_CHARGE, {"key": key, "charge_us": count * interval_us}
                                ).fetchone()
         return row[0] // _MICROSECOND
+
+    def take(self, key: str, interval_us: int, tolerance_us: int, want: int, give_back: int,
+             keep: int) -> tuple[int, int]:
+        """`gcra_take` in one statement: (admissions granted, TAT after - now, us).
+
+        One round trip, outside a transaction, failing as `decide` does.
+        """
+        with self.db.connection() as conn:
+            row = conn.execute(_TAKE, (key, interval_us, tolerance_us, want, give_back,
+                                       keep)).fetchone()
+        return row[0], row[1]
+
+    def give_back(self, returns: list[tuple[str, int, int]]) -> None:
+        """Return unused admissions, (key, count, interval_us) each, in one statement."""
+        with self.db.connection() as conn:
+            conn.execute(_GIVE_BACK, {"keys": [key for key, _, _ in returns],
+                                      "back_us": [count * interval
+                                                  for _, count, interval in returns]})
 
     def purge_expired(self) -> int:
         """Delete rows whose TAT has passed, in bounded batches; the number deleted."""

@@ -14,5 +14,11 @@ def fetch_all(conn: Any, sql: str, params: Any) -> list[tuple]:
     return conn.execute(sql, params).fetchall()
 
 
+def fetch_all_binary(conn: Any, sql: str, params: Any) -> list[tuple]:
+    """`fetch_all` with the rows in PostgreSQL's binary format: the same Python values,
+    with numbers and timestamps loaded without parsing text."""
+    return conn.execute(sql, params, binary=True).fetchall()
+
+
 def fetch_one(conn: Any, sql: str, params: Any) -> tuple | None:
     return conn.execute(sql, params).fetchone()

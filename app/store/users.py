@@ -114,3 +114,29 @@ class UserRepository:
         return True
 
 
+
+
+class DeletionWatch:
+    """The ids of users deleted from now on (LISTEN on a session of its own, opened on first
+    use and again after it broke): for work that must follow deletions outside requests."""
+
+    def __init__(self, db):
+        self.db = db
+        self._conn = None
+
+    def next(self, timeout: float) -> list[int]:
+        """Users deleted since the last call, waiting up to `timeout` seconds for the first."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self.db.dedicated_connection()
+            self._conn.autocommit = True
+            self._conn.execute(f"LISTEN {DELETED_CHANNEL}")
+        try:
+            return [int(notify.payload) for notify in self._conn.notifies(timeout=timeout)]
+        except Exception:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -65,12 +65,16 @@ from pathlib import Path
 from bench.fleet.analysis import Phase, count_rows, haproxy_log, summarize, targets
 from bench.fleet.load import LoadGenerator
 from bench.fleet.report import markdown
+from bench.fleet.streams import StreamWatch
+from bench.fleet.streams import markdown as streams_markdown
 from bench.postgres import BenchDatabase, open_database, open_replicated
 from bench.seed import Seeded, seed
 from bench.servers import Server, ServerFailed, base_env, python
 from bench.settings import UNBOUNDED_LIMITS
 from harness import ROOT
 from harness.haproxy import Backend, HAProxy, HAProxyUnavailable, ensure_haproxy, find_haproxy
+from harness.pushpin import Pushpin, PushpinUnavailable, ensure_pushpin
+from harness.saypi import Server as Relay
 
 RESULTS = ROOT / "bench-results"
 
@@ -198,6 +202,10 @@ class Fleet:
         self.seeded: Seeded | None = None
         self.instances: list[Instance] = []
         self.haproxy: HAProxy | None = None
+        # Pushpin in front of the instances holds event streams; the relay publishes to it.
+        self.grip_key = secrets.token_urlsafe(32)
+        self.pushpin: Pushpin | None = None
+        self.relay: Relay | None = None
         self.topology_env: dict[str, str] = {}  # the replicated topology's settings
         self.reads: Counter[str] = Counter()  # db_reads_total by pool, instances stopped so far
 
@@ -221,6 +229,7 @@ class Fleet:
             "DB_POOL_TIMEOUT": f"{s.db_pool_timeout:g}",
             # Readiness follows the database within half a second of its return.
             "HEALTH_CACHE_SECONDS": "0.5",
+            "GRIP_KEY": self.grip_key,
         })
         env.update(self.topology_env)
         return env
@@ -257,6 +266,21 @@ class Fleet:
                                    f"{self.haproxy.server_states()}\n{self.haproxy.log_tail()}")
         self.say(f"HAProxy on port {self.haproxy.port}: {self.haproxy.server_states()}")
         self.check_forwarded_for()
+        self.start_pushpin()
+
+    def start_pushpin(self) -> None:
+        """Pushpin in front of every instance (its routes try them in turn), and one relay
+        publishing to it (deploy/pushpin/README.md)."""
+        self.pushpin = Pushpin(ensure_pushpin(self.say),
+                               [f"127.0.0.1:{i.port}" for i in self.instances], self.grip_key,
+                               self.work)
+        relay_port = _free_ports(1)[0]
+        env = self.instance_env(self.instances[0])
+        env.update({"PORT": str(relay_port), "RELAY_PORT": str(relay_port),
+                    "PUSHPIN_PUBLISH_URLS": self.pushpin.publish_url,
+                    "PROMETHEUS_MULTIPROC_DIR": str(self.work / "metrics-relay")})
+        self.relay = Relay(env, self.work / "relay.log", ["relay"]).wait_ready()
+        self.say(f"Pushpin on port {self.pushpin.port}, the relay publishing to it")
 
     def check_forwarded_for(self) -> None:
         """A request from 127.0.0.9 through HAProxy is logged by SayPI with that address."""
@@ -312,6 +336,10 @@ class Fleet:
                 (target / log.name).write_text("\n".join(kept) + "\n")
 
     def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+        if self.pushpin is not None:
+            self.pushpin.stop()
         for instance in self.instances:
             if instance.server is not None:
                 try:
@@ -413,8 +441,12 @@ def fleet(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         harness.prepare()
         load = LoadGenerator(harness.haproxy.port, harness.seeded, settings.clients,
                              settings.rate, settings.write_give_up_seconds)
+        writers = sorted({token for token, _ in harness.seeded.write_conversations})
+        watch = StreamWatch(harness.pushpin.url, harness.haproxy.url, writers[:4], 2)
+        watch.start()
         phases = run_phases(harness, load)
         load.stop(timeout=settings.write_give_up_seconds + 15)
+        streams = watch.finish(timeout=60)
         harness.say(f"load stopped: {len(load.attempts)} requests, {len(load.writes)} writes")
         time.sleep(1.0)  # HAProxy's last log lines
         for instance in harness.instances:
@@ -431,15 +463,16 @@ def fleet(env: Mapping[str, str], argv: list[str] | None = None) -> int:
                 "phases": figures, "targets": targets(figures),
                 "reads_by_pool": dict(harness.reads),
                 "latency_median_all_ms": round(statistics.median(
-                    [a.seconds * 1000 for a in load.attempts]) if load.attempts else 0.0, 1)}
+                    [a.seconds * 1000 for a in load.attempts]) if load.attempts else 0.0, 1),
+                "streams": streams}
         (RESULTS / "fleet.json").write_text(json.dumps(data, indent=2) + "\n")
-        text = markdown(data)
+        text = markdown(data) + streams_markdown(streams)
         (RESULTS / "fleet.md").write_text(text)
         print(text)
         harness.keep_logs()
         harness.say("written: bench-results/fleet.md, fleet.json, logs/fleet/")
         return 0
-    except (ServerFailed, RuntimeError, HAProxyUnavailable) as exc:
+    except (ServerFailed, RuntimeError, HAProxyUnavailable, PushpinUnavailable) as exc:
         print(f"bench fleet: {exc}")
         harness.keep_logs()
         return 1

@@ -316,3 +316,48 @@ def test_api_errors_show_the_api_message_and_the_wait(start_server):
     assert violations == []
     assert watch.elsewhere == []
     assert all(created["token"].split(".")[-1] not in url for url in watch.requested)
+
+
+def test_a_line_written_in_one_context_appears_live_in_another(start_server):
+    """Two browser contexts of one user on one conversation: the second shows the first's
+    new line from the event stream, within a second, with no conditional GET in between."""
+    from playwright.sync_api import expect
+
+    server = start_server(STREAM_POLL_SECONDS="0.1", STREAM_DIRECT_SECONDS="60")
+    base = server.url
+    user = httpx.post(base + "/users", json={"name": "Live"}).json()
+    auth = {"Authorization": f"Bearer {user['token']}"}
+    convo = httpx.post(base + "/conversations", headers=auth, json={"heading": "Live cows"}
+                       ).json()
+    session = {"id": user["id"], "name": user["name"], "token": user["token"]}
+    watches = [Watch(urlsplit(base).netloc), Watch(urlsplit(base).netloc)]
+    with chromium() as browser:
+        pages = []
+        for watch in watches:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            watch.attach(context)
+            sign_in(context, session)
+            page = context.new_page()
+            page.goto(base + "/playground")
+            page.click("#conversation-list button >> text=Live cows")
+            expect(page.locator("#conversation")).to_have_attribute("data-live", "stream",
+                                                                     timeout=10_000)
+            pages.append(page)
+        writer, reader = pages
+        conversation_path = f"/conversations/{convo['id']}"
+        before = len(watches[1].requested)
+        writer.fill("#text", "Moo, live")
+        writer.click("#add-line")
+        wait_for_lines(writer, 1, timeout=5_000)
+        wait_for_lines(reader, 1, timeout=1_000)  # from the stream: no refresh period
+        asked = [urlsplit(url).path for url in watches[1].requested[before:]]
+        assert conversation_path not in asked, asked
+        assert lines_of(reader) == lines_of(writer)
+        assert "Moo, live" in lines_of(reader)[0]
+        # A rename in one shows in the other the same way.
+        httpx.patch(base + conversation_path, headers=auth, json={"heading": "Renamed"})
+        expect(reader.locator("#conversation-title")).to_have_text("Renamed", timeout=2_000)
+        for watch in watches:
+            assert not watch.console_errors, watch.console_errors
+            assert not watch.elsewhere
+            assert not any(user["token"] in url for url in watch.requested)

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra
+from app.http.ratelimit import MICROS, Policy, RateLimiter, gcra, gcra_take
+from app.http.ratelimit_leases import BURST_SHARE, LeasedStore
 from app.store.db import Database, DatabaseUnavailable, PoolSettings
 from app.store.ratelimits import RateLimitRepository
 from harness.services import free_port
@@ -264,3 +265,91 @@ def test_charge_takes_admissions_whatever_is_left(db, dsn):
     assert not allowed and abs(tat - 8 * T) < MICROS
     shift(dsn, "user:c", 4 * 60)  # the debt replenished down to the burst's edge
     assert store.decide("user:c", T, tau)[0] is True
+
+
+# --- admission leases on PostgreSQL (docs/leases.md) -------------------------------------------
+def test_take_agrees_with_gcra_take(db, dsn):
+    """Several admissions per statement, a reserve kept, unused admissions given back."""
+    store = RateLimitRepository(db)
+    policy = Policy("user", 2, 64)  # T = 30 s: nothing replenishes during the test
+    T, tau = policy.interval_us, policy.tolerance_us
+    calls = [(1, 0, 32), (4, 0, 32), (16, 0, 32), (16, 3, 32), (64, 0, 32), (8, 0, 0),
+             (64, 0, 0), (1, 0, 0), (1, 5, 0), (3, 0, 0)]
+    tat, now = None, 0  # on the database's clock, relative: the test takes well under a second
+    for want, give_back, keep in calls:
+        expected, tat_next = gcra_take(tat, now, T, tau, want, give_back, keep)
+        granted, after = store.take("user:lease", T, tau, want, give_back, keep)
+        assert granted == expected, (want, give_back, keep)
+        tat = tat_next
+        assert abs(after - (tat - now)) < MICROS
+    store.give_back([("user:lease", 10, T), ("user:absent", 3, T)])
+    granted, after = store.take("user:lease", T, tau, 1, 0, 0)
+    assert granted == 1 and abs(after - (tat - 10 * T + T - now)) < MICROS
+    assert "user:absent" not in tat_rows(dsn)
+    store.give_back([("user:lease", 1000, T)])  # more than was ever taken: the fresh state
+    assert tat_rows(dsn)["user:lease"] < 0
+    granted, after = store.take("user:lease", T, tau, 1, 0, 0)
+    assert granted == 1 and abs(after - T) < MICROS
+
+
+def test_take_refuses_as_gcra_does_and_a_refusal_keeps_what_it_gave_back(db, dsn):
+    store = RateLimitRepository(db)
+    T, tau = SLOW.interval_us, SLOW.tolerance_us  # B = 5, T = 60 s
+    assert store.take("user:r", T, tau, 8, 0, 0)[0] == 5  # the whole burst, no more
+    granted, after = store.take("user:r", T, tau, 1, 0, 0)
+    assert granted == 0 and abs(after - 5 * T) < MICROS  # refused on the unchanged TAT
+    assert abs(tat_rows(dsn)["user:r"] * MICROS - 5 * T) < MICROS
+    granted, after = store.take("user:r", T, tau, 4, 2, 0)  # two back: 3 T, room for two
+    assert granted == 2 and abs(after - 5 * T) < MICROS
+    store.charge("user:r", T, 3)  # a debt: 8 T
+    granted, after = store.take("user:r", T, tau, 1, 1, 0)  # one back is not enough
+    assert granted == 0 and abs(after - 7 * T) < MICROS
+    assert abs(tat_rows(dsn)["user:r"] * MICROS - 7 * T) < MICROS  # the give-back stays
+
+
+def test_sixteen_threads_of_one_worker_with_leases_admit_exactly_the_burst(db):
+    policy = Policy("user", 1, 256)  # T = 60 s: leases of up to 32
+    worker = LeasedStore(RateLimitRepository(db), 64, 5.0)
+    threads, per_thread = 16, 30
+    admitted, errors = [], []
+    start = threading.Barrier(threads)
+
+    def hammer() -> None:
+        start.wait()
+        mine = 0
+        try:
+            for _ in range(per_thread):
+                mine += worker.decide("user:leased", policy.interval_us,
+                                      policy.tolerance_us)[0]
+        except Exception as exc:  # reported below; a failure must not hang the barrier
+            errors.append(exc)
+        admitted.append(mine)
+
+    workers = [threading.Thread(target=hammer) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    assert not errors and len(admitted) == threads
+    assert sum(admitted) == policy.quota
+    assert worker.held() == 0
+
+
+def test_two_workers_with_leases_charge_every_admission_and_give_back_the_rest(db, dsn):
+    policy = Policy("user", 1, 256)  # T = 60 s, burst 256: leases of up to 32
+    T, tau = policy.interval_us, policy.tolerance_us
+    clock = [0.0]
+    one, two = (LeasedStore(RateLimitRepository(db), 64, 1.0, lambda: clock[0])
+                for _ in range(2))
+    used = 0
+    for i in range(60):
+        assert (one if i % 3 else two).decide("user:two", T, tau)[0]
+        used += 1
+    held = one.held() + two.held()
+    assert 0 < held <= 2 * policy.quota // BURST_SHARE
+    # every admission used or held is charged in the table, no more
+    charged = round(tat_rows(dsn)["user:two"] * MICROS / T)
+    assert charged == used + held
+    clock[0] = 2.0  # both leases end: the unused admissions go back
+    assert one.sweep() + two.sweep() == held
+    assert round(tat_rows(dsn)["user:two"] * MICROS / T) == used

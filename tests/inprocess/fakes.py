@@ -351,6 +351,15 @@ class FakeEvents:
     def get(self, user_id: int, seq: int) -> None:
         return None
 
+    def head(self, user_id: int) -> int | None:
+        return 0
+
+    def owns_conversation(self, user_id: int, conversation: int) -> bool:
+        return False
+
+    def last_in_conversation(self, user_id: int, conversation: int, upto_seq: int) -> int:
+        return 0
+
     def purge_expired(self) -> int:
         return 0
 

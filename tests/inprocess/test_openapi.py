@@ -55,7 +55,7 @@ CONTRACT = {
     ("POST", "/conversations/{conversation_id}/lines/batch"), ("POST", "/render"),
     ("GET", "/health/live"), ("GET", "/health/ready"), ("GET", "/health/quick"),
     ("GET", "/health/detailed"), ("GET", "/metrics"),
-    ("GET", "/events"), ("GET", "/events/{event_id}"),
+    ("GET", "/events"), ("GET", "/events/{event_id}"), ("GET", "/events/stream"),
     ("POST", "/webhook_endpoints"), ("GET", "/webhook_endpoints"),
     ("GET", "/webhook_endpoints/{endpoint_id}"), ("PATCH", "/webhook_endpoints/{endpoint_id}"),
     ("DELETE", "/webhook_endpoints/{endpoint_id}"),
@@ -109,6 +109,7 @@ CONTRACT_STATUSES = {
     ("POST", "/webhook_endpoints/{endpoint_id}/ping"): {"202", "404"} | BODY | AUTHED,
     ("GET", "/webhook_endpoints/{endpoint_id}/deliveries"):
         {"200", "304", "400", "404"} | AUTHED,
+    ("GET", "/events/stream"): {"200", "400", "404", "503"} | AUTHED,
 }
 
 
@@ -118,7 +119,7 @@ def inert_deps(config: Config) -> SimpleNamespace:
         config=config, logger=logging.getLogger("test"), lifecycle=None, health=None,
         metrics=None, sample_metrics=None, presence=None, users=None, moods=None,
         conversations=None, lines=None, slow_queries=None, events=None, webhooks=None,
-        outbound=None,
+        outbound=None, grip=None, stream_slots=None, stream_settings=None,
         auth=Authenticator(TokenSigner(("a-secret-for-route-tests",)), presence=None),
         idempotency=Idempotency(None, None, None),
         renderer=Renderer(CowLibrary.load([BUNDLED_COW_DIR], logging.getLogger("test"))))
@@ -209,7 +210,8 @@ def registered(app: Flask) -> set[tuple[str, str]]:
 def test_the_spec_has_exactly_the_registered_operations(app, spec):
     undocumented = {(m, r) for m, r in registered(app)
                     if r in ("/openapi.json", "/docs", "/docs/<asset>", "/playground",
-                             "/playground/<asset>", "/") or r.startswith("/debug/")}
+                             "/playground/<asset>", "/", "/events/stream/next")
+                    or r.startswith("/debug/")}
     assert {(method, openapi_path(rule)) for method, rule in registered(app) - undocumented} == \
         {(method, path) for method, path, _ in operations(spec)}
     assert {rule for _, rule in undocumented if rule.startswith("/debug/")}, \

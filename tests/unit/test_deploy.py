@@ -377,6 +377,7 @@ def test_relay_runs_beside_the_api_with_its_own_probes_budget_and_policy():
     (container,) = pod["containers"]
     assert container["command"][-2:] == ["run.py", "relay"]
     assert container["image"] == api_container()["image"]  # one image, one release
+    assert container["envFrom"] == api_container()["envFrom"]  # one configuration
     config = Config.from_env(config_env(), ["relay"])
     (port,) = container["ports"]
     assert port["containerPort"] == config.relay_port
@@ -386,6 +387,8 @@ def test_relay_runs_beside_the_api_with_its_own_probes_budget_and_policy():
                         ("startupProbe", "/health/live")):
         assert container[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
     assert pod["terminationGracePeriodSeconds"] >= config.relay_grace_seconds + 5
+    # SIGTERM lets the deliveries under way finish within the grace bound.
+    assert config.relay_grace_seconds >= config.webhook_timeout_seconds + 5
     assert relay["spec"]["replicas"] >= 2
     pdb = one("PodDisruptionBudget", "relay")["spec"]
     assert pdb["selector"]["matchLabels"].items() \

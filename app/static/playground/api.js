@@ -105,3 +105,52 @@ export async function olderPage(path, token, beforeId, limit) {
   const {body} = await call("GET", `${path}?${query}`, {token});
   return {items: body.data.slice().reverse(), hasOlder: body.has_more};
 }
+
+// GET /events/stream read with fetch (EventSource cannot send the bearer header): calls
+// onOpen() once the stream answered, then onMessage({id, event, data, retry}) for each
+// message, until the stream ends (resolves) or fails (throws ApiError). `signal` aborts it.
+export async function followEvents(path, {token, lastId, signal, onOpen, onMessage}) {
+  const headers = {Accept: "text/event-stream", Authorization: `Bearer ${token}`};
+  if (lastId) headers["Last-Event-ID"] = lastId;
+  let response;
+  try {
+    response = await fetch(path, {headers, cache: "no-store", credentials: "omit", signal});
+  } catch (error) {
+    if (signal && signal.aborted) return;
+    throw new ApiError(0, null, "The event stream could not be reached.", null);
+  }
+  if (!response.ok) throw await errorFrom(response);
+  if (!response.body) throw new ApiError(0, null, "This browser cannot read streams.", null);
+  onOpen();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      const {value, done} = await reader.read();
+      if (done) return;
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const message = {};
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line === "" || line.startsWith(":")) continue; // a heartbeat
+          const colon = line.indexOf(":");
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let text = colon < 0 ? "" : line.slice(colon + 1);
+          if (text.startsWith(" ")) text = text.slice(1);
+          if (field === "data") data.push(text);
+          else if (field === "id" || field === "event") message[field] = text;
+          else if (field === "retry" && /^\d+$/.test(text)) message.retry = Number(text);
+        }
+        if (data.length) message.data = JSON.parse(data.join("\n"));
+        if (Object.keys(message).length) onMessage(message);
+      }
+    }
+  } catch (error) {
+    if (signal && signal.aborted) return;
+    throw new ApiError(0, null, "The event stream was cut.", null);
+  }
+}

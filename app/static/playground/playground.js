@@ -2,12 +2,14 @@
 // API data is only ever put in the page as text (textContent, option values), never as HTML.
 
 import {
-  ApiError, call, clearSession, listAll, loadSession, newestPage, olderPage, saveSession,
+  ApiError, call, clearSession, followEvents, listAll, loadSession, newestPage, olderPage,
+  saveSession,
 } from "./api.js";
 import {showArt} from "./art.js";
 
 const PAGE_SIZE = 10;
-const REFRESH_MS = 2000;
+const REFRESH_MS = 2000; // the conditional GET, only while the event stream is not live
+const STREAM_RETRY_MS = 3000; // until the stream's own retry: hint arrives
 const PREVIEW_DELAY_MS = 250;
 
 const $ = (id) => document.getElementById(id);
@@ -18,6 +20,7 @@ const state = {
   hasOlder: false,
   open: null, // {id, heading, etag, lines}
   timer: null,
+  live: null, // the open conversation's event stream: {controller, lastId, retry, timer}
   renderAvailable: true,
   previewTimer: null,
   previewSeq: 0,
@@ -169,10 +172,12 @@ async function openConversation(id) {
   renderConversationList();
   $("conversation-title").focus();
   schedulePreview();
-  scheduleRefresh();
+  scheduleRefresh(); // until the stream is live
+  startLive(state.open, null);
 }
 
 function closeConversation() {
+  stopLive();
   stopRefresh();
   state.open = null;
   $("conversation").hidden = true;
@@ -227,6 +232,74 @@ function renderConversation() {
     list.append(item);
   }
   $("no-lines").hidden = open.lines.length > 0;
+}
+
+// --- live: the conversation's event stream, the conditional refresh as its fallback ------
+function startLive(open, lastId) {
+  stopLive();
+  const live = {controller: new AbortController(), lastId, retry: STREAM_RETRY_MS, timer: null};
+  state.live = live;
+  const current = () => state.live === live && state.open === open;
+  followEvents(`events/stream?conversation=${encodeURIComponent(open.id)}`, {
+    token: state.session.token, lastId, signal: live.controller.signal,
+    onOpen: () => {
+      if (!current()) return;
+      stopRefresh();
+      $("conversation").dataset.live = "stream";
+      refreshConversation().catch(showError); // what changed before the stream began
+    },
+    onMessage: (message) => {
+      if (current()) applyEvent(open, live, message);
+    },
+  }).catch(() => null).then(() => {
+    if (!current()) return;
+    // The stream ended (SayPI serves one for a while only) or failed: poll until it is back.
+    $("conversation").dataset.live = "polling";
+    scheduleRefresh();
+    live.timer = setTimeout(() => {
+      if (current()) startLive(open, live.lastId);
+    }, live.retry);
+  });
+}
+
+function stopLive() {
+  const live = state.live;
+  state.live = null;
+  if (live === null) return;
+  live.controller.abort();
+  if (live.timer !== null) clearTimeout(live.timer);
+  delete $("conversation").dataset.live;
+}
+
+// One event of the open conversation, applied to what the page shows.
+function applyEvent(open, live, message) {
+  if (message.retry) live.retry = message.retry;
+  if (message.id) live.lastId = message.id;
+  if (!message.event) return;
+  if (message.event === "reset") {
+    open.etag = null;
+    refreshConversation().catch(showError);
+    return;
+  }
+  const object = message.data.data.object;
+  if (message.event === "line.created") {
+    if (!open.lines.some((line) => line.id === object.id)) open.lines.push(object);
+  } else if (message.event === "line.deleted") {
+    open.lines = open.lines.filter((line) => line.id !== object.id);
+  } else if (message.event === "conversation.updated") {
+    open.heading = object.heading;
+    const listed = state.conversations.find((c) => c.id === open.id);
+    if (listed) {
+      listed.heading = object.heading;
+      renderConversationList();
+    }
+  } else if (message.event === "conversation.deleted") {
+    dropConversation(open.id);
+    announce("This conversation was deleted.");
+    return;
+  }
+  open.etag = null; // the page is past its last GET: the next refresh reads it whole
+  renderConversation();
 }
 
 function scheduleRefresh() {

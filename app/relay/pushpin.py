@@ -1,0 +1,213 @@
+"""Publishing to Pushpin: committed events to their channels, in each channel's order, and
+a close to the control channel of each deleted user. See docs/streams.md ("Publishing").
+
+One publisher task per Pushpin instance, each with its own feed, so one that is down holds
+back only itself. The EPCP publish call is one JSON POST: http.client, no library.
+"""
+
+from __future__ import annotations
+
+import bisect
+import http.client
+import json
+import logging
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.api.events import event_id
+from app.api.streams import sse_message
+from app.cowsay.cache import Renderer
+from app.http.grip import control_channel, conversation_channel, user_channel
+from app.store.db import Database
+from app.store.event_feed import EventFeed
+from app.store.events import conversation_seq_upto
+from app.store.users import DeletionWatch
+
+LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class PublishFailed(Exception):
+    pass
+
+
+class PublishMetrics(Collector):
+    """The publishers' figures, labelled by Pushpin instance, kept in this process and read
+    at each scrape (plain values: PROMETHEUS_MULTIPROC_DIR, set for the servers, must not
+    turn them into files the relay does not have)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._published: dict[str, int] = {}
+        self._failures: dict[str, int] = {}
+        self._lag: dict[str, tuple[list[int], float]] = {}  # bucket counts, sum
+
+    def published(self, pushpin: str, lags: Sequence[float]) -> None:
+        with self._lock:
+            self._published[pushpin] = self._published.get(pushpin, 0) + len(lags)
+            counts, total = self._lag.get(pushpin) or ([0] * (len(LAG_BUCKETS) + 1), 0.0)
+            for lag in lags:
+                counts[bisect.bisect_left(LAG_BUCKETS, lag)] += 1
+                total += lag
+            self._lag[pushpin] = (counts, total)
+
+    def failed(self, pushpin: str) -> None:
+        with self._lock:
+            self._failures[pushpin] = self._failures.get(pushpin, 0) + 1
+
+    def collect(self) -> Iterator[Metric]:
+        published = CounterMetricFamily("saypi_stream_events_published",
+                                        "Events Pushpin accepted, per instance.",
+                                        labels=["pushpin"])
+        failures = CounterMetricFamily("saypi_stream_publish_failures",
+                                       "Publish calls Pushpin refused or that failed (the "
+                                       "batch is published again).", labels=["pushpin"])
+        lag = HistogramMetricFamily("saypi_stream_publish_lag_seconds",
+                                    "From an event's commit to Pushpin's accepting it.",
+                                    labels=["pushpin"])
+        with self._lock:
+            for pushpin, count in self._published.items():
+                published.add_metric([pushpin], count)
+            for pushpin, count in self._failures.items():
+                failures.add_metric([pushpin], count)
+            for pushpin, (counts, total) in self._lag.items():
+                running, buckets = 0, []
+                for bound, count in zip([*map(str, LAG_BUCKETS), "+Inf"], counts,
+                                        strict=True):
+                    running += count
+                    buckets.append((bound, running))
+                lag.add_metric([pushpin], buckets, total)
+        yield published
+        yield failures
+        yield lag
+
+
+class PublishClient:
+    """POST /publish/ to one Pushpin's push_in_http base URL, on one kept-alive connection."""
+
+    def __init__(self, base_url: str, timeout: float = 5.0):
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"PUSHPIN_PUBLISH_URLS: not an http(s) URL: {base_url}")
+        self.base_url = base_url
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port
+        self._path = parts.path.rstrip("/") + "/publish/"
+        self._timeout = timeout
+        self._conn: http.client.HTTPConnection | None = None
+
+    def publish(self, items: list[dict[str, Any]]) -> None:
+        body = json.dumps({"items": items}, separators=(",", ":")).encode()
+        for attempt in (1, 2):  # a kept-alive connection the server closed: once more
+            conn = self._conn or self._connect()
+            try:
+                conn.request("POST", self._path, body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                answer = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise PublishFailed(f"{self.base_url}: {exc}") from exc
+                continue
+            if response.status != 200:
+                raise PublishFailed(f"{self.base_url}: {response.status} "
+                                    f"{answer[:200].decode(errors='replace')}")
+            return
+
+    def _connect(self) -> http.client.HTTPConnection:
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        self._conn = cls(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PushpinPublisher:
+    """A relay task: the next batch of the feed `pushpin <url>`, published to that Pushpin,
+    the feed's position committed only once Pushpin accepted the batch."""
+
+    def __init__(self, db: Database, client: PublishClient, renderer: Renderer,
+                 metrics: PublishMetrics, batch_size: int = 200):
+        self.name = f"pushpin {client.base_url}"
+        self.feed = EventFeed(db, self.name)
+        self.client = client
+        self.renderer = renderer
+        self.metrics = metrics
+        self.batch_size = batch_size
+
+    def step(self) -> bool:
+        with self.feed.batch(self.batch_size) as batch:
+            if batch is None or not batch.events:
+                return False
+            items: list[dict[str, Any]] = []
+            # The last event of each (user, conversation) in this batch: the next one's prev.
+            last: dict[tuple[int, int], int] = {}
+            for event in batch.events:
+                formats = {"http-stream": {"content": sse_message(event, self.renderer)}}
+                this = event_id(event.user_id, event.seq)
+                items.append({"channel": user_channel(event.user_id), "id": this,
+                              "prev-id": event_id(event.user_id, event.seq - 1),
+                              "formats": formats})
+                if event.conversation is not None:
+                    key = (event.user_id, event.conversation)
+                    prev = last.get(key)
+                    if prev is None:
+                        prev = conversation_seq_upto(batch.work.conn, event.user_id,
+                                                     event.conversation, event.seq - 1)
+                    last[key] = event.seq
+                    items.append({"channel": conversation_channel(*key), "id": this,
+                                  "prev-id": event_id(event.user_id, prev),
+                                  "formats": formats})
+                batch.handed_on(event)
+            try:
+                self.client.publish(items)
+            except PublishFailed:
+                self.metrics.failed(self.client.base_url)
+                raise  # the batch rolls back: published again, from the same position
+            now = time.time()
+            self.metrics.published(self.client.base_url, [
+                max(0.0, now - event.created_at.timestamp()) for event in batch.events])
+            return True
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class DeletionCloser:
+    """A relay task: each deleted user's streams closed at once, on every Pushpin (a close
+    published to the user's control channel). A relay that was down misses the notices;
+    those streams end at their next recovery, whose link answers 404."""
+
+    name = "pushpin deletions"
+
+    def __init__(self, watch: DeletionWatch, clients: Sequence[PublishClient],
+                 logger: logging.Logger):
+        self.watch = watch
+        self.clients = tuple(clients)
+        self.logger = logger
+
+    def step(self) -> bool:
+        deleted = self.watch.next(timeout=1.0)
+        if not deleted:
+            return False
+        items = [{"channel": control_channel(user),
+                  "formats": {"http-stream": {"action": "close"}}} for user in deleted]
+        for client in self.clients:
+            try:
+                client.publish(items)
+            except PublishFailed as exc:
+                self.logger.warning("closing deleted users' streams failed: %s", exc)
+        return True
+
+    def close(self) -> None:
+        self.watch.close()
+        for client in self.clients:
+            client.close()

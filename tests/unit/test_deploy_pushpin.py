@@ -1,0 +1,88 @@
+"""deploy/pushpin and deploy/kubernetes/pushpin kept honest without running anything: the
+manifests validate, run unprivileged, and configure Pushpin as deploy/pushpin/pushpin.conf
+does, pointed at SayPI's Service, reachable by the relay only on its publish port."""
+
+from __future__ import annotations
+
+import configparser
+
+import yaml
+
+from harness import ROOT
+from harness.pushpin import render_config
+from tests.unit.test_deploy import validation_errors
+
+PUSHPIN = ROOT / "deploy" / "kubernetes" / "pushpin"
+
+
+def manifests() -> dict[str, dict]:
+    docs = {}
+    for path in sorted(PUSHPIN.glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc["kind"] != "Kustomization":
+                docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return docs
+
+
+def parsed(text: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    return parser
+
+
+def test_every_pushpin_manifest_is_valid_and_listed():
+    docs = manifests()
+    assert not [e for e in map(validation_errors, docs.values()) if e]
+    kustomization = yaml.safe_load((PUSHPIN / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in PUSHPIN.glob("*.yaml")
+        if p.name not in ("kustomization.yaml", "secret.example.yaml"))
+
+
+def test_the_pushpin_pods_run_unprivileged_on_a_read_only_root():
+    pod = manifests()["StatefulSet/saypi-pushpin"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/run/pushpin", "/tmp", "/etc/pushpin", "/etc/pushpin-routes"} <= mounts
+
+
+def test_the_cluster_configuration_is_the_deployed_one_with_only_its_paths_changed():
+    conf = manifests()["Secret/saypi-pushpin-config"]["stringData"]["pushpin.conf"]
+    mine = parsed(conf)
+    assert mine["global"]["rundir"] == "/run/pushpin"
+    assert mine["proxy"]["routesfile"] == "/etc/pushpin-routes/routes"
+    expected = render_config({key: mine[section][key] for section, key in (
+        ("global", "rundir"), ("runner", "logdir"), ("handler", "push_in_http_addr"),
+        ("proxy", "routesfile"), ("proxy", "sig_key"))})
+    assert conf.strip() == expected.strip()
+    ports = {p["name"]: p["containerPort"] for p in manifests()[
+        "StatefulSet/saypi-pushpin"]["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports == {"http": int(mine["runner"]["http_port"]),
+                     "publish": int(mine["handler"]["push_in_http_port"])}
+    # zurl runs inside the instance, on its rundir's sockets (not Debian's /var/run/zurl).
+    assert "zurl" in mine["runner"]["services"]
+    assert all("{rundir}" in mine["proxy"][k] for k in (
+        "zurl_out_specs", "zurl_out_stream_specs", "zurl_in_specs"))
+
+
+def test_routes_reach_saypi_and_only_the_relay_may_publish():
+    docs = manifests()
+    routes = docs["ConfigMap/saypi-pushpin-routes"]["data"]["routes"]
+    service = yaml.safe_load((ROOT / "deploy" / "kubernetes" / "service.yaml").read_text())
+    assert f"* {service['metadata']['name']}:{service['spec']['ports'][0]['port']}" in routes
+    policy = docs["NetworkPolicy/saypi-pushpin"]["spec"]
+    publish = [rule for rule in policy["ingress"]
+               if any(p["port"] == "publish" for p in rule["ports"])]
+    assert len(publish) == 1
+    assert publish[0]["from"][0]["podSelector"]["matchLabels"][
+        "app.kubernetes.io/component"] == "relay"
+    headless = docs["Service/saypi-pushpin-instances"]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert docs["StatefulSet/saypi-pushpin"]["spec"]["serviceName"] == \
+        "saypi-pushpin-instances"

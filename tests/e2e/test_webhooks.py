@@ -158,6 +158,29 @@ def test_https_deliveries_go_to_the_checked_address_with_the_urls_name(guarded, 
         assert relay.stop() == 0
 
 
+def test_sigterm_lets_the_delivery_under_way_finish(guarded, tmp_path):
+    """A relay stopped while a receiver takes 2 s to answer finishes that attempt within its
+    grace, records it, and exits 0: the event is not delivered again."""
+    url = guarded.env["DATABASE_URL"]
+    env = {**guarded.env, "WEBHOOK_RESOLVE": "hooks.public.test=127.0.0.1",
+           "WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_TIMEOUT_SECONDS": "5"}
+    relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
+    try:
+        assert eventually(lambda: feed_started(url), 30)
+        with Receiver(lambda r: Answer(200, wait=2), host="hooks.public.test") as receiver:
+            client = new_client(guarded)
+            endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+            client.create_conversation("in flight")
+            assert eventually(lambda: len(receiver.events()) == 1, 20)
+            assert relay.stop() == 0, relay.log_path.read_text()
+            delivery = latest(client, endpoint)
+            assert (delivery["status"], delivery["attempt"]) == ("succeeded", 1), delivery
+            assert len(receiver.events()) == 1
+    finally:
+        relay.stop()
+    assert "relay stopped" in relay.log_path.read_text()
+
+
 def test_the_endpoint_limit_is_an_object_limit(guarded):
     client = new_client(guarded)
     for _ in range(3):
@@ -237,6 +260,8 @@ class RelayProcess:
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self._log.closed:
+            return self.process.returncode
         if self.process.poll() is None:
             self.process.send_signal(sig)
             try:

@@ -88,6 +88,26 @@ def test_endpoints_are_created_listed_read_changed_and_deleted(guarded):
         client.list_webhook_deliveries(created["id"])
 
 
+def test_deliveries_are_listed_newest_first_with_both_cursors(guarded):
+    client = new_client(guarded)
+    endpoint = client.create_webhook_endpoint(PUBLIC)["id"]
+    pings = [client.ping_webhook_endpoint(endpoint)["id"] for _ in range(3)]
+    newest_first = pings[::-1]
+    page = client.list_webhook_deliveries(endpoint, limit=2)
+    assert [d["id"] for d in page.data] == newest_first[:2] and page.has_more
+    page = client.list_webhook_deliveries(endpoint, starting_after=newest_first[1])
+    assert [d["id"] for d in page.data] == newest_first[2:] and not page.has_more
+    page = client.list_webhook_deliveries(endpoint, ending_before=newest_first[2], limit=1)
+    assert [d["id"] for d in page.data] == newest_first[1:2] and page.has_more
+    for cursor in ("wd_0000000000000001", "nonsense"):
+        with pytest.raises(InvalidParamsError) as refused:
+            client.list_webhook_deliveries(endpoint, starting_after=cursor)
+        assert refused.value.data[0]["message"] == "must refer to an existing object"
+    with pytest.raises(InvalidParamsError):
+        client.list_webhook_deliveries(endpoint, starting_after=pings[0],
+                                       ending_before=pings[1])
+
+
 def test_creation_takes_an_idempotency_key(guarded):
     client = new_client(guarded)
     first = client.create_webhook_endpoint(PUBLIC, idempotency_key="hook-1")

@@ -222,7 +222,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -260,7 +260,7 @@ class WebhookDelivery:
         headers = {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp),
                    "webhook-signature": sign(delivery.secrets, delivery.event_id, timestamp,
                                              delivery.body)}
-        outcome = self.sender.send(delivery.url, headers, delivery.body.encode())
+        outcome = self.attempt(delivery.url, headers, delivery.body.encode())
         self.metrics.duration.observe(outcome.duration_ms / 1000)
         delay = None
         if not outcome.succeeded and not outcome.gone:
@@ -280,6 +280,18 @@ class WebhookDelivery:
         if disabled:
             self.logger.info("webhook endpoint %d disabled: %s", delivery.endpoint_id,
                              outcome.error)
+
+    def attempt(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
+        """The sender's outcome; whatever it raises is a failed attempt too, recorded and
+        retried on the schedule (else the delivery would stay claimed, re-tried every lease,
+        never counted)."""
+        started = time.monotonic()
+        try:
+            return self.sender.send(url, headers, body)
+        except Exception as exc:
+            self.logger.exception("webhook attempt raised")
+            return Outcome(False, None, f"internal error: {type(exc).__name__}",
+                           int((time.monotonic() - started) * 1000))
 
     def close(self) -> None:
         pass

@@ -313,7 +313,7 @@ def delivering(postgres, tmp_path_factory):
     env = server_env(url, tmp, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_RETRY_SCHEDULE=SCHEDULE,
                      WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_BREAKER_FAILURES="3",
                      WEBHOOK_BREAKER_SECONDS="1", WEBHOOK_THREADS="4",
-                     PURGE_INTERVAL_SECONDS="0.5",
+                     PURGE_INTERVAL_SECONDS="0.5", WEBHOOK_RESOLVE="例え.jp=127.0.0.1",
                      # The servers' setting reaches the relay too (one ConfigMap): it must
                      # not make the relay's metrics look for that directory.
                      PROMETHEUS_MULTIPROC_DIR=str(tmp / "no-such-metrics-dir"))
@@ -412,6 +412,32 @@ def test_retry_after_is_honoured(delivering):
                           == "succeeded")
         first, second = receiver.events()
         assert second.at - first.at >= 1.9  # not the schedule's 0.3 s
+
+
+def test_a_retry_after_that_is_not_ascii_digits_is_an_ordinary_failure(delivering):
+    """`Retry-After: ²` ("²".isdigit() is True): recorded as a failed 503, retried on the
+    schedule, not left claimed until its lease ends."""
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(lambda r: Answer(503, {"Retry-After": "²"})) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("superscript")
+        assert eventually(lambda: latest(client, endpoint).get("attempt", 0) >= 2, 5), \
+            latest(client, endpoint)
+        delivery = latest(client, endpoint)
+        assert delivery["error"] == "The receiver answered 503."
+        assert delivery["response_status"] == 503
+
+
+def test_an_internationalised_host_is_sent_in_its_idna_form(delivering):
+    server, _, _ = delivering
+    client = new_client(server)
+    with Receiver(host="例え.jp") as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("idna")
+        assert eventually(lambda: latest(client, endpoint).get("status") == "succeeded", 5), \
+            latest(client, endpoint)
+        assert receiver.events()[0].headers["host"] == f"xn--r8jz45g.jp:{receiver.port}"
 
 
 def test_410_disables_the_endpoint_at_once(delivering):

@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -134,9 +135,83 @@ class WebhookFanout:
         pass
 
 
+class Attempt:
+    """One attempt's hard deadline: at `timeout` its connections' sockets are shut down, so a
+    blocking connect, send or read fails at once however slowly a receiver trickles bytes
+    (urllib3's timeout bounds each socket operation, not their sum)."""
+
+    def __init__(self, timeout: float):
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self.expired = False
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, connection: Any) -> None:
+        """Shut `connection` down at the deadline (at once if that has passed)."""
+        with self._lock:
+            if connection not in self._connections:
+                self._connections.append(connection)
+            if self.expired:
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+
+    def end(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._connections.clear()
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:  # the plain socket's shutdown: a TLS socket's would drop its state first
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed meanwhile
+
+
+def watched_connections(current: threading.local) -> tuple[
+        type[urllib3.connection.HTTPConnection], type[urllib3.connection.HTTPSConnection]]:
+    """urllib3 connection classes that put themselves under the calling thread's Attempt."""
+
+    def watch(connection: Any) -> None:
+        attempt = getattr(current, "attempt", None)
+        if attempt is not None:
+            attempt.watch(connection)
+
+    class Plain(urllib3.connection.HTTPConnection):
+        def connect(self) -> None:
+            watch(self)
+            super().connect()
+            watch(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            watch(self)
+            super().request(*args, **kwargs)
+
+    class Secure(urllib3.connection.HTTPSConnection):
+        def connect(self) -> None:
+            watch(self)
+            super().connect()
+            watch(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            watch(self)
+            super().request(*args, **kwargs)
+
+    return Plain, Secure
+
+
 class Sender:
     """POSTs a signed body to a URL over kept-alive connections, one pool per checked address;
-    no redirects, no retries, a bounded wait and a bounded read."""
+    no redirects, no retries, a deadline for the whole attempt and a bounded read."""
 
     def __init__(self, outbound: OutboundPolicy, timeout: float, user_agent: str,
                  pool_size: int):
@@ -144,6 +219,8 @@ class Sender:
         self.pool_size = pool_size
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
+        self._current = threading.local()  # the calling thread's Attempt
+        self._plain, self._secure = watched_connections(self._current)
 
     def _pool(self, dest: Destination, address: str) -> urllib3.HTTPConnectionPool:
         key = (dest.scheme, address, dest.port, dest.host)
@@ -152,7 +229,8 @@ class Sender:
             if pool is None:
                 if len(self._pools) >= MAX_POOLS:
                     self._pools.pop(next(iter(self._pools))).close()
-                timeout = urllib3.Timeout(total=self.timeout)  # connecting and the answer together
+                # Each socket operation's bound; the Attempt bounds them all together.
+                timeout = urllib3.Timeout(total=self.timeout)
                 common: dict[str, Any] = {"port": dest.port, "timeout": timeout,
                                           "maxsize": self.pool_size, "block": False,
                                           "retries": False}
@@ -160,8 +238,10 @@ class Sender:
                     pool = urllib3.HTTPSConnectionPool(
                         address, server_hostname=dest.host, assert_hostname=dest.host,
                         cert_reqs="CERT_REQUIRED", **common)
+                    pool.ConnectionCls = self._secure
                 else:
                     pool = urllib3.HTTPConnectionPool(address, **common)
+                    pool.ConnectionCls = self._plain
                 self._pools[key] = pool
             return pool
 
@@ -179,23 +259,31 @@ class Sender:
         headers = {**headers, "Host": host if dest.port == default_port
                    else f"{host}:{dest.port}", "User-Agent": self.user_agent,
                    "Content-Type": "application/json"}
+        pool = self._pool(dest, dest.addresses[0])
+        attempt = self._current.attempt = Attempt(self.timeout)
         try:
-            response = self._pool(dest, dest.addresses[0]).urlopen(
-                "POST", dest.target, body=body, headers=headers, redirect=False,
-                retries=False, preload_content=False, assert_same_host=False,
-                release_conn=False)
-        except urllib3.exceptions.TimeoutError:
-            return Outcome(False, None, f"No answer within {self.timeout:g} s.", took())
-        except urllib3.exceptions.HTTPError as exc:
-            return Outcome(False, None, f"The request failed: {type(exc).__name__}.", took())
-        try:
-            read = response.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
-        except urllib3.exceptions.HTTPError:
-            read = b"x" * (MAX_RESPONSE_BYTES + 1)  # unusable: the connection is dropped
-        if len(read) > MAX_RESPONSE_BYTES:
-            response.close()
-        else:
-            response.release_conn()
+            try:
+                response = pool.urlopen(
+                    "POST", dest.target, body=body, headers=headers, redirect=False,
+                    retries=False, preload_content=False, assert_same_host=False,
+                    release_conn=False)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if attempt.expired or isinstance(exc, urllib3.exceptions.TimeoutError):
+                    return Outcome(False, None, f"No answer within {self.timeout:g} s.",
+                                   took())
+                return Outcome(False, None, f"The request failed: {type(exc).__name__}.",
+                               took())
+            try:
+                read = response.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
+            except (urllib3.exceptions.HTTPError, OSError):
+                read = b"x" * (MAX_RESPONSE_BYTES + 1)  # unusable: the connection is dropped
+            if len(read) > MAX_RESPONSE_BYTES or attempt.expired:
+                response.close()
+            else:
+                response.release_conn()
+        finally:
+            attempt.end()
+            self._current.attempt = None
         return outcome_of(response.status, response.headers.get("Retry-After"), took())
 
     def close(self) -> None:

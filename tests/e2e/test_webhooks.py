@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import random
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -399,6 +400,69 @@ def test_a_receiver_that_does_not_answer_in_time_is_tried_again(delivering):
         assert eventually(lambda: latest(client, endpoint).get("status")
                           == "succeeded")
         assert latest(client, endpoint)["attempt"] == 2
+
+
+class Trickler:
+    """A receiver that reads a request, then sends its status line and headers one byte at a
+    time, `every` seconds apart (each read of the relay's gets a byte well within its
+    timeout; the whole answer takes far longer)."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: " + b"z" * 20 + b"\r\n\r\nok"
+
+    def __init__(self, every: float = 0.3):
+        self.every = every
+        self.accepted: list[float] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.2)
+        self.port = self._server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return  # closed
+            self.accepted.append(time.time())
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                for byte in self.ANSWER:
+                    if self._stop.wait(self.every):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                pass  # the relay hung up
+
+    def __enter__(self) -> Trickler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._server.close()
+
+
+def test_a_receiver_trickling_its_answer_is_cut_off_at_the_deadline(delivering):
+    """Every read gets a byte within the 1 s timeout, the whole answer would take 15 s: the
+    attempt still ends at 1 s, as a failure, well within its lease."""
+    server, _, _ = delivering
+    client = new_client(server)
+    with Trickler(0.3) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        client.create_conversation("trickled")
+        assert eventually(lambda: latest(client, endpoint).get("error") ==
+                          "No answer within 1 s.", 4), latest(client, endpoint)
+        first = receiver.accepted[0]
+        delivery = latest(client, endpoint)
+        assert delivery["response_status"] is None and delivery["duration_ms"] < 1500
+        assert time.time() - first < 4
 
 
 def test_retry_after_is_honoured(delivering):

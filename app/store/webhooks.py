@@ -50,9 +50,18 @@ RETURNING {_ENDPOINT_COLUMNS}
 """
 _PING = f"""
 INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at)
-SELECT %(rid)s, id, %(event_id)s, %(body)s, now() FROM webhook_endpoints
+SELECT %(rid)s, id, %(event_id)s, %(body)s, CASE WHEN disabled THEN NULL ELSE now() END
+FROM webhook_endpoints
 WHERE rid = %(endpoint)s AND user_id = %(user_id)s
 RETURNING {_DELIVERY_COLUMNS.replace("d.", "")}
+"""
+# A disabled endpoint's pending deliveries wait with no due time (out of the claims' way);
+# enabling makes those due at once.
+_PARK_DISABLED = """
+UPDATE webhook_deliveries SET next_attempt_at = CASE WHEN %(disabled)s THEN NULL ELSE now() END
+WHERE endpoint_id = (SELECT id FROM webhook_endpoints WHERE rid = %(rid)s
+                                                        AND user_id = %(user_id)s)
+  AND status = 'pending' AND (%(disabled)s OR next_attempt_at IS NULL)
 """
 # Newest first: `starting_after` goes to older deliveries, `ending_before` to newer ones.
 _DELIVERIES = f"""
@@ -131,6 +140,8 @@ class WebhookRepository:
             row = conn.execute(f"UPDATE webhook_endpoints SET {', '.join(sets)} "
                                f"WHERE rid = %(rid)s AND user_id = %(user_id)s "
                                f"RETURNING {_ENDPOINT_COLUMNS}", params).fetchone()
+            if row is not None and "disabled" in changes:
+                conn.execute(_PARK_DISABLED, params)
         return None if row is None else endpoint_from_row(row)
 
     def delete(self, user_id: int, rid: int) -> bool:
@@ -215,6 +226,31 @@ UPDATE webhook_deliveries SET status = %(status)s, next_attempt_at = %(next)s, c
 WHERE id = %(id)s AND claim = %(claim)s
 RETURNING endpoint_id
 """
+# An open breaker's (or a disabled endpoint's) deliveries are moved out of the due index's
+# way: to the end of the interval (rows a claim is taking are skipped), or to no due time.
+_PARK_OPEN = """
+UPDATE webhook_deliveries SET next_attempt_at = %(until)s
+WHERE id IN (SELECT id FROM webhook_deliveries
+             WHERE endpoint_id = %(id)s AND status = 'pending' AND next_attempt_at < %(until)s
+             FOR UPDATE SKIP LOCKED)
+"""
+_PARK_PROBED = """
+UPDATE webhook_deliveries d SET next_attempt_at = e.open_until
+FROM webhook_endpoints e
+WHERE e.id = d.endpoint_id AND d.id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE endpoint_id = ANY(%(endpoints)s) AND status = 'pending'
+      AND next_attempt_at <= %(now)s AND id <> ALL(%(probes)s)
+    FOR UPDATE SKIP LOCKED)
+"""
+_PARK_NULL = ("UPDATE webhook_deliveries SET next_attempt_at = NULL "
+              "WHERE endpoint_id = %s AND status = 'pending'")
+# A breaker closed by a success: what it held back is due now.
+_UNPARK = """
+UPDATE webhook_deliveries SET next_attempt_at = %(now)s
+WHERE endpoint_id = %(id)s AND status = 'pending' AND next_attempt_at > %(now)s
+  AND next_attempt_at <= %(until)s AND claim IS NULL
+"""
 _SUCCEEDED = ("UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, "
               "open_until = NULL WHERE id = %s AND (failures > 0 OR open_until IS NOT NULL)")
 _FAILED = """
@@ -225,7 +261,7 @@ UPDATE webhook_endpoints SET failures = failures + 1,
        disabled = disabled OR %(reason)s::text IS NOT NULL,
        disabled_reason = CASE WHEN disabled THEN disabled_reason ELSE %(reason)s END
 WHERE id = %(id)s
-RETURNING disabled
+RETURNING disabled, open_until
 """
 _STATS = """
 SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
@@ -305,6 +341,10 @@ class WebhookQueue:
                                             "now": now}).fetchall()
                 probing = {row[0] for row in won}
                 chosen.extend(probes[endpoint] for endpoint in probing)
+                if probing:  # the rest of the probed endpoints' deliveries wait again
+                    conn.execute(_PARK_PROBED, {
+                        "endpoints": list(probing), "now": now,
+                        "probes": [probes[endpoint] for endpoint in probing]})
             if not chosen:
                 return []
             rows = conn.execute(_CLAIM, {
@@ -331,9 +371,11 @@ class WebhookQueue:
             # The endpoint's row first, then the delivery's: the order a deletion of the
             # endpoint (or of its owner) takes them in, so the two never deadlock.
             since = conn.execute(
-                "SELECT failing_since FROM webhook_endpoints WHERE id = %s "
+                "SELECT failing_since, disabled, open_until FROM webhook_endpoints WHERE id = %s "
                 + ("FOR KEY SHARE" if outcome.succeeded else "FOR NO KEY UPDATE"),
                 (claimed.endpoint_id,)).fetchone()
+            if since is not None and since[1]:
+                next_at = None  # disabled meanwhile: waits, with no due time, to be enabled
             row = conn.execute(_RECORD, {
                 "status": status, "next": next_at, "response_status": outcome.response_status,
                 "error": outcome.error, "duration_ms": outcome.duration_ms,
@@ -342,6 +384,9 @@ class WebhookQueue:
                 return False, False  # taken over, or the endpoint was deleted meanwhile
             if outcome.succeeded:
                 conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
+                if since is not None and since[2] is not None:
+                    conn.execute(_UNPARK, {"id": claimed.endpoint_id, "now": now,
+                                           "until": since[2]})
                 return True, False
             reason = GONE_REASON if outcome.gone else disable_reason(
                 since[0] if since else None, now, self.breaker.disable_after)
@@ -349,6 +394,10 @@ class WebhookQueue:
                 "now": now, "threshold": self.breaker.failures, "reason": reason,
                 "open_until": now + timedelta(seconds=self.breaker.open_seconds),
                 "id": claimed.endpoint_id}).fetchone()
+            if disabled is not None and disabled[0]:
+                conn.execute(_PARK_NULL, (claimed.endpoint_id,))
+            elif disabled is not None and disabled[1] is not None and disabled[1] > now:
+                conn.execute(_PARK_OPEN, {"id": claimed.endpoint_id, "until": disabled[1]})
         return True, reason is not None and disabled is not None
 
     def purge_finished(self, older_than: datetime, limit: int = 1000) -> int:

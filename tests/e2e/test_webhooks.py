@@ -576,6 +576,37 @@ def test_a_dead_receiver_costs_one_probe_per_interval(delivering):
     assert 1 <= len(late) <= 4, [round(r.at - started, 2) for r in attempts]
 
 
+def test_held_back_deliveries_leave_the_claims_way(delivering):
+    """An open breaker's deliveries are due when it ends, not in the past (a claim would walk
+    past every one of them); a disabled endpoint's have no due time until it is enabled."""
+    server, url, _ = delivering
+    client = new_client(server)
+    with Receiver(always(500)) as receiver:
+        endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+        convo = client.create_conversation("held back")
+        client.create_lines(convo["id"], [{"text": f"line {i}"} for i in range(20)])
+        rid = int(endpoint.removeprefix("we_"), 16)
+
+        def waiting(condition: str) -> int:
+            return sql(url, "SELECT count(*) FROM webhook_deliveries d JOIN webhook_endpoints e "
+                            "ON e.id = d.endpoint_id WHERE e.rid = %s AND d.status = 'pending' "
+                            f"AND d.claim IS NULL AND {condition}", rid)[0][0]
+
+        assert eventually(lambda: sql(url, "SELECT open_until > now() FROM webhook_endpoints "
+                                           "WHERE rid = %s", rid)[0][0] and
+                          waiting("true") >= 15 and waiting("d.next_attempt_at <= now()") == 0,
+                          5), waiting("d.next_attempt_at <= now()")
+        assert waiting("d.next_attempt_at > e.open_until") == 0  # none held longer
+        client.update_webhook_endpoint(endpoint, disabled=True)
+        assert eventually(lambda: waiting("d.next_attempt_at IS NOT NULL") == 0, 5)
+        assert waiting("true") >= 15
+        receiver.answer = always(200)
+        client.update_webhook_endpoint(endpoint, disabled=False)
+        assert eventually(lambda: {d["status"] for d in client.list_webhook_deliveries(
+            endpoint, limit=100).data} == {"succeeded"}, 10)
+        assert len(client.list_webhook_deliveries(endpoint, limit=100).data) == 21
+
+
 def test_the_relay_serves_the_webhook_metrics_its_alerts_use(delivering):
     server, _, relay = delivering
     client = new_client(server)

@@ -125,7 +125,7 @@ class WebhookFanout:
                     rows += [(endpoint, event_id(event.user_id, event.seq), body)
                              for endpoint in wanted]
                 batch.handed_on(event)
-            self.queue.add(batch.work, rows, self.clock())
+            self.queue.add(batch.work, rows)
         self.metrics.fanned_out.inc(len(rows))
         if rows:
             self.gate.open()
@@ -336,8 +336,7 @@ class WebhookDelivery:
     def step(self) -> bool:
         if self.gate.quiet():
             return False
-        claimed = self.queue.claim(1, self.lease_seconds, self.clock(),
-                                   secrets.randbits(63) or 1)
+        claimed = self.queue.claim(1, self.lease_seconds, secrets.randbits(63) or 1)
         self.gate.found(bool(claimed))
         for delivery in claimed:
             self.deliver(delivery)
@@ -353,7 +352,7 @@ class WebhookDelivery:
         delay = None
         if not outcome.succeeded and not outcome.gone:
             delay = retry_delay(delivery.attempt, self.schedule, self.rng, outcome.retry_after)
-        recorded, disabled = self.queue.record(delivery, outcome, delay, self.clock())
+        recorded, disabled = self.queue.record(delivery, outcome, delay)
         if not recorded:
             label = "taken_over"
         elif outcome.succeeded:
@@ -409,7 +408,7 @@ class WebhookGauges:
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + self.every
-        stats = self.queue.stats(self.clock())
+        stats = self.queue.stats()
         self.metrics.queue_depth.set(stats.pending)
         self.metrics.oldest_pending.set(stats.oldest_pending_seconds or 0.0)
         self.metrics.oldest_due.set(stats.oldest_due_seconds or 0.0)

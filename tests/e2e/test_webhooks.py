@@ -4,6 +4,7 @@ receivers this test runs on 127.0.0.1, verified with the `standardwebhooks` pack
 from __future__ import annotations
 
 import base64
+import logging
 import random
 import signal
 import socket
@@ -12,16 +13,22 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import psycopg
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.client import ActionNotAllowedError, Client, InvalidParamsError, NotFoundError
+from app.http.outbound import OutboundPolicy, resolver
+from app.relay.webhooks import IdleGate, Sender, WebhookDelivery, WebhookMetrics
+from app.store.db import Database, PoolSettings
+from app.store.webhooks import Breaker, WebhookQueue
 from harness import ROOT
 from harness.saypi import Server, server_env
 from harness.services import free_port
@@ -666,6 +673,42 @@ def test_a_deleted_users_endpoints_stop(delivering):
         seen = len(receiver.events())
         time.sleep(1.5)
         assert len(receiver.events()) == seen
+
+
+def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, tmp_path):
+    """Leases and due times are the database's clock: a relay host an hour ahead does not see
+    another relay's lease as over, and does not send the delivery a second time."""
+    url = postgres.new_database()
+    env = server_env(url, tmp_path, WEBHOOK_ALLOW_PRIVATE="true", WEBHOOK_TIMEOUT_SECONDS="5",
+                     WEBHOOK_THREADS="1")
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
+    db = Database(url, PoolSettings(min_size=1, max_size=2, timeout=10.0, max_waiting=0,
+                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
+                                    statement_timeout_ms=10_000, check_interval=30.0),
+                  logging.getLogger("test.skew"), name="saypi-test-skew")
+    try:
+        assert db.open(wait_seconds=10)
+        assert eventually(lambda: feed_started(url), 30)
+        with Receiver(lambda r: Answer(200, wait=2)) as receiver:
+            client = new_client(server)
+            endpoint = client.create_webhook_endpoint(receiver.url)["id"]
+            client.create_conversation("leased")
+            assert eventually(lambda: len(receiver.events()) == 1, 10)
+            ahead = datetime.now(UTC) + timedelta(hours=1)
+            skewed = WebhookDelivery(
+                9, WebhookQueue(db, Breaker(5, 60, timedelta(hours=72))),
+                Sender(OutboundPolicy(False, True, resolver({})), 5.0, "skewed", 1),
+                (0.3,), WebhookMetrics(CollectorRegistry()), logging.getLogger("test.skew"),
+                IdleGate(0.05), clock=lambda: ahead)
+            assert not skewed.step()  # the lease has seconds to run on the database's clock
+            assert eventually(lambda: latest(client, endpoint).get("status") == "succeeded",
+                              10)
+            assert len(receiver.events()) == 1 and latest(client, endpoint)["attempt"] == 1
+    finally:
+        db.close()
+        assert relay.stop() == 0
+        server.stop()
 
 
 # --- nothing lost: several relays, a flaky receiver, a killed relay, a restarted one --------

@@ -169,7 +169,7 @@ class Recorded:
     def __init__(self):
         self.records: list[tuple] = []
 
-    def record(self, claimed, outcome, delay, now):
+    def record(self, claimed, outcome, delay, *now):
         self.records.append((claimed, outcome, delay))
         return True, False
 

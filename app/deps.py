@@ -538,9 +538,10 @@ def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
 
 
 def outbound_policy(config: Config) -> OutboundPolicy:
-    """Where webhooks may go: https only in production, private addresses only when allowed."""
-    return OutboundPolicy(config.production and not config.webhook_allow_private,
-                          config.webhook_allow_private, resolver(dict(config.webhook_resolve)))
+    """Where webhooks may go: https only in production (whatever WEBHOOK_ALLOW_PRIVATE says),
+    private addresses only when allowed."""
+    return OutboundPolicy(config.production, config.webhook_allow_private,
+                          resolver(dict(config.webhook_resolve)))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

@@ -12,6 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
+from app.config import Config
+from app.deps import outbound_policy
 from app.domain.events import TYPES
 from app.domain.webhooks import (
     JITTER,
@@ -192,3 +194,15 @@ def test_an_attempt_that_raises_is_recorded_as_a_failure_and_retried():
     [(_, outcome, delay)] = queue.records
     assert not outcome.succeeded and outcome.error == "internal error: UnicodeEncodeError"
     assert delay is not None and delay == pytest.approx(5, rel=JITTER)
+
+
+def test_production_wants_https_even_where_private_addresses_are_allowed():
+    env = {"APP_ENV": "production", "DATABASE_URL": "postgresql://saypi@127.0.0.1/saypi",
+           "USER_SECRETS": "k1:" + "a" * 64, "WEBHOOK_ALLOW_PRIVATE": "true",
+           "WEBHOOK_RESOLVE": "hooks.inside=10.0.0.1"}
+    policy = outbound_policy(Config.from_env(env, ["relay"]))
+    assert policy.problem("http://hooks.inside/x") == "must be an absolute https URL"
+    assert policy.problem("https://hooks.inside/x") is None  # private, as allowed
+    development = outbound_policy(Config.from_env(
+        {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_RESOLVE": "hooks.inside=10.0.0.1"}, []))
+    assert development.problem("http://hooks.inside/x") is None

@@ -206,3 +206,17 @@ def test_production_wants_https_even_where_private_addresses_are_allowed():
     development = outbound_policy(Config.from_env(
         {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_RESOLVE": "hooks.inside=10.0.0.1"}, []))
     assert development.problem("http://hooks.inside/x") is None
+
+
+@pytest.mark.parametrize("address", ["2002:7f00:1::1", "2002:a00:1::", "2002:a9fe:a9fe::1",
+                                     "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                                     "2001:0:4136:e378:8000:63bf:f5ff:fffe"])
+def test_6to4_and_teredo_addresses_carrying_inside_ones_are_refused(address):
+    problem = address_problem(address, allow_private=False)
+    assert problem is not None and problem.startswith(f"resolves to {address}")
+    assert address_problem(address, allow_private=True) is None
+
+
+def test_6to4_carrying_a_public_address_passes():
+    assert address_problem("2002:5db8:d822::1", allow_private=False) is None
+    assert "carrying 127.0.0.1" in address_problem("2002:7f00:1::1", allow_private=False)

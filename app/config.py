@@ -323,7 +323,7 @@ class Config:
     webhook_allow_private: bool = setting(
         "WEBHOOK_ALLOW_PRIVATE", _bool, False,
         "let webhook URLs reach loopback, private, link-local and multicast addresses "
-        "(and plain http in production): for tests and private networks only")
+        "(production still wants https): for tests and private networks only")
     webhook_max_endpoints: int = setting(
         "WEBHOOK_MAX_ENDPOINTS", _int(1, 1000), 16, "webhook endpoints per user")
     webhook_timeout_seconds: float = setting(

@@ -51,7 +51,14 @@ from app.relay.health import RelayCollector, RelayHttp, tasks_checker
 from app.relay.process import RelayProcess
 from app.relay.pushpin import DeletionCloser, PublishClient, PublishMetrics, PushpinPublisher
 from app.relay.runner import Relay, Task
-from app.relay.webhooks import Sender, WebhookDelivery, WebhookFanout, WebhookGauges, WebhookMetrics
+from app.relay.webhooks import (
+    IdleGate,
+    Sender,
+    WebhookDelivery,
+    WebhookFanout,
+    WebhookGauges,
+    WebhookMetrics,
+)
 from app.store.cluster import Cluster, Replica, ReplicaDatabase, ReplicaSettings, WritePositions
 from app.store.conversations import ConversationRepository
 from app.store.db import Database, load_migrations, pool_settings
@@ -467,10 +474,11 @@ _PARTS = {name for name, value in vars(_Wiring).items() if isinstance(value, cac
 def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProcess:
     """The relay process (`run.py relay`): its tasks on a pool of their own to the primary,
     its health and metrics port (RELAY_PORT). See docs/relay.md."""
-    # A connection for each task's thread, the health checks' and the feed's, at least.
+    # A connection for each task's thread (webhooks' threads, fan-out and gauges; each
+    # Pushpin publisher and the deletion closer) and the health checks', at least.
     settings = pool_settings(config)
-    settings = dataclasses.replace(settings, max_size=max(settings.max_size,
-                                                          config.webhook_threads + 4))
+    needed = config.webhook_threads + 4 + 2 * len(config.pushpin_publish_urls)
+    settings = dataclasses.replace(settings, max_size=max(settings.max_size, needed))
     db = Database(dsn, settings, logger.getChild("db"), name="saypi-relay",
                   direct_dsn=config.database_direct_url)
     db.open(wait_seconds=max(config.db_pool_timeout, config.db_connect_timeout))
@@ -520,19 +528,20 @@ def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
                         max_entries=config.render_cache_size)
     sender = Sender(outbound_policy(config), config.webhook_timeout_seconds,
                     f"SayPI-Webhooks/{VERSION}", config.webhook_threads)
-    log = logger.getChild("webhooks")
-    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics),
-            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log)
-              for n in range(1, config.webhook_threads + 1)),
+    log, gate = logger.getChild("webhooks"), IdleGate(config.relay_poll_seconds)
+    return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics, gate),
+            *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log,
+                              gate) for n in range(1, config.webhook_threads + 1)),
             WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender,
                           timedelta(hours=config.events_retention_hours),
                           config.purge_interval_seconds)]
 
 
 def outbound_policy(config: Config) -> OutboundPolicy:
-    """Where webhooks may go: https only in production, private addresses only when allowed."""
-    return OutboundPolicy(config.production and not config.webhook_allow_private,
-                          config.webhook_allow_private, resolver(dict(config.webhook_resolve)))
+    """Where webhooks may go: https only in production (whatever WEBHOOK_ALLOW_PRIVATE says),
+    private addresses only when allowed."""
+    return OutboundPolicy(config.production, config.webhook_allow_private,
+                          resolver(dict(config.webhook_resolve)))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

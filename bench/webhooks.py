@@ -7,13 +7,11 @@ phase is bounded (30 s at most); writes bench-results/webhooks.md and webhooks.j
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -25,10 +23,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.postgres import open_database
-from bench.session import publish
+from bench.session import Bench, interleave, publish, with_bench
+from bench.settings import BenchSettings
 from harness import ROOT
-from harness.saypi import Server, server_env
 from harness.services import free_port
 
 BACKLOG_USERS, BACKLOG_BATCHES, BATCH = 4, 10, 100  # 4,000 events per backlog
@@ -167,31 +164,77 @@ def latency(env: dict[str, str], work: Path, users, receiver: Receiver) -> dict[
             "max_ms": round(delays[-1] * 1000, 1)}
 
 
-def webhooks(env: Mapping[str, str]) -> int:
-    logger = logging.getLogger("bench.webhooks")
-    db = open_database(env, logger)
-    work = Path(tempfile.mkdtemp(prefix="saypi-bench-webhooks-"))
-    receiver = Receiver()
-    settings = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_THREADS": "4",
-                "RATE_LIMIT_USER_PER_MINUTE": "0", "RATE_LIMIT_IP_PER_MINUTE": "0",
-                "LOG_LEVEL": "WARNING", "MAX_LINES_PER_CONVERSATION": "100000"}
-    env_ = server_env(db.dsn, work, **settings)
-    server = Server(env_, work / "server.log").wait_ready()
+def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]) -> dict:
+    """Scenarios 2 (GET) and 4 (POST line) without relays, then with two delivering every
+    POST's event to the receiver: req/s and CPU per request (the relays' own apart)."""
+    server = bench.start("saypi", extra=settings)
+    for _, token in bench.seeded.writers:
+        httpx.post(server.url + "/webhook_endpoints", json={"url": receiver.url},
+                   headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+    for key in ("get", "post_line"):
+        bench.check(server, key)
+    env = bench.server_env(bench.db.dsn, free_port(), settings)
+    plan = [("get", server, None), ("post_line", server, None)]
+    without: dict = {}
+    interleave(bench, plan, bench.settings.runs, without)
+    relays = [Relay(env, bench.work / f"relay-api-{n}.log") for n in range(2)]
+    for relay in relays:
+        bench.extra_roots[relay.process.pid] = "relays"
+    time.sleep(2)
+    beside: dict = {}
     try:
-        first = Relay(env_, work / "relay-start.log")  # the feed starts at its first step
-        if not _wait(lambda: _feed_started(db.dsn), 60):
-            raise SystemExit("bench: the relay did not start its feed")
-        first.stop()
-        users = _users(server.url, receiver, BACKLOG_USERS)
-        rows = [throughput(env_, work, users, receiver, n) for n in (1, 2)]
-        steady = latency(env_, work, users, receiver)
+        interleave(bench, plan, bench.settings.runs, beside)
     finally:
-        server.stop()
-        receiver.close()
-        db.close()
-    data = {"throughput": rows, "latency": steady, "cpus": os.cpu_count(),
-            "settings": settings}
-    return publish("webhooks", data, render(data))
+        for relay in relays:
+            bench.extra_roots.pop(relay.process.pid, None)
+            relay.stop()
+        bench.stop(server)
+    return {"without_relays": without, "with_relays": beside}
+
+
+def webhooks(env: Mapping[str, str]) -> int:
+    bench_settings = BenchSettings.from_env(env)
+    settings = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_THREADS": "4",
+                "LOG_LEVEL": "WARNING", "MAX_LINES_PER_CONVERSATION": "100000"}
+
+    def work(bench: Bench) -> int:
+        receiver = Receiver()
+        try:
+            relay_env = bench.server_env(bench.db.dsn, free_port(), settings)
+            server = bench.start("saypi", extra=settings)
+            bench.say("webhooks: starting the feed")
+            first = Relay(relay_env, bench.work / "relay-start.log")
+            if not _wait(lambda: _feed_started(bench.db.dsn), 60):
+                raise RuntimeError("the relay did not start its feed: "
+                                   + (bench.work / "relay-start.log").read_text()[-2000:])
+            first.stop()
+            users = _users(server.url, receiver, BACKLOG_USERS)
+            rows = []
+            for relays in (1, 2):
+                bench.say(f"webhooks: a backlog delivered by {relays} relay(s)")
+                rows.append(throughput(relay_env, bench.work, users, receiver, relays))
+            bench.say("webhooks: commit to delivery at a steady rate")
+            steady = latency(relay_env, bench.work, users, receiver)
+            bench.stop(server)
+            bench.say("webhooks: the API's figures without and with relays")
+            api = api_beside_relays(bench, receiver, settings)
+        finally:
+            receiver.close()
+        data = {"throughput": rows, "latency": steady, "api": api, "cpus": os.cpu_count(),
+                "settings": settings, "bench": bench_settings.as_dict()}
+        return publish("webhooks", data, render(data))
+
+    return with_bench(env, bench_settings, work)
+
+
+def relays_cpu(row: dict) -> float | str:
+    """Median over the runs of the relays' CPU microseconds per request ('' without)."""
+    values = [1e6 * (run["cpu_seconds"].get("relays_user", 0.0)
+                     + run["cpu_seconds"].get("relays_system", 0.0)) / run["requests"]
+              for run in row["runs"] if run["requests"]]
+    if not values or not any(values):
+        return ""
+    return round(statistics.median(values), 1)
 
 
 def render(data: dict[str, Any]) -> str:
@@ -209,4 +252,15 @@ def render(data: dict[str, Any]) -> str:
                   "delivered): event `created_at` to the receiver's arrival.", "",
               "| p50 ms | p99 ms | max ms |", "|---|---|---|",
               f"| {steady['p50_ms']} | {steady['p99_ms']} | {steady['max_ms']} |"]
+    lines += ["", "The API beside the relays: scenarios 2 and 4, every writer with an endpoint "
+                  "(each POST makes a delivery), without relays and with two. CPU is "
+                  "microseconds per request; postgres includes the relays' transactions, "
+                  "`relays` is the relay processes' own.", "",
+              "| scenario | relays | req/s | p99 ms | app CPU us | postgres CPU us | "
+              "relays CPU us |", "|---|---|---|---|---|---|---|"]
+    for label, count in (("without_relays", 0), ("with_relays", 2)):
+        for row in data["api"][label].values():
+            cpu = row["cpu_us_per_request"]
+            lines.append(f"| {row['title']} | {count} | {row['rps']} | {row['p99_ms']} | "
+                         f"{cpu['app']} | {cpu['postgres']} | {relays_cpu(row)} |")
     return "\n".join(lines) + "\n"

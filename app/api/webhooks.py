@@ -45,7 +45,8 @@ class CreateWebhookEndpoint(Schema):
                       "link-local, multicast or unspecified address unless the server sets "
                       "`WEBHOOK_ALLOW_PRIVATE`; a host written as a number in another form "
                       "than a dotted quad (`2130706433`, `0177.0.0.1`) is refused.",
-               "events": "Event types (`line.created`), prefixes (`line.*`) or `*` for all."},
+               "events": "Event types (`line.created`), prefixes (`line.*`) or `*` for all; "
+                         "a list, so in a JSON body only (a form cannot carry one)."},
         defaults={"events": ["*"]})
 
 

@@ -16,7 +16,8 @@ class UserGone(DomainError):
 
 
 class LimitReached(DomainError):
-    """A cap would be exceeded: `kind` is CONVERSATIONS, MOODS or LINES, `cap` the cap."""
+    """A cap would be exceeded: `kind` is CONVERSATIONS, MOODS, LINES or WEBHOOK_ENDPOINTS,
+    `cap` the cap."""
 
     CONVERSATIONS, MOODS, LINES = "conversations", "moods", "lines"
     WEBHOOK_ENDPOINTS = "webhook_endpoints"

@@ -145,10 +145,19 @@ def address_problem(address: str, allow_private: bool) -> str | None:
         ip = ip.ipv4_mapped
     if allow_private:
         return None
-    if ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast \
-            or ip.is_unspecified or ip.is_reserved or not ip.is_global:
-        return f"resolves to {ip}, a loopback, private, link-local, multicast or " \
-               f"reserved address"
+    # 6to4 (2002::/16) and Teredo (2001::/32) addresses carry IPv4 ones: each is checked too.
+    carried: list[ipaddress.IPv4Address] = []
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.sixtofour is not None:
+            carried.append(ip.sixtofour)
+        if ip.teredo is not None:
+            carried.extend(ip.teredo)
+    for inner in (ip, *carried):
+        if inner.is_loopback or inner.is_private or inner.is_link_local or inner.is_multicast \
+                or inner.is_unspecified or inner.is_reserved or not inner.is_global:
+            shown = f"{ip}" if inner is ip else f"{ip} (carrying {inner})"
+            return f"resolves to {shown}, a loopback, private, link-local, multicast or " \
+                   f"reserved address"
     return None
 
 

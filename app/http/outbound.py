@@ -19,7 +19,7 @@ Resolver = Callable[[str, int], list[str]]
 
 class Destination(NamedTuple):
     scheme: str
-    host: str  # as written (the Host header, TLS's server name)
+    host: str  # as written, in ASCII (IDNA): the Host header, TLS's server name
     port: int
     target: str  # path and query
     addresses: tuple[str, ...]  # every address the host resolved to, each checked
@@ -27,6 +27,7 @@ class Destination(NamedTuple):
 
 def resolver(static: Mapping[str, str]) -> Resolver:
     """getaddrinfo, after the `static` host=address pairs (WEBHOOK_RESOLVE)."""
+    static = {ascii_host(host.lower()) or host: address for host, address in static.items()}
 
     def resolve(host: str, port: int) -> list[str]:
         if host in static:
@@ -35,6 +36,20 @@ def resolver(static: Mapping[str, str]) -> Resolver:
         return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
     return resolve
+
+
+def ascii_host(host: str) -> str | None:
+    """A host name in ASCII: an internationalised one in its IDNA form (`xn--...`), as DNS,
+    the Host header and TLS's server name want it; None if it has no such form."""
+    if host.isascii():
+        return host
+    try:
+        return host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+IDNA_PROBLEM = "must name a host that has an IDNA (ASCII) form"
 
 
 def url_problem(url: str, https_only: bool) -> str | None:
@@ -52,7 +67,10 @@ def url_problem(url: str, https_only: bool) -> str | None:
         return "must not carry a user name or password"
     if port == 0:
         return "must not name port 0"
-    return host_form_problem(parts.hostname)
+    host = ascii_host(parts.hostname)
+    if host is None:
+        return IDNA_PROBLEM
+    return host_form_problem(host)
 
 
 def destination(url: str, allow_private: bool, resolve: Resolver
@@ -60,7 +78,9 @@ def destination(url: str, allow_private: bool, resolve: Resolver
     """The URL's resolved destination, or why it may not be reached (every address is
     checked: one private address among public ones refuses the whole name)."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
+    host = ascii_host(parts.hostname or "")
+    if host is None:
+        return None, IDNA_PROBLEM
     port = parts.port or (443 if parts.scheme == "https" else 80)
     literal = _literal(host)
     try:

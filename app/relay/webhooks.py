@@ -11,6 +11,7 @@ import json
 import logging
 import random
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -75,6 +76,25 @@ class WebhookMetrics:
                                   "Deliveries created from events.", registry=registry)
 
 
+class IdleGate:
+    """Shared by one relay's delivery threads: once a claim found nothing, the others skip
+    theirs until the next poll (one claim query per poll when idle, not one per thread);
+    the fan-out opens it when it adds deliveries."""
+
+    def __init__(self, poll_seconds: float):
+        self.poll_seconds = poll_seconds
+        self.quiet_until = 0.0
+
+    def quiet(self) -> bool:
+        return time.monotonic() < self.quiet_until
+
+    def found(self, anything: bool) -> None:
+        self.quiet_until = 0.0 if anything else time.monotonic() + self.poll_seconds * 0.9
+
+    def open(self) -> None:
+        self.quiet_until = 0.0
+
+
 class WebhookFanout:
     """Reads the feed `webhooks` and inserts a delivery per matching enabled endpoint, in the
     batch's transaction (with the feed's position)."""
@@ -82,9 +102,10 @@ class WebhookFanout:
     name = "webhook-fanout"
 
     def __init__(self, feed: EventFeed, queue: WebhookQueue, renderer: Renderer,
-                 metrics: WebhookMetrics, clock: Clock = utc_now, batch_size: int = 500):
+                 metrics: WebhookMetrics, gate: IdleGate, clock: Clock = utc_now,
+                 batch_size: int = 500):
         self.feed, self.queue, self.renderer = feed, queue, renderer
-        self.metrics, self.clock, self.batch_size = metrics, clock, batch_size
+        self.metrics, self.gate, self.clock, self.batch_size = metrics, gate, clock, batch_size
 
     def step(self) -> bool:
         with self.feed.batch(self.batch_size) as batch:
@@ -104,17 +125,93 @@ class WebhookFanout:
                     rows += [(endpoint, event_id(event.user_id, event.seq), body)
                              for endpoint in wanted]
                 batch.handed_on(event)
-            self.queue.add(batch.work, rows, self.clock())
+            self.queue.add(batch.work, rows)
         self.metrics.fanned_out.inc(len(rows))
+        if rows:
+            self.gate.open()
         return True
 
     def close(self) -> None:
         pass
 
 
+class Attempt:
+    """One attempt's hard deadline: at `timeout` its connections' sockets are shut down, so a
+    blocking connect, send or read fails at once however slowly a receiver trickles bytes
+    (urllib3's timeout bounds each socket operation, not their sum)."""
+
+    def __init__(self, timeout: float):
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self.expired = False
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, connection: Any) -> None:
+        """Shut `connection` down at the deadline (at once if that has passed)."""
+        with self._lock:
+            if connection not in self._connections:
+                self._connections.append(connection)
+            if self.expired:
+                _shut(connection)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+
+    def end(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            self._connections.clear()
+
+
+def _shut(connection: Any) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:  # the plain socket's shutdown: a TLS socket's would drop its state first
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed meanwhile
+
+
+def watched_connections(current: threading.local) -> tuple[
+        type[urllib3.connection.HTTPConnection], type[urllib3.connection.HTTPSConnection]]:
+    """urllib3 connection classes that put themselves under the calling thread's Attempt."""
+
+    def watch(connection: Any) -> None:
+        attempt = getattr(current, "attempt", None)
+        if attempt is not None:
+            attempt.watch(connection)
+
+    class Plain(urllib3.connection.HTTPConnection):
+        def connect(self) -> None:
+            watch(self)
+            super().connect()
+            watch(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            watch(self)
+            super().request(*args, **kwargs)
+
+    class Secure(urllib3.connection.HTTPSConnection):
+        def connect(self) -> None:
+            watch(self)
+            super().connect()
+            watch(self)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            watch(self)
+            super().request(*args, **kwargs)
+
+    return Plain, Secure
+
+
 class Sender:
     """POSTs a signed body to a URL over kept-alive connections, one pool per checked address;
-    no redirects, no retries, a bounded wait and a bounded read."""
+    no redirects, no retries, a deadline for the whole attempt and a bounded read."""
 
     def __init__(self, outbound: OutboundPolicy, timeout: float, user_agent: str,
                  pool_size: int):
@@ -122,6 +219,8 @@ class Sender:
         self.pool_size = pool_size
         self._pools: dict[tuple[str, str, int, str], urllib3.HTTPConnectionPool] = {}
         self._lock = threading.Lock()
+        self._current = threading.local()  # the calling thread's Attempt
+        self._plain, self._secure = watched_connections(self._current)
 
     def _pool(self, dest: Destination, address: str) -> urllib3.HTTPConnectionPool:
         key = (dest.scheme, address, dest.port, dest.host)
@@ -130,7 +229,8 @@ class Sender:
             if pool is None:
                 if len(self._pools) >= MAX_POOLS:
                     self._pools.pop(next(iter(self._pools))).close()
-                timeout = urllib3.Timeout(total=self.timeout)  # connecting and the answer together
+                # Each socket operation's bound; the Attempt bounds them all together.
+                timeout = urllib3.Timeout(total=self.timeout)
                 common: dict[str, Any] = {"port": dest.port, "timeout": timeout,
                                           "maxsize": self.pool_size, "block": False,
                                           "retries": False}
@@ -138,8 +238,10 @@ class Sender:
                     pool = urllib3.HTTPSConnectionPool(
                         address, server_hostname=dest.host, assert_hostname=dest.host,
                         cert_reqs="CERT_REQUIRED", **common)
+                    pool.ConnectionCls = self._secure
                 else:
                     pool = urllib3.HTTPConnectionPool(address, **common)
+                    pool.ConnectionCls = self._plain
                 self._pools[key] = pool
             return pool
 
@@ -157,23 +259,31 @@ class Sender:
         headers = {**headers, "Host": host if dest.port == default_port
                    else f"{host}:{dest.port}", "User-Agent": self.user_agent,
                    "Content-Type": "application/json"}
+        pool = self._pool(dest, dest.addresses[0])
+        attempt = self._current.attempt = Attempt(self.timeout)
         try:
-            response = self._pool(dest, dest.addresses[0]).urlopen(
-                "POST", dest.target, body=body, headers=headers, redirect=False,
-                retries=False, preload_content=False, assert_same_host=False,
-                release_conn=False)
-        except urllib3.exceptions.TimeoutError:
-            return Outcome(False, None, f"No answer within {self.timeout:g} s.", took())
-        except urllib3.exceptions.HTTPError as exc:
-            return Outcome(False, None, f"The request failed: {type(exc).__name__}.", took())
-        try:
-            read = response.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
-        except urllib3.exceptions.HTTPError:
-            read = b"x" * (MAX_RESPONSE_BYTES + 1)  # unusable: the connection is dropped
-        if len(read) > MAX_RESPONSE_BYTES:
-            response.close()
-        else:
-            response.release_conn()
+            try:
+                response = pool.urlopen(
+                    "POST", dest.target, body=body, headers=headers, redirect=False,
+                    retries=False, preload_content=False, assert_same_host=False,
+                    release_conn=False)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if attempt.expired or isinstance(exc, urllib3.exceptions.TimeoutError):
+                    return Outcome(False, None, f"No answer within {self.timeout:g} s.",
+                                   took())
+                return Outcome(False, None, f"The request failed: {type(exc).__name__}.",
+                               took())
+            try:
+                read = response.read(MAX_RESPONSE_BYTES + 1, decode_content=False)
+            except (urllib3.exceptions.HTTPError, OSError):
+                read = b"x" * (MAX_RESPONSE_BYTES + 1)  # unusable: the connection is dropped
+            if len(read) > MAX_RESPONSE_BYTES or attempt.expired:
+                response.close()
+            else:
+                response.release_conn()
+        finally:
+            attempt.end()
+            self._current.attempt = None
         return outcome_of(response.status, response.headers.get("Retry-After"), took())
 
     def close(self) -> None:
@@ -200,7 +310,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() too
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -216,16 +326,18 @@ class WebhookDelivery:
 
     def __init__(self, number: int, queue: WebhookQueue, sender: Sender,
                  schedule: tuple[float, ...], metrics: WebhookMetrics, logger: logging.Logger,
-                 clock: Clock = utc_now, rng: random.Random | None = None):
+                 gate: IdleGate, clock: Clock = utc_now, rng: random.Random | None = None):
         self.name = f"webhook-delivery-{number}"
-        self.queue, self.sender, self.schedule = queue, sender, schedule
+        self.queue, self.sender, self.schedule, self.gate = queue, sender, schedule, gate
         self.metrics, self.logger, self.clock = metrics, logger, clock
         self.rng = rng or random.Random()
         self.lease_seconds = 2 * sender.timeout + LEASE_MARGIN_SECONDS
 
     def step(self) -> bool:
-        claimed = self.queue.claim(1, self.lease_seconds, self.clock(),
-                                   secrets.randbits(63) or 1)
+        if self.gate.quiet():
+            return False
+        claimed = self.queue.claim(1, self.lease_seconds, secrets.randbits(63) or 1)
+        self.gate.found(bool(claimed))
         for delivery in claimed:
             self.deliver(delivery)
         return bool(claimed)
@@ -235,12 +347,12 @@ class WebhookDelivery:
         headers = {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp),
                    "webhook-signature": sign(delivery.secrets, delivery.event_id, timestamp,
                                              delivery.body)}
-        outcome = self.sender.send(delivery.url, headers, delivery.body.encode())
+        outcome = self.attempt(delivery.url, headers, delivery.body.encode())
         self.metrics.duration.observe(outcome.duration_ms / 1000)
         delay = None
         if not outcome.succeeded and not outcome.gone:
             delay = retry_delay(delivery.attempt, self.schedule, self.rng, outcome.retry_after)
-        recorded, disabled = self.queue.record(delivery, outcome, delay, self.clock())
+        recorded, disabled = self.queue.record(delivery, outcome, delay)
         if not recorded:
             label = "taken_over"
         elif outcome.succeeded:
@@ -255,6 +367,18 @@ class WebhookDelivery:
         if disabled:
             self.logger.info("webhook endpoint %d disabled: %s", delivery.endpoint_id,
                              outcome.error)
+
+    def attempt(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
+        """The sender's outcome; whatever it raises is a failed attempt too, recorded and
+        retried on the schedule (else the delivery would stay claimed, re-tried every lease,
+        never counted)."""
+        started = time.monotonic()
+        try:
+            return self.sender.send(url, headers, body)
+        except Exception as exc:
+            self.logger.exception("webhook attempt raised")
+            return Outcome(False, None, f"internal error: {type(exc).__name__}",
+                           int((time.monotonic() - started) * 1000))
 
     def close(self) -> None:
         pass
@@ -284,7 +408,7 @@ class WebhookGauges:
         if time.monotonic() < self._next:
             return False
         self._next = time.monotonic() + self.every
-        stats = self.queue.stats(self.clock())
+        stats = self.queue.stats()
         self.metrics.queue_depth.set(stats.pending)
         self.metrics.oldest_pending.set(stats.oldest_pending_seconds or 0.0)
         self.metrics.oldest_due.set(stats.oldest_due_seconds or 0.0)

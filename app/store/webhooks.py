@@ -7,7 +7,7 @@ breaker lives in its row, so every relay sees it. docs/webhooks.md explains both
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from app.domain import ids
@@ -50,9 +50,18 @@ RETURNING {_ENDPOINT_COLUMNS}
 """
 _PING = f"""
 INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at)
-SELECT %(rid)s, id, %(event_id)s, %(body)s, now() FROM webhook_endpoints
+SELECT %(rid)s, id, %(event_id)s, %(body)s, CASE WHEN disabled THEN NULL ELSE now() END
+FROM webhook_endpoints
 WHERE rid = %(endpoint)s AND user_id = %(user_id)s
 RETURNING {_DELIVERY_COLUMNS.replace("d.", "")}
+"""
+# A disabled endpoint's pending deliveries wait with no due time (out of the claims' way);
+# enabling makes those due at once.
+_PARK_DISABLED = """
+UPDATE webhook_deliveries SET next_attempt_at = CASE WHEN %(disabled)s THEN NULL ELSE now() END
+WHERE endpoint_id = (SELECT id FROM webhook_endpoints WHERE rid = %(rid)s
+                                                        AND user_id = %(user_id)s)
+  AND status = 'pending' AND (%(disabled)s OR next_attempt_at IS NULL)
 """
 # Newest first: `starting_after` goes to older deliveries, `ending_before` to newer ones.
 _DELIVERIES = f"""
@@ -131,6 +140,8 @@ class WebhookRepository:
             row = conn.execute(f"UPDATE webhook_endpoints SET {', '.join(sets)} "
                                f"WHERE rid = %(rid)s AND user_id = %(user_id)s "
                                f"RETURNING {_ENDPOINT_COLUMNS}", params).fetchone()
+            if row is not None and "disabled" in changes:
+                conn.execute(_PARK_DISABLED, params)
         return None if row is None else endpoint_from_row(row)
 
     def delete(self, user_id: int, rid: int) -> bool:
@@ -178,14 +189,16 @@ class WebhookRepository:
 _MATCHING = ("SELECT id, user_id, events FROM webhook_endpoints "
              "WHERE user_id = ANY(%(users)s) AND NOT disabled")
 _ADD = ("INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at) "
-        "VALUES (%s, %s, %s, %s, %s)")
-# Due deliveries of enabled endpoints whose breaker is closed, or half open (its interval
-# over: one probe may go). Rows another relay is claiming are skipped, not waited for.
+        "VALUES (%s, %s, %s, %s, now())")
+# Every due time, lease and breaker interval is on the database's clock (now()): the clocks
+# of relay hosts do not matter. Due deliveries of enabled endpoints whose breaker is closed,
+# or half open (its interval over: one probe may go). Rows another relay is claiming are
+# skipped, not waited for.
 _DUE = """
 SELECT d.id, d.endpoint_id, e.open_until IS NOT NULL
 FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s
-  AND NOT e.disabled AND (e.open_until IS NULL OR e.open_until <= %(now)s)
+WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+  AND NOT e.disabled AND (e.open_until IS NULL OR e.open_until <= now())
 ORDER BY d.next_attempt_at
 LIMIT %(limit)s
 FOR UPDATE OF d SKIP LOCKED
@@ -194,48 +207,77 @@ FOR UPDATE OF d SKIP LOCKED
 # relay's probe claim, a record, the owner's deletion) is skipped, not waited for: no
 # probe this round, and no claim waits on a lock while holding delivery rows.
 _PROBE = """
-UPDATE webhook_endpoints SET open_until = %(until)s
+UPDATE webhook_endpoints SET open_until = now() + make_interval(secs => %(open)s)
 WHERE id IN (SELECT id FROM webhook_endpoints
-             WHERE id = ANY(%(ids)s) AND open_until <= %(now)s
+             WHERE id = ANY(%(ids)s) AND open_until <= now()
              FOR NO KEY UPDATE SKIP LOCKED)
 RETURNING id
 """
 _CLAIM = """
 UPDATE webhook_deliveries d SET attempts = d.attempts + 1, claim = %(claim)s,
-       next_attempt_at = %(lease_until)s, updated_at = now()
+       next_attempt_at = now() + make_interval(secs => %(lease)s), updated_at = now()
 FROM webhook_endpoints e
 WHERE d.id = ANY(%(ids)s) AND e.id = d.endpoint_id
 RETURNING d.id, d.attempts, d.endpoint_id, e.url, d.event_id, d.body, e.secret,
-          CASE WHEN e.previous_until > %(now)s THEN e.previous_secret END, d.created_at
+          CASE WHEN e.previous_until > now() THEN e.previous_secret END, d.created_at
 """
 _RECORD = """
-UPDATE webhook_deliveries SET status = %(status)s, next_attempt_at = %(next)s, claim = NULL,
+UPDATE webhook_deliveries SET status = %(status)s, claim = NULL,
+       next_attempt_at = now() + make_interval(secs => %(delay)s::float8),
        response_status = %(response_status)s, error = %(error)s,
        duration_ms = %(duration_ms)s, updated_at = now()
 WHERE id = %(id)s AND claim = %(claim)s
 RETURNING endpoint_id
 """
+# An open breaker's (or a disabled endpoint's) deliveries are moved out of the due index's
+# way: to the end of the interval (rows a claim is taking are skipped), or to no due time.
+_PARK_OPEN = """
+UPDATE webhook_deliveries d SET next_attempt_at = e.open_until
+FROM webhook_endpoints e
+WHERE e.id = %(id)s AND d.id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE endpoint_id = %(id)s AND status = 'pending' AND next_attempt_at < e.open_until
+    FOR UPDATE SKIP LOCKED)
+"""
+_PARK_PROBED = """
+UPDATE webhook_deliveries d SET next_attempt_at = e.open_until
+FROM webhook_endpoints e
+WHERE e.id = d.endpoint_id AND d.id IN (
+    SELECT id FROM webhook_deliveries
+    WHERE endpoint_id = ANY(%(endpoints)s) AND status = 'pending'
+      AND next_attempt_at <= now() AND id <> ALL(%(probes)s)
+    FOR UPDATE SKIP LOCKED)
+"""
+_PARK_NULL = ("UPDATE webhook_deliveries SET next_attempt_at = NULL "
+              "WHERE endpoint_id = %s AND status = 'pending'")
+# A breaker closed by a success: what it held back is due now.
+_UNPARK = """
+UPDATE webhook_deliveries SET next_attempt_at = now()
+WHERE endpoint_id = %(id)s AND status = 'pending' AND next_attempt_at > now()
+  AND next_attempt_at <= %(until)s AND claim IS NULL
+"""
 _SUCCEEDED = ("UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, "
               "open_until = NULL WHERE id = %s AND (failures > 0 OR open_until IS NOT NULL)")
 _FAILED = """
 UPDATE webhook_endpoints SET failures = failures + 1,
-       failing_since = coalesce(failing_since, %(now)s),
-       open_until = CASE WHEN failures + 1 >= %(threshold)s THEN %(open_until)s
+       failing_since = coalesce(failing_since, now()),
+       open_until = CASE WHEN failures + 1 >= %(threshold)s
+                         THEN greatest(open_until, now() + make_interval(secs => %(open)s))
                          ELSE open_until END,
        disabled = disabled OR %(reason)s::text IS NOT NULL,
        disabled_reason = CASE WHEN disabled THEN disabled_reason ELSE %(reason)s END
 WHERE id = %(id)s
-RETURNING disabled
+RETURNING disabled, open_until > now()
 """
 _STATS = """
 SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'),
-       (SELECT extract(epoch FROM %(now)s - min(created_at))::float8
+       (SELECT extract(epoch FROM now() - min(created_at))::float8
         FROM webhook_deliveries WHERE status = 'pending'),
-       (SELECT extract(epoch FROM %(now)s - min(d.next_attempt_at))::float8
+       (SELECT extract(epoch FROM now() - min(d.next_attempt_at))::float8
         FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-        WHERE d.status = 'pending' AND d.next_attempt_at <= %(now)s AND NOT e.disabled
-          AND (e.open_until IS NULL OR e.open_until <= %(now)s)),
-       (SELECT count(*) FROM webhook_endpoints WHERE open_until > %(now)s AND NOT disabled)
+        WHERE d.status = 'pending' AND d.next_attempt_at <= now() AND NOT e.disabled
+          AND (e.open_until IS NULL OR e.open_until <= now())),
+       (SELECT count(*) FROM webhook_endpoints WHERE open_until > now() AND NOT disabled)
 """
 
 
@@ -275,21 +317,19 @@ class WebhookQueue:
         rows = work.conn.execute(_MATCHING, {"users": list(users)}).fetchall()
         return [(row[0], row[1], tuple(row[2])) for row in rows]
 
-    def add(self, work: UnitOfWork, deliveries: Sequence[tuple[int, str, str]],
-            now: datetime) -> None:
+    def add(self, work: UnitOfWork, deliveries: Sequence[tuple[int, str, str]]) -> None:
         """Insert (endpoint id, event id, body) deliveries, due now, in the feed's batch."""
         if deliveries:
             with work.conn.cursor() as cur:
-                cur.executemany(_ADD, [(ids.new_number(), endpoint, event_id, body, now)
+                cur.executemany(_ADD, [(ids.new_number(), endpoint, event_id, body)
                                        for endpoint, event_id, body in deliveries])
 
-    def claim(self, limit: int, lease_seconds: float, now: datetime,
-              claim: int) -> list[Claimed]:
+    def claim(self, limit: int, lease_seconds: float, claim: int) -> list[Claimed]:
         """Up to `limit` due deliveries, each leased for one attempt until now + lease (a relay
         killed mid-attempt leaves it due again then); one per endpoint whose breaker is half
         open, and that one's claim re-arms the breaker."""
         with self.db.transaction() as conn:
-            due = conn.execute(_DUE, {"now": now, "limit": limit}).fetchall()
+            due = conn.execute(_DUE, {"limit": limit}).fetchall()
             if not due:
                 return []
             chosen, probes = [], {}
@@ -300,55 +340,67 @@ class WebhookQueue:
                     probes[endpoint_id] = delivery_id
             probing: set[int] = set()
             if probes:
-                until = now + timedelta(seconds=self.breaker.open_seconds)
-                won = conn.execute(_PROBE, {"until": until, "ids": list(probes),
-                                            "now": now}).fetchall()
+                won = conn.execute(_PROBE, {"open": self.breaker.open_seconds,
+                                            "ids": list(probes)}).fetchall()
                 probing = {row[0] for row in won}
                 chosen.extend(probes[endpoint] for endpoint in probing)
+                if probing:  # the rest of the probed endpoints' deliveries wait again
+                    conn.execute(_PARK_PROBED, {
+                        "endpoints": list(probing),
+                        "probes": [probes[endpoint] for endpoint in probing]})
             if not chosen:
                 return []
-            rows = conn.execute(_CLAIM, {
-                "claim": claim, "ids": chosen, "now": now,
-                "lease_until": now + timedelta(seconds=lease_seconds)}).fetchall()
+            rows = conn.execute(_CLAIM, {"claim": claim, "ids": chosen,
+                                         "lease": lease_seconds}).fetchall()
         return [Claimed(row_id, claim, attempt, endpoint, url, event_id, body,
                         (secret,) if previous is None else (secret, previous),
                         endpoint in probing, created_at)
                 for row_id, attempt, endpoint, url, event_id, body, secret, previous, created_at
                 in rows]
 
-    def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None,
-               now: datetime) -> tuple[bool, bool]:
+    def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None
+               ) -> tuple[bool, bool]:
         """Record the attempt's outcome (unless its lease passed and another relay took the
         delivery over); a failure moves the endpoint's breaker and may disable it.
         (Whether it was recorded, whether it disabled the endpoint.)"""
         if outcome.succeeded:
-            status, next_at = "succeeded", None
+            status, delay = "succeeded", None
         elif next_delay is None or outcome.gone:
-            status, next_at = "failed", None
+            status, delay = "failed", None
         else:
-            status, next_at = "pending", now + timedelta(seconds=next_delay)
+            status, delay = "pending", next_delay
         with self.db.transaction() as conn:
             # The endpoint's row first, then the delivery's: the order a deletion of the
             # endpoint (or of its owner) takes them in, so the two never deadlock.
             since = conn.execute(
-                "SELECT failing_since FROM webhook_endpoints WHERE id = %s "
+                "SELECT failing_since, disabled, open_until, now() FROM webhook_endpoints "
+                "WHERE id = %s "
                 + ("FOR KEY SHARE" if outcome.succeeded else "FOR NO KEY UPDATE"),
                 (claimed.endpoint_id,)).fetchone()
+            if since is not None and since[1]:
+                delay = None  # disabled meanwhile: waits, with no due time, to be enabled
             row = conn.execute(_RECORD, {
-                "status": status, "next": next_at, "response_status": outcome.response_status,
+                "status": status, "delay": delay, "response_status": outcome.response_status,
                 "error": outcome.error, "duration_ms": outcome.duration_ms,
                 "id": claimed.id, "claim": claimed.claim}).fetchone()
             if row is None:
                 return False, False  # taken over, or the endpoint was deleted meanwhile
             if outcome.succeeded:
                 conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
+                if since is not None and since[2] is not None:
+                    conn.execute(_UNPARK, {"id": claimed.endpoint_id, "until": since[2]})
                 return True, False
             reason = GONE_REASON if outcome.gone else disable_reason(
-                since[0] if since else None, now, self.breaker.disable_after)
+                since[0] if since else None, since[3] if since else datetime.now(UTC),
+                self.breaker.disable_after)
             disabled = conn.execute(_FAILED, {
-                "now": now, "threshold": self.breaker.failures, "reason": reason,
-                "open_until": now + timedelta(seconds=self.breaker.open_seconds),
+                "threshold": self.breaker.failures, "reason": reason,
+                "open": self.breaker.open_seconds,
                 "id": claimed.endpoint_id}).fetchone()
+            if disabled is not None and disabled[0]:
+                conn.execute(_PARK_NULL, (claimed.endpoint_id,))
+            elif disabled is not None and disabled[1]:
+                conn.execute(_PARK_OPEN, {"id": claimed.endpoint_id})
         return True, reason is not None and disabled is not None
 
     def purge_finished(self, older_than: datetime, limit: int = 1000) -> int:
@@ -358,7 +410,7 @@ class WebhookQueue:
             cursor = conn.execute(_PURGE, {"before": older_than, "limit": limit})
             return cursor.rowcount
 
-    def stats(self, now: datetime) -> QueueStats:
+    def stats(self) -> QueueStats:
         with self.db.connection() as conn:
-            row = conn.execute(_STATS, {"now": now}).fetchone()
+            row = conn.execute(_STATS).fetchone()
         return QueueStats(*row)

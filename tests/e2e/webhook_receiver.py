@@ -1,4 +1,5 @@
-"""A webhook receiver for the tests: an http.server on 127.0.0.1 that keeps every request.
+"""A webhook receiver for the tests: an http.server on 127.0.0.1 (plain or TLS) that keeps
+every request.
 
 `answer(request)` decides each answer: a status, headers, and seconds to wait first (a
 receiver that hangs). Every request is kept with its headers, body and arrival time.
@@ -7,6 +8,7 @@ receiver that hangs). Every request is kept with its headers, body and arrival t
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +42,8 @@ def always(status: int) -> Callable[[Received], Answer]:
 
 
 class Receiver:
-    def __init__(self, answer: Callable[[Received], Answer] = always(204)):
+    def __init__(self, answer: Callable[[Received], Answer] = always(204),
+                 tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
         self.answer = answer
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -73,8 +76,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/hooks"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}/hooks"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -4,16 +4,21 @@ rules, and how a receiver's answer reads."""
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
+from app.config import Config
+from app.deps import outbound_policy
 from app.domain.events import TYPES
 from app.domain.webhooks import (
     JITTER,
     RETRY_SCHEDULE,
+    Claimed,
     address_problem,
     disable_reason,
     host_form_problem,
@@ -23,8 +28,14 @@ from app.domain.webhooks import (
     retry_delay,
     sign,
 )
-from app.http.outbound import OutboundPolicy
-from app.relay.webhooks import outcome_of, parse_retry_after
+from app.http.outbound import OutboundPolicy, resolver
+from app.relay.webhooks import (
+    IdleGate,
+    WebhookDelivery,
+    WebhookMetrics,
+    outcome_of,
+    parse_retry_after,
+)
 
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 
@@ -134,3 +145,78 @@ def test_how_answers_read():
     assert outcome_of(500, "7", 3).retry_after is None  # only on 429 and 503
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
     assert parse_retry_after("soon") is None
+
+
+def test_retry_after_takes_only_ascii_digits():
+    assert parse_retry_after("²") is None and parse_retry_after("١٢") is None
+    assert outcome_of(503, "²", 3).retry_after is None
+    assert parse_retry_after(" 12 ") == 12
+
+
+def test_internationalised_hosts_go_out_in_their_idna_form():
+    policy = OutboundPolicy(https_only=True, allow_private=False,
+                            resolve=static({"xn--r8jz45g.jp": "93.184.216.34"}))
+    assert policy.problem("https://例え.jp/hook") is None
+    dest, problem = policy.destination("https://例え.JP:8443/hook")
+    assert problem is None and dest is not None
+    assert (dest.host, dest.addresses) == ("xn--r8jz45g.jp", ("93.184.216.34",))
+    assert policy.problem(f"https://{'例' * 70}.jp/hook") == \
+        "must name a host that has an IDNA (ASCII) form"
+    assert resolver({"例え.jp": "93.184.216.34"})("xn--r8jz45g.jp", 443) == ["93.184.216.34"]
+
+
+class Recorded:
+    """A WebhookQueue stand-in that keeps what is recorded."""
+
+    def __init__(self):
+        self.records: list[tuple] = []
+
+    def record(self, claimed, outcome, delay, *now):
+        self.records.append((claimed, outcome, delay))
+        return True, False
+
+
+class Raising:
+    timeout = 1.0
+
+    def send(self, url, headers, body):
+        raise UnicodeEncodeError("latin-1", "例", 0, 1, "ordinal not in range(256)")
+
+
+def test_an_attempt_that_raises_is_recorded_as_a_failure_and_retried():
+    queue = Recorded()
+    delivery = WebhookDelivery(1, queue, Raising(), RETRY_SCHEDULE,
+                               WebhookMetrics(CollectorRegistry()), logging.getLogger("test"),
+                               IdleGate(1.0), rng=random.Random(3))
+    claimed = Claimed(1, 7, 1, 2, "https://hooks.example/x", "evt_1", "{}",
+                      (new_secret(),), False, NOW)
+    delivery.deliver(claimed)
+    [(_, outcome, delay)] = queue.records
+    assert not outcome.succeeded and outcome.error == "internal error: UnicodeEncodeError"
+    assert delay is not None and delay == pytest.approx(5, rel=JITTER)
+
+
+def test_production_wants_https_even_where_private_addresses_are_allowed():
+    env = {"APP_ENV": "production", "DATABASE_URL": "postgresql://saypi@127.0.0.1/saypi",
+           "USER_SECRETS": "k1:" + "a" * 64, "WEBHOOK_ALLOW_PRIVATE": "true",
+           "WEBHOOK_RESOLVE": "hooks.inside=10.0.0.1"}
+    policy = outbound_policy(Config.from_env(env, ["relay"]))
+    assert policy.problem("http://hooks.inside/x") == "must be an absolute https URL"
+    assert policy.problem("https://hooks.inside/x") is None  # private, as allowed
+    development = outbound_policy(Config.from_env(
+        {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_RESOLVE": "hooks.inside=10.0.0.1"}, []))
+    assert development.problem("http://hooks.inside/x") is None
+
+
+@pytest.mark.parametrize("address", ["2002:7f00:1::1", "2002:a00:1::", "2002:a9fe:a9fe::1",
+                                     "2001:0:4136:e378:8000:63bf:80ff:fffe",
+                                     "2001:0:4136:e378:8000:63bf:f5ff:fffe"])
+def test_6to4_and_teredo_addresses_carrying_inside_ones_are_refused(address):
+    problem = address_problem(address, allow_private=False)
+    assert problem is not None and problem.startswith(f"resolves to {address}")
+    assert address_problem(address, allow_private=True) is None
+
+
+def test_6to4_carrying_a_public_address_passes():
+    assert address_problem("2002:5db8:d822::1", allow_private=False) is None
+    assert "carrying 127.0.0.1" in address_problem("2002:7f00:1::1", allow_private=False)

@@ -29,6 +29,10 @@ from app.store.event_feed import EventFeed
 from app.store.events import conversation_seq_upto
 from app.store.users import DeletionWatch
 
+# A channel quiet this long after its last publish gets its seal (_seal_quiet_channels);
+# the seals wait for at most this many channels (the oldest is dropped beyond).
+SEAL_AFTER_SECONDS = 1.0
+MAX_UNSEALED = 100_000
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -142,10 +146,13 @@ class PushpinPublisher:
         self.renderer = renderer
         self.metrics = metrics
         self.batch_size = batch_size
+        # channel -> (its last published id, when): the channels to seal once quiet.
+        self._unsealed: dict[str, tuple[str, float]] = {}
 
     def step(self) -> bool:
         with self.feed.batch(self.batch_size) as batch:
             if batch is None or not batch.events:
+                self._seal_quiet_channels()
                 return False
             items: list[dict[str, Any]] = []
             # The last event of each (user, conversation) in this batch: the next one's prev.
@@ -175,7 +182,36 @@ class PushpinPublisher:
             now = time.time()
             self.metrics.published(self.client.base_url, [
                 max(0.0, now - event.created_at.timestamp()) for event in batch.events])
+            for item in items:
+                self._unsealed.pop(item["channel"], None)  # newest last, for the seal's order
+                self._unsealed[item["channel"]] = (item["id"], time.monotonic())
+            while len(self._unsealed) > MAX_UNSEALED:
+                self._unsealed.pop(next(iter(self._unsealed)))
             return True
+
+    def _seal_quiet_channels(self) -> None:
+        """Publish once more, to each channel quiet for SEAL_AFTER_SECONDS, a comment with
+        id and prev-id both its last event's id. A subscription Pushpin registered just
+        after that event's publish (its hold named the event before) sees the prev-id
+        differ from its own and recovers through its link at once; one that has the event
+        gets a comment. Without this, such a subscriber would wait for the channel's next
+        event or the link's timeout."""
+        quiet_since = time.monotonic() - SEAL_AFTER_SECONDS
+        items: list[dict[str, Any]] = []
+        for channel, (last, published_at) in self._unsealed.items():
+            if published_at > quiet_since:
+                break  # in publishing order: the rest are newer
+            items.append({"channel": channel, "id": last, "prev-id": last,
+                          "formats": {"http-stream": {"content": ":\n\n"}}})
+        if not items:
+            return
+        try:
+            self.client.publish(items)
+        except PublishFailed:
+            self.metrics.failed(self.client.base_url)
+            return  # sealed at the next idle step
+        for item in items:
+            self._unsealed.pop(item["channel"], None)
 
     def close(self) -> None:
         self.client.close()

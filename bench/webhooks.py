@@ -194,8 +194,12 @@ def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]
 
 def webhooks(env: Mapping[str, str]) -> int:
     bench_settings = BenchSettings.from_env(env)
-    settings = {"WEBHOOK_ALLOW_PRIVATE": "true", "WEBHOOK_THREADS": "4",
-                "LOG_LEVEL": "WARNING", "MAX_LINES_PER_CONVERSATION": "100000"}
+    # The receiver is plain http on loopback, which production refuses whatever
+    # WEBHOOK_ALLOW_PRIVATE says: the servers and relays here run in development mode,
+    # whose delivery path is the same.
+    settings = {"APP_ENV": "development", "WEBHOOK_ALLOW_PRIVATE": "true",
+                "WEBHOOK_THREADS": "4", "LOG_LEVEL": "WARNING",
+                "MAX_LINES_PER_CONVERSATION": "100000"}
 
     def work(bench: Bench) -> int:
         receiver = Receiver()

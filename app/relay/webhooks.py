@@ -186,25 +186,24 @@ def watched_connections(current: threading.local) -> tuple[
         if attempt is not None:
             attempt.watch(connection)
 
-    class Plain(urllib3.connection.HTTPConnection):
+    class Watched:
+        """Puts the connection under the attempt before connecting and sending (the socket
+        exists only after connect: once more then)."""
+
         def connect(self) -> None:
             watch(self)
-            super().connect()
+            super().connect()  # type: ignore[misc]
             watch(self)
 
         def request(self, *args: Any, **kwargs: Any) -> None:
             watch(self)
-            super().request(*args, **kwargs)
+            super().request(*args, **kwargs)  # type: ignore[misc]
 
-    class Secure(urllib3.connection.HTTPSConnection):
-        def connect(self) -> None:
-            watch(self)
-            super().connect()
-            watch(self)
+    class Plain(Watched, urllib3.connection.HTTPConnection):
+        pass
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
-            watch(self)
-            super().request(*args, **kwargs)
+    class Secure(Watched, urllib3.connection.HTTPSConnection):
+        pass
 
     return Plain, Secure
 

@@ -15,7 +15,6 @@ connections) share one listening socket made by uvicorn's parent process.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ from contextlib import asynccontextmanager
 # with postponed evaluation) in this module's globals.
 from fastapi import FastAPI, Request, Response
 
-from bench.reference_apps import GET_WITH_LINES, JSON_TYPE, _timestamp
+from bench.reference_apps import GET_WITH_LINES, JSON_TYPE, conversation_body
 
 NOT_FOUND = b'{"code":"not_found"}'
 
@@ -74,15 +73,7 @@ def create_app():
             rows = await cursor.fetchall()
         if not rows:
             return Response(NOT_FOUND, status_code=404, media_type=JSON_TYPE)
-        first = rows[0]
-        lines = [{"id": f"ln_{r[3]:016x}", "animal": r[4], "think": r[5], "mood": r[8],
-                  "text": r[6], "output": output(r[4], r[9], r[10], r[5], r[6]),
-                  "created_at": _timestamp(r[7])}
-                 for r in rows if r[3] is not None]
-        body = {"id": f"cv_{first[0]:016x}", "heading": first[1],
-                "created_at": _timestamp(first[2]), "lines": lines}
-        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-                        media_type=JSON_TYPE)
+        return Response(conversation_body(rows, output), media_type=JSON_TYPE)
 
     @app.get("/ready")
     async def ready() -> Response:

@@ -61,6 +61,19 @@ def hello_app() -> Flask:
     return app
 
 
+def conversation_body(rows, output) -> bytes:
+    """SayPI's JSON of one conversation from GET_WITH_LINES' rows (at least one), each
+    line's art from `output(animal, eyes, tongue, think, text)`: both reference apps."""
+    first = rows[0]
+    lines = [{"id": f"ln_{r[3]:016x}", "animal": r[4], "think": r[5], "mood": r[8],
+              "text": r[6], "output": output(r[4], r[9], r[10], r[5], r[6]),
+              "created_at": _timestamp(r[7])}
+             for r in rows if r[3] is not None]
+    body = {"id": f"cv_{first[0]:016x}", "heading": first[1],
+            "created_at": _timestamp(first[2]), "lines": lines}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def _timestamp(value) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -96,15 +109,7 @@ def read_app(config, dsn: str) -> Flask:
             rows = conn.execute(GET_WITH_LINES, (rid, user_id)).fetchall()
         if not rows:
             return Response(b'{"code":"not_found"}', status=404, content_type=JSON_TYPE)
-        first = rows[0]
-        lines = [{"id": f"ln_{r[3]:016x}", "animal": r[4], "think": r[5], "mood": r[8],
-                  "text": r[6], "output": output(r[4], r[9], r[10], r[5], r[6]),
-                  "created_at": _timestamp(r[7])}
-                 for r in rows if r[3] is not None]
-        body = {"id": f"cv_{first[0]:016x}", "heading": first[1],
-                "created_at": _timestamp(first[2]), "lines": lines}
-        return Response(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode(),
-                        content_type=JSON_TYPE)
+        return Response(conversation_body(rows, output), content_type=JSON_TYPE)
 
     @app.get("/ready")
     def ready() -> Response:

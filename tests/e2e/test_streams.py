@@ -50,6 +50,12 @@ class Reader:
         finally:
             self.ended.set()
 
+    def wait_for_first(self, seconds: float) -> None:
+        """Until the first message arrived, or `seconds` passed."""
+        deadline = time.monotonic() + seconds
+        while not self.messages and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def events(self) -> list[dict[str, Any]]:
         return events_of(list(self.messages))
 
@@ -110,9 +116,7 @@ def test_direct_streams_are_bounded_per_worker_and_in_time_and_the_api_keeps_ans
     readers = [Reader(me), Reader(me)]
     try:
         for reader in readers:
-            deadline = time.monotonic() + 10
-            while not reader.messages and time.monotonic() < deadline:
-                time.sleep(0.02)
+            reader.wait_for_first(10)
             assert reader.messages, "the stream did not start"
         with pytest.raises(ServiceUnavailableError) as refused:
             next(me.stream_events())
@@ -142,9 +146,7 @@ def test_a_deleted_users_direct_stream_ends(start_server):
     me = anonymous.with_token(user["token"])
     me.create_conversation("soon gone")
     reader = Reader(me)
-    deadline = time.monotonic() + 10
-    while not reader.messages and time.monotonic() < deadline:
-        time.sleep(0.02)
+    reader.wait_for_first(10)
     me.delete_user(user["id"])
     assert reader.ended.wait(10), "the deleted user's stream is still open"
 
@@ -154,9 +156,7 @@ def test_a_stopping_worker_ends_its_direct_streams_at_once(start_server):
                           GRACEFUL_TIMEOUT="30")
     me = new_user(server)
     reader = Reader(me)
-    deadline = time.monotonic() + 10
-    while not reader.messages and time.monotonic() < deadline:
-        time.sleep(0.02)
+    reader.wait_for_first(10)
     assert reader.messages
     stopped = time.monotonic()
     server.signal(signal.SIGTERM)
@@ -221,9 +221,7 @@ def test_the_stream_route_is_documented_and_counts_open_streams(start_server):
                           WEB_CONCURRENCY="1")
     me = new_user(server)
     reader = Reader(me)
-    deadline = time.monotonic() + 10
-    while not reader.messages and time.monotonic() < deadline:
-        time.sleep(0.02)
+    reader.wait_for_first(10)
     metrics = httpx.get(server.url + "/metrics").text
     assert "streams_direct_open 1.0" in metrics
     assert reader.ended.wait(10)
@@ -489,9 +487,7 @@ def test_through_pushpin_another_users_conversation_is_404_and_a_deleted_users_s
     with pytest.raises(NotFoundError):
         next(me.stream_events(conversation=theirs["id"]))
     reader = Reader(me)
-    deadline = time.monotonic() + 15
-    while not reader.messages and time.monotonic() < deadline:
-        time.sleep(0.02)
+    reader.wait_for_first(15)
     assert reader.messages
     me.delete_user(user["id"])
     assert reader.ended.wait(20), "the deleted user's stream is still held"

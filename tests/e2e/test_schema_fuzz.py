@@ -56,6 +56,7 @@ LINK_TARGETS = {
     "POST /conversations/{conversation_id}/lines/batch",
     "GET /conversations/{conversation_id}/lines/{line_id}",
     "DELETE /conversations/{conversation_id}/lines/{line_id}", "DELETE /moods/{name}",
+    "GET /webhook_endpoints/{endpoint_id}", "GET /webhook_endpoints/{endpoint_id}/deliveries",
 }
 _VALID_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 

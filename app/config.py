@@ -345,6 +345,10 @@ class Config:
     webhook_disable_after_hours: float = setting(
         "WEBHOOK_DISABLE_AFTER_HOURS", _float(0.0001, 8760), 72.0,
         "hours of nothing but failures after which an endpoint is disabled")
+    webhook_dns_seconds: float = setting(
+        "WEBHOOK_DNS_SECONDS", _float(0.05, 60), 2.0,
+        "seconds a webhook host's name may take to resolve (on creation and before each "
+        "delivery); a slower name is refused")
     webhook_resolve: tuple[tuple[str, str], ...] = setting(
         "WEBHOOK_RESOLVE", _key_values, (),
         "host=address pairs resolved without DNS (as curl's --resolve), for tests")

@@ -541,7 +541,7 @@ def outbound_policy(config: Config) -> OutboundPolicy:
     """Where webhooks may go: https only in production (whatever WEBHOOK_ALLOW_PRIVATE says),
     private addresses only when allowed."""
     return OutboundPolicy(config.production, config.webhook_allow_private,
-                          resolver(dict(config.webhook_resolve)))
+                          resolver(dict(config.webhook_resolve), config.webhook_dns_seconds))
 
 
 def build_cluster(config: Config, logger: logging.Logger, primary: Database,

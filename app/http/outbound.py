@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -25,15 +27,58 @@ class Destination(NamedTuple):
     addresses: tuple[str, ...]  # every address the host resolved to, each checked
 
 
-def resolver(static: Mapping[str, str]) -> Resolver:
-    """getaddrinfo, after the `static` host=address pairs (WEBHOOK_RESOLVE)."""
+class SlowName(OSError):
+    """A name that did not resolve within the resolver's time limit."""
+
+
+Lookup = Callable[[str, int], list[str]]
+
+
+def system_lookup(host: str, port: int) -> list[str]:
+    """The system resolver's addresses for `host` (getaddrinfo), each once, in its order."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def resolver(static: Mapping[str, str], seconds: float, at_once: int = 8,
+             lookup: Lookup = system_lookup) -> Resolver:
+    """`lookup` after the `static` host=address pairs (WEBHOOK_RESOLVE), bounded in time.
+
+    getaddrinfo has no timeout of its own (the system's can be tens of seconds), and a
+    name is resolved in a request (an endpoint's creation) as well as before each delivery:
+    so each lookup runs on a thread of its own and its caller waits at most `seconds`
+    (SlowName after). A lookup that outlives its caller keeps its thread until the system
+    gives up; at most `at_once` such threads exist, and a caller that finds none free
+    waits for one within the same `seconds`. The threads are daemons: a stuck lookup
+    never holds up a stopping process."""
     static = {ascii_host(host.lower()) or host: address for host, address in static.items()}
+    slots = threading.BoundedSemaphore(at_once)
 
     def resolve(host: str, port: int) -> list[str]:
         if host in static:
             return [static[host]]
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        deadline = time.monotonic() + seconds
+        if not slots.acquire(timeout=seconds):
+            raise SlowName(f"no free lookup within {seconds:g} s")
+        answer: list[list[str] | BaseException] = []
+        done = threading.Event()
+
+        def look() -> None:
+            try:
+                answer.append(lookup(host, port))
+            except BaseException as exc:  # handed to the waiting caller
+                answer.append(exc)
+            finally:
+                slots.release()
+                done.set()
+
+        threading.Thread(target=look, name="resolve", daemon=True).start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            raise SlowName(f"did not resolve within {seconds:g} s")
+        result = answer[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     return resolve
 
@@ -85,6 +130,8 @@ def destination(url: str, allow_private: bool, resolve: Resolver
     literal = _literal(host)
     try:
         addresses = [literal] if literal else resolve(host, port)
+    except SlowName:
+        return None, f"has a host that does not resolve in time ({host})"
     except (OSError, UnicodeError):
         return None, f"has a host that does not resolve ({host})"
     if not addresses:

@@ -698,7 +698,7 @@ def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, 
             ahead = datetime.now(UTC) + timedelta(hours=1)
             skewed = WebhookDelivery(
                 9, WebhookQueue(db, Breaker(5, 60, timedelta(hours=72))),
-                Sender(OutboundPolicy(False, True, resolver({})), 5.0, "skewed", 1),
+                Sender(OutboundPolicy(False, True, resolver({}, 5.0)), 5.0, "skewed", 1),
                 (0.3,), WebhookMetrics(CollectorRegistry()), logging.getLogger("test.skew"),
                 IdleGate(0.05), clock=lambda: ahead)
             assert not skewed.step()  # the lease has seconds to run on the database's clock

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,7 +30,7 @@ from app.domain.webhooks import (
     retry_delay,
     sign,
 )
-from app.http.outbound import OutboundPolicy, resolver
+from app.http.outbound import OutboundPolicy, SlowName, resolver
 from app.relay.webhooks import (
     IdleGate,
     WebhookDelivery,
@@ -162,7 +164,55 @@ def test_internationalised_hosts_go_out_in_their_idna_form():
     assert (dest.host, dest.addresses) == ("xn--r8jz45g.jp", ("93.184.216.34",))
     assert policy.problem(f"https://{'例' * 70}.jp/hook") == \
         "must name a host that has an IDNA (ASCII) form"
-    assert resolver({"例え.jp": "93.184.216.34"})("xn--r8jz45g.jp", 443) == ["93.184.216.34"]
+    assert resolver({"例え.jp": "93.184.216.34"}, 1.0)("xn--r8jz45g.jp", 443) == \
+        ["93.184.216.34"]
+
+
+class StuckLookup:
+    """A system resolver that answers only when the test lets it, counting its calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.answer = threading.Event()
+
+    def __call__(self, host, port):
+        self.calls += 1
+        self.answer.wait()
+        return ["93.184.216.34"]
+
+
+def test_a_name_that_resolves_too_slowly_is_refused_and_frees_its_thread_later():
+    lookup = StuckLookup()
+    resolve = resolver({}, 0.05, at_once=2, lookup=lookup)
+    policy = OutboundPolicy(https_only=True, allow_private=False, resolve=resolve)
+    assert policy.problem("https://slow.example/hook") == \
+        "has a host that does not resolve in time (slow.example)"
+    with pytest.raises(SlowName):
+        resolve("slow.example", 443)
+    # Both threads are held by lookups still under way: a third caller is refused
+    # without starting another.
+    with pytest.raises(SlowName):
+        resolve("slow.example", 443)
+    assert lookup.calls == 2
+    lookup.answer.set()
+    for _ in range(200):  # the stuck lookups finish and hand their threads back
+        try:
+            assert resolve("slow.example", 443) == ["93.184.216.34"]
+            break
+        except SlowName:
+            continue
+    else:
+        raise AssertionError("the lookup threads never came back")
+
+
+def test_a_lookup_error_reads_as_a_host_that_does_not_resolve():
+    def failing(host, port):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    policy = OutboundPolicy(https_only=False, allow_private=False,
+                            resolve=resolver({}, 1.0, lookup=failing))
+    assert policy.problem("http://nowhere.example/x") == \
+        "has a host that does not resolve (nowhere.example)"
 
 
 class Recorded:

@@ -157,9 +157,16 @@ def pgbouncer(pg_cluster) -> Iterator:
 
 def replicated_env(pg_cluster, redis_url: str) -> dict[str, str]:
     """Settings for a SayPI on a fresh database of the cluster: reads on the standby,
-    hot state in the Redis at `redis_url`."""
+    hot state in the Redis at `redis_url`.
+
+    REDIS_TIMEOUT is 2 s, not the production 0.1: on a loaded machine a healthy Redis
+    can take longer than 0.1 s to answer, which SayPI rightly treats as an outage (rate
+    limits fail open, reads go to the primary), and a test of exact limits or of replica
+    routing would then see the fallback, not what it tests. The outage tests set their
+    own timeout."""
     primary, standby = pg_cluster.create_database(f"saypi_r_{uuid.uuid4().hex[:10]}")
-    return {"DATABASE_URL": primary, "DATABASE_REPLICA_URLS": standby, "REDIS_URL": redis_url}
+    return {"DATABASE_URL": primary, "DATABASE_REPLICA_URLS": standby, "REDIS_URL": redis_url,
+            "REDIS_TIMEOUT": "2"}
 
 
 def pgbouncer_env(pg_cluster, pgbouncer) -> dict[str, str]:

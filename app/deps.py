@@ -428,6 +428,7 @@ class _Wiring:
 
         def purge_events() -> None:
             events.purge_expired()
+            events.purge_deleted_users()
             age = events.oldest_age()
             oldest_event[0] = 0.0 if age is None else time.time() - age
 

@@ -8,6 +8,7 @@ all in one statement: docs/events.md says why that orders events by commit.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -244,6 +245,30 @@ class EventRepository:
             purged += count
             if count < batch:
                 break
+        return purged
+
+    def purge_deleted_users(self, batch: int = 5000, seconds: float = 1.0) -> int:
+        """Delete the events of deleted users (`deleted_users`), `batch` rows per statement,
+        for at most about `seconds` per call (the janitor calls again); a user whose events
+        are all gone leaves the table. Janitors of other processes may take the same user:
+        each skips the rows another is deleting."""
+        purged, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            with self.db.connection() as conn:
+                row = conn.execute("SELECT user_id FROM deleted_users ORDER BY deleted_at "
+                                   "LIMIT 1").fetchone()
+                if row is None:
+                    break
+                count = conn.execute(
+                    "DELETE FROM events WHERE ctid = ANY (ARRAY("
+                    "SELECT ctid FROM events WHERE user_id = %(user)s "
+                    "LIMIT %(batch)s FOR UPDATE SKIP LOCKED))",
+                    {"user": row[0], "batch": batch}).rowcount
+                if count < batch:
+                    conn.execute("DELETE FROM deleted_users WHERE user_id = %(user)s AND NOT "
+                                 "EXISTS (SELECT 1 FROM events WHERE user_id = %(user)s)",
+                                 {"user": row[0]})
+            purged += count
         return purged
 
     def oldest_age(self) -> float | None:

@@ -98,18 +98,22 @@ class UserRepository:
         by cascade their moods: deleted in one statement, PostgreSQL checks
         lines_mood_id_fkey as the moods' cascade runs, before the lines'
         cascade (two levels down, through conversations) has removed the
-        lines that use them. The user row is locked first, so no conversation
-        can be created in between (creation increments its counter).
+        lines that use them. Their events go later, outside the request. The
+        user row is locked first, so no conversation can be created in between
+        (creation increments its counter).
         """
         with self.db.write_transaction(user_id) as conn:
             if conn.execute("SELECT 1 FROM users WHERE id = %s FOR UPDATE",
                             (user_id,)).fetchone() is None:
                 return False
             conn.execute("DELETE FROM conversations WHERE user_id = %s", (user_id,))
-            # Events have no foreign key (a check per event row would cost every
-            # write); the user's row lock keeps any from being written meanwhile.
-            conn.execute("WITH events_gone AS (DELETE FROM events WHERE user_id = %(id)s) "
-                         "DELETE FROM users WHERE id = %(id)s", {"id": user_id})
+            # Events have no foreign key (a check per event row would cost every write),
+            # and a busy user's can be millions of rows: no request deletes them, the
+            # janitor does (EventLog.purge_deleted_users), in bounded batches. The user's
+            # row lock keeps any from being written meanwhile; none is written after.
+            conn.execute("WITH gone AS (DELETE FROM users WHERE id = %(id)s RETURNING id) "
+                         "INSERT INTO deleted_users (user_id) SELECT id FROM gone "
+                         "ON CONFLICT (user_id) DO NOTHING", {"id": user_id})
             conn.execute("SELECT pg_notify(%s, %s)", (DELETED_CHANNEL, str(user_id)))
         return True
 

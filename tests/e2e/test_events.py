@@ -236,18 +236,46 @@ def test_retention_boundary_and_purge(server):
     assert client.get_conversation(convo["id"])["heading"] == "Old"
 
 
+def event_rows(server: Server, user_id: int) -> int:
+    with psycopg.connect(server.env["DATABASE_URL"]) as conn:
+        return conn.execute("SELECT count(*) FROM events WHERE user_id = %s",
+                            (user_id,)).fetchone()[0]
+
+
 def test_deleting_a_user_deletes_their_events(server):
     client, user = new_client(server)
     client.create_conversation("Soon gone", lines=[LINE])
     user_id = int(user["id"].split("_")[1], 16)
-    with psycopg.connect(server.env["DATABASE_URL"]) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE user_id = %s",
-                            (user_id,)).fetchone()[0] == 2
+    assert event_rows(server, user_id) == 2
     client.delete_user(user["id"])
-    with psycopg.connect(server.env["DATABASE_URL"]) as conn:
-        assert conn.execute("SELECT count(*) FROM events WHERE user_id = %s",
-                            (user_id,)).fetchone()[0] == 0
     assert client.request("GET", "/events").status_code == 401
+    # The janitor (every 0.5 s here) deletes them, outside the request.
+    assert eventually(lambda: event_rows(server, user_id) == 0, 20)
+
+
+def test_deleting_a_busy_user_does_not_wait_for_their_events(server):
+    """Twelve thousand event rows (more than two of the janitor's batches, seeded straight
+    into the table, as a busy user's year would be), and another session holding locks on
+    them: deleting the user answers at once (a deletion of the events in the request would
+    wait for those locks until the statement timeout), then the janitor deletes them all."""
+    client, user = new_client(server)
+    client.create_conversation("Busy", lines=[LINE])
+    user_id = int(user["id"].split("_")[1], 16)
+    dsn = server.env["DATABASE_URL"]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO events (user_id, seq, last_seq, type, conversation, data) "
+                     "SELECT %s, g, g, 'user.updated', NULL, '[]' "
+                     "FROM generate_series(1000, 12999) g", (user_id,))
+    with psycopg.connect(dsn) as holder:  # one transaction, until the block ends
+        holder.execute("SELECT 1 FROM events WHERE user_id = %s AND seq < 2000 FOR UPDATE",
+                       (user_id,))
+        client.delete_user(user["id"])
+        assert client.request("GET", "/events").status_code == 401
+        assert event_rows(server, user_id) > 1000  # what the holder locks is still there
+    assert eventually(lambda: event_rows(server, user_id) == 0, 30)
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM deleted_users WHERE user_id = %s",
+                            (user_id,)).fetchone()[0] == 0
 
 
 def test_metrics_count_events_by_type_and_the_oldest_age(server):

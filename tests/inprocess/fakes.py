@@ -363,6 +363,9 @@ class FakeEvents:
     def purge_expired(self) -> int:
         return 0
 
+    def purge_deleted_users(self) -> int:
+        return 0
+
     def oldest_age(self) -> float | None:
         return None
 

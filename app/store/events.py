@@ -72,6 +72,18 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _COLUMNS = "seq, last_seq, type, conversation, created_at, data"
 _CUTOFF = "now() - make_interval(hours => %(retention_hours)s)"
+# The janitor's deletions, `batch` rows a statement; rows another janitor (of another
+# process) is deleting are skipped, not waited for.
+_PURGE_EXPIRED = ("DELETE FROM events WHERE ctid = ANY (ARRAY("
+                  f"SELECT ctid FROM events WHERE created_at < {_CUTOFF} "
+                  "ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED))")
+_PURGE_DELETED_USERS = """
+DELETE FROM events WHERE ctid = ANY (ARRAY(
+    SELECT gone.ctid FROM deleted_users d
+    CROSS JOIN LATERAL (SELECT ctid FROM events WHERE user_id = d.user_id
+                        LIMIT %(batch)s FOR UPDATE SKIP LOCKED) gone
+    LIMIT %(batch)s))
+"""
 
 
 def _items(filtered: bool, conversation: bool, backward: bool) -> str:
@@ -231,45 +243,33 @@ class EventRepository:
             return None
         return _events(user_id, row)[seq - row[0]]
 
-    def purge_expired(self, batch: int = 1000, batches: int = 10) -> int:
-        """Delete events older than the retention, oldest first, `batch` rows per statement
-        and at most `batches` statements per call (the janitor calls again)."""
-        purged = 0
-        for _ in range(batches):
-            with self.db.connection() as conn:
-                count = conn.execute(
-                    "DELETE FROM events WHERE ctid = ANY (ARRAY("
-                    f"SELECT ctid FROM events WHERE created_at < {_CUTOFF} "
-                    "ORDER BY created_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED))",
-                    {"retention_hours": self.retention_hours, "batch": batch}).rowcount
-            purged += count
-            if count < batch:
-                break
-        return purged
+    def purge_expired(self, batch: int = 5000, seconds: float = 1.0) -> int:
+        """Delete events older than the retention, oldest first, `batch` rows per statement,
+        for about `seconds` at most per call (the janitor calls again)."""
+        return self._purge(_PURGE_EXPIRED, {"retention_hours": self.retention_hours,
+                                            "batch": batch}, batch, seconds)
 
     def purge_deleted_users(self, batch: int = 5000, seconds: float = 1.0) -> int:
-        """Delete the events of deleted users (`deleted_users`), `batch` rows per statement,
-        for at most about `seconds` per call (the janitor calls again); a user whose events
-        are all gone leaves the table. Janitors of other processes may take the same user:
-        each skips the rows another is deleting."""
-        purged, deadline = 0, time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            with self.db.connection() as conn:
-                row = conn.execute("SELECT user_id FROM deleted_users ORDER BY deleted_at "
-                                   "LIMIT 1").fetchone()
-                if row is None:
-                    break
-                count = conn.execute(
-                    "DELETE FROM events WHERE ctid = ANY (ARRAY("
-                    "SELECT ctid FROM events WHERE user_id = %(user)s "
-                    "LIMIT %(batch)s FOR UPDATE SKIP LOCKED))",
-                    {"user": row[0], "batch": batch}).rowcount
-                if count < batch:
-                    conn.execute("DELETE FROM deleted_users WHERE user_id = %(user)s AND NOT "
-                                 "EXISTS (SELECT 1 FROM events WHERE user_id = %(user)s)",
-                                 {"user": row[0]})
-            purged += count
+        """Delete the events of deleted users (`deleted_users`) as purge_expired does; a user
+        whose events are all gone then leaves the table."""
+        purged = self._purge(_PURGE_DELETED_USERS, {"batch": batch}, batch, seconds)
+        with self.db.connection() as conn:
+            conn.execute("DELETE FROM deleted_users d WHERE NOT EXISTS "
+                         "(SELECT 1 FROM events e WHERE e.user_id = d.user_id)")
         return purged
+
+    def _purge(self, statement: str, params: dict[str, Any], batch: int,
+               seconds: float) -> int:
+        """Run a deleting statement until it deletes less than `batch` rows (nothing more to
+        do now: the rest, if any, is locked by another janitor) or `seconds` have passed.
+        A statement's own transaction each, so no lock is held long."""
+        purged, deadline = 0, time.monotonic() + seconds
+        while True:
+            with self.db.connection() as conn:
+                count = conn.execute(statement, params).rowcount
+            purged += count
+            if count < batch or time.monotonic() >= deadline:
+                return purged
 
     def oldest_age(self) -> float | None:
         """Seconds since the oldest event kept was written (None: no events)."""

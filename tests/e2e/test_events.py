@@ -11,8 +11,10 @@ import psycopg
 import pytest
 
 from app.client import Client, InvalidParamsError, NotFoundError
+from app.store.events import EventRepository
 from harness.saypi import Server, server_env
 from tests.conftest import eventually, metric_total
+from tests.e2e.test_ratelimit_store import open_db
 
 LINE = {"animal": "default", "mood": "tired", "text": "Moo."}
 
@@ -348,3 +350,26 @@ def test_a_batchs_events_page_one_by_one_whatever_the_filter(server):
             assert before.has_more == (i > 1)
     for event in every:
         assert client.get_event(event["id"]) == event
+
+
+def test_one_janitor_round_purges_until_nothing_is_left_within_its_time(postgres):
+    """25,000 expired rows and 10 kept: one call, 1,000 rows a statement, deletes every
+    expired row (the round used to stop after 10 statements, 10,000 rows, whatever was
+    left), and nothing younger than the retention."""
+    dsn = postgres.new_database()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO events (user_id, seq, last_seq, type, conversation, data, "
+                     "created_at) SELECT 5, g, g, 'user.updated', NULL, '[]', "
+                     "now() - interval '2 hours' FROM generate_series(1, 25000) g")
+        conn.execute("INSERT INTO events (user_id, seq, last_seq, type, conversation, data) "
+                     "SELECT 5, g, g, 'user.updated', NULL, '[]' "
+                     "FROM generate_series(25001, 25010) g")
+    db = open_db(dsn)
+    try:
+        assert EventRepository(db, retention_hours=1).purge_expired(
+            batch=1000, seconds=60) == 25000
+    finally:
+        db.close()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT min(seq), count(*) FROM events").fetchone() == (25001, 10)
+

@@ -14,7 +14,6 @@ import httpx
 import psycopg
 import pytest
 
-from app.api.streams import LINK_TIMEOUT_SECONDS
 from app.client import (
     Client,
     NotFoundError,
@@ -367,7 +366,6 @@ def test_through_pushpin_streams_hold_no_saypi_thread(live):
         me.close()
 
 
-@pytest.mark.timeout(LINK_TIMEOUT_SECONDS + 120)
 def test_exact_resume_under_churn_with_a_pushpin_restart(live):
     import random
 
@@ -436,10 +434,11 @@ def test_exact_resume_under_churn_with_a_pushpin_restart(live):
     assert len(log) > 50
     final.append(log[-1])
     done.set()
-    # Every subscriber reaches the log's end: almost always within seconds (the relay
-    # seals a quiet channel, docs/streams.md), at the latest when Pushpin asks the
-    # recovery link of a subscription that missed the last event (its timeout).
-    deadline = time.monotonic() + LINK_TIMEOUT_SECONDS + 30
+    # Every subscriber reaches the log's end within seconds: one that subscribed just after
+    # the last events were published (its hold named an earlier one) recovers when the relay
+    # seals the quiet channel a second later (docs/streams.md), not when Pushpin asks its
+    # recovery link 300 s later.
+    deadline = time.monotonic() + 60
     for thread in threads[2:]:
         thread.join(max(0.0, deadline - time.monotonic()))
     me.close()

@@ -449,6 +449,33 @@ def test_exact_resume_under_churn_with_a_pushpin_restart(live):
     print(f"churn: {len(log)} events, {sum(connections)} connections")
 
 
+def test_a_seal_reaches_a_held_stream(live):
+    """The relay's seal of a quiet channel repeats its last event's id as id and prev-id;
+    Pushpin delivers it only with its id cache off (deploy/pushpin/pushpin.conf), else a
+    stream that missed the last event would wait for its link's timeout."""
+    from app.domain import ids
+    from app.http.grip import user_channel
+
+    me, user = live.user()
+    reader = Reader(me)
+    try:
+        reader.wait_for_first(15)
+        me.create_conversation("sealed")
+        (event,) = reader.wait_events(1)
+        item = {"channel": user_channel(ids.decode(ids.USER, user["id"])),
+                "id": event["id"], "prev-id": event["id"],
+                "formats": {"http-stream": {"content": ": seal probe\n\n"}}}
+        assert httpx.post(live.pushpin.publish_url + "/publish/",
+                          json={"items": [item]}).status_code == 200
+        deadline = time.monotonic() + 15
+        while {"comment": "seal probe"} not in reader.messages \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert {"comment": "seal probe"} in reader.messages
+    finally:
+        me.close()
+
+
 def test_a_forged_or_missing_grip_sig_never_gets_hold_instructions(live):
     import jwt
 

@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
-import selectors
 import shutil
-import socket
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
+from bench.crowd import Crowd, CrowdFigures, raise_open_files
 from bench.postgres import open_database
 from bench.scenarios import build_request_files
 from bench.seed import seed
-from bench.servers import Server, base_env, python
-from bench.wrk import ensure_wrk, run_wrk
+from bench.servers import Server, base_env, children_of, cpu_seconds, python
+from bench.wrk import WrkResult, ensure_wrk, run_wrk
 from harness import ROOT
 from harness.pushpin import Pushpin, ensure_pushpin
 from harness.saypi import Server as Relay
@@ -37,111 +36,7 @@ from harness.services import free_port
 
 RESULTS = ROOT / "bench-results"
 KNOBS = {"LIVE_IDLE": "10000", "LIVE_FANOUT": "1000", "LIVE_RATE": "50", "LIVE_SECONDS": "10",
-         "LIVE_WORKERS": "2", "LIVE_THREADS": "4"}
-_CREATED = re.compile(rb'"type":"line\.created","created_at":"([^"]+)"')
-
-
-def _epoch(text: bytes) -> float:
-    return datetime.strptime(text.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=UTC).timestamp()
-
-
-class Crowd:
-    """Many stream connections on one selector thread: opened in batches, each reading what
-    Pushpin sends; fan-out subscribers note when each line.created event arrives."""
-
-    def __init__(self, host: str, port: int):
-        self.address = (host, port)
-        self.selector = selectors.DefaultSelector()
-        self.open = 0
-        self.answered = 0
-        self.failed = 0
-        self.refusals: dict[str, int] = {}  # status lines of the streams that were refused
-        self.latencies: list[float] = []
-        self._buffers: dict[socket.socket, bytes] = {}
-        self._watch: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def connect(self, path: str, token: str, watch: bool) -> None:
-        sock = socket.create_connection(self.address, timeout=10)
-        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: live\r\nAccept: text/event-stream\r\n"
-                      f"Authorization: Bearer {token}\r\n\r\n").encode())
-        sock.setblocking(False)
-        with self._lock:
-            self._buffers[sock] = b""
-            if watch:
-                self._watch.add(sock)
-            self.selector.register(sock, selectors.EVENT_READ)
-            self.open += 1
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                ready = self.selector.select(timeout=0.05) if self.open else []
-            if not ready:
-                time.sleep(0.01)
-            now = time.time()
-            for key, _ in ready:
-                sock = key.fileobj
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b""
-                if not data:
-                    self._drop(sock)
-                    continue
-                buffered = self._buffers.get(sock, b"")
-                if buffered is not None and not buffered.startswith(b"HTTP/1.1 200"):
-                    buffered += data
-                    if len(buffered) >= 12:
-                        if buffered.startswith(b"HTTP/1.1 200"):
-                            self.answered += 1
-                        else:
-                            self.failed += 1
-                            status = buffered.split(b"\r\n", 1)[0][9:].decode(errors="replace")
-                            self.refusals[status] = self.refusals.get(status, 0) + 1
-                            self._drop(sock)
-                            continue
-                    self._buffers[sock] = buffered[:12]
-                if sock in self._watch:
-                    for match in _CREATED.finditer(data):
-                        self.latencies.append(now - _epoch(match.group(1)))
-
-    def _drop(self, sock: socket.socket) -> None:
-        with self._lock:
-            try:
-                self.selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            self._buffers.pop(sock, None)
-            self._watch.discard(sock)
-            self.open -= 1
-        sock.close()
-
-    def open_many(self, count: int, path_of, watch: bool, wave: int = 250) -> None:
-        """`count` streams, `wave` at a time, each wave answered (or 15 s) before the next:
-        clients arrive over seconds, not in one instant (zurl takes 2,000 requests at once)."""
-        for first in range(0, count, wave):
-            goal = min(count, first + wave)
-            for n in range(first, goal):
-                try:
-                    self.connect(*path_of(n), watch=watch)
-                except OSError:
-                    self.failed += 1
-            deadline = time.monotonic() + 15
-            while self.answered + self.failed < goal and time.monotonic() < deadline:
-                time.sleep(0.02)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for sock in list(self._buffers):
-            sock.close()
+         "LIVE_WORKERS": "2", "LIVE_THREADS": "4", "LIVE_CLIENTS": "2"}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -151,17 +46,102 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _access(log: Path) -> list[tuple[str, float]]:
+    """(route, duration ms) of each stream request SayPI answered 200, in order."""
+    text = log.read_text(errors="replace")
+    return [(m.group(1), float(m.group(2))) for m in re.finditer(
+        r'"route": "(/events/stream(?:/next)?)", "status": 200, "duration_ms": ([0-9.]+)',
+        text)]
+
+
+def _direct_open(url: str) -> float | None:
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    found = re.search(r"^streams_direct_open (\S+)", metrics, re.MULTILINE)
+    return float(found.group(1)) if found else None
+
+
+def _tree_cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process and its children, by command name."""
+    out: dict[str, float] = {}
+    for label, pid in pids.items():
+        for each in [pid, *children_of(pid)]:
+            try:
+                with open(f"/proc/{each}/comm") as handle:
+                    name = handle.read().strip()
+            except OSError:
+                continue
+            key = f"{label}:{name}" if name != label else label
+            out[key] = out.get(key, 0.0) + cpu_seconds(each)
+    return out
+
+
+def _lag(relay_url: str) -> tuple[float, float, dict[float, float]]:
+    """The relay's publish lag histogram (commit to Pushpin's accepting): sum, count,
+    cumulative count per upper bound."""
+    text = httpx.get(relay_url + "/metrics", timeout=10).text
+    total = sum(float(v) for v in re.findall(
+        r"^saypi_stream_publish_lag_seconds_sum\{[^}]*\} (\S+)", text, re.MULTILINE))
+    count = sum(float(v) for v in re.findall(
+        r"^saypi_stream_publish_lag_seconds_count\{[^}]*\} (\S+)", text, re.MULTILINE))
+    buckets: dict[float, float] = {}
+    for bound, value in re.findall(
+            r'^saypi_stream_publish_lag_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\S+)', text,
+            re.MULTILINE):
+        buckets[float(bound)] = buckets.get(float(bound), 0.0) + float(value)
+    return total, count, buckets
+
+
+def _lag_between(before: tuple, after: tuple) -> dict:
+    """Mean and the bucket bounds of p50 and p99 of the lags recorded between two reads."""
+    count = after[1] - before[1]
+    if count <= 0:
+        return {"events": 0}
+    cumulative = sorted((bound, after[2][bound] - before[2].get(bound, 0.0))
+                        for bound in after[2])
+
+    def bound_of(q: float) -> float:
+        return next((b for b, c in cumulative if c >= q * count), float("inf"))
+
+    return {"events": int(count), "mean_ms": round((after[0] - before[0]) / count * 1000, 1),
+            "p50_at_most_ms": bound_of(0.5) * 1000, "p99_at_most_ms": bound_of(0.99) * 1000}
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has spent busy (every process, ours or not)."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _crowd_dict(figures: CrowdFigures, wanted: int, open_seconds: float) -> dict:
+    return {"wanted": wanted, "held": figures.held, "failed": figures.failed,
+            "retried": figures.retried, "refusals": figures.refusals,
+            "open_seconds": round(open_seconds, 1)}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
 def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
     knobs = {name: float(env.get(name, default)) for name, default in KNOBS.items()}
     idle, fanout = int(knobs["LIVE_IDLE"]), int(knobs["LIVE_FANOUT"])
     rate, seconds = knobs["LIVE_RATE"], int(knobs["LIVE_SECONDS"])
     workers, threads = int(knobs["LIVE_WORKERS"]), int(knobs["LIVE_THREADS"])
-    say = lambda message: print(f"[live] {message}", flush=True)  # noqa: E731
+    clients = int(knobs["LIVE_CLIENTS"])
+    say: Callable[[str], None] = lambda message: print(f"[live] {message}", flush=True)  # noqa: E731
     logging.basicConfig(level=logging.WARNING)
+    # 10,000 streams: the client processes and the Pushpin started below inherit the limit.
+    open_files = raise_open_files()
+    if open_files[0] < idle + 1000:
+        say(f"RLIMIT_NOFILE is {open_files[0]}: too few for {idle} streams")
+        return 2
     work = Path(tempfile.mkdtemp(prefix="saypi-live-"))
     grip_key, secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     db = open_database(env, logging.getLogger("bench.live"))
     started: list = []
+    crowds: list[Crowd] = []
     try:
         seeded = seed(db.dsn, users=20, conversations=200, lines=10, cap_lines=10,
                       phrase_count=50, secret=secret)
@@ -189,32 +169,66 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         started.append(relay)
         wrk = ensure_wrk(say)
         url = f"http://127.0.0.1:{port}"
+        runs: list[tuple[str, WrkResult]] = []
+        busy: list[dict[str, float]] = []
+        pids = {"pushpin": pushpin.process.pid, "saypi": server.process.pid,
+                "relay": relay.process.pid}
 
-        say(f"GET load without subscribers ({seconds} s)")
-        before = run_wrk(wrk, url, files["get"], seconds, 16, 2)
-        crowd = Crowd("127.0.0.1", pushpin.port)
+        def load(label: str) -> None:
+            say(f"GET load {label} subscribers ({seconds} s)")
+            machine, ours, started_at = _machine_busy(), _tree_cpu(pids), time.monotonic()
+            runs.append((label, run_wrk(wrk, url, files["get"], seconds, 16, 2)))
+            elapsed = time.monotonic() - started_at
+            spent = {name: value - ours.get(name, 0.0) for name, value in _tree_cpu(pids).items()}
+            # Cores busy on average: the whole machine, SayPI's processes, Pushpin's.
+            busy.append({"machine": round((_machine_busy() - machine) / elapsed, 2),
+                         "saypi": round(sum(v for k, v in spent.items()
+                                            if k.startswith("saypi")) / elapsed, 2),
+                         "pushpin": round(sum(v for k, v in spent.items()
+                                              if k.startswith("pushpin")) / elapsed, 2)})
+
+        # Without, with, with, without: the machine's other work drifts over a run, so each
+        # side is measured at both ends of it.
+        load("without")
+        crowd = Crowd("127.0.0.1", pushpin.port, clients)
+        crowds.append(crowd)
         tokens = [token for _, token in seeded.readers] or [seeded.writers[0][1]]
-        say(f"opening {idle} idle subscribers through Pushpin")
-        opened_at = time.monotonic()
-        crowd.open_many(idle, lambda n: ("/events/stream", tokens[n % len(tokens)]), False)
-        open_seconds = time.monotonic() - opened_at
-        say(f"{crowd.answered} held ({crowd.failed} failed) in {open_seconds:.1f} s")
-        time.sleep(2)  # the subscriptions' first recovery fetches pass
-        say(f"GET load with {crowd.answered} subscribers held ({seconds} s)")
-        during = run_wrk(wrk, url, files["get"], seconds, 16, 2)
-        metrics = httpx.get(url + "/metrics", timeout=10).text
-        direct_open = re.search(r"^streams_direct_open (\S+)", metrics, re.MULTILINE)
+        say(f"opening {idle} idle subscribers through Pushpin ({clients} client processes)")
+        open_seconds = crowd.open_many(
+            [("/events/stream", tokens[n % len(tokens)]) for n in range(idle)], False, say=say)
+        held = crowd.status()
+        say(f"{held['held']} held ({held['failed']} failed) in {open_seconds:.1f} s")
+        time.sleep(3)  # the last subscriptions' first recoveries (a first hold may conflict)
+        # Between requests: no load for a while, the streams held; what SayPI does meanwhile.
+        quiet = 10
+        before_quiet = len(_access(work / "saypi.log"))
+        quiet_cpu = _tree_cpu(pids)
+        time.sleep(quiet)
+        quiet_cpu = {name: round(seconds_ - quiet_cpu.get(name, 0.0), 2)
+                     for name, seconds_ in sorted(_tree_cpu(pids).items())}
+        quiet_requests = _access(work / "saypi.log")[before_quiet:]
+        direct_open = _direct_open(url)
+        load("with")
+        load("with")
+        idle_figures = crowd.figures()
+        crowd.close()
+        crowds.remove(crowd)
+        time.sleep(3)
+        load("without")
 
         writer_token = seeded.writers[0][1]
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {writer_token}"},
                            timeout=10)
         convo = api.post("/conversations", json={"heading": "fan-out"}).json()["id"]
-        fan = Crowd("127.0.0.1", pushpin.port)
+        fan = Crowd("127.0.0.1", pushpin.port, clients)
+        crowds.append(fan)
         say(f"opening {fanout} subscribers of one conversation")
-        fan.open_many(fanout, lambda n: (f"/events/stream?conversation={convo}", writer_token),
-                      True)
-        time.sleep(2)
-        say(f"{rate:g} events/s for {seconds} s to {fan.answered} subscribers")
+        fan.open_many([(f"/events/stream?conversation={convo}", writer_token)] * fanout, True)
+        time.sleep(3)
+        subscribers = fan.status()["held"]
+        say(f"{rate:g} events/s for {seconds} s to {subscribers} subscribers")
+        cpu_before, lag_before = _tree_cpu(pids), _lag(relay.url)
+        fan.mark()
         written = 0
         start = time.monotonic()
         while time.monotonic() - start < seconds:
@@ -223,33 +237,60 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
             pause = start + written / rate - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
-        time.sleep(3)
-        latencies = list(fan.latencies)
+        write_seconds = time.monotonic() - start
+        # Until every delivery is read, or none has come for 5 s (at most 120 s).
+        expected = written * subscribers
+        drained, seen, quiet_since = time.monotonic(), -1, time.monotonic()
+        while time.monotonic() - drained < 120:
+            now_read = sum(fan.delivered())
+            if now_read >= expected:
+                break
+            if now_read != seen:
+                seen, quiet_since = now_read, time.monotonic()
+            elif time.monotonic() - quiet_since > 5:
+                break
+            time.sleep(0.25)
+        drain_seconds = time.monotonic() - start - write_seconds
+        cpu_after, lag_after = _tree_cpu(pids), _lag(relay.url)
+        fan_figures = fan.figures()
+        cpu = {name: round(cpu_after[name] - cpu_before.get(name, 0.0), 2)
+               for name in sorted(cpu_after)}
         api.close()
         fan.close()
-        crowd.close()
-        access = (work / "saypi.log").read_text(errors="replace")
-        stream_ms = [float(m) for m in re.findall(
-            r'"route": "/events/stream", "status": 200, "duration_ms": ([0-9.]+)', access)]
+        crowds.remove(fan)
+        latencies = fan_figures.latencies
+        stream_ms = [ms for route, ms in _access(work / "saypi.log")]
+        without = [r for label, r in runs if label == "without"]
+        with_ = [r for label, r in runs if label == "with"]
+        base_rps, held_rps = _mean([r.rps for r in without]), _mean([r.rps for r in with_])
+        base_p99 = _mean([r.latency_ms["p99"] for r in without])
+        held_p99 = _mean([r.latency_ms["p99"] for r in with_])
         data = {
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "settings": {**knobs, "database": db.where},
-            "idle": {"wanted": idle, "held": crowd.answered, "failed": crowd.failed,
-                     "refusals": crowd.refusals,
-                     "open_seconds": round(open_seconds, 1)},
-            "api_without": before.as_dict(), "api_with": during.as_dict(),
-            "rps_change_percent": round((during.rps / before.rps - 1) * 100, 1)
-            if before.rps else None,
-            "p99_change_percent": round((during.latency_ms["p99"]
-                                         / before.latency_ms["p99"] - 1) * 100, 1)
-            if before.latency_ms.get("p99") else None,
-            "fanout": {"subscribers": fan.answered, "refusals": fan.refusals,
-                       "events": written,
-                       "deliveries": len(latencies), "expected": written * fan.answered,
+            "settings": {**knobs, "database": db.where, "rlimit_nofile": open_files[0],
+                         "load_average": [round(x, 2) for x in os.getloadavg()]},
+            "idle": _crowd_dict(idle_figures, idle, open_seconds),
+            "api_runs": [{"subscribers": label, **r.as_dict(), "cores_busy": cores}
+                         for (label, r), cores in zip(runs, busy, strict=True)],
+            "rps_change_percent": round((held_rps / base_rps - 1) * 100, 1)
+            if base_rps else None,
+            "p99_change_percent": round((held_p99 / base_p99 - 1) * 100, 1)
+            if base_p99 else None,
+            "quiet": {"seconds": quiet, "streams_held": idle_figures.held,
+                      "requests": len(quiet_requests),
+                      "links": sum(1 for r, _ in quiet_requests if r.endswith("/next")),
+                      "streams_direct_open": direct_open, "cpu_seconds": quiet_cpu},
+            "fanout": {"subscribers": subscribers, "refusals": fan_figures.refusals,
+                       "events": written, "write_seconds": round(write_seconds, 2),
+                       "deliveries": fan_figures.deliveries,
+                       "expected": expected, "drain_seconds": round(drain_seconds, 1),
+                       "cpu_seconds": cpu, "publish_lag": _lag_between(lag_before, lag_after),
                        "p50_ms": round(_percentile(latencies, 0.5) * 1000, 1),
                        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 1),
-                       "max_ms": round(max(latencies, default=0) * 1000, 1)},
-            "streams_direct_open": float(direct_open.group(1)) if direct_open else None,
+                       "max_ms": round(max(latencies, default=0) * 1000, 1),
+                       "client_processes": clients,
+                       "client_cpu_share": fan_figures.cpu_share,
+                       "client_deliveries": fan_figures.per_process},
             "stream_request_ms": {"count": len(stream_ms),
                                   "median": round(statistics.median(stream_ms), 1)
                                   if stream_ms else None,
@@ -262,6 +303,8 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         print(text)
         return 0
     finally:
+        for crowd in crowds:
+            crowd.close()
         for part in reversed(started):
             part.stop()
         db.close()
@@ -269,29 +312,51 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
 
 
 def markdown(d: dict) -> str:
-    w, x, f = d["api_without"], d["api_with"], d["fanout"]
-    p99 = (w["latency_ms"].get("p99"), x["latency_ms"].get("p99"))
+    f, q = d["fanout"], d["quiet"]
+    rows = "\n".join(
+        f"| {r['subscribers']} | {r['rps']} | {r['latency_ms'].get('p50')} | "
+        f"{r['latency_ms'].get('p99')} | {sum(r['errors'].values())} | "
+        f"{r['cores_busy']['machine']} | {r['cores_busy']['saypi']} | "
+        f"{r['cores_busy']['pushpin']} |"
+        for r in d["api_runs"])
     return f"""# Live streams through Pushpin (`python -m bench live`)
 
-Generated {d['generated_at']} on this machine (2 cores, shared); SayPI with
-{d['settings']['LIVE_WORKERS']:g} workers x {d['settings']['LIVE_THREADS']:g} threads, one
-Pushpin, one relay, all on 127.0.0.1.
+Generated {d['generated_at']} on this machine (2 cores, shared: load average
+{d['settings']['load_average']} at the end); SayPI with {d['settings']['LIVE_WORKERS']:g}
+workers x {d['settings']['LIVE_THREADS']:g} threads, one Pushpin, one relay, the clients in
+{f['client_processes']} processes, all on 127.0.0.1 (RLIMIT_NOFILE
+{d['settings']['rlimit_nofile']}).
 
-| | without subscribers | with {d['idle']['held']} held |
-|---|---|---|
-| GET /conversations/{{id}} req/s | {w['rps']} | {x['rps']} ({d['rps_change_percent']} %) |
-| p99 ms | {p99[0]} | {p99[1]} ({d['p99_change_percent']} %) |
+GET /conversations/{{id}} (wrk, 16 connections), in the order run: without, with
+{d['idle']['held']} idle subscribers held by Pushpin (twice), without again.
+
+| subscribers | req/s | p50 ms | p99 ms | errors | cores busy: machine | SayPI | Pushpin |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+"Cores busy" is CPU time over the run's wall time: the whole machine (2 cores: whatever
+else runs on it counts too), SayPI's processes, Pushpin's. With against without (the
+means): req/s {d['rps_change_percent']} %, p99 {d['p99_change_percent']} %.
 
 Idle subscribers: {d['idle']['held']} of {d['idle']['wanted']} held
-({d['idle']['failed']} failed: {d['idle']['refusals'] or 'none answered'}), opened in
-{d['idle']['open_seconds']} s.
+({d['idle']['failed']} failed for good; refusals retried: {d['idle']['refusals'] or 'none'}),
+opened in {d['idle']['open_seconds']} s.
 
-Fan-out: {f['events']} events at {d['settings']['LIVE_RATE']:g}/s to {f['subscribers']}
-subscribers of one conversation: {f['deliveries']} of {f['expected']} deliveries seen,
-commit to client p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms, max {f['max_ms']} ms.
+Between requests: over {q['seconds']} s with {q['streams_held']} streams held and no other
+load, SayPI answered {q['requests']} stream requests ({q['links']} of them recovery links);
+`streams_direct_open` = {q['streams_direct_open']}; CPU seconds meanwhile (Pushpin holding
+them, sending their heartbeats): {q['cpu_seconds']}.
 
-SayPI threads held by streams through Pushpin: `streams_direct_open` =
-{d['streams_direct_open']} while they were held; each stream request took
-{d['stream_request_ms']['median']} ms (median, max {d['stream_request_ms']['max']} ms) of a
-thread, over {d['stream_request_ms']['count']} requests, and none in between.
+Fan-out: {f['events']} events at {d['settings']['LIVE_RATE']:g}/s (written in
+{f['write_seconds']} s) to {f['subscribers']} subscribers of one conversation:
+{f['deliveries']} of {f['expected']} deliveries read (the last {f['drain_seconds']} s after
+the writes), commit (the event's `created_at`) to client p50 {f['p50_ms']} ms, p99
+{f['p99_ms']} ms, max {f['max_ms']} ms. The client processes used
+{f['client_cpu_share']} of a core each over the measurement (deliveries per process
+{f['client_deliveries']}). The relay's publish lag (commit to Pushpin's accepting):
+{f['publish_lag']}. CPU seconds over the measurement: {f['cpu_seconds']}.
+
+Stream requests (`/events/stream` and its links): {d['stream_request_ms']['count']},
+median {d['stream_request_ms']['median']} ms of a thread, max
+{d['stream_request_ms']['max']} ms; none holds a thread once answered.
 """

@@ -33,6 +33,7 @@ from app.store.users import DeletionWatch
 # the seals wait for at most this many channels (the oldest is dropped beyond).
 SEAL_AFTER_SECONDS = 1.0
 MAX_UNSEALED = 100_000
+SEALS_PER_PUBLISH = 1000  # about 150 kB, well under Pushpin's push_in_http_max_body_size
 LAG_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -150,9 +151,14 @@ class PushpinPublisher:
         self._unsealed: dict[str, tuple[str, float]] = {}
 
     def step(self) -> bool:
+        published = self._publish_next()
+        # Every step, busy or not: a channel is quiet while others are busy.
+        self._seal_quiet_channels()
+        return published
+
+    def _publish_next(self) -> bool:
         with self.feed.batch(self.batch_size) as batch:
             if batch is None or not batch.events:
-                self._seal_quiet_channels()
                 return False
             items: list[dict[str, Any]] = []
             # The last event of each (user, conversation) in this batch: the next one's prev.
@@ -195,12 +201,13 @@ class PushpinPublisher:
         after that event's publish (its hold named the event before) sees the prev-id
         differ from its own and recovers through its link at once; one that has the event
         gets a comment. Without this, such a subscriber would wait for the channel's next
-        event or the link's timeout."""
+        event or the link's timeout. Pushpin's id cache must be off (id_cache_ttl=0, its
+        own default): it drops an item whose id it saw on the channel, as the seal's is."""
         quiet_since = time.monotonic() - SEAL_AFTER_SECONDS
         items: list[dict[str, Any]] = []
         for channel, (last, published_at) in self._unsealed.items():
-            if published_at > quiet_since:
-                break  # in publishing order: the rest are newer
+            if published_at > quiet_since or len(items) >= SEALS_PER_PUBLISH:
+                break  # in publishing order: the rest are newer (or sealed at the next step)
             items.append({"channel": channel, "id": last, "prev-id": last,
                           "formats": {"http-stream": {"content": ":\n\n"}}})
         if not items:
@@ -209,7 +216,7 @@ class PushpinPublisher:
             self.client.publish(items)
         except PublishFailed:
             self.metrics.failed(self.client.base_url)
-            return  # sealed at the next idle step
+            return  # sealed at a later step
         for item in items:
             self._unsealed.pop(item["channel"], None)
 

@@ -492,7 +492,8 @@ def build_relay(config: Config, logger: logging.Logger, dsn: str) -> RelayProces
                             max_entries=config.render_cache_size)
         publish_metrics = PublishMetrics()
         registry.register(publish_metrics)
-        tasks.extend(PushpinPublisher(db, PublishClient(url), renderer, publish_metrics)
+        tasks.extend(PushpinPublisher(db, PublishClient(url), renderer, publish_metrics,
+                                      gather_seconds=config.pushpin_gather_seconds)
                      for url in config.pushpin_publish_urls)
         tasks.append(DeletionCloser(DeletionWatch(db),
                                     [PublishClient(url) for url in config.pushpin_publish_urls],

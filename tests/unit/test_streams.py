@@ -15,6 +15,7 @@ from app.http.grip import (
     last_ids,
     user_channel,
 )
+from app.relay.pushpin import coalesce
 
 KEY = "grip-unit-key-0123456789abcdef-0123456789"
 
@@ -98,3 +99,21 @@ def test_the_retry_hint_is_drawn_per_stream():
     hints = {retry_hint() for _ in range(50)}
     assert len(hints) > 10
     assert all(1000 <= int(h.split()[1]) <= 5000 for h in hints)
+
+
+def item(channel: str, seq: int) -> dict:
+    return {"channel": channel, "id": f"evt_{seq}", "prev-id": f"evt_{seq - 1}",
+            "formats": {"http-stream": {"content": f"id: evt_{seq}\n\n"}}}
+
+
+def test_a_batchs_items_of_one_channel_go_as_one_in_their_order():
+    items = [item("u", 4), item("c", 4), item("u", 5), item("u", 6), item("c", 6)]
+    items[4]["prev-id"] = "evt_4"  # the conversation's events are 4 and 6
+    assert coalesce(items) == [
+        {"channel": "u", "id": "evt_6", "prev-id": "evt_3",
+         "formats": {"http-stream": {"content": "id: evt_4\n\nid: evt_5\n\nid: evt_6\n\n"}}},
+        {"channel": "c", "id": "evt_6", "prev-id": "evt_3",
+         "formats": {"http-stream": {"content": "id: evt_4\n\nid: evt_6\n\n"}}}]
+    # The items given are left as they were (several channels share one formats dict).
+    assert items[0]["formats"]["http-stream"]["content"] == "id: evt_4\n\n"
+

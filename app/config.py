@@ -376,7 +376,7 @@ class Config:
         "comma separated push_in_http base URLs of the Pushpin instances the relay publishes "
         "events to (unset: no publishing)")
     pushpin_gather_seconds: float = setting(
-        "PUSHPIN_GATHER_SECONDS", _float(0, 1), 0.05,
+        "PUSHPIN_GATHER_SECONDS", _float(0, 1), 0.1,
         "while events keep coming, seconds between a relay's publishes to one Pushpin, so a "
         "busy channel's events go to its subscribers as one item (0: each batch at once)")
     fault_injection: bool = setting(

@@ -231,10 +231,10 @@ def idle_cost(bench: Bench, server: Server, seconds: float = IDLE_SECONDS) -> di
 
 
 def api_row(bench: Bench, server: Server, receiver: Receiver, file: str,
-            rate: float | None) -> dict[str, Any]:
-    """Drain, warm up, then the timed runs; deliveries made during each run and what was
-    left behind at its end."""
-    drained = drain(bench)
+            rate: float | None, relays: int) -> dict[str, Any]:
+    """Drain (when relays run), warm up, then the timed runs; deliveries made during each run
+    and what was left behind at its end."""
+    drained = drain(bench) if relays else {"seconds": 0.0, "left": sum(backlog(bench.db.dsn))}
     s = bench.settings
     bench.measure(server, file, s.warmup_seconds, rate)
     runs, deliveries, left = [], [], []
@@ -271,12 +271,12 @@ def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]
                 bench.extra_roots[relay.process.pid] = "relays"
             try:
                 time.sleep(2)  # started
-                drained = drain(bench)
+                drained = drain(bench) if count else {"seconds": 0.0, "left": 0}
                 rows: dict[str, Any] = {"idle": idle_cost(bench, server),
                                         "idle_drained": drained}
                 for key, file, pace in API_ROWS:
                     rate = paced_rate if pace else None
-                    row = api_row(bench, server, receiver, file, rate)
+                    row = api_row(bench, server, receiver, file, rate, count)
                     row["title"] = (SCENARIOS[key].title if key in SCENARIOS else
                                     f"4. POST /conversations/{{id}}/lines at {rate:g}/s")
                     rows[key] = row

@@ -31,6 +31,8 @@ from app.store.webhooks import WebhookQueue
 MAX_RESPONSE_BYTES = 64 * 1024  # read of a receiver's answer, at most
 LEASE_MARGIN_SECONDS = 5.0  # a claim's lease: twice the timeout plus this
 MAX_POOLS = 256  # destinations kept with open connections
+CLAIM_BATCH = 16  # deliveries a delivery thread claims at once
+BATCH_SECONDS = 1.0  # a batch's attempts begin within this of its claim (the rest go back)
 Clock = Callable[[], datetime]
 
 
@@ -78,18 +80,27 @@ class WebhookMetrics:
 
 class IdleGate:
     """Shared by one relay's delivery threads: once a claim found nothing, the others skip
-    theirs until the next poll (one claim query per poll when idle, not one per thread);
-    the fan-out opens it when it adds deliveries."""
+    theirs until the next delivery is due (at most IDLE_CLAIM_SECONDS, at least a poll): one
+    claim query per interval when idle, not one per thread and poll. The fan-out opens it
+    when it adds deliveries, a failure's retry brings it forward, and a success that closed a
+    breaker opens it (what the breaker held back is due)."""
 
-    def __init__(self, poll_seconds: float):
+    def __init__(self, poll_seconds: float, longest: float = 1.0):
         self.poll_seconds = poll_seconds
+        self.longest = max(poll_seconds, longest)
         self.quiet_until = 0.0
 
     def quiet(self) -> bool:
         return time.monotonic() < self.quiet_until
 
-    def found(self, anything: bool) -> None:
-        self.quiet_until = 0.0 if anything else time.monotonic() + self.poll_seconds * 0.9
+    def idle(self, due_in: float | None) -> None:
+        """A claim found nothing; the next delivery is due in `due_in` s (None: none is)."""
+        wait = self.longest if due_in is None else min(self.longest, due_in)
+        self.quiet_until = time.monotonic() + max(self.poll_seconds * 0.9, wait)
+
+    def due_in(self, seconds: float) -> None:
+        """A delivery is due in `seconds`: claim again by then."""
+        self.quiet_until = min(self.quiet_until, time.monotonic() + seconds)
 
     def open(self) -> None:
         self.quiet_until = 0.0
@@ -108,6 +119,8 @@ class WebhookFanout:
         self.metrics, self.gate, self.clock, self.batch_size = metrics, gate, clock, batch_size
 
     def step(self) -> bool:
+        if not self.feed.has_news():  # one statement when there is nothing to hand on
+            return False
         with self.feed.batch(self.batch_size) as batch:
             if batch is None or not batch.events:
                 return False
@@ -321,27 +334,42 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class WebhookDelivery:
-    """One delivery thread: claims a due delivery, makes the attempt, records the outcome."""
+    """One delivery thread: claims a batch of due deliveries, and for each makes the attempt
+    and records its outcome."""
 
     def __init__(self, number: int, queue: WebhookQueue, sender: Sender,
                  schedule: tuple[float, ...], metrics: WebhookMetrics, logger: logging.Logger,
-                 gate: IdleGate, clock: Clock = utc_now, rng: random.Random | None = None):
+                 gate: IdleGate, clock: Clock = utc_now, rng: random.Random | None = None,
+                 batch: int = CLAIM_BATCH, batch_seconds: float = BATCH_SECONDS):
         self.name = f"webhook-delivery-{number}"
         self.queue, self.sender, self.schedule, self.gate = queue, sender, schedule, gate
         self.metrics, self.logger, self.clock = metrics, logger, clock
         self.rng = rng or random.Random()
         self.lease_seconds = 2 * sender.timeout + LEASE_MARGIN_SECONDS
+        # Every attempt of a batch begins within batch_seconds of its claim and ends within
+        # the timeout: well inside the lease, and a step (so SIGTERM's wait) stays bounded.
+        self.batch, self.batch_seconds = batch, min(batch_seconds, sender.timeout)
 
     def step(self) -> bool:
         if self.gate.quiet():
             return False
-        claimed = self.queue.claim(1, self.lease_seconds, secrets.randbits(63) or 1)
-        self.gate.found(bool(claimed))
-        for delivery in claimed:
-            self.deliver(delivery)
-        return bool(claimed)
+        claims = self.queue.claim(self.batch, self.lease_seconds, secrets.randbits(63) or 1)
+        if not claims.claimed:
+            self.gate.idle(claims.due_in)
+            return False
+        self.gate.open()  # there is work: the other threads look too
+        started, failing, rest = time.monotonic(), set(), []
+        for delivery in claims.claimed:
+            if delivery.endpoint_id in failing or \
+                    time.monotonic() - started >= self.batch_seconds:
+                rest.append(delivery)  # its endpoint just failed, or the batch is over time
+            elif not self.deliver(delivery):
+                failing.add(delivery.endpoint_id)
+        self.queue.release(rest)
+        return True
 
-    def deliver(self, delivery: Claimed) -> None:
+    def deliver(self, delivery: Claimed) -> bool:
+        """Make the attempt and record it; whether it succeeded."""
         timestamp = int(self.clock().timestamp())
         headers = {"webhook-id": delivery.event_id, "webhook-timestamp": str(timestamp),
                    "webhook-signature": sign(delivery.secrets, delivery.event_id, timestamp,
@@ -351,21 +379,26 @@ class WebhookDelivery:
         delay = None
         if not outcome.succeeded and not outcome.gone:
             delay = retry_delay(delivery.attempt, self.schedule, self.rng, outcome.retry_after)
-        recorded, disabled = self.queue.record(delivery, outcome, delay)
-        if not recorded:
+        recorded = self.queue.record(delivery, outcome, delay)
+        if not recorded.recorded:
             label = "taken_over"
         elif outcome.succeeded:
             label = "succeeded"
             self.metrics.lag.observe(max(0.0, (self.clock() - delivery.created_at)
                                          .total_seconds()))
+            if recorded.released:
+                self.gate.open()
         elif outcome.gone:
             label = "gone"
         else:
             label = "failed_retrying" if delay is not None else "failed_final"
+            if delay is not None:
+                self.gate.due_in(delay)
         self.metrics.deliveries.labels(label).inc()
-        if disabled:
+        if recorded.disabled:
             self.logger.info("webhook endpoint %d disabled: %s", delivery.endpoint_id,
                              outcome.error)
+        return outcome.succeeded
 
     def attempt(self, url: str, headers: dict[str, str], body: bytes) -> Outcome:
         """The sender's outcome; whatever it raises is a failed attempt too, recorded and

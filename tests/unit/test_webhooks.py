@@ -285,5 +285,8 @@ def test_an_idle_gate_stays_quiet_until_the_next_delivery_is_due():
     assert gate.quiet_until - time.monotonic() <= 1.0
     gate.idle(-5.0)  # due ones another claim holds: a poll
     assert gate.quiet_until - time.monotonic() <= 0.05
-    gate.open()
-    assert not gate.quiet()
+    gate.quiet_until = time.monotonic() - 1.0  # the wait is over:
+    assert not gate.quiet()  # one thread claims,
+    assert gate.quiet()  # the others wait for what it finds
+    gate.open()  # it found work: all of them claim
+    assert not gate.quiet() and not gate.quiet()

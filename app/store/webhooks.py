@@ -243,21 +243,25 @@ UPDATE webhook_deliveries d SET claim = NULL, attempts = d.attempts - 1,
 FROM webhook_endpoints e
 WHERE d.id = ANY(%(ids)s) AND d.claim = %(claim)s AND e.id = d.endpoint_id
 """
-# A success, in one statement: the endpoint's row first (the order a deletion takes them in),
-# then the delivery's, if its claim still holds; the breaker closes, and what it held back is
-# due at once.
+# A success, in one statement. An endpoint with a clean record (no failures, breaker closed:
+# nearly always) is not locked at all: the delivery's row is all it writes. One with
+# failures or a breaker is locked first (the order a deletion of it takes the rows in, so the
+# two never deadlock), its breaker closed, and what the breaker held back made due at once.
+# (`(SELECT count(*) FROM e) >= 0` makes the delivery's update wait for that lock.)
 _RECORD_SUCCESS = """
 WITH e AS (
-    SELECT open_until FROM webhook_endpoints WHERE id = %(endpoint)s FOR KEY SHARE
+    SELECT open_until FROM webhook_endpoints
+    WHERE id = %(endpoint)s AND (failures > 0 OR open_until IS NOT NULL)
+    FOR KEY SHARE
 ), d AS (
     UPDATE webhook_deliveries SET status = 'succeeded', claim = NULL, next_attempt_at = NULL,
            response_status = %(response_status)s, error = NULL,
            duration_ms = %(duration_ms)s, updated_at = now()
-    WHERE id = %(id)s AND claim = %(claim)s AND EXISTS (SELECT FROM e)
+    WHERE id = %(id)s AND claim = %(claim)s AND (SELECT count(*) FROM e) >= 0
     RETURNING endpoint_id
 ), closed AS (
     UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, open_until = NULL
-    WHERE id = (SELECT endpoint_id FROM d) AND (failures > 0 OR open_until IS NOT NULL)
+    WHERE id = %(endpoint)s AND EXISTS (SELECT FROM e) AND EXISTS (SELECT FROM d)
 ), unparked AS (
     UPDATE webhook_deliveries SET next_attempt_at = now()
     WHERE (SELECT open_until FROM e) IS NOT NULL AND EXISTS (SELECT FROM d)

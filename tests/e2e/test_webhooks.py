@@ -389,7 +389,7 @@ def test_events_are_delivered_signed_and_verify_during_a_rotation(delivering):
 
 
 def test_a_failed_attempt_is_retried_until_it_succeeds(delivering):
-    server, _, _ = delivering
+    server, url, _ = delivering
     client = new_client(server)
     with Receiver(lambda r: Answer(500 if r.number == 0 else 200)) as receiver:
         endpoint = client.create_webhook_endpoint(receiver.url)["id"]
@@ -401,6 +401,10 @@ def test_a_failed_attempt_is_retried_until_it_succeeds(delivering):
         assert delivery["next_attempt_at"] is None and delivery["error"] is None
         assert [r.number for r in receiver.events()] == [0, 1]
         assert len(set(receiver.ids())) == 1
+        # The success cleared the endpoint's record of failures (its row locked for that).
+        assert sql(url, "SELECT failures, failing_since, open_until FROM webhook_endpoints "
+                        "WHERE rid = %s", int(endpoint.removeprefix("we_"), 16)) == [
+            (0, None, None)]
 
 
 def test_a_receiver_that_does_not_answer_in_time_is_tried_again(delivering):
@@ -743,7 +747,7 @@ def test_a_claimed_batch_gives_back_what_it_does_not_attempt(postgres, tmp_path)
                                  logging.getLogger("test.batch"), gate, batch=16,
                                  batch_seconds=0.5)
         with Receiver(always(500)) as failing, \
-                Receiver(lambda r: Answer(204, wait=0.4)) as slow:
+                Receiver(lambda r: Answer(200, wait=0.4)) as slow:
             client = new_client(server)
             bad = client.create_webhook_endpoint(failing.url, events=["line.created"])["id"]
             good = client.create_webhook_endpoint(slow.url, events=["line.created"])["id"]

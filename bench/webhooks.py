@@ -186,10 +186,13 @@ def latency(env: dict[str, str], work: Path, users, receiver: Receiver) -> dict[
 # The API's rows: each with 0, 1 and 2 relays running (1 and 2 first: the rows without
 # relays leave events no relay hands on). Paced POSTs at a rate the relays follow show the
 # whole cost of a request and its delivery.
-API_ROWS = (("get", "get", None), ("post_line", "post_line", None),
-            ("post_paced", "post_line", "PACED"))
+API_ROWS = (("get", "get", None), ("get_paced", "get", "get"),
+            ("post_line", "post_line", None), ("post_paced", "post_line", "post"))
 API_RELAYS = (1, 2, 0)
 PACED_RATE = 300.0  # requests/s of the paced POST row (BENCH_WEBHOOK_RATE)
+PACED_GET_RATE = 600.0  # requests/s of the paced GET row (BENCH_WEBHOOK_GET_RATE)
+TITLES = {"get_paced": "2. GET /conversations/{{id}} at {rate:g}/s",
+          "post_paced": "4. POST /conversations/{{id}}/lines at {rate:g}/s"}
 DRAIN_LIMIT = 120.0  # seconds a drain may take before the row runs anyway
 IDLE_SECONDS = 5.0
 
@@ -250,7 +253,7 @@ def api_row(bench: Bench, server: Server, receiver: Receiver, file: str,
 
 
 def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str],
-                      paced_rate: float) -> dict:
+                      rates: dict[str, float]) -> dict:
     """Scenarios 2 (GET) and 4 (POST line, at full speed and paced), every writer with an
     endpoint (each POST makes a delivery), with 1, 2 and 0 relays running: req/s and CPU
     per request, each row after the deliveries queue drained."""
@@ -275,10 +278,10 @@ def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]
                 rows: dict[str, Any] = {"idle": idle_cost(bench, server),
                                         "idle_drained": drained}
                 for key, file, pace in API_ROWS:
-                    rate = paced_rate if pace else None
+                    rate = rates[pace] if pace else None
                     row = api_row(bench, server, receiver, file, rate, count)
-                    row["title"] = (SCENARIOS[key].title if key in SCENARIOS else
-                                    f"4. POST /conversations/{{id}}/lines at {rate:g}/s")
+                    row["title"] = (TITLES[key].format(rate=rate) if key in TITLES
+                                    else SCENARIOS[key].title)
                     rows[key] = row
                     cpu = row["cpu_us_per_request"]
                     bench.say(f"  {count} relay(s) {key:<10} {row['rps']:8.1f} req/s  app "
@@ -304,9 +307,11 @@ def webhooks(env: Mapping[str, str]) -> int:
                 "MAX_LINES_PER_CONVERSATION": "100000"}
 
     try:
-        paced_rate = float(env.get("BENCH_WEBHOOK_RATE", PACED_RATE))
+        rates = {"post": float(env.get("BENCH_WEBHOOK_RATE", PACED_RATE)),
+                 "get": float(env.get("BENCH_WEBHOOK_GET_RATE", PACED_GET_RATE))}
     except ValueError:
-        raise SystemExit("bench: BENCH_WEBHOOK_RATE must be requests per second") from None
+        raise SystemExit("bench: BENCH_WEBHOOK_RATE and BENCH_WEBHOOK_GET_RATE must be "
+                         "requests per second") from None
 
     def work(bench: Bench) -> int:
         receiver = Receiver()
@@ -328,11 +333,11 @@ def webhooks(env: Mapping[str, str]) -> int:
             steady = latency(relay_env, bench.work, users, receiver)
             bench.stop(server)
             bench.say("webhooks: the API's figures without and with relays")
-            api = api_beside_relays(bench, receiver, settings, paced_rate)
+            api = api_beside_relays(bench, receiver, settings, rates)
         finally:
             receiver.close()
         data = {"throughput": rows, "latency": steady, "api": api, "cpus": os.cpu_count(),
-                "settings": settings, "paced_rate": paced_rate,
+                "settings": settings, "paced_rates": rates,
                 "bench": bench_settings.as_dict()}
         return publish("webhooks", data, render(data))
 
@@ -374,8 +379,9 @@ def render(data: dict[str, Any]) -> str:
     for count, rows in data["api"].items():
         idle = rows["idle"]
         lines.append(f"| {count} | {idle['postgres']} | {idle['relays']} | {idle['app']} |")
-    lines += ["", "The API beside the relays: scenarios 2 and 4 (full speed, and paced at "
-                  f"{data['paced_rate']:g}/s), every writer with an endpoint (each POST makes a "
+    lines += ["", "The API beside the relays: scenarios 2 and 4 at full speed and paced (the "
+                  "same request rate with and without relays, so CPU per request compares "
+                  "like with like), every writer with an endpoint (each POST makes a "
                   "delivery), with 0, 1 and 2 relays; the deliveries queue drained before "
                   "each row, and the row's warm-up run with the relays delivering before "
                   "the timed runs. CPU is microseconds per request; postgres includes the "

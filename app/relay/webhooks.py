@@ -136,10 +136,14 @@ class WebhookFanout:
                  batch_size: int = 500):
         self.feed, self.queue, self.renderer = feed, queue, renderer
         self.metrics, self.gate, self.clock, self.batch_size = metrics, gate, clock, batch_size
+        self.last_full = False  # the last batch was full: more at once
 
     def step(self) -> bool:
-        if not self.feed.has_news():  # one statement when there is nothing to hand on
+        # One statement when there is nothing to hand on, or when a relay moved the feed
+        # less than a poll ago (a full batch goes on at once: it just moved it itself).
+        if not (self.last_full or self.feed.has_news(self.gate.poll_seconds * 0.9)):
             return False
+        self.last_full = False
         with self.feed.batch(self.batch_size) as batch:
             if batch is None or not batch.events:
                 return False
@@ -164,6 +168,7 @@ class WebhookFanout:
             self.gate.open()
         # A full batch: more at once. Otherwise the next poll's, so that under a steady flow
         # of writes a batch carries a poll's events, not the one or two written meanwhile.
+        self.last_full = full
         return full
 
     def close(self) -> None:

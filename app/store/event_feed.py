@@ -43,11 +43,11 @@ LIMIT %(limit)s
 # (A scalar subquery with ORDER BY and LIMIT, not EXISTS, which drops them: the created_at
 # index from the position on, not a scan of the table.)
 _NEWS = """
-SELECT f.name IS NULL OR (
+SELECT f.name IS NULL OR (f.updated_at <= now() - make_interval(secs => %(gap)s) AND (
     SELECT created_at FROM events
     WHERE created_at >= f.created_at
       AND (created_at, user_id, last_seq) > (f.created_at, f.user_id, f.seq)
-    ORDER BY created_at LIMIT 1) IS NOT NULL
+    ORDER BY created_at LIMIT 1) IS NOT NULL)
 FROM (SELECT 1) one LEFT JOIN event_feeds f ON f.name = %(name)s
 """
 _ADVANCE = ("UPDATE event_feeds SET created_at = %(at)s, user_id = %(user_id)s, "
@@ -117,10 +117,13 @@ class EventFeed:
             row = _one(work.conn.execute(_POSITION, {"name": self.name}))
         return Position(*row)
 
-    def has_news(self) -> bool:
-        """Whether a batch may find events (False: none follows the position yet)."""
+    def has_news(self, gap_seconds: float = 0.0) -> bool:
+        """Whether a batch may find events (False: none follows the position yet, or the
+        position moved less than `gap_seconds` ago: relays polling one feed then take a
+        batch of a poll's events between them, not one each)."""
         with self.db.connection() as conn:
-            return bool(_one(conn.execute(_NEWS, {"name": self.name}))[0])
+            return bool(_one(conn.execute(_NEWS, {"name": self.name,
+                                                  "gap": gap_seconds}))[0])
 
     def lag_seconds(self) -> float | None:
         """Seconds between the clock and this feed's position (None: it has not started)."""

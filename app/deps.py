@@ -52,6 +52,7 @@ from app.relay.process import RelayProcess
 from app.relay.pushpin import DeletionCloser, PublishClient, PublishMetrics, PushpinPublisher
 from app.relay.runner import Relay, Task
 from app.relay.webhooks import (
+    GAUGE_SECONDS,
     IdleGate,
     Sender,
     WebhookDelivery,
@@ -534,8 +535,8 @@ def webhook_tasks(config: Config, logger: logging.Logger, db: Database,
     return [WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics, gate),
             *(WebhookDelivery(n, queue, sender, config.webhook_retry_schedule, metrics, log,
                               gate) for n in range(1, config.webhook_threads + 1)),
-            WebhookGauges(queue, metrics, max(1.0, config.health_cache_seconds), sender,
-                          timedelta(hours=config.events_retention_hours),
+            WebhookGauges(queue, metrics, max(GAUGE_SECONDS, config.health_cache_seconds),
+                          sender, timedelta(hours=config.events_retention_hours),
                           config.purge_interval_seconds)]
 
 

@@ -53,9 +53,11 @@ USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overl
   events   the writes (4, 4b, 5) before and after the event log, interleaved, CPU per
            request and round trips; GET /events with 10 and 1M events; writes
            bench-results/events.md and events.json
-  webhooks deliveries per second by one and by two relays to a local receiver, and
-           commit-to-delivery p50/p99 at a steady write rate; writes
-           bench-results/webhooks.md and webhooks.json
+  webhooks deliveries per second by one and by two relays to a local receiver and their
+           PostgreSQL CPU per delivery, commit-to-delivery p50/p99 at a steady write rate,
+           what idle relays cost, and GET/POST (full speed and paced: BENCH_WEBHOOK_GET_RATE,
+           BENCH_WEBHOOK_RATE) with 0, 1 and 2 relays, the queue drained before each row;
+           writes bench-results/webhooks.md and webhooks.json
   peer     GET /conversations/{id} on the async peer (FastAPI + uvicorn), bare Flask and
            SayPI with limits off / on in Redis / on in PostgreSQL, same bytes checked;
            writes bench-results/peer.md and peer.json

@@ -1,8 +1,10 @@
 """`python -m bench webhooks`: how fast relays deliver webhooks to a local receiver.
 
 Deliveries per second with one relay and with two (a backlog of events made while no relay
-runs), then commit-to-delivery latency while lines are written at a steady rate. Each load
-phase is bounded (30 s at most); writes bench-results/webhooks.md and webhooks.json.
+runs) and what each delivery costs PostgreSQL and the relays; commit-to-delivery latency
+while lines are written at a steady rate; what idle relays cost; and the API's GET and POST
+rows with 0, 1 and 2 relays running, the deliveries queue drained before each row. Each load
+phase is bounded; writes bench-results/webhooks.md and webhooks.json.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.session import Bench, interleave, publish, with_bench
+from bench.scenarios import SCENARIOS
+from bench.servers import CpuSnapshot, Server
+from bench.session import Bench, publish, summarize, with_bench
 from bench.settings import BenchSettings
 from harness import ROOT
 from harness.services import free_port
@@ -125,20 +129,35 @@ def _backlog(users: list[tuple[httpx.Client, str]], tag: str) -> int:
     return made
 
 
-def throughput(env: dict[str, str], work: Path, users, receiver: Receiver,
+def throughput(bench: Bench, env: dict[str, str], users, receiver: Receiver,
                relays: int) -> dict[str, Any]:
-    """A backlog made while no relay runs, then `relays` relays deliver it."""
+    """A backlog made while no relay runs, then `relays` relays deliver it. CPU per delivery
+    (PostgreSQL's backends, the relays) counts from the first arrival (the relays' start-up
+    apart) to the last: fan-out, claims, attempts and records."""
     before = len(receiver.arrivals)
     made = _backlog(users, f"r{relays}")
     started = time.monotonic()
-    running = [Relay(env, work / f"relay-{relays}-{n}.log") for n in range(relays)]
+    running = [Relay(env, bench.work / f"relay-{relays}-{n}.log") for n in range(relays)]
+    roots = {relay.process.pid: "relays" for relay in running}
+    if bench.postmaster:
+        roots[bench.postmaster] = "postgres"
+    _wait(lambda: len(receiver.arrivals) > before, PHASE_LIMIT)
+    first, cpu_before = time.monotonic(), CpuSnapshot(roots)
+    at_first = len(receiver.arrivals)
     done = _wait(lambda: len(receiver.arrivals) - before >= made, PHASE_LIMIT)
-    elapsed = time.monotonic() - started
+    cpu_after, last = CpuSnapshot(roots), time.monotonic()
+    elapsed = last - started
     for relay in running:
         relay.stop()
     delivered = len(receiver.arrivals) - before
+    counted = max(1, len(receiver.arrivals) - at_first)
     return {"relays": relays, "events": made, "delivered": delivered, "complete": done,
-            "seconds": round(elapsed, 2), "per_second": round(delivered / elapsed, 1)}
+            "seconds": round(elapsed, 2), "per_second": round(delivered / elapsed, 1),
+            "steady_per_second": round(counted / max(1e-6, last - first), 1),
+            "postgres_us_per_delivery": round(
+                1e6 * group_cpu(cpu_before, cpu_after, "postgres") / counted, 1),
+            "relays_us_per_delivery": round(
+                1e6 * group_cpu(cpu_before, cpu_after, "relays") / counted, 1)}
 
 
 def latency(env: dict[str, str], work: Path, users, receiver: Receiver) -> dict[str, Any]:
@@ -164,9 +183,80 @@ def latency(env: dict[str, str], work: Path, users, receiver: Receiver) -> dict[
             "max_ms": round(delays[-1] * 1000, 1)}
 
 
-def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]) -> dict:
-    """Scenarios 2 (GET) and 4 (POST line) without relays, then with two delivering every
-    POST's event to the receiver: req/s and CPU per request (the relays' own apart)."""
+# The API's rows: each with 0, 1 and 2 relays running (1 and 2 first: the rows without
+# relays leave events no relay hands on). Paced POSTs at a rate the relays follow show the
+# whole cost of a request and its delivery.
+API_ROWS = (("get", "get", None), ("get_paced", "get", "get"),
+            ("post_line", "post_line", None), ("post_paced", "post_line", "post"))
+API_RELAYS = (1, 2, 0)
+PACED_RATE = 300.0  # requests/s of the paced POST row (BENCH_WEBHOOK_RATE)
+PACED_GET_RATE = 600.0  # requests/s of the paced GET row (BENCH_WEBHOOK_GET_RATE)
+TITLES = {"get_paced": "2. GET /conversations/{{id}} at {rate:g}/s",
+          "post_paced": "4. POST /conversations/{{id}}/lines at {rate:g}/s"}
+DRAIN_LIMIT = 120.0  # seconds a drain may take before the row runs anyway
+IDLE_SECONDS = 5.0
+
+
+def backlog(dsn: str) -> tuple[int, int]:
+    """(pending deliveries, events the fan-out has not read yet)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'), "
+            "(SELECT count(*) FROM events WHERE created_at > "
+            " (SELECT created_at FROM event_feeds WHERE name = 'webhooks'))").fetchone()
+    return int(row[0]), int(row[1] or 0)
+
+
+def drain(bench: Bench, limit: float = DRAIN_LIMIT) -> dict[str, Any]:
+    """Wait until no delivery is pending and the fan-out has read every event."""
+    started = time.monotonic()
+    left = backlog(bench.db.dsn)
+    while any(left) and time.monotonic() - started < limit:
+        time.sleep(0.2)
+        left = backlog(bench.db.dsn)
+    return {"seconds": round(time.monotonic() - started, 1), "left": sum(left)}
+
+
+def group_cpu(before: CpuSnapshot, after: CpuSnapshot, group: str) -> float:
+    cpu = after.since(before)
+    return cpu.get(f"{group}_user", 0.0) + cpu.get(f"{group}_system", 0.0)
+
+
+def idle_cost(bench: Bench, server: Server, seconds: float = IDLE_SECONDS) -> dict:
+    """CPU milliseconds per second of PostgreSQL's backends, the relays and the server while
+    nothing is sent (after a drain): what idle relays cost."""
+    roots = bench.cpu_roots(server)
+    before = CpuSnapshot(roots)
+    time.sleep(seconds)
+    after = CpuSnapshot(roots)
+    return {group: round(1000 * group_cpu(before, after, group) / seconds, 2)
+            for group in ("postgres", "relays", "app")}
+
+
+def api_row(bench: Bench, server: Server, receiver: Receiver, file: str,
+            rate: float | None, relays: int) -> dict[str, Any]:
+    """Drain (when relays run), warm up, then the timed runs; deliveries made during each run
+    and what was left behind at its end."""
+    drained = drain(bench) if relays else {"seconds": 0.0, "left": sum(backlog(bench.db.dsn))}
+    s = bench.settings
+    bench.measure(server, file, s.warmup_seconds, rate)
+    runs, deliveries, left = [], [], []
+    for _ in range(s.runs):
+        sent = receiver.requests
+        result = bench.measure(server, file, s.seconds, rate)
+        deliveries.append(round((receiver.requests - sent) / result.seconds, 1))
+        left.append(sum(backlog(bench.db.dsn)))
+        runs.append(result)
+    summary = summarize(runs, os.cpu_count() or 1)
+    return {**summary, "drained": drained, "deliveries_per_second": deliveries,
+            "backlog_after": left}
+
+
+def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str],
+                      rates: dict[str, float]) -> dict:
+    """Scenarios 2 (GET) and 4 (POST line, at full speed and paced), every writer with an
+    endpoint (each POST makes a delivery), with 1, 2 and 0 relays running: req/s and CPU
+    per request, each row after the deliveries queue drained."""
     server = bench.start("saypi", extra=settings)
     for _, token in bench.seeded.writers:
         httpx.post(server.url + "/webhook_endpoints", json={"url": receiver.url},
@@ -174,22 +264,37 @@ def api_beside_relays(bench: Bench, receiver: Receiver, settings: dict[str, str]
     for key in ("get", "post_line"):
         bench.check(server, key)
     env = bench.server_env(bench.db.dsn, free_port(), settings)
-    plan = [("get", server, None), ("post_line", server, None)]
-    without: dict = {}
-    interleave(bench, plan, bench.settings.runs, without)
-    relays = [Relay(env, bench.work / f"relay-api-{n}.log") for n in range(2)]
-    for relay in relays:
-        bench.extra_roots[relay.process.pid] = "relays"
-    time.sleep(2)
-    beside: dict = {}
+    out: dict[str, Any] = {}
     try:
-        interleave(bench, plan, bench.settings.runs, beside)
+        for count in API_RELAYS:
+            bench.say(f"webhooks: the API's rows with {count} relay(s)")
+            relays = [Relay(env, bench.work / f"relay-api-{count}-{n}.log")
+                      for n in range(count)]
+            for relay in relays:
+                bench.extra_roots[relay.process.pid] = "relays"
+            try:
+                time.sleep(2)  # started
+                drained = drain(bench) if count else {"seconds": 0.0, "left": 0}
+                rows: dict[str, Any] = {"idle": idle_cost(bench, server),
+                                        "idle_drained": drained}
+                for key, file, pace in API_ROWS:
+                    rate = rates[pace] if pace else None
+                    row = api_row(bench, server, receiver, file, rate, count)
+                    row["title"] = (TITLES[key].format(rate=rate) if key in TITLES
+                                    else SCENARIOS[key].title)
+                    rows[key] = row
+                    cpu = row["cpu_us_per_request"]
+                    bench.say(f"  {count} relay(s) {key:<10} {row['rps']:8.1f} req/s  app "
+                              f"{cpu['app']} us  postgres {cpu['postgres']} us  deliveries/s "
+                              f"{row['deliveries_per_second']}  left {row['backlog_after']}")
+                out[str(count)] = rows
+            finally:
+                for relay in relays:
+                    bench.extra_roots.pop(relay.process.pid, None)
+                    relay.stop()
     finally:
-        for relay in relays:
-            bench.extra_roots.pop(relay.process.pid, None)
-            relay.stop()
         bench.stop(server)
-    return {"without_relays": without, "with_relays": beside}
+    return out
 
 
 def webhooks(env: Mapping[str, str]) -> int:
@@ -200,6 +305,13 @@ def webhooks(env: Mapping[str, str]) -> int:
     settings = {"APP_ENV": "development", "WEBHOOK_ALLOW_PRIVATE": "true",
                 "WEBHOOK_THREADS": "4", "LOG_LEVEL": "WARNING",
                 "MAX_LINES_PER_CONVERSATION": "100000"}
+
+    try:
+        rates = {"post": float(env.get("BENCH_WEBHOOK_RATE", PACED_RATE)),
+                 "get": float(env.get("BENCH_WEBHOOK_GET_RATE", PACED_GET_RATE))}
+    except ValueError:
+        raise SystemExit("bench: BENCH_WEBHOOK_RATE and BENCH_WEBHOOK_GET_RATE must be "
+                         "requests per second") from None
 
     def work(bench: Bench) -> int:
         receiver = Receiver()
@@ -216,16 +328,17 @@ def webhooks(env: Mapping[str, str]) -> int:
             rows = []
             for relays in (1, 2):
                 bench.say(f"webhooks: a backlog delivered by {relays} relay(s)")
-                rows.append(throughput(relay_env, bench.work, users, receiver, relays))
+                rows.append(throughput(bench, relay_env, users, receiver, relays))
             bench.say("webhooks: commit to delivery at a steady rate")
             steady = latency(relay_env, bench.work, users, receiver)
             bench.stop(server)
             bench.say("webhooks: the API's figures without and with relays")
-            api = api_beside_relays(bench, receiver, settings)
+            api = api_beside_relays(bench, receiver, settings, rates)
         finally:
             receiver.close()
         data = {"throughput": rows, "latency": steady, "api": api, "cpus": os.cpu_count(),
-                "settings": settings, "bench": bench_settings.as_dict()}
+                "settings": settings, "paced_rates": rates,
+                "bench": bench_settings.as_dict()}
         return publish("webhooks", data, render(data))
 
     return with_bench(env, bench_settings, work)
@@ -245,26 +358,46 @@ def render(data: dict[str, Any]) -> str:
     lines = ["# Webhooks: deliveries by the relay", "",
              f"A local receiver answering 204 at once; {data['cpus']} CPUs shared by the "
              "server, the relays, PostgreSQL and the receiver; WEBHOOK_THREADS=4 per relay.",
-             "", "| relays | events | delivered | seconds | deliveries/s |",
-             "|---|---|---|---|---|"]
+             "", "A backlog made while no relay runs, then delivered. CPU per delivery counts "
+             "from the first arrival to the last (fan-out, claim, attempt, record; not the "
+             "relays' start-up).", "",
+             "| relays | events | delivered | seconds | deliveries/s | steady deliveries/s | "
+             "postgres CPU us/delivery | relays CPU us/delivery |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in data["throughput"]:
         lines.append(f"| {row['relays']} | {row['events']} | {row['delivered']} | "
-                     f"{row['seconds']} | {row['per_second']} |")
+                     f"{row['seconds']} | {row['per_second']} | {row['steady_per_second']} | "
+                     f"{row['postgres_us_per_delivery']} | {row['relays_us_per_delivery']} |")
     steady = data["latency"]
     lines += ["", f"Commit to delivery, one relay, {steady['rate_per_second']} lines/s for "
                   f"{STEADY_SECONDS} s ({steady['delivered']} of {steady['events']} "
                   "delivered): event `created_at` to the receiver's arrival.", "",
               "| p50 ms | p99 ms | max ms |", "|---|---|---|",
               f"| {steady['p50_ms']} | {steady['p99_ms']} | {steady['max_ms']} |"]
-    lines += ["", "The API beside the relays: scenarios 2 and 4, every writer with an endpoint "
-                  "(each POST makes a delivery), without relays and with two. CPU is "
-                  "microseconds per request; postgres includes the relays' transactions, "
-                  "`relays` is the relay processes' own.", "",
+    lines += ["", "Idle, after a drain: CPU milliseconds per second while nothing is sent.",
+              "", "| relays | postgres ms/s | relays ms/s | app ms/s |", "|---|---|---|---|"]
+    for count, rows in data["api"].items():
+        idle = rows["idle"]
+        lines.append(f"| {count} | {idle['postgres']} | {idle['relays']} | {idle['app']} |")
+    lines += ["", "The API beside the relays: scenarios 2 and 4 at full speed and paced (the "
+                  "same request rate with and without relays, so CPU per request compares "
+                  "like with like), every writer with an endpoint (each POST makes a "
+                  "delivery), with 0, 1 and 2 relays; the deliveries queue drained before "
+                  "each row, and the row's warm-up run with the relays delivering before "
+                  "the timed runs. CPU is microseconds per request; postgres includes the "
+                  "relays' transactions, `relays` is the relay processes' own. Deliveries/s "
+                  "and the backlog left (pending deliveries and events not yet fanned out) are "
+                  "per timed run.", "",
               "| scenario | relays | req/s | p99 ms | app CPU us | postgres CPU us | "
-              "relays CPU us |", "|---|---|---|---|---|---|---|"]
-    for label, count in (("without_relays", 0), ("with_relays", 2)):
-        for row in data["api"][label].values():
+              "relays CPU us | deliveries/s | backlog after |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for key, _, _ in API_ROWS:
+        for count in sorted(data["api"], key=int):
+            row = data["api"][count][key]
             cpu = row["cpu_us_per_request"]
+            deliveries = ", ".join(f"{d:g}" for d in row["deliveries_per_second"])
+            left = ", ".join(str(n) for n in row["backlog_after"])
             lines.append(f"| {row['title']} | {count} | {row['rps']} | {row['p99_ms']} | "
-                         f"{cpu['app']} | {cpu['postgres']} | {relays_cpu(row)} |")
+                         f"{cpu['app']} | {cpu['postgres']} | {relays_cpu(row)} | "
+                         f"{deliveries} | {left} |")
     return "\n".join(lines) + "\n"

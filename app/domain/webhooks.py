@@ -67,6 +67,21 @@ class Claimed(NamedTuple):
     created_at: datetime  # when the event was fanned out to this endpoint
 
 
+class Claims(NamedTuple):
+    """What one claim took."""
+
+    claimed: list[Claimed]  # soonest due first
+    due_in: float | None  # with none claimed: seconds until the next is due (None: nothing)
+
+
+class Recorded(NamedTuple):
+    """What recording an attempt's outcome did."""
+
+    recorded: bool  # False: the lease passed and another attempt took it over (or it is gone)
+    disabled: bool  # this failure disabled the endpoint
+    released: bool = False  # this success closed a breaker: what it held back is due now
+
+
 class Outcome(NamedTuple):
     """What an attempt came to."""
 

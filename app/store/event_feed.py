@@ -37,6 +37,19 @@ WHERE created_at >= %(at)s AND created_at < %(watermark)s
 ORDER BY created_at, user_id, last_seq
 LIMIT %(limit)s
 """
+# Whether anything follows the feed's position (or the feed has not started): one
+# statement, no lock, no watermark, for a relay that polls while nothing is written. Events
+# before the position never appear (the feed reads only up to the watermark).
+# (A scalar subquery with ORDER BY and LIMIT, not EXISTS, which drops them: the created_at
+# index from the position on, not a scan of the table.)
+_NEWS = """
+SELECT f.name IS NULL OR (f.updated_at <= now() - make_interval(secs => %(gap)s) AND (
+    SELECT created_at FROM events
+    WHERE created_at >= f.created_at
+      AND (created_at, user_id, last_seq) > (f.created_at, f.user_id, f.seq)
+    ORDER BY created_at LIMIT 1) IS NOT NULL)
+FROM (SELECT 1) one LEFT JOIN event_feeds f ON f.name = %(name)s
+"""
 _ADVANCE = ("UPDATE event_feeds SET created_at = %(at)s, user_id = %(user_id)s, "
             "seq = %(seq)s, updated_at = now() WHERE name = %(name)s")
 
@@ -103,6 +116,14 @@ class EventFeed:
             work.conn.execute(_START, {"name": self.name, "at": watermark})
             row = _one(work.conn.execute(_POSITION, {"name": self.name}))
         return Position(*row)
+
+    def has_news(self, gap_seconds: float = 0.0) -> bool:
+        """Whether a batch may find events (False: none follows the position yet, or the
+        position moved less than `gap_seconds` ago: relays polling one feed then take a
+        batch of a poll's events between them, not one each)."""
+        with self.db.connection() as conn:
+            return bool(_one(conn.execute(_NEWS, {"name": self.name,
+                                                  "gap": gap_seconds}))[0])
 
     def lag_seconds(self) -> float | None:
         """Seconds between the clock and this feed's position (None: it has not started)."""

@@ -18,9 +18,11 @@ from app.domain.webhooks import (
     GONE_REASON,
     SECRET_OVERLAP,
     Claimed,
+    Claims,
     Delivery,
     Endpoint,
     Outcome,
+    Recorded,
     disable_reason,
 )
 from app.store.db import UnitOfWork
@@ -188,8 +190,13 @@ class WebhookRepository:
 
 _MATCHING = ("SELECT id, user_id, events FROM webhook_endpoints "
              "WHERE user_id = ANY(%(users)s) AND NOT disabled")
-_ADD = ("INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at) "
-        "VALUES (%s, %s, %s, %s, now())")
+# A fan-out batch's deliveries in one statement (one row per array element).
+_ADD = """
+INSERT INTO webhook_deliveries (rid, endpoint_id, event_id, body, next_attempt_at)
+SELECT rid, endpoint_id, event_id, body, now()
+FROM unnest(%(rids)s::bigint[], %(endpoints)s::bigint[], %(events)s::text[], %(bodies)s::text[])
+     AS d(rid, endpoint_id, event_id, body)
+"""
 # Every due time, lease and breaker interval is on the database's clock (now()): the clocks
 # of relay hosts do not matter. Due deliveries of enabled endpoints whose breaker is closed,
 # or half open (its interval over: one probe may go). Rows another relay is claiming are
@@ -221,6 +228,49 @@ WHERE d.id = ANY(%(ids)s) AND e.id = d.endpoint_id
 RETURNING d.id, d.attempts, d.endpoint_id, e.url, d.event_id, d.body, e.secret,
           CASE WHEN e.previous_until > now() THEN e.previous_secret END, d.created_at
 """
+# When the next pending delivery is due (in seconds; negative: overdue), for an idle claim.
+_NEXT_DUE = """
+SELECT extract(epoch FROM min(next_attempt_at) - now())::float8
+FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at IS NOT NULL
+"""
+# Claimed deliveries a relay will not attempt (it stopped the batch, or their endpoint just
+# failed): the claim and its counted attempt are undone; they are due again at once, or
+# when their endpoint's open breaker allows, or never while it is disabled.
+_RELEASE = """
+UPDATE webhook_deliveries d SET claim = NULL, attempts = d.attempts - 1,
+       next_attempt_at = CASE WHEN e.disabled THEN NULL
+                              WHEN e.open_until > now() THEN e.open_until ELSE now() END
+FROM webhook_endpoints e
+WHERE d.id = ANY(%(ids)s) AND d.claim = %(claim)s AND e.id = d.endpoint_id
+"""
+# A success, in one statement. An endpoint with a clean record (no failures, breaker closed:
+# nearly always) is not locked at all: the delivery's row is all it writes. One with
+# failures or a breaker is locked first (the order a deletion of it takes the rows in, so the
+# two never deadlock), its breaker closed, and what the breaker held back made due at once.
+# (`(SELECT count(*) FROM e) >= 0` makes the delivery's update wait for that lock.)
+_RECORD_SUCCESS = """
+WITH e AS (
+    SELECT open_until FROM webhook_endpoints
+    WHERE id = %(endpoint)s AND (failures > 0 OR open_until IS NOT NULL)
+    FOR KEY SHARE
+), d AS (
+    UPDATE webhook_deliveries SET status = 'succeeded', claim = NULL, next_attempt_at = NULL,
+           response_status = %(response_status)s, error = NULL,
+           duration_ms = %(duration_ms)s, updated_at = now()
+    WHERE id = %(id)s AND claim = %(claim)s AND (SELECT count(*) FROM e) >= 0
+    RETURNING endpoint_id
+), closed AS (
+    UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, open_until = NULL
+    WHERE id = %(endpoint)s AND EXISTS (SELECT FROM e) AND EXISTS (SELECT FROM d)
+), unparked AS (
+    UPDATE webhook_deliveries SET next_attempt_at = now()
+    WHERE (SELECT open_until FROM e) IS NOT NULL AND EXISTS (SELECT FROM d)
+      AND endpoint_id = %(endpoint)s AND status = 'pending' AND next_attempt_at > now()
+      AND next_attempt_at <= (SELECT open_until FROM e) AND claim IS NULL
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM unparked)
+"""
 _RECORD = """
 UPDATE webhook_deliveries SET status = %(status)s, claim = NULL,
        next_attempt_at = now() + make_interval(secs => %(delay)s::float8),
@@ -250,14 +300,6 @@ WHERE e.id = d.endpoint_id AND d.id IN (
 """
 _PARK_NULL = ("UPDATE webhook_deliveries SET next_attempt_at = NULL "
               "WHERE endpoint_id = %s AND status = 'pending'")
-# A breaker closed by a success: what it held back is due now.
-_UNPARK = """
-UPDATE webhook_deliveries SET next_attempt_at = now()
-WHERE endpoint_id = %(id)s AND status = 'pending' AND next_attempt_at > now()
-  AND next_attempt_at <= %(until)s AND claim IS NULL
-"""
-_SUCCEEDED = ("UPDATE webhook_endpoints SET failures = 0, failing_since = NULL, "
-              "open_until = NULL WHERE id = %s AND (failures > 0 OR open_until IS NOT NULL)")
 _FAILED = """
 UPDATE webhook_endpoints SET failures = failures + 1,
        failing_since = coalesce(failing_since, now()),
@@ -318,20 +360,25 @@ class WebhookQueue:
         return [(row[0], row[1], tuple(row[2])) for row in rows]
 
     def add(self, work: UnitOfWork, deliveries: Sequence[tuple[int, str, str]]) -> None:
-        """Insert (endpoint id, event id, body) deliveries, due now, in the feed's batch."""
+        """Insert (endpoint id, event id, body) deliveries, due now, in the feed's batch: one
+        statement for the whole batch."""
         if deliveries:
-            with work.conn.cursor() as cur:
-                cur.executemany(_ADD, [(ids.new_number(), endpoint, event_id, body)
-                                       for endpoint, event_id, body in deliveries])
+            work.conn.execute(_ADD, {
+                "rids": [ids.new_number() for _ in deliveries],
+                "endpoints": [endpoint for endpoint, _, _ in deliveries],
+                "events": [event_id for _, event_id, _ in deliveries],
+                "bodies": [body for _, _, body in deliveries]})
 
-    def claim(self, limit: int, lease_seconds: float, claim: int) -> list[Claimed]:
+    def claim(self, limit: int, lease_seconds: float, claim: int) -> Claims:
         """Up to `limit` due deliveries, each leased for one attempt until now + lease (a relay
         killed mid-attempt leaves it due again then); one per endpoint whose breaker is half
-        open, and that one's claim re-arms the breaker."""
+        open, and that one's claim re-arms the breaker. With none due, when the next one is
+        (`due_in`, seconds)."""
         with self.db.transaction() as conn:
             due = conn.execute(_DUE, {"limit": limit}).fetchall()
             if not due:
-                return []
+                row = conn.execute(_NEXT_DUE).fetchone()
+                return Claims([], None if row is None else row[0])
             chosen, probes = [], {}
             for delivery_id, endpoint_id, half_open in due:
                 if not half_open:
@@ -349,23 +396,37 @@ class WebhookQueue:
                         "endpoints": list(probing),
                         "probes": [probes[endpoint] for endpoint in probing]})
             if not chosen:
-                return []
+                return Claims([], 0.0)
             rows = conn.execute(_CLAIM, {"claim": claim, "ids": chosen,
                                          "lease": lease_seconds}).fetchall()
-        return [Claimed(row_id, claim, attempt, endpoint, url, event_id, body,
-                        (secret,) if previous is None else (secret, previous),
-                        endpoint in probing, created_at)
-                for row_id, attempt, endpoint, url, event_id, body, secret, previous, created_at
-                in rows]
+        claimed = {row[0]: row for row in rows}
+        # In the order the claim read them: soonest due first.
+        return Claims([Claimed(row_id, claim, attempt, endpoint, url, event_id, body,
+                               (secret,) if previous is None else (secret, previous),
+                               endpoint in probing, created_at)
+                       for row_id, attempt, endpoint, url, event_id, body, secret, previous,
+                       created_at in (claimed[d[0]] for d in due if d[0] in claimed)], 0.0)
+
+    def release(self, claimed: Sequence[Claimed]) -> None:
+        """Give back claimed deliveries without an attempt (their claim and attempt undone)."""
+        if claimed:
+            with self.db.connection() as conn:
+                conn.execute(_RELEASE, {"ids": [c.id for c in claimed],
+                                        "claim": claimed[0].claim})
 
     def record(self, claimed: Claimed, outcome: Outcome, next_delay: float | None
-               ) -> tuple[bool, bool]:
+               ) -> Recorded:
         """Record the attempt's outcome (unless its lease passed and another relay took the
-        delivery over); a failure moves the endpoint's breaker and may disable it.
-        (Whether it was recorded, whether it disabled the endpoint.)"""
+        delivery over); a success closes the endpoint's breaker (what it held back is due at
+        once), a failure moves it and may disable the endpoint. A success is one statement."""
         if outcome.succeeded:
-            status, delay = "succeeded", None
-        elif next_delay is None or outcome.gone:
+            with self.db.connection() as conn:
+                row = conn.execute(_RECORD_SUCCESS, {
+                    "endpoint": claimed.endpoint_id, "id": claimed.id, "claim": claimed.claim,
+                    "response_status": outcome.response_status,
+                    "duration_ms": outcome.duration_ms}).fetchone()
+            return Recorded(bool(row and row[0]), False, bool(row and row[1]))
+        if next_delay is None or outcome.gone:
             status, delay = "failed", None
         else:
             status, delay = "pending", next_delay
@@ -374,9 +435,7 @@ class WebhookQueue:
             # endpoint (or of its owner) takes them in, so the two never deadlock.
             since = conn.execute(
                 "SELECT failing_since, disabled, open_until, now() FROM webhook_endpoints "
-                "WHERE id = %s "
-                + ("FOR KEY SHARE" if outcome.succeeded else "FOR NO KEY UPDATE"),
-                (claimed.endpoint_id,)).fetchone()
+                "WHERE id = %s FOR NO KEY UPDATE", (claimed.endpoint_id,)).fetchone()
             if since is not None and since[1]:
                 delay = None  # disabled meanwhile: waits, with no due time, to be enabled
             row = conn.execute(_RECORD, {
@@ -384,12 +443,7 @@ class WebhookQueue:
                 "error": outcome.error, "duration_ms": outcome.duration_ms,
                 "id": claimed.id, "claim": claimed.claim}).fetchone()
             if row is None:
-                return False, False  # taken over, or the endpoint was deleted meanwhile
-            if outcome.succeeded:
-                conn.execute(_SUCCEEDED, (claimed.endpoint_id,))
-                if since is not None and since[2] is not None:
-                    conn.execute(_UNPARK, {"id": claimed.endpoint_id, "until": since[2]})
-                return True, False
+                return Recorded(False, False)  # taken over, or the endpoint was deleted
             reason = GONE_REASON if outcome.gone else disable_reason(
                 since[0] if since else None, since[3] if since else datetime.now(UTC),
                 self.breaker.disable_after)
@@ -401,7 +455,7 @@ class WebhookQueue:
                 conn.execute(_PARK_NULL, (claimed.endpoint_id,))
             elif disabled is not None and disabled[1]:
                 conn.execute(_PARK_OPEN, {"id": claimed.endpoint_id})
-        return True, reason is not None and disabled is not None
+        return Recorded(True, reason is not None and disabled is not None)
 
     def purge_finished(self, older_than: datetime, limit: int = 1000) -> int:
         """Delete up to `limit` succeeded or failed deliveries last changed before

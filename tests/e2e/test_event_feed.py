@@ -277,3 +277,28 @@ def test_serve_with_relay_beside_runs_a_relay_and_stops_it_with_the_server(postg
                 os.kill(relay_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_news_says_whether_a_batch_may_find_events(postgres):
+    """The one-statement check an idle relay polls with: true while events follow the feed's
+    position (inside a row of several too) or the feed has not started, false once read or
+    while the position moved less than the gap asked for ago."""
+    url = postgres.new_database()
+    db = database(url)
+    try:
+        feed = EventFeed(db, "test")
+        assert feed.has_news()  # not started: the first batch starts it
+        drain(feed)
+        assert not feed.has_news()
+        with psycopg.connect(url, autocommit=True) as conn:
+            insert_event(conn, 9001, 1, count=3)
+        assert feed.has_news()
+        with feed.batch() as batch:
+            assert batch is not None and [e.seq for e in batch.events] == [1, 2, 3]
+            batch.handed_on(batch.events[0])
+        assert feed.has_news()  # two events of the row are still to come
+        assert not feed.has_news(gap_seconds=60)  # but the position moved just now
+        assert [s for _, s, _ in drain(feed)] == [2, 3]
+        assert not feed.has_news()
+    finally:
+        db.close()

@@ -25,9 +25,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from app.client import ActionNotAllowedError, Client, InvalidParamsError, NotFoundError
+from app.cowsay import CowLibrary, Renderer, cow_search_path
 from app.http.outbound import OutboundPolicy, resolver
-from app.relay.webhooks import IdleGate, Sender, WebhookDelivery, WebhookMetrics
+from app.relay.webhooks import (
+    IdleGate,
+    Sender,
+    WebhookDelivery,
+    WebhookFanout,
+    WebhookMetrics,
+)
 from app.store.db import Database, PoolSettings
+from app.store.event_feed import EventFeed
 from app.store.webhooks import Breaker, WebhookQueue
 from harness import ROOT
 from harness.saypi import Server, server_env
@@ -381,7 +389,7 @@ def test_events_are_delivered_signed_and_verify_during_a_rotation(delivering):
 
 
 def test_a_failed_attempt_is_retried_until_it_succeeds(delivering):
-    server, _, _ = delivering
+    server, url, _ = delivering
     client = new_client(server)
     with Receiver(lambda r: Answer(500 if r.number == 0 else 200)) as receiver:
         endpoint = client.create_webhook_endpoint(receiver.url)["id"]
@@ -393,6 +401,10 @@ def test_a_failed_attempt_is_retried_until_it_succeeds(delivering):
         assert delivery["next_attempt_at"] is None and delivery["error"] is None
         assert [r.number for r in receiver.events()] == [0, 1]
         assert len(set(receiver.ids())) == 1
+        # The success cleared the endpoint's record of failures (its row locked for that).
+        assert sql(url, "SELECT failures, failing_since, open_until FROM webhook_endpoints "
+                        "WHERE rid = %s", int(endpoint.removeprefix("we_"), 16)) == [
+            (0, None, None)]
 
 
 def test_a_receiver_that_does_not_answer_in_time_is_tried_again(delivering):
@@ -708,6 +720,63 @@ def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, 
     finally:
         db.close()
         assert relay.stop() == 0
+        server.stop()
+
+
+def test_a_claimed_batch_gives_back_what_it_does_not_attempt(postgres, tmp_path):
+    """A delivery thread claims a batch. Once an endpoint of it fails, the rest of that
+    endpoint's go back unattempted, as do all that would begin after the batch's time: their
+    claim and counted attempt undone, due again (the breaker is still closed), and delivered
+    later as first attempts."""
+    url = postgres.new_database()
+    env = server_env(url, tmp_path, WEBHOOK_ALLOW_PRIVATE="true")
+    server = Server(env, tmp_path / "server.log").wait_ready()
+    db = Database(url, PoolSettings(min_size=1, max_size=3, timeout=10.0, max_waiting=0,
+                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
+                                    statement_timeout_ms=10_000, check_interval=30.0),
+                  logging.getLogger("test.batch"), name="saypi-test-batch")
+    try:
+        assert db.open(wait_seconds=10)
+        queue = WebhookQueue(db, Breaker(5, 60, timedelta(hours=72)))
+        metrics, gate = WebhookMetrics(CollectorRegistry()), IdleGate(0.05)
+        renderer = Renderer(CowLibrary.load(cow_search_path(None), logging.getLogger("cow")))
+        fanout = WebhookFanout(EventFeed(db, "webhooks"), queue, renderer, metrics, gate)
+        fanout.step()  # the feed starts at the log's end
+        sender = Sender(OutboundPolicy(False, True, resolver({}, 5.0)), 5.0, "batch", 2)
+        thread = WebhookDelivery(1, queue, sender, (30.0,), metrics,
+                                 logging.getLogger("test.batch"), gate, batch=16,
+                                 batch_seconds=0.5)
+        with Receiver(always(500)) as failing, \
+                Receiver(lambda r: Answer(200, wait=0.4)) as slow:
+            client = new_client(server)
+            bad = client.create_webhook_endpoint(failing.url, events=["line.created"])["id"]
+            good = client.create_webhook_endpoint(slow.url, events=["line.created"])["id"]
+            convo = client.create_conversation("batch")["id"]
+            client.create_lines(convo, [{"text": f"{i}"} for i in range(6)])
+
+            def rows(endpoint: str) -> list[tuple]:
+                return sql(url, "SELECT d.status, d.attempts, d.claim IS NULL, "
+                                "coalesce(d.next_attempt_at <= now(), false) "
+                                "FROM webhook_deliveries d "
+                                "JOIN webhook_endpoints e ON e.id = d.endpoint_id "
+                                "WHERE e.rid = %s", int(endpoint.removeprefix("we_"), 16))
+
+            assert eventually(lambda: fanout.step() is not None and
+                              len(rows(bad)) + len(rows(good)) == 12, 10)
+            assert thread.step()  # one claim of all twelve
+            assert len(failing.events()) == 1  # the rest of that endpoint's went back
+            assert sorted(rows(bad)) == [("pending", 0, True, True)] * 5 + [
+                ("pending", 1, True, False)]
+            sent = len(slow.events())
+            assert 1 <= sent < 6  # each answer takes 0.4 s: the batch's 0.5 s ran out
+            assert sorted(rows(good)) == [("pending", 0, True, True)] * (6 - sent) + [
+                ("succeeded", 1, True, False)] * sent
+            assert eventually(lambda: thread.step() is not None and
+                              {r[0] for r in rows(good)} == {"succeeded"}, 30)
+            assert {r[1] for r in rows(good)} == {1}  # given back: no attempt counted
+            assert len(slow.events()) == 6
+    finally:
+        db.close()
         server.stop()
 
 

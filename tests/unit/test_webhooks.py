@@ -8,6 +8,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,6 +22,7 @@ from app.domain.webhooks import (
     JITTER,
     RETRY_SCHEDULE,
     Claimed,
+    Recorded,
     address_problem,
     disable_reason,
     host_form_problem,
@@ -215,7 +217,7 @@ def test_a_lookup_error_reads_as_a_host_that_does_not_resolve():
         "has a host that does not resolve (nowhere.example)"
 
 
-class Recorded:
+class Recording:
     """A WebhookQueue stand-in that keeps what is recorded."""
 
     def __init__(self):
@@ -223,7 +225,7 @@ class Recorded:
 
     def record(self, claimed, outcome, delay, *now):
         self.records.append((claimed, outcome, delay))
-        return True, False
+        return Recorded(True, False)
 
 
 class Raising:
@@ -234,7 +236,7 @@ class Raising:
 
 
 def test_an_attempt_that_raises_is_recorded_as_a_failure_and_retried():
-    queue = Recorded()
+    queue = Recording()
     delivery = WebhookDelivery(1, queue, Raising(), RETRY_SCHEDULE,
                                WebhookMetrics(CollectorRegistry()), logging.getLogger("test"),
                                IdleGate(1.0), rng=random.Random(3))
@@ -270,3 +272,21 @@ def test_6to4_and_teredo_addresses_carrying_inside_ones_are_refused(address):
 def test_6to4_carrying_a_public_address_passes():
     assert address_problem("2002:5db8:d822::1", allow_private=False) is None
     assert "carrying 127.0.0.1" in address_problem("2002:7f00:1::1", allow_private=False)
+
+
+def test_an_idle_gate_stays_quiet_until_the_next_delivery_is_due():
+    gate = IdleGate(0.05, longest=1.0)
+    assert not gate.quiet()
+    gate.idle(None)  # nothing pending: the longest wait
+    assert gate.quiet() and 0.9 < gate.quiet_until - time.monotonic() <= 1.0
+    gate.due_in(0.2)  # a retry recorded meanwhile brings it forward
+    assert gate.quiet_until - time.monotonic() <= 0.2
+    gate.idle(30.0)  # the next due in 30 s: still the longest wait
+    assert gate.quiet_until - time.monotonic() <= 1.0
+    gate.idle(-5.0)  # due ones another claim holds: a poll
+    assert gate.quiet_until - time.monotonic() <= 0.05
+    gate.quiet_until = time.monotonic() - 1.0  # the wait is over:
+    assert not gate.quiet()  # one thread claims,
+    assert gate.quiet()  # the others wait for what it finds
+    gate.open()  # it found work: all of them claim
+    assert not gate.quiet() and not gate.quiet()

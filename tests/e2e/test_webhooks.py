@@ -687,6 +687,16 @@ def test_a_deleted_users_endpoints_stop(delivering):
         assert len(receiver.events()) == seen
 
 
+def relay_parts_db(url: str, name: str, max_size: int) -> Database:
+    """A pool of the test's own on the server's database (for relay parts run in the test)."""
+    db = Database(url, PoolSettings(min_size=1, max_size=max_size, timeout=10.0, max_waiting=0,
+                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
+                                    statement_timeout_ms=10_000, check_interval=30.0),
+                  logging.getLogger(f"test.{name}"), name=f"saypi-test-{name}")
+    assert db.open(wait_seconds=10)
+    return db
+
+
 def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, tmp_path):
     """Leases and due times are the database's clock: a relay host an hour ahead does not see
     another relay's lease as over, and does not send the delivery a second time."""
@@ -695,12 +705,8 @@ def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, 
                      WEBHOOK_THREADS="1")
     server = Server(env, tmp_path / "server.log").wait_ready()
     relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
-    db = Database(url, PoolSettings(min_size=1, max_size=2, timeout=10.0, max_waiting=0,
-                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
-                                    statement_timeout_ms=10_000, check_interval=30.0),
-                  logging.getLogger("test.skew"), name="saypi-test-skew")
+    db = relay_parts_db(url, "skew", max_size=2)
     try:
-        assert db.open(wait_seconds=10)
         assert eventually(lambda: feed_started(url), 30)
         with Receiver(lambda r: Answer(200, wait=2)) as receiver:
             client = new_client(server)
@@ -731,12 +737,8 @@ def test_a_claimed_batch_gives_back_what_it_does_not_attempt(postgres, tmp_path)
     url = postgres.new_database()
     env = server_env(url, tmp_path, WEBHOOK_ALLOW_PRIVATE="true")
     server = Server(env, tmp_path / "server.log").wait_ready()
-    db = Database(url, PoolSettings(min_size=1, max_size=3, timeout=10.0, max_waiting=0,
-                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
-                                    statement_timeout_ms=10_000, check_interval=30.0),
-                  logging.getLogger("test.batch"), name="saypi-test-batch")
+    db = relay_parts_db(url, "batch", max_size=3)
     try:
-        assert db.open(wait_seconds=10)
         queue = WebhookQueue(db, Breaker(5, 60, timedelta(hours=72)))
         metrics, gate = WebhookMetrics(CollectorRegistry()), IdleGate(0.05)
         renderer = Renderer(CowLibrary.load(cow_search_path(None), logging.getLogger("cow")))

@@ -34,13 +34,13 @@ from app.relay.webhooks import (
     WebhookFanout,
     WebhookMetrics,
 )
-from app.store.db import Database, PoolSettings
 from app.store.event_feed import EventFeed
 from app.store.webhooks import Breaker, WebhookQueue
 from harness import ROOT
 from harness.saypi import Server, server_env
 from harness.services import free_port
 from tests.conftest import eventually
+from tests.e2e.test_ratelimit_store import open_db
 from tests.e2e.webhook_receiver import Answer, Received, Receiver, always
 from tests.unit.test_deploy import promql_metric_names
 
@@ -687,16 +687,6 @@ def test_a_deleted_users_endpoints_stop(delivering):
         assert len(receiver.events()) == seen
 
 
-def relay_parts_db(url: str, name: str, max_size: int) -> Database:
-    """A pool of the test's own on the server's database (for relay parts run in the test)."""
-    db = Database(url, PoolSettings(min_size=1, max_size=max_size, timeout=10.0, max_waiting=0,
-                                    max_idle=60.0, max_lifetime=600.0, connect_timeout=5,
-                                    statement_timeout_ms=10_000, check_interval=30.0),
-                  logging.getLogger(f"test.{name}"), name=f"saypi-test-{name}")
-    assert db.open(wait_seconds=10)
-    return db
-
-
 def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, tmp_path):
     """Leases and due times are the database's clock: a relay host an hour ahead does not see
     another relay's lease as over, and does not send the delivery a second time."""
@@ -705,7 +695,7 @@ def test_a_relay_whose_clock_is_ahead_does_not_take_a_leased_delivery(postgres, 
                      WEBHOOK_THREADS="1")
     server = Server(env, tmp_path / "server.log").wait_ready()
     relay = RelayProcess(env, tmp_path / "relay.log").wait_running()
-    db = relay_parts_db(url, "skew", max_size=2)
+    db = open_db(url, max_size=2, timeout=10.0, wait=10.0)
     try:
         assert eventually(lambda: feed_started(url), 30)
         with Receiver(lambda r: Answer(200, wait=2)) as receiver:
@@ -737,7 +727,7 @@ def test_a_claimed_batch_gives_back_what_it_does_not_attempt(postgres, tmp_path)
     url = postgres.new_database()
     env = server_env(url, tmp_path, WEBHOOK_ALLOW_PRIVATE="true")
     server = Server(env, tmp_path / "server.log").wait_ready()
-    db = relay_parts_db(url, "batch", max_size=3)
+    db = open_db(url, max_size=3, timeout=10.0, wait=10.0)
     try:
         queue = WebhookQueue(db, Breaker(5, 60, timedelta(hours=72)))
         metrics, gate = WebhookMetrics(CollectorRegistry()), IdleGate(0.05)

@@ -7,17 +7,21 @@ threads of its own, closing connections linger, SIGTERM stops listening at once.
 
 from __future__ import annotations
 
+import errno
 import json
 import selectors
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
+from datetime import datetime
 from functools import partial
 from http import HTTPStatus
 
 from gunicorn import http, util
+from gunicorn.http import wsgi
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
@@ -27,6 +31,7 @@ from app.http.errors import ApiError, InvalidRequest, ServiceUnavailable
 from app.ops import bodies
 from app.ops.framing import framing_refusal, parse_error_answer
 from app.ops.http_head import HttptoolsRequestParser
+from app.ops.response_writer import OneSendResponse
 
 #: Largest single read of a request head from a client socket.
 RECV_BYTES = 65536
@@ -58,6 +63,27 @@ def contract_error_bytes(error: ApiError, request_id: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+class ModeKeepingSocket(socket.socket):
+    """A client socket that skips the system call when told the mode it already has.
+
+    gunicorn sets a connection blocking before every request and bounds the drain of an
+    unread body with a timeout it then takes back; CPython makes an ioctl of each, and
+    each releases and takes back the GIL, which under load wakes another thread for
+    nothing. The mode a socket is in is its timeout (None: blocking, 0.0: non-blocking),
+    which Python keeps: asking for the same one again changes nothing.
+    """
+
+    __slots__ = ()
+
+    def setblocking(self, flag: bool) -> None:
+        if self.gettimeout() != (None if flag else 0.0):
+            super().setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        if self.gettimeout() != value:
+            super().settimeout(value)
+
+
 def is_health_request(head: bytes | bytearray) -> bool:
     """Whether a request head's target is under /health/ (cheap: no parsing)."""
     space = head.find(b" ", 0, 24)
@@ -78,6 +104,7 @@ class SayPIWorker(ThreadWorker):
     body_timeout: float = 10.0
     max_body_bytes: int = 65536
     queue_timeout: float = 3.0
+    alive: bool  # gunicorn's: False once the worker is stopping
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -138,6 +165,19 @@ class SayPIWorker(ThreadWorker):
             self.log.debug("Failed to send error message.")
 
     # --- reading heads in the main loop -----------------------------------------------------
+    def accept(self, listener):
+        """gunicorn's accept, the client socket made a ModeKeepingSocket."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        client_sock.__class__ = ModeKeepingSocket
+        client_sock.setblocking(True)
+        self.enqueue_req(TConn(self.cfg, client_sock, client_addr, listener.getsockname()))
+
     def enqueue_req(self, conn):
         """gunicorn's one way into the thread pool: read the head here first."""
         if conn.is_http2 or self.cfg.is_ssl or (
@@ -358,6 +398,18 @@ class SayPIWorker(ThreadWorker):
         unreader.unread(bytes(received))  # the main loop takes it from here (finish_request)
         return False
 
+    def _keepalive_after(self, conn, keepalive):
+        """Whether the connection can be kept: its request's unread body drained first.
+
+        When the main loop read the whole body, what the application left is in the
+        parser's buffer: draining it reads no socket, so it needs none of the timeout that
+        gunicorn sets (and takes back) on the socket around its drain.
+        """
+        if keepalive and getattr(conn, "saypi_ready_at", None) is not None \
+                and not conn.saypi_too_large:
+            return bool(conn.parser.finish_body())
+        return super()._keepalive_after(conn, keepalive)
+
     def _handle_admitted(self, req, conn):
         """On the request's thread: tell the envelope what the main loop learnt (admission.py)."""
         ready_at = getattr(conn, "saypi_ready_at", None)
@@ -372,9 +424,57 @@ class SayPIWorker(ThreadWorker):
             req._expected_100_continue = False
         token = admission.admit(admission.Admission(ready_at, too_large))
         try:
-            return super().handle_request(req, conn)
+            return self._serve(req, conn)
         finally:
             admission.release(token)
+
+    def _serve(self, req, conn) -> bool:
+        """gunicorn's ThreadWorker.handle_request, its response written by OneSendResponse
+        (head and body in one send). Whether the connection may be kept alive."""
+        environ: dict = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg,
+                                        response_class=OneSendResponse)
+            environ["wsgi.multithread"] = True
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive or \
+                    len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+            respiter = self.wsgi(environ, resp.start_response)
+            try:
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            return not resp.should_close()
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp is not None and resp.headers_sent:
+                # The response began: another answer on this connection would corrupt it.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from sys.exc_info()[1]
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
 
     # --- load shedding: requests that waited too long for a thread --------------------------
     def _shed_late_requests(self, now: float) -> None:

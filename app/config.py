@@ -201,7 +201,7 @@ class Config:
     host: str = setting("HOST", _str, "127.0.0.1", "address to listen on")
     port: int = setting("PORT", _int(0, 65535), 8080, "port to listen on (0 picks a free one)")
     web_concurrency: int = setting("WEB_CONCURRENCY", _int(1, 64), 2, "gunicorn worker processes")
-    threads: int = setting("THREADS", _int(1, 256), 8, "threads per worker (gthread)")
+    threads: int = setting("THREADS", _int(1, 256), 4, "threads per worker (gthread)")
     reuse_port: bool = setting(
         "REUSE_PORT", _bool, True,
         "SO_REUSEPORT on the listening socket, so the kernel spreads connections")
@@ -209,7 +209,7 @@ class Config:
         "DB_POOL_MIN", _int(0, 1000), 2,
         "connections each worker opens before serving")
     db_pool_max: int = setting(
-        "DB_POOL_MAX", _int(1, 1000), 8,
+        "DB_POOL_MAX", _int(1, 1000), 4,
         "most connections per worker (match THREADS)")
     db_pool_timeout: float = setting(
         "DB_POOL_TIMEOUT", _float(0.05, 60), 3.0,

@@ -121,7 +121,8 @@ def measure_rows(bench: Bench) -> dict:
     for row in rows.values():
         row["x_peer"] = round(row["rps"] / peer_rps, 3) if peer_rps else None
         row["x_flask"] = round(row["rps"] / flask_rps, 3) if flask_rps else None
-    return {"rows": rows, "same_bytes": {"compared": compared, "response_bytes": size}}
+    return {"rows": rows, "same_bytes": {"compared": compared, "response_bytes": size},
+            "threads": bench.effective_config().threads}
 
 
 def _app_us(result: WrkResult) -> float:
@@ -136,7 +137,8 @@ def markdown(data: dict) -> str:
         "",
         f"{data['generated_at']}; wrk -c{s['connections']} -t{s['wrk_threads']}, "
         f"{s['runs']} x {s['seconds']} s per row, interleaved, medians; every server 2 "
-        f"workers (SayPI and Flask x 8 threads); every row's body identical to the peer's "
+        f"workers (SayPI and Flask x {data.get('threads', 8)} threads); every row's body "
+        f"identical to the peer's "
         f"for {data['same_bytes']['compared']} requests "
         f"({data['same_bytes']['response_bytes']} bytes the first).",
         "",

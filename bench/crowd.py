@@ -23,6 +23,9 @@ from typing import Any
 
 _CREATED = re.compile(rb'"type":"line\.created","created_at":"([^"]+)"')
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})")
+# A stream whose response has not begun this long after its request is given up and opened
+# again, as a client with a response timeout would: it stays in the refusals it counts.
+NO_ANSWER_SECONDS = 10.0
 
 
 def raise_open_files() -> tuple[int, int]:
@@ -34,8 +37,8 @@ def raise_open_files() -> tuple[int, int]:
 
 
 class _Stream:
-    __slots__ = ("attempts", "body", "chunk", "chunked", "head", "raw", "request", "sock",
-                 "status", "watch")
+    __slots__ = ("attempts", "body", "chunk", "chunked", "head", "opened_at", "raw", "request",
+                 "sock", "status", "watch")
 
     def __init__(self, sock: socket.socket, request: bytes, watch: bool, attempts: int):
         self.sock, self.request, self.watch = sock, request, watch
@@ -46,6 +49,7 @@ class _Stream:
         self.chunk = 0  # bytes left of the current chunk (0: a size line comes next)
         self.body = b""  # decoded, an unfinished message at its end
         self.attempts = attempts
+        self.opened_at = time.monotonic()
 
     def decode(self, data: bytes) -> bytes:
         """The body bytes in `data` (HTTP/1.1 chunked framing removed)."""
@@ -168,8 +172,20 @@ class _Worker:
             self.latencies.append(now - self._epoch(match.group(1)))
             self.deliveries += 1
 
+    def give_up_unanswered(self, now: float) -> None:
+        """Streams still without a response NO_ANSWER_SECONDS after their request: retried."""
+        for stream in [s for s in self.streams.values()
+                       if s.status == 0 and now - s.opened_at > NO_ANSWER_SECONDS]:
+            self._drop(stream)
+            self._retry(stream.request, stream.watch, stream.attempts,
+                        f"no answer in {NO_ANSWER_SECONDS:g} s")
+
     def run(self) -> None:
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked > 1.0:
+                checked = time.monotonic()
+                self.give_up_unanswered(checked)
             if self.retry_at:
                 now = time.monotonic()
                 due = [r for r in self.retry_at if r[0] <= now]
@@ -284,9 +300,13 @@ class Crowd:
                 pipe.recv()
             goal = first + len(batch)
             deadline = time.monotonic() + wave_seconds
+            # The next wave goes once this one is answered; a few still retrying (refused,
+            # or unanswered for NO_ANSWER_SECONDS) do not hold up the rest.
+            retrying = max(5, wave // 50)
             while time.monotonic() < deadline:
                 state = self.status()
-                if state["held"] - base + state["failed"] >= goal and not state["pending"]:
+                if state["held"] - base + state["failed"] + state["pending"] >= goal \
+                        and state["pending"] <= retrying:
                     break
                 time.sleep(0.05)
             if say is not None and (goal // wave) % 8 == 0:

@@ -35,8 +35,9 @@ from harness.saypi import Server as Relay
 from harness.services import free_port
 
 RESULTS = ROOT / "bench-results"
+QUIET_SECONDS = 10  # how long SayPI is watched with the streams held and no load
 KNOBS = {"LIVE_IDLE": "10000", "LIVE_FANOUT": "1000", "LIVE_RATE": "50", "LIVE_SECONDS": "10",
-         "LIVE_WORKERS": "2", "LIVE_THREADS": "4", "LIVE_CLIENTS": "2"}
+         "LIVE_WORKERS": "2", "LIVE_THREADS": "4", "LIVE_CLIENTS": "2", "LIVE_PAIRS": "3"}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -120,6 +121,38 @@ def _crowd_dict(figures: CrowdFigures, wanted: int, open_seconds: float) -> dict
             "open_seconds": round(open_seconds, 1)}
 
 
+def _pairs(runs: list[tuple[str, WrkResult]], busy: list[dict[str, float]]) -> dict:
+    """Each run with the subscribers against the mean of the two runs without beside it.
+
+    Returns the change of each pair in req/s, p99 and SayPI's CPU per request (its cores
+    busy over req/s), and the median change over the pairs, the figure to read: on this
+    shared machine two runs without, a minute apart, can differ by 10-20 %.
+    """
+    changes: dict[str, list[float]] = {"rps": [], "p99": [], "saypi_cpu_us": []}
+
+    def figures(i: int) -> dict[str, float]:
+        result, cores = runs[i][1], busy[i]["saypi"]
+        return {"rps": result.rps, "p99": result.latency_ms["p99"],
+                "saypi_cpu_us": 1e6 * cores / result.rps if result.rps else 0.0}
+
+    for i, (label, _) in enumerate(runs):
+        if label != "with" or i == 0 or i + 1 >= len(runs):
+            continue
+        held, before, after = figures(i), figures(i - 1), figures(i + 1)
+        for key, values in changes.items():
+            base = (before[key] + after[key]) / 2
+            values.append(round((held[key] / base - 1) * 100, 1) if base else 0.0)
+    return {
+        "pair_changes_percent": changes,
+        "rps_change_percent": round(statistics.median(changes["rps"]), 1)
+        if changes["rps"] else None,
+        "p99_change_percent": round(statistics.median(changes["p99"]), 1)
+        if changes["p99"] else None,
+        "saypi_cpu_change_percent": round(statistics.median(changes["saypi_cpu_us"]), 1)
+        if changes["saypi_cpu_us"] else None,
+    }
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
@@ -187,34 +220,46 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
                          "pushpin": round(sum(v for k, v in spent.items()
                                               if k.startswith("pushpin")) / elapsed, 2)})
 
-        # Without, with, with, without: the machine's other work drifts over a run, so each
-        # side is measured at both ends of it.
-        load("without")
-        crowd = Crowd("127.0.0.1", pushpin.port, clients)
-        crowds.append(crowd)
+        # Without, with, without, with, ..., without: each run with the subscribers held is
+        # flanked by runs without, so the machine's drift over the bench shows in both sides
+        # of every pair. The idle streams are opened afresh for each run with them.
+        pairs = max(1, int(knobs["LIVE_PAIRS"]))
         tokens = [token for _, token in seeded.readers] or [seeded.writers[0][1]]
-        say(f"opening {idle} idle subscribers through Pushpin ({clients} client processes)")
-        open_seconds = crowd.open_many(
-            [("/events/stream", tokens[n % len(tokens)]) for n in range(idle)], False, say=say)
-        held = crowd.status()
-        say(f"{held['held']} held ({held['failed']} failed) in {open_seconds:.1f} s")
-        time.sleep(3)  # the last subscriptions' first recoveries (a first hold may conflict)
-        # Between requests: no load for a while, the streams held; what SayPI does meanwhile.
-        quiet = 10
-        before_quiet = len(_access(work / "saypi.log"))
-        quiet_cpu = _tree_cpu(pids)
-        time.sleep(quiet)
-        quiet_cpu = {name: round(seconds_ - quiet_cpu.get(name, 0.0), 2)
-                     for name, seconds_ in sorted(_tree_cpu(pids).items())}
-        quiet_requests = _access(work / "saypi.log")[before_quiet:]
-        direct_open = _direct_open(url)
-        load("with")
-        load("with")
-        idle_figures = crowd.figures()
-        crowd.close()
-        crowds.remove(crowd)
-        time.sleep(3)
+        idle_figures, open_times = None, []
+        quiet_requests: list = []
+        quiet_cpu: dict[str, float] = {}
+        direct_open = None
         load("without")
+        for pair in range(pairs):
+            crowd = Crowd("127.0.0.1", pushpin.port, clients)
+            crowds.append(crowd)
+            say(f"opening {idle} idle subscribers through Pushpin ({clients} client "
+                f"processes), pair {pair + 1}/{pairs}")
+            open_times.append(crowd.open_many(
+                [("/events/stream", tokens[n % len(tokens)]) for n in range(idle)], False,
+                say=say))
+            held = crowd.status()
+            say(f"{held['held']} held ({held['failed']} failed) in {open_times[-1]:.1f} s")
+            time.sleep(3)  # the last subscriptions' first recoveries (a first hold may conflict)
+            if pair == 0:
+                # Between requests: no load for a while, the streams held; what SayPI does.
+                before_quiet = len(_access(work / "saypi.log"))
+                quiet_cpu = _tree_cpu(pids)
+                time.sleep(QUIET_SECONDS)
+                quiet_cpu = {name: round(seconds_ - quiet_cpu.get(name, 0.0), 2)
+                             for name, seconds_ in sorted(_tree_cpu(pids).items())}
+                quiet_requests = _access(work / "saypi.log")[before_quiet:]
+                direct_open = _direct_open(url)
+            load("with")
+            figures = crowd.figures()
+            if idle_figures is None or figures.held < idle_figures.held:
+                idle_figures = figures  # the least held of the pairs is what is reported
+            crowd.close()
+            crowds.remove(crowd)
+            time.sleep(3)
+            load("without")
+        assert idle_figures is not None
+        open_seconds = max(open_times)
 
         writer_token = seeded.writers[0][1]
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {writer_token}"},
@@ -260,11 +305,7 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
         crowds.remove(fan)
         latencies = fan_figures.latencies
         stream_ms = [ms for route, ms in _access(work / "saypi.log")]
-        without = [r for label, r in runs if label == "without"]
-        with_ = [r for label, r in runs if label == "with"]
-        base_rps, held_rps = _mean([r.rps for r in without]), _mean([r.rps for r in with_])
-        base_p99 = _mean([r.latency_ms["p99"] for r in without])
-        held_p99 = _mean([r.latency_ms["p99"] for r in with_])
+        compared = _pairs(runs, busy)
         data = {
             "generated_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "settings": {**knobs, "database": db.where, "rlimit_nofile": open_files[0],
@@ -272,11 +313,8 @@ def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
             "idle": _crowd_dict(idle_figures, idle, open_seconds),
             "api_runs": [{"subscribers": label, **r.as_dict(), "cores_busy": cores}
                          for (label, r), cores in zip(runs, busy, strict=True)],
-            "rps_change_percent": round((held_rps / base_rps - 1) * 100, 1)
-            if base_rps else None,
-            "p99_change_percent": round((held_p99 / base_p99 - 1) * 100, 1)
-            if base_p99 else None,
-            "quiet": {"seconds": quiet, "streams_held": idle_figures.held,
+            **compared,
+            "quiet": {"seconds": QUIET_SECONDS, "streams_held": idle_figures.held,
                       "requests": len(quiet_requests),
                       "links": sum(1 for r, _ in quiet_requests if r.endswith("/next")),
                       "streams_direct_open": direct_open, "cpu_seconds": quiet_cpu},
@@ -327,16 +365,21 @@ workers x {d['settings']['LIVE_THREADS']:g} threads, one Pushpin, one relay, the
 {f['client_processes']} processes, all on 127.0.0.1 (RLIMIT_NOFILE
 {d['settings']['rlimit_nofile']}).
 
-GET /conversations/{{id}} (wrk, 16 connections), in the order run: without, with
-{d['idle']['held']} idle subscribers held by Pushpin (twice), without again.
+GET /conversations/{{id}} (wrk, 16 connections), in the order run: without, then
+{d['settings']['LIVE_PAIRS']:g} times with {d['idle']['held']} idle subscribers held by
+Pushpin (opened afresh each time) followed by without.
 
 | subscribers | req/s | p50 ms | p99 ms | errors | cores busy: machine | SayPI | Pushpin |
 |---|---|---|---|---|---|---|---|
 {rows}
 
 "Cores busy" is CPU time over the run's wall time: the whole machine (2 cores: whatever
-else runs on it counts too), SayPI's processes, Pushpin's. With against without (the
-means): req/s {d['rps_change_percent']} %, p99 {d['p99_change_percent']} %.
+else runs on it counts too), SayPI's processes, Pushpin's. Each run with the subscribers
+against the mean of the two runs without beside it, per pair:
+req/s {d['pair_changes_percent']['rps']} %, p99 {d['pair_changes_percent']['p99']} %,
+SayPI's CPU per request {d['pair_changes_percent']['saypi_cpu_us']} %.
+The medians over the pairs: req/s {d['rps_change_percent']} %, p99
+{d['p99_change_percent']} %, SayPI's CPU per request {d['saypi_cpu_change_percent']} %.
 
 Idle subscribers: {d['idle']['held']} of {d['idle']['wanted']} held
 ({d['idle']['failed']} failed for good; refusals retried: {d['idle']['refusals'] or 'none'}),

@@ -68,7 +68,8 @@ USAGE = """usage: python -m bench COMMAND (run|scale|sweep|profile|tracing|overl
   live     event streams held by Pushpin: GET load with and without LIVE_IDLE (10000)
            idle subscribers, commit-to-client latency of LIVE_RATE (50) events/s to
            LIVE_FANOUT (1000) subscribers of one conversation, SayPI threads used;
-           the streams read by LIVE_CLIENTS (2) client processes;
+           the streams read by LIVE_CLIENTS (2) client processes; LIVE_PAIRS (3) runs
+           with the idle subscribers, each between two without;
            writes bench-results/live.md and live.json
 
 environment (BENCH_QUICK=1 for a smoke run; explicit values win):

@@ -354,7 +354,7 @@ class Config:
         "host=address pairs resolved without DNS (as curl's --resolve), for tests")
     # Live streams (GET /events/stream): docs/streams.md.
     stream_heartbeat_seconds: float = setting(
-        "STREAM_HEARTBEAT_SECONDS", _float(0.1, 600), 15.0,
+        "STREAM_HEARTBEAT_SECONDS", _float(0.1, 600), 25.0,
         "seconds between the comment heartbeats of an idle event stream")
     stream_direct_seconds: float = setting(
         "STREAM_DIRECT_SECONDS", _float(0.1, 3600), 30.0,

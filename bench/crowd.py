@@ -302,7 +302,7 @@ class Crowd:
             deadline = time.monotonic() + wave_seconds
             # The next wave goes once this one is answered; a few still retrying (refused,
             # or unanswered for NO_ANSWER_SECONDS) do not hold up the rest.
-            retrying = max(5, wave // 50)
+            retrying = max(5, wave // 10)
             while time.monotonic() < deadline:
                 state = self.status()
                 if state["held"] - base + state["failed"] + state["pending"] >= goal \

@@ -57,11 +57,17 @@ def written(response_class, head: bytes, status: str, headers: list, chunks: lis
         response.write(chunk)
     response.close()
     sock.close()
+    wire = received(far)
+    return re.sub(rb"Date: [^\r]*\r\n", b"Date: -\r\n", wire), sock.sends
+
+
+def received(far: socket.socket) -> bytes:
+    """Everything the other end sent until it closed; then this end is closed too."""
     wire = b""
     while data := far.recv(65536):
         wire += data
     far.close()
-    return re.sub(rb"Date: [^\r]*\r\n", b"Date: -\r\n", wire), sock.sends
+    return wire
 
 
 CASES = [
@@ -118,10 +124,7 @@ def test_a_file_body_goes_after_its_head():
         response.write_file(wsgi.FileWrapper(body))
         response.close()
         near.close()
-        wire = b""
-        while data := far.recv(65536):
-            wire += data
-        far.close()
+        wire = received(far)
     assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
     assert wire.endswith(b"\r\n\r\nfile body")
 

@@ -153,10 +153,6 @@ def _pairs(runs: list[tuple[str, WrkResult]], busy: list[dict[str, float]]) -> d
     }
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
-
-
 def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:
     knobs = {name: float(env.get(name, default)) for name, default in KNOBS.items()}
     idle, fanout = int(knobs["LIVE_IDLE"]), int(knobs["LIVE_FANOUT"])

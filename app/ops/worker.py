@@ -11,7 +11,6 @@ import errno
 import json
 import selectors
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -463,12 +462,12 @@ class SayPIWorker(ThreadWorker):
             return not resp.should_close()
         except OSError:
             raise
-        except (Exception, SystemExit):
+        except (Exception, SystemExit) as exc:
             if resp is not None and resp.headers_sent:
                 # The response began: another answer on this connection would corrupt it.
                 self.log.exception("Error handling request")
                 util.close_graceful(conn.sock)
-                raise StopIteration() from sys.exc_info()[1]
+                raise StopIteration() from exc
             raise
         finally:
             try:

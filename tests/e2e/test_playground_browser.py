@@ -13,6 +13,7 @@ in no URL. Screenshots (1280 and 375 px wide) go to test-artifacts/.
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import urlsplit
 
 import httpx
@@ -84,6 +85,19 @@ def lines_of(page) -> list[str]:
 def wait_for_lines(page, count: int, timeout: float = REFRESH_WAIT_MS) -> None:
     page.wait_for_function("n => document.querySelectorAll('#lines li.line').length === n",
                            arg=count, timeout=timeout)
+
+
+def wait_for_the_catch_up_read(page, watch: Watch, path: str) -> None:
+    """Wait until the page has asked for `path` after its last stream request: the one read a
+    page makes when its stream opens (what changed before), so any later read is a poll."""
+    deadline = time.monotonic() + 10
+    while True:
+        asked = [urlsplit(url).path for url in watch.requested]
+        streams = [n for n, asked_for in enumerate(asked) if asked_for == "/events/stream"]
+        if streams and path in asked[streams[-1] + 1:]:
+            return
+        assert time.monotonic() < deadline, asked
+        page.wait_for_timeout(50)  # lets the browser's request events reach the watch
 
 
 def wait_for_preview(page, text: str) -> None:
@@ -345,6 +359,7 @@ def test_a_line_written_in_one_context_appears_live_in_another(start_server):
             pages.append(page)
         writer, reader = pages
         conversation_path = f"/conversations/{convo['id']}"
+        wait_for_the_catch_up_read(reader, watches[1], conversation_path)
         before = len(watches[1].requested)
         writer.fill("#text", "Moo, live")
         writer.click("#add-line")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -105,6 +106,18 @@ def test_pool_connections_belong_to_workers_not_the_master(shared_server, postgr
     assert pids, names
     assert shared_server.process.pid not in pids
     assert len(pids) == int(shared_server.env["WEB_CONCURRENCY"])
+
+
+def test_each_worker_freezes_what_it_built_before_it_serves(shared_server):
+    """A full collection never walks the app's startup objects: each worker freezes them
+    (gc.freeze) before its first request, and its log says how many it froze."""
+    said = [re.fullmatch(r"Worker (\d+) ready: (\d+) objects frozen out of the collector's "
+                         r"sight", json.loads(line).get("message", ""))
+            for line in shared_server.log_lines() if line.startswith("{")]
+    frozen = {int(match[1]): int(match[2]) for match in said if match}
+    assert len(frozen) == int(shared_server.env["WEB_CONCURRENCY"]), frozen
+    assert shared_server.process.pid not in frozen
+    assert all(count > 10_000 for count in frozen.values()), frozen
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_0(start_server):

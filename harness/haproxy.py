@@ -85,9 +85,11 @@ def render_config(backends: list[Backend], stats_socket: Path | None = None,
 
 
 def config_env(listen: str, path: str | None = None) -> dict[str, str]:
-    """The environment the configuration reads (SAYPI_BACKEND only matters unrendered)."""
+    """The environment the configuration reads (SAYPI_BACKEND only matters unrendered).
+    Pushpin at port 1, where none listens: HAProxy sends the streams to SayPI."""
     return {"PATH": path or os.environ.get("PATH", "/usr/bin:/bin"), "SAYPI_LISTEN": listen,
-            "SAYPI_BACKEND": "127.0.0.1:1", "SAYPI_ERRORS": str(ERRORS)}
+            "SAYPI_BACKEND": "127.0.0.1:1", "SAYPI_PUSHPIN": "127.0.0.1:1",
+            "SAYPI_ERRORS": str(ERRORS)}
 
 
 def check_config(haproxy: str, config_path: Path, listen: str = "127.0.0.1:1"

@@ -40,21 +40,24 @@ HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/us
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
 
-def haproxy_env(listen_port: int, backend_port: int) -> dict[str, str]:
+def haproxy_env(listen_port: int, backend_port: int, pushpin_port: int = 1) -> dict[str, str]:
+    """Port 1 for Pushpin: none listens there, so streams go to SayPI."""
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "SAYPI_LISTEN": f"127.0.0.1:{listen_port}",
             "SAYPI_BACKEND": f"127.0.0.1:{backend_port}",
+            "SAYPI_PUSHPIN": f"127.0.0.1:{pushpin_port}",
             "SAYPI_ERRORS": str(ERRORS)}
 
 
 class HAProxy:
-    def __init__(self, backend_port: int, log_path: Path):
+    def __init__(self, backend_port: int, log_path: Path, pushpin_port: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(log_path, "w")
         self.log_path = log_path
         self.process = subprocess.Popen(
-            [HAPROXY, "-db", "-f", str(CONFIG)], env=haproxy_env(self.port, backend_port),
+            [HAPROXY, "-db", "-f", str(CONFIG)],
+            env=haproxy_env(self.port, backend_port, pushpin_port),
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
 
         def accepting() -> bool:
@@ -191,3 +194,50 @@ def test_haproxy_checks_readiness_and_answers_503_json_without_a_backend(behind_
     status, headers, _ = raw_request(
         proxy.port, b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Request-ID: mine-42\r\n\r\n")
     assert status == 503 and headers["x-request-id"] == "mine-42"
+
+
+def test_streams_go_through_pushpin_while_it_is_up_and_to_saypi_without_it(start_server,
+                                                                            tmp_path):
+    """HAProxy sends /events/stream to Pushpin, which holds it past SayPI's own limit for a
+    direct stream, while the API goes to SayPI; with Pushpin stopped, streams are SayPI's
+    direct ones again, ended after STREAM_DIRECT_SECONDS."""
+    from app.client import Client
+    from harness.pushpin import Pushpin, PushpinUnavailable, ensure_pushpin
+    from tests.e2e.test_streams import Reader
+
+    try:
+        binary = ensure_pushpin(print)
+    except PushpinUnavailable as exc:
+        pytest.skip(str(exc))
+    key = uuid.uuid4().hex
+    server = start_server(TRUSTED_PROXIES="127.0.0.1/32", GRIP_KEY=key,
+                          STREAM_DIRECT_SECONDS="1", STREAM_HEARTBEAT_SECONDS="1")
+    pushpin = Pushpin(binary, [f"127.0.0.1:{server.port}"], key, tmp_path)
+    proxy = HAProxy(server.port, tmp_path / "haproxy.log", pushpin.port)
+    token = Client(proxy.url).create_user("streams")["token"]
+
+    def stream_outlives_the_direct_limit() -> bool | None:
+        """True: still open 2.5 s after its first message; False: ended; None: no answer."""
+        client = Client(proxy.url, token)
+        reader = Reader(client)
+        try:
+            reader.wait_for_first(5)
+            if not reader.messages:
+                return None
+            return not reader.ended.wait(2.5)
+        finally:
+            client.close()
+
+    try:
+        assert eventually(lambda: stream_outlives_the_direct_limit() is True, seconds=20), \
+            proxy.log_path.read_text()[-2000:]
+        metrics = Client(server.url).request("GET", "/metrics").text
+        assert "streams_direct_open 0.0" in metrics
+        assert Client(proxy.url, token).create_conversation("via HAProxy")["id"]
+
+        pushpin.stop()
+        assert eventually(lambda: stream_outlives_the_direct_limit() is False, seconds=20), \
+            proxy.log_path.read_text()[-2000:]
+    finally:
+        proxy.stop()
+        pushpin.stop()

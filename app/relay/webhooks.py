@@ -7,6 +7,8 @@ Sent with urllib3, to the address checked at each attempt; docs/webhooks.md says
 from __future__ import annotations
 
 import email.utils
+import heapq
+import itertools
 import json
 import logging
 import random
@@ -180,13 +182,11 @@ class Attempt:
     blocking connect, send or read fails at once however slowly a receiver trickles bytes
     (urllib3's timeout bounds each socket operation, not their sum)."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, deadlines: Deadlines):
         self._lock = threading.Lock()
         self._connections: list[Any] = []
-        self.expired = False
-        self._timer = threading.Timer(timeout, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        self.expired = self._ended = False
+        deadlines.add(time.monotonic() + timeout, self)
 
     def watch(self, connection: Any) -> None:
         """Shut `connection` down at the deadline (at once if that has passed)."""
@@ -196,16 +196,56 @@ class Attempt:
             if self.expired:
                 _shut(connection)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
+            if self._ended:
+                return
             self.expired = True
             for connection in self._connections:
                 _shut(connection)
 
     def end(self) -> None:
-        self._timer.cancel()
         with self._lock:
+            self._ended = True
             self._connections.clear()
+
+
+class Deadlines:
+    """One thread that expires the attempts at their deadlines, earliest first (a timer
+    thread of each attempt's own would cost a thread started and stopped per POST)."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[float, int, Attempt]] = []  # a heap
+        self._changed = threading.Condition()
+        self._order = itertools.count()  # ties in time go in order, never compare attempts
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def add(self, deadline: float, attempt: Attempt) -> None:
+        with self._changed:
+            heapq.heappush(self._due, (deadline, next(self._order), attempt))
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="webhook-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            if self._due[0][2] is attempt:
+                self._changed.notify()  # the earliest now: the thread waits less
+
+    def _run(self) -> None:
+        with self._changed:
+            while not self._closed:
+                now = time.monotonic()
+                while self._due and self._due[0][0] <= now:
+                    heapq.heappop(self._due)[2].expire()  # an ended attempt ignores it
+                self._changed.wait(self._due[0][0] - now if self._due else None)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(5)
 
 
 def _shut(connection: Any) -> None:
@@ -260,6 +300,7 @@ class Sender:
         self._lock = threading.Lock()
         self._current = threading.local()  # the calling thread's Attempt
         self._plain, self._secure = watched_connections(self._current)
+        self._deadlines = Deadlines()
 
     def _pool(self, dest: Destination, address: str) -> urllib3.HTTPConnectionPool:
         key = (dest.scheme, address, dest.port, dest.host)
@@ -299,7 +340,7 @@ class Sender:
                    else f"{host}:{dest.port}", "User-Agent": self.user_agent,
                    "Content-Type": "application/json"}
         pool = self._pool(dest, dest.addresses[0])
-        attempt = self._current.attempt = Attempt(self.timeout)
+        attempt = self._current.attempt = Attempt(self.timeout, self._deadlines)
         try:
             try:
                 response = pool.urlopen(
@@ -326,6 +367,7 @@ class Sender:
         return outcome_of(response.status, response.headers.get("Retry-After"), took())
 
     def close(self) -> None:
+        self._deadlines.close()
         with self._lock:
             for pool in self._pools.values():
                 pool.close()

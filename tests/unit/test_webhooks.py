@@ -1,6 +1,6 @@
 """Webhooks' arithmetic without I/O: signatures (checked by the standardwebhooks package),
 the retry schedule, the three-day rule on a clock the test sets, patterns, URL and address
-rules, and how a receiver's answer reads."""
+rules, how a receiver's answer reads; and attempts' deadlines, on socket pairs."""
 
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from app.domain.webhooks import (
 )
 from app.http.outbound import OutboundPolicy, SlowName, resolver
 from app.relay.webhooks import (
+    Attempt,
+    Deadlines,
     IdleGate,
     WebhookDelivery,
     WebhookMetrics,
@@ -290,3 +292,61 @@ def test_an_idle_gate_stays_quiet_until_the_next_delivery_is_due():
     assert gate.quiet()  # the others wait for what it finds
     gate.open()  # it found work: all of them claim
     assert not gate.quiet() and not gate.quiet()
+
+
+class Connection:
+    """What an Attempt watches: something with a socket (one end of a socketpair)."""
+
+    def __init__(self):
+        self.sock, self.peer = socket.socketpair()
+
+    def is_shut(self) -> bool:
+        self.peer.setblocking(False)
+        try:
+            return self.peer.recv(1) == b""  # the other end shut down: end of stream
+        except BlockingIOError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+        self.peer.close()
+
+
+def until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_one_thread_shuts_each_attempt_down_at_its_deadline_and_leaves_ended_ones():
+    deadlines = Deadlines()
+    threads = threading.active_count()
+    try:
+        late = [Attempt(1.0 + 0.02 * n, deadlines) for n in range(20)]
+        ended = [Attempt(1.0, deadlines) for _ in range(20)]
+        connections = [Connection() for _ in range(40)]
+        for attempt, connection in zip(late + ended, connections, strict=True):
+            attempt.watch(connection)
+        for attempt in ended:
+            attempt.end()
+        assert threading.active_count() == threads + 1  # 40 attempts, one thread
+        assert not any(c.is_shut() for c in connections) and not any(a.expired for a in late)
+        assert until(lambda: all(a.expired for a in late))
+        assert all(c.is_shut() for c in connections[:20])
+        assert not any(a.expired for a in ended)
+        assert not any(c.is_shut() for c in connections[20:])
+        # A deadline earlier than every waiting one is not held up behind them.
+        far, near = Attempt(30, deadlines), Attempt(0.1, deadlines)
+        watched = Connection()
+        near.watch(watched)
+        assert until(lambda: near.expired, 5) and watched.is_shut() and not far.expired
+        # Past its deadline, a connection is shut as it is watched.
+        joining = Connection()
+        near.watch(joining)
+        assert joining.is_shut()
+        for connection in (*connections, watched, joining):
+            connection.close()
+    finally:
+        deadlines.close()
+    assert threading.active_count() == threads

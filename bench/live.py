@@ -142,15 +142,12 @@ def _pairs(runs: list[tuple[str, WrkResult]], busy: list[dict[str, float]]) -> d
         for key, values in changes.items():
             base = (before[key] + after[key]) / 2
             values.append(round((held[key] / base - 1) * 100, 1) if base else 0.0)
-    return {
-        "pair_changes_percent": changes,
-        "rps_change_percent": round(statistics.median(changes["rps"]), 1)
-        if changes["rps"] else None,
-        "p99_change_percent": round(statistics.median(changes["p99"]), 1)
-        if changes["p99"] else None,
-        "saypi_cpu_change_percent": round(statistics.median(changes["saypi_cpu_us"]), 1)
-        if changes["saypi_cpu_us"] else None,
-    }
+    def median(key: str) -> float | None:
+        return round(statistics.median(changes[key]), 1) if changes[key] else None
+
+    return {"pair_changes_percent": changes, "rps_change_percent": median("rps"),
+            "p99_change_percent": median("p99"),
+            "saypi_cpu_change_percent": median("saypi_cpu_us")}
 
 
 def live(env: Mapping[str, str], argv: list[str] | None = None) -> int:

@@ -8,9 +8,7 @@ free port, pointed at a SayPI started through run().
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT
+from harness.haproxy import CONFIG, ERRORS, config_env, find_haproxy
 from harness.services import free_port, stop_process
 from tests.conftest import eventually
 from tests.e2e.test_slow_clients import (
@@ -32,21 +30,16 @@ from tests.e2e.test_slow_clients import (
     timed_fresh_requests,
 )
 
-CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
-ERRORS = ROOT / "deploy" / "haproxy" / "errors"
-HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
-                                      else None)
+HAPROXY = find_haproxy()
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
 
 def haproxy_env(listen_port: int, backend_port: int, pushpin_port: int = 1) -> dict[str, str]:
     """Port 1 for Pushpin: none listens there, so streams go to SayPI."""
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "SAYPI_LISTEN": f"127.0.0.1:{listen_port}",
+    return {**config_env(f"127.0.0.1:{listen_port}"),
             "SAYPI_BACKEND": f"127.0.0.1:{backend_port}",
-            "SAYPI_PUSHPIN": f"127.0.0.1:{pushpin_port}",
-            "SAYPI_ERRORS": str(ERRORS)}
+            "SAYPI_PUSHPIN": f"127.0.0.1:{pushpin_port}"}
 
 
 class HAProxy:
